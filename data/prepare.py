@@ -1,0 +1,89 @@
+"""Make the project's data from a seed: no downloads, a few seconds.
+
+    python data/prepare.py                      # preset picked from the device (tiny on CPU)
+    python data/prepare.py --preset=micro --out_dir=/tmp/d   # seconds, for tests
+
+Writes into `out_dir` (default data/):
+    corpus.txt          the synthetic "internet", documents separated by <|endoftext|> (pretraining)
+    sft.jsonl           demonstrations {"prompt", "response", "category", "quality"} (SFT)
+    prompts.jsonl       {"prompt", "category", "split"}: train (RM sampling, PPO), val, test (evaluation)
+    tokenizer.tiktoken  our byte-level BPE ranks in tiktoken's format
+    meta.json           the seed and world parameters, so every stage rebuilds the same gold labeler
+Each file is written to a temp name and renamed, so an interrupted run leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from nanorlhf.config import parse_config, run_main  # noqa: E402
+from nanorlhf.data import write_jsonl  # noqa: E402
+from nanorlhf.tokenizer import EOT, save_ranks, train_bpe  # noqa: E402
+from nanorlhf.world import World  # noqa: E402
+
+
+@dataclass
+class PrepareConfig:
+    out_dir: str = "data"
+    seed: int = 0
+    sloppy_frac: float = 0.25  # share of demonstrations written by "sloppy labelers"
+    n_corpus: int = 40000  # pretraining documents
+    n_demos: int = 8000  # demonstrations
+    n_train_prompts: int = 2000  # RM comparisons and PPO
+    n_val_prompts: int = 200
+    n_test_prompts: int = 400  # evaluation
+    vocab_size: int = 2048  # BPE ranks + 4 special tokens
+    preset: str = "tiny"
+
+
+PRESETS = {
+    "micro": dict(n_corpus=600, n_demos=300, n_train_prompts=64, n_val_prompts=32, n_test_prompts=32, vocab_size=512),
+    "tiny": dict(),
+    "small": dict(n_corpus=150000, n_demos=30000, n_train_prompts=8000, n_val_prompts=500, n_test_prompts=1000,
+                  vocab_size=4096),
+}
+
+
+def main(argv=None):
+    cfg = parse_config(PrepareConfig, argv, PRESETS)
+    t0 = time.time()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    world = World(seed=cfg.seed, sloppy_frac=cfg.sloppy_frac)
+
+    docs = world.corpus(cfg.n_corpus)
+    demos = world.demonstrations(cfg.n_demos)
+    prompts = []
+    for split, n in (("train", cfg.n_train_prompts), ("val", cfg.n_val_prompts), ("test", cfg.n_test_prompts)):
+        prompts += [{**p, "split": split} for p in world.prompts(n, split)]
+
+    # The tokenizer sees the corpus and the demonstrations (the chat data), never the test prompts' answers.
+    ranks = train_bpe(docs + [d["prompt"] + " " + d["response"] for d in demos], cfg.vocab_size)
+
+    _write_text(out / "corpus.txt", f"\n{EOT}\n".join(docs) + "\n")
+    write_jsonl(out / "sft.jsonl", demos)
+    write_jsonl(out / "prompts.jsonl", prompts)
+    save_ranks(ranks, out / "tokenizer.tiktoken")
+    meta = {"seed": cfg.seed, "sloppy_frac": cfg.sloppy_frac, "preset": cfg.preset, "config": asdict(cfg),
+            "n_docs": len(docs), "n_demos": len(demos), "n_prompts": len(prompts)}
+    _write_text(out / "meta.json", json.dumps(meta, indent=1))
+    chars = sum(len(d) for d in docs)
+    print(f"prepare: {len(docs)} documents ({chars / 1e6:.1f}M chars), {len(demos)} demonstrations, "
+          f"{len(prompts)} prompts, {len(ranks) + 4} tokens vocabulary -> {out}/ in {time.time() - t0:.1f}s")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,125 @@
+"""Reading data files with clear errors, and turning token lists into padded batches.
+
+Mask convention everywhere: 1 = this token counts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file and line and what was expected."""
+
+
+def read_jsonl(path, required: dict[str, type] | tuple = ()) -> list[dict]:
+    """Read a jsonl file, checking that every line is a JSON object with the `required` keys/types."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found (run: python data/prepare.py)")
+    req = required if isinstance(required, dict) else {k: object for k in required}
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); expected one object per line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            for key, typ in req.items():
+                if key not in row:
+                    raise DataError(f"{path}:{n}: missing key {key!r} (expected keys {sorted(req)})")
+                if not isinstance(row[key], typ):
+                    raise DataError(f"{path}:{n}: {key!r} must be {typ.__name__}, got {type(row[key]).__name__}")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no records")
+    return rows
+
+
+def write_jsonl(path, rows, append: bool = False) -> None:
+    """Write rows; a full rewrite goes through a temp file + rename so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if append:
+        with open(path, "a", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def read_text(path) -> str:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found (run: python data/prepare.py)")
+    return path.read_text(encoding="utf-8")
+
+
+def pad(seqs: list[list[int]], value: int, left: bool = False, length: int | None = None) -> torch.Tensor:
+    """(B, L) long tensor of `seqs` padded with `value` on the right (or the left) to `length`."""
+    L = max(len(s) for s in seqs) if length is None else length
+    out = torch.full((len(seqs), L), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        s = s[:L]
+        if left:
+            out[i, L - len(s) :] = torch.tensor(s, dtype=torch.long)
+        else:
+            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def sft_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int, block_size: int):
+    """Right-padded (inputs, targets, loss_mask), each (B, T), from (ids, response_mask) pairs.
+
+    Next-token prediction: inputs = ids[:-1], targets = ids[1:]; the loss counts a target only when it
+    is a response token (or the EOS), so the model is never trained to write the prompt (SFT).
+    """
+    ids = [p[0][: block_size + 1] for p in pairs]
+    masks = [p[1][: block_size + 1] for p in pairs]
+    x = pad([s[:-1] for s in ids], pad_id)
+    y = pad([s[1:] for s in ids], pad_id)
+    m = pad([s[1:] for s in masks], 0)
+    return x, y, m.float()
+
+
+def lm_batches(tokens: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator):
+    """Endless random windows of a token stream (pretraining), as (inputs, targets, mask)."""
+    n = len(tokens) - block_size - 1
+    if n <= 0:
+        raise DataError(f"corpus has {len(tokens)} tokens, fewer than block_size + 2 = {block_size + 2}")
+    while True:
+        ix = torch.randint(n, (batch_size,), generator=generator)
+        x = torch.stack([tokens[i : i + block_size] for i in ix])
+        y = torch.stack([tokens[i + 1 : i + 1 + block_size] for i in ix])
+        yield x, y, torch.ones_like(y, dtype=torch.float)
+
+
+def load_world(data_dir):
+    """The World (and so the gold labeler) that `data/prepare.py` generated the data from."""
+    from nanorlhf.world import World
+
+    path = Path(data_dir) / "meta.json"
+    if not path.exists():
+        raise DataError(f"{path}: file not found (run: python data/prepare.py --out_dir={data_dir})")
+    try:
+        meta = json.loads(path.read_text())
+        return World(seed=int(meta["seed"]), sloppy_frac=float(meta["sloppy_frac"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: expected JSON with 'seed' and 'sloppy_frac' ({type(e).__name__}: {e})") from None
+
+
+def read_prompts(data_dir, split: str) -> list[dict]:
+    rows = read_jsonl(Path(data_dir) / "prompts.jsonl", {"prompt": str, "category": str, "split": str})
+    return [r for r in rows if r["split"] == split]

@@ -1,0 +1,133 @@
+"""Batched sampling with a KV cache, and the log-probs of the sampled responses.
+
+Prompts are left-padded, so every row's next token is at the same column and one forward per step
+serves the whole batch; position ids come from the attention mask, so padding never shifts positions.
+Sampling is ancestral from softmax(logits / temperature), optionally truncated to the top k (PPO
+rollouts keep top_k = 0: truncated sampling biases the KL estimate, see RLHF_DETAILS item 7). A row
+that has emitted EOS gets PAD from then on; generation stops when every row has finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nanorlhf.data import pad
+from nanorlhf.logprobs import linear_logprobs
+from nanorlhf.model import GPT
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # (B, P + T) left-padded prompt, then the response
+    attention_mask: torch.Tensor  # (B, P + T) 1 = real token (prompt and response up to its EOS)
+    response: torch.Tensor  # (B, T) sampled tokens, PAD after the first EOS
+    response_mask: torch.Tensor  # (B, T) 1 on response tokens up to and including the EOS
+    prompt_len: int  # P: the response starts at column P
+    logprobs: torch.Tensor  # (B, T) log-prob of each sampled token under the sampling distribution
+    finished: torch.Tensor  # (B,) whether the row emitted EOS
+
+
+@torch.no_grad()
+def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
+             temperature: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None,
+             use_cache: bool = True) -> Generation:
+    """Sample up to `max_new_tokens` for each prompt (lists of token ids). temperature 0 = greedy.
+
+    use_cache=False recomputes the whole prefix every step (for the benchmark and the equality test).
+    """
+    device = model.wte.weight.device
+    B = len(prompts)
+    idx = pad(prompts, pad_id, left=True).to(device)  # (B, P)
+    P = idx.shape[1]
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    mask = torch.arange(P, device=device).unsqueeze(0) >= (P - lengths).unsqueeze(1)  # (B, P)
+    max_new_tokens = min(max_new_tokens, model.config.block_size - P)
+    cache = model.new_cache(B, P + max_new_tokens) if use_cache else None
+    logits = model(idx, mask, cache)[:, -1]  # (B, V)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    out, logps = [], []
+    for t in range(max_new_tokens):
+        nxt, logp = _sample(logits.float(), temperature, top_k, generator)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        out.append(nxt)
+        logps.append(torch.where(done, torch.zeros_like(logp), logp))
+        done = done | (nxt == eos_id)
+        if done.all() or t == max_new_tokens - 1:
+            break
+        step_mask = torch.ones(B, 1, dtype=torch.bool, device=device)
+        if use_cache:
+            logits = model(nxt.unsqueeze(1), step_mask, cache)[:, -1]
+        else:
+            full = torch.cat([idx, torch.stack(out, 1)], 1)
+            full_mask = torch.cat([mask, torch.ones(B, len(out), dtype=torch.bool, device=device)], 1)
+            logits = model(full, full_mask)[:, -1]
+    response = torch.stack(out, 1)  # (B, T)
+    response_mask = response_mask_from(response, eos_id, pad_id)
+    gen = Generation(
+        tokens=torch.cat([idx, response], 1),
+        attention_mask=torch.cat([mask, response_mask.bool()], 1),
+        response=response,
+        response_mask=response_mask,
+        prompt_len=P,
+        logprobs=torch.stack(logps, 1) * response_mask,
+        finished=done,
+    )
+    return gen
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int, generator):
+    """One token per row from softmax(logits / T) (top-k truncated if top_k > 0), and its log-prob."""
+    if temperature == 0:
+        nxt = logits.argmax(-1)
+        return nxt, torch.zeros_like(nxt, dtype=torch.float)
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logp_all = F.log_softmax(logits, dim=-1)
+    nxt = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+    return nxt, logp_all.gather(1, nxt.unsqueeze(1)).squeeze(1)
+
+
+def response_mask_from(response: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+    """(B, T) float mask: 1 on tokens up to and including the first EOS, 0 after it and on PAD."""
+    is_eos = (response == eos_id).long()
+    after_eos = (is_eos.cumsum(1) - is_eos) > 0  # strictly after the first EOS
+    return ((~after_eos) & (response != pad_id)).float()
+
+
+def response_logprobs(model: GPT, tokens, attention_mask, prompt_len: int, temperature: float = 1.0,
+                      with_entropy: bool = False, impl: str | None = None):
+    """Log-probs (B, T) (and entropies) of the response tokens tokens[:, P:] under `model` at `temperature`.
+
+    Alignment (RLHF_DETAILS item 4): the hidden state at column t predicts token t + 1, so the response
+    tokens are scored by hidden states P−1 … P+T−2; prompt positions no loss reads are never sent through
+    the output layer. The fused path never materialises the (B, T, V) logits (see logprobs.py).
+    """
+    h = model.hidden_states(tokens, attention_mask)[:, prompt_len - 1 : -1]  # (B, T, d)
+    targets = tokens[:, prompt_len:]
+    mask = attention_mask[:, prompt_len:].float()
+    return linear_logprobs(h, model.lm_head_weight, targets, temperature=temperature, mask=mask,
+                           with_entropy=with_entropy, impl=impl)
+
+
+@torch.no_grad()
+def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+                     top_k: int = 0, batch_size: int = 64, generator=None, prefix_ids=()) -> list[tuple[str, bool]]:
+    """Decoded (response, finished) for each prompt string, via the chat template, in batches.
+
+    `prefix_ids` (e.g. few-shot examples in the chat format) are prepended to every prompt's ids.
+    """
+    was_training = model.training
+    model.eval()
+    pre = list(prefix_ids)
+    results = []
+    for i in range(0, len(prompts), batch_size):
+        ids = [(pre + tokenizer.prompt_ids(p))[-(model.config.block_size - max_new_tokens):] for p in prompts[i : i + batch_size]]
+        gen = generate(model, ids, max_new_tokens, tokenizer.eos_id, tokenizer.pad_id, temperature, top_k, generator)
+        results.extend(tokenizer.response_text(row) for row in gen.response.tolist())
+    model.train(was_training)
+    return results

@@ -1,0 +1,236 @@
+"""A GPT-2-architecture decoder, written from scratch, with three heads on one trunk.
+
+Architecture (Radford et al. 2019, "GPT-2"): learned token (`wte`) and position (`wpe`) embeddings,
+pre-LayerNorm blocks (ln_1 → causal self-attention → residual; ln_2 → GELU MLP → residual), a final
+LayerNorm (`ln_f`). Names follow GPT-2 so its weights map one to one (GPT-2's Conv1D stores weights
+transposed: see `load_gpt2_state_dict`). Init as GPT-2: N(0, 0.02), residual projections scaled by
+1/√(2·n_layer).
+
+Heads — variants of one model, so the same trunk weights move between stages:
+- `lm`:     logits over the vocabulary, the output layer tied to `wte` (the policy; InstructGPT step 1-2).
+- `scalar`: one number per sequence read at the last real token (the reward model, InstructGPT step 3).
+- `value`:  one number per token (the PPO critic). It has the same `score` layer as `scalar`, so a critic
+            initialised from the reward model starts out predicting the RM score (Stiennon et al. 2020).
+
+Padding: `attention_mask` (B, T), 1 = real token. Prompts are left-padded for generation; position ids
+are `cumsum(mask) − 1`, so padding never shifts the positions of real tokens. A `KVCache` makes
+incremental decoding O(T) per token instead of recomputing the prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HEADS = ("lm", "scalar", "value")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 4096
+    block_size: int = 128  # maximum context length (learned position embeddings)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0  # RLHF stages keep it 0: log-probs must be reproducible (ratio == 1 at step 0)
+    bias: bool = True
+    head: str = "lm"  # "lm" | "scalar" | "value"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """Keys/values of every layer for the positions decoded so far, preallocated to `max_len`.
+
+    `key_mask` (B, max_len) remembers which cached positions are real tokens (left padding is not), and
+    `next_pos` (B,) the position id the next token of each row gets.
+    """
+
+    def __init__(self, cfg: GPTConfig, batch: int, max_len: int, device, dtype):
+        hd = cfg.n_embd // cfg.n_head
+        self.k = torch.zeros(cfg.n_layer, batch, cfg.n_head, max_len, hd, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, attn_mask=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        if cache is not None:  # append this step's keys/values, attend over everything cached so far
+            start = cache.length
+            cache.k[layer, :, :, start : start + T] = k
+            cache.v[layer, :, :, start : start + T] = v
+            k, v = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]
+        dropout = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's tanh GELU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, attn_mask=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of a (B, T) mask (0 for an all-zero row)."""
+    T = mask.shape[1]
+    m = mask.to(torch.long)
+    return (T - 1 - m.flip(1).argmax(dim=1)) * m.any(dim=1)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        if cfg.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {cfg.head!r}")
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        if cfg.head != "lm":
+            self.score = nn.Linear(cfg.n_embd, 1)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.head != "lm":
+            self.reset_head()
+
+    def _init_weights(self, m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def reset_head(self):
+        """Reward/value head init: weight N(0, 1/√(d+1)), bias 0 (lm-human-preferences; Stiennon et al.)."""
+        nn.init.normal_(self.score.weight, std=1.0 / math.sqrt(self.config.n_embd + 1))
+        nn.init.zeros_(self.score.bias)
+
+    def num_params(self) -> int:
+        """Parameters counted once (tied embeddings), position embeddings included."""
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.wte.weight  # tied input/output embeddings, as GPT-2
+
+    # ------------------------------------------------------------------------------------------------
+    def hidden_states(self, idx, attention_mask=None, cache: KVCache | None = None) -> torch.Tensor:
+        """Final-LayerNorm hidden states (B, T, n_embd) of tokens `idx` (B, T)."""
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
+        if attention_mask is None and cache is None:
+            pos = torch.arange(T, device=idx.device).unsqueeze(0)
+            attn_mask = None  # plain causal attention: the fast path
+        else:
+            if attention_mask is None:
+                attention_mask = torch.ones(B, T, dtype=torch.bool, device=idx.device)
+            attention_mask = attention_mask.bool()
+            start = cache.next_pos.unsqueeze(1) if cache is not None else 0
+            pos = (start + attention_mask.long().cumsum(1) - 1).clamp(min=0)  # left padding keeps positions
+            keys = attention_mask
+            if cache is not None:
+                cache.key_mask[:, past : past + T] = attention_mask
+                keys = cache.key_mask[:, : past + T]
+                cache.next_pos = pos[:, -1] + 1
+            q_idx = torch.arange(T, device=idx.device).view(T, 1) + past
+            k_idx = torch.arange(past + T, device=idx.device).view(1, past + T)
+            causal = k_idx <= q_idx  # (T, L)
+            # A padded query attends at least to itself, so no softmax row is empty (no NaN); its output
+            # is never read.
+            attn_mask = (causal & keys[:, None, :]) | (k_idx == q_idx)  # (B, T, L)
+            attn_mask = attn_mask.unsqueeze(1)  # (B, 1, T, L)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for i, block in enumerate(self.h):
+            x = block(x, attn_mask, cache, i)
+        if cache is not None:
+            cache.length = past + T
+        return self.ln_f(x)
+
+    def forward(self, idx, attention_mask=None, cache: KVCache | None = None):
+        """lm: logits (B, T, V); scalar: (B,) at the last real token; value: (B, T)."""
+        h = self.hidden_states(idx, attention_mask, cache)
+        head = self.config.head
+        if head == "lm":
+            return F.linear(h, self.lm_head_weight)
+        values = self.score(h).squeeze(-1)  # (B, T)
+        if head == "value":
+            return values
+        if attention_mask is None:
+            return values[:, -1]
+        return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        p = self.wte.weight
+        return KVCache(self.config, batch, min(max_len, self.config.block_size), p.device, p.dtype)
+
+    # ------------------------------------------------------------------------------------------------
+    def trunk_state_dict(self) -> dict:
+        """Weights shared by every head (everything but `score`)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("score.")}
+
+    def load_gpt2_state_dict(self, sd: dict) -> None:
+        """Load a Hugging Face GPT-2 state dict (e.g. from a local `pytorch_model.bin` the user has).
+
+        GPT-2 stores c_attn/c_proj/c_fc weights as Conv1D (in, out): transpose them for nn.Linear.
+        """
+        own = self.state_dict()
+        for k, v in sd.items():
+            name = k.removeprefix("transformer.")
+            if name.endswith(".attn.bias") or name.endswith(".attn.masked_bias") or name == "lm_head.weight":
+                continue  # causal-mask buffers; lm_head is tied to wte
+            if name not in own:
+                raise KeyError(f"GPT-2 weight {k} has no counterpart in this model")
+            if any(name.endswith(s) for s in ("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+                v = v.t()
+            if own[name].shape != v.shape:
+                raise ValueError(f"{k}: shape {tuple(v.shape)} != model's {tuple(own[name].shape)}")
+            own[name].copy_(v)

@@ -1,0 +1,101 @@
+"""Small pieces every training stage shares: optimizer, learning-rate schedule, autocast, seeding,
+the non-finite check, and the one-line progress log."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch.Generator for the sampling that must be reproducible."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def setup_device(device: str) -> str:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA (weights and optimizer stay fp32); plain fp32 on the CPU."""
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8):
+    """AdamW with weight decay on matrices only (not on biases, LayerNorm gains or heads' biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def lr_at(step: int, max_steps: int, lr: float, warmup: int, min_frac: float = 0.1) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_frac * lr` at `max_steps`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return lr * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def check_finite(name: str, value: torch.Tensor | float, step: int, keep: str) -> None:
+    """Stop training on NaN/inf; the message says what blew up and which checkpoint is kept."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise NonFiniteError(f"{name} became {v} at step {step}; stopping. Last good checkpoint kept: {keep}")
+
+
+class Progress:
+    """One fixed-format line per log interval: step, named metrics, ms/step, ETA."""
+
+    def __init__(self, total: int, prefix: str, stream=None):
+        self.total, self.prefix, self.stream = total, prefix, stream or sys.stdout
+        self.start = self.last = time.time()
+        self.last_step = 0
+
+    def log(self, step: int, **metrics) -> None:
+        now = time.time()
+        dt = (now - self.last) / max(1, step - self.last_step)
+        self.last, self.last_step = now, step
+        eta = dt * (self.total - step)
+        parts = " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
+        print(f"{self.prefix} step {step:>5}/{self.total} | {parts} | {dt * 1000:.0f} ms/step | "
+              f"ETA {_hms(eta)}", file=self.stream, flush=True)
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return str(v)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,111 @@
+import torch
+
+from nanorlhf.model import GPT, GPTConfig, last_token_index
+from tests.helpers import tiny_gpt
+
+
+def test_shapes_and_param_count():
+    x = torch.randint(0, 50, (3, 10))
+    assert tiny_gpt("lm")(x).shape == (3, 10, 50)
+    assert tiny_gpt("value")(x).shape == (3, 10)
+    assert tiny_gpt("scalar")(x).shape == (3,)
+    m = tiny_gpt("lm")
+    # tied embeddings: the output layer adds no parameters
+    expected = 50 * 16 + 32 * 16 + 2 * (2 * 16 + 16 * 48 + 48 + 16 * 16 + 16 + 2 * 16 + 16 * 64 + 64 + 64 * 16 + 16) + 2 * 16
+    assert m.num_params() == expected
+    assert m.lm_head_weight.data_ptr() == m.wte.weight.data_ptr()
+
+
+def test_causality_change_at_t_never_changes_earlier_logits():
+    m = tiny_gpt("lm")
+    x = torch.randint(0, 50, (2, 12))
+    base = m(x)
+    for t in (0, 5, 11):
+        y = x.clone()
+        y[:, t] = (y[:, t] + 1) % 50
+        out = m(y)
+        assert torch.equal(out[:, :t], base[:, :t]) or torch.allclose(out[:, :t], base[:, :t], atol=1e-6)
+        assert not torch.allclose(out[:, t:], base[:, t:])  # and the change is visible from t on
+
+
+def test_gpt2_init_statistics():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=2000, n_layer=4, n_embd=128, head="scalar"))
+    assert abs(m.wte.weight.std().item() - 0.02) < 2e-3
+    assert abs(m.h[0].attn.c_proj.weight.std().item() - 0.02 / (8 ** 0.5)) < 1e-3
+    assert abs(m.score.weight.std().item() - 1 / 129 ** 0.5) < 0.03
+    assert m.score.bias.item() == 0
+
+
+def test_left_padding_matches_unpadded_row():
+    m = tiny_gpt("lm")
+    row = torch.randint(1, 50, (1, 7))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), row], 1)
+    mask = torch.tensor([[0, 0, 0] + [1] * 7])
+    torch.testing.assert_close(m(padded, mask)[:, 3:], m(row), atol=1e-5, rtol=1e-5)
+
+
+def test_scalar_head_reads_last_real_token_under_padding():
+    m = tiny_gpt("scalar")
+    x = torch.randint(1, 50, (1, 6))
+    alone = m(x)
+    # right padding with arbitrary junk tokens after the last real one changes nothing
+    for junk in (0, 7, 49):
+        padded = torch.cat([x, torch.full((1, 4), junk)], 1)
+        mask = torch.tensor([[1] * 6 + [0] * 4])
+        torch.testing.assert_close(m(padded, mask), alone, atol=1e-5, rtol=1e-5)
+    # left padding too
+    lp = torch.cat([torch.full((1, 3), 5), x], 1)
+    torch.testing.assert_close(m(lp, torch.tensor([[0] * 3 + [1] * 6])), alone, atol=1e-5, rtol=1e-5)
+    # and the read index is where the mask says: changing the last real token changes the score
+    y = x.clone()
+    y[0, -1] = (y[0, -1] + 1) % 50
+    assert not torch.allclose(m(y), alone)
+    assert last_token_index(torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0]])).tolist() == [1, 3, 0]
+
+
+def test_value_head_from_scalar_head_shares_score_layer():
+    rm = tiny_gpt("scalar")
+    critic = GPT(GPTConfig(**{**rm.config.to_dict(), "head": "value"}))
+    critic.load_state_dict(rm.state_dict())
+    x = torch.randint(0, 50, (2, 9))
+    torch.testing.assert_close(critic.eval()(x)[:, -1], rm(x))
+
+
+def test_kv_cache_decoding_equals_full_recomputation():
+    m = tiny_gpt("lm")
+    x = torch.randint(0, 50, (2, 14))
+    mask = torch.ones(2, 14, dtype=torch.bool)
+    mask[1, :4] = False  # second row left-padded
+    full = m(x, mask)
+    cache = m.new_cache(2, 14)
+    steps = [m(x[:, :6], mask[:, :6], cache)]
+    for t in range(6, 14):
+        steps.append(m(x[:, t : t + 1], mask[:, t : t + 1], cache))
+    torch.testing.assert_close(torch.cat(steps, 1)[0], full[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(steps, 1)[1, 4:], full[1, 4:], atol=1e-5, rtol=1e-5)
+
+
+def test_block_size_enforced():
+    m = tiny_gpt("lm", block=8)
+    try:
+        m(torch.zeros(1, 9, dtype=torch.long))
+    except ValueError as e:
+        assert "block_size" in str(e)
+    else:
+        raise AssertionError("expected ValueError")
+
+
+def test_gpt2_state_dict_mapping_transposes_conv1d():
+    m = tiny_gpt("lm")
+    sd = {}
+    for k, v in m.state_dict().items():
+        v = v.clone() + 1.0
+        if any(k.endswith(s) for s in ("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+            v = v.t().contiguous()  # GPT-2 Conv1D layout
+        sd["transformer." + k] = v
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    other = tiny_gpt("lm", seed=1)
+    other.load_gpt2_state_dict(sd)
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(other.state_dict()[k], v + 1.0)
