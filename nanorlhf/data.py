@@ -123,3 +123,49 @@ def load_world(data_dir):
 def read_prompts(data_dir, split: str) -> list[dict]:
     rows = read_jsonl(Path(data_dir) / "prompts.jsonl", {"prompt": str, "category": str, "split": str})
     return [r for r in rows if r["split"] == split]
+
+
+def read_comparisons(path) -> list[dict]:
+    """Comparisons in either format, as {"prompt", "responses", "ranking"} (ranking best first).
+
+    `{"prompt", "responses": [...], "ranking": [i, ...]}` (K-way, InstructGPT) or the common pair format
+    `{"prompt", "chosen", "rejected"}` (read as K = 2). A bad line names the file and line.
+    """
+    path = Path(path)
+    rows = read_jsonl(path, {"prompt": str})
+    out = []
+    for n, row in enumerate(rows, 1):
+        if "chosen" in row and "rejected" in row:
+            if not (isinstance(row["chosen"], str) and isinstance(row["rejected"], str)):
+                raise DataError(f"{path}: record {n}: 'chosen' and 'rejected' must be strings")
+            out.append({"prompt": row["prompt"], "responses": [row["chosen"], row["rejected"]], "ranking": [0, 1]})
+            continue
+        resp, rank = row.get("responses"), row.get("ranking")
+        if not (isinstance(resp, list) and all(isinstance(r, str) for r in resp) and len(resp) >= 2):
+            raise DataError(f"{path}: record {n}: expected 'responses' (a list of ≥2 strings) or 'chosen'/'rejected'")
+        if not (isinstance(rank, list) and sorted(rank) == list(range(len(resp)))):
+            raise DataError(f"{path}: record {n}: 'ranking' must be a permutation of 0..{len(resp) - 1}, got {rank}")
+        out.append({**row, "prompt": row["prompt"], "responses": resp, "ranking": rank})
+    return out
+
+
+def ranked_sequences(groups: list[dict], tok, block_size: int):
+    """Token batch for the reward model: every response of every group, in ranking order (best first).
+
+    Returns tokens (B*K, L) right-padded, attention mask (B*K, L), valid (B, K) for groups with fewer
+    than K responses. Responses that never ended (`finished` False) get no EOS appended.
+    """
+    K = max(len(g["responses"]) for g in groups)
+    seqs, valid = [], []
+    for g in groups:
+        fin = g.get("finished") or [True] * len(g["responses"])
+        row = []
+        for i in g["ranking"]:
+            ids, _ = tok.pair_ids(g["prompt"], g["responses"][i])
+            row.append((ids if fin[i] else ids[:-1])[-block_size:])
+        valid.append([1] * len(row) + [0] * (K - len(row)))
+        seqs += row + [[tok.pad_id]] * (K - len(row))
+    tokens = pad(seqs, tok.pad_id)
+    lengths = torch.tensor([len(s) for s in seqs])
+    mask = torch.arange(tokens.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+    return tokens, mask, torch.tensor(valid, dtype=torch.bool)

@@ -1,0 +1,238 @@
+"""Step 3 of InstructGPT: sample K responses per prompt, have them ranked, train a reward model.
+
+    python train_rm.py                         # samples from out/sft, the simulated labeler ranks -> out/rm/
+    python train_rm.py --resample=true         # sample and rank again instead of reusing comparisons.jsonl
+    python train_rm.py --labels=both --human_labels=data/human_labels.jsonl   # add your own rankings
+                                               # (made with: python -m nanorlhf.label)
+
+"A prompt and several model outputs are sampled. A labeler ranks the outputs from best to worst. This
+data is used to train our reward model." The reward model is the SFT GPT with its LM head swapped for a
+scalar head read at the last real token (the EOS). Loss: InstructGPT eq. (1), all C(K,2) pairs of one
+prompt in one batch element (losses.ranking_loss). One epoch by default: InstructGPT found more epochs
+overfit. At the end a bias is set so that SFT demonstrations score 0 on average (InstructGPT §3.5/App. C).
+Held-out pairwise accuracy is reported beside the labeler's own agreement ceiling on the same pairs.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from nanorlhf.checkpoint import load_model, save_checkpoint, stage_path
+from nanorlhf.config import ConfigError, parse_config, run_main
+from nanorlhf.data import (load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts, write_jsonl)
+from nanorlhf.generate import sample_responses
+from nanorlhf.losses import ranking_accuracy, ranking_loss
+from nanorlhf.plots import line_plots
+from nanorlhf.tokenizer import load_tokenizer
+from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, seed_everything, set_lr,
+                               setup_device)
+
+
+# ---------------------------------------------------------------------------------------------- config
+@dataclass
+class Config:
+    preset: str = "tiny"  # micro | tiny | small; default from the device
+    data_dir: str = "data"
+    out_dir: str = "out"
+    init_from: str = ""  # SFT checkpoint (default out_dir/sft/ckpt.pt)
+    # comparison collection
+    n_prompts: int = 1200  # training prompts to sample for
+    k: int = 4  # responses per prompt (InstructGPT: 4-9)
+    temperature: float = 1.0
+    max_new_tokens: int = 48
+    resample: bool = False  # sample and rank again even if comparisons.jsonl exists
+    labels: str = "simulated"  # simulated | human | both
+    human_labels: str = "data/human_labels.jsonl"  # written by python -m nanorlhf.label
+    # training
+    epochs: int = 1  # InstructGPT: more than one overfits
+    batch_size: int = 16  # prompts (each with its K responses) per step
+    lr: float = 1e-4
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    val_frac: float = 0.15
+    log_interval: int = 10
+    device: str = ""
+    seed: int = 1337
+
+
+PRESETS = {
+    "micro": dict(n_prompts=24, k=3, max_new_tokens=12, batch_size=4, log_interval=2, warmup_steps=1, val_frac=0.25),
+    "tiny": dict(),
+    "small": dict(n_prompts=6000, k=6, batch_size=32, lr=3e-5, warmup_steps=20),
+}
+
+
+def main(argv=None):
+    cfg = parse_config(Config, argv, PRESETS)
+    if cfg.labels not in ("simulated", "human", "both"):
+        raise ConfigError(f"--labels={cfg.labels}: expected simulated, human or both")
+    device = setup_device(cfg.device)
+    gen = seed_everything(cfg.seed)
+    out = Path(cfg.out_dir) / "rm"
+    ckpt_path = stage_path(cfg.out_dir, "rm")
+    sft_path = cfg.init_from or stage_path(cfg.out_dir, "sft")
+    world = load_world(cfg.data_dir)
+    labeler = world.labeler
+
+    # ---------------------------------------------------------------------- 1. comparison collection
+    policy, sft_ckpt = load_model(sft_path, "sft", device=device)
+    tok = load_tokenizer(sft_ckpt["tokenizer"])
+    comp_path = out / "comparisons.jsonl"
+    groups = []
+    if cfg.labels in ("simulated", "both"):
+        if comp_path.exists() and not cfg.resample:
+            groups = read_comparisons(comp_path)
+            print(f"rm: reusing {len(groups)} ranked groups from {comp_path} (--resample=true to redo)")
+        else:
+            groups = collect_comparisons(policy, tok, labeler, read_prompts(cfg.data_dir, "train")[: cfg.n_prompts],
+                                         cfg, torch.Generator(device).manual_seed(cfg.seed))
+            write_jsonl(comp_path, groups)
+            print(f"rm: wrote {len(groups)} groups of {cfg.k} ranked samples to {comp_path}")
+    if cfg.labels in ("human", "both"):
+        human = read_comparisons(cfg.human_labels)
+        print(f"rm: {len(human)} human-ranked groups from {cfg.human_labels}")
+        groups += human
+    del policy
+    rng = random.Random(cfg.seed)
+    rng.shuffle(groups)
+    n_val = max(1, int(len(groups) * cfg.val_frac))
+    train_groups, val_groups = groups[n_val:], groups[:n_val]
+
+    # --------------------------------------------------------------------------------- 2. the model
+    rm, _ = load_model(sft_path, "sft", head="scalar", device=device)  # SFT trunk, a fresh scalar head
+    block = rm.config.block_size
+    print(f"rm: {rm.num_params() / 1e6:.2f}M parameters, {len(train_groups)} train / {len(val_groups)} held-out "
+          f"groups, {cfg.epochs} epoch(s)")
+    opt = make_optimizer(rm, cfg.lr, cfg.weight_decay)
+    steps_per_epoch = max(1, len(train_groups) // cfg.batch_size)
+    max_steps = cfg.epochs * steps_per_epoch
+
+    # ---------------------------------------------------------------------------------- 3. training
+    progress = Progress(max_steps, "rm")
+    history = {"step": [], "loss": [], "acc": [], "val_step": [], "val_loss": [], "val_acc": []}
+    step = 0
+    rm.train()
+    for epoch in range(cfg.epochs):
+        rng.shuffle(train_groups)  # every group is seen exactly once per epoch
+        for i in range(steps_per_epoch):
+            batch = train_groups[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            set_lr(opt, lr_at(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
+            loss, acc = rm_step(rm, batch, tok, block, device)
+            check_finite("reward-model loss", loss, step, keep=str(ckpt_path) if ckpt_path.exists() else "none")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            history["step"].append(step), history["loss"].append(loss.item()), history["acc"].append(acc)
+            if step % cfg.log_interval == 0 or step == max_steps:
+                progress.log(step, loss=loss.item(), acc=acc, lr=opt.param_groups[0]["lr"])
+        val_loss, val_acc = evaluate(rm, val_groups, tok, block, device, cfg.batch_size)
+        history["val_step"].append(step), history["val_loss"].append(val_loss), history["val_acc"].append(val_acc)
+        print(f"rm epoch {epoch + 1}: held-out loss {val_loss:.4f} | held-out pairwise accuracy {val_acc:.1%}")
+
+    # ------------------------------------------------------- 4. accuracy vs the labeler's own ceiling
+    ceiling = labeler_agreement(labeler, val_groups, random.Random(cfg.seed + 1))
+    gold_acc = evaluate(rm, [gold_order(labeler, g) for g in val_groups], tok, block, device, cfg.batch_size)[1]
+    print(f"rm: held-out pairwise accuracy {val_acc:.1%} | a second labeler agrees with the labels on "
+          f"{ceiling:.1%} of the same pairs | vs the gold (noise-free) order: {gold_acc:.1%}")
+
+    # ------------------------------------------- 5. normalise: SFT demonstrations score 0 on average
+    demos = read_jsonl(Path(cfg.data_dir) / "sft.jsonl", {"prompt": str, "response": str})[-200:]
+    bias = demo_mean_score(rm, tok, demos, block, device)
+    with torch.no_grad():
+        rm.score.bias -= bias
+    print(f"rm: shifted the reward by {-bias:+.3f} so demonstrations score 0 on average")
+
+    metrics = {"val_acc": val_acc, "val_loss": val_loss, "labeler_agreement": ceiling, "gold_order_acc": gold_acc,
+               "n_train_groups": len(train_groups), "n_val_groups": len(val_groups), "norm_shift": -bias,
+               "train_time_s": progress.elapsed()}
+    save_checkpoint(ckpt_path, rm, asdict(cfg), sft_ckpt["tokenizer"], step, metrics)
+    line_plots(out / "rm_training.png", "Reward model training", "step (batches of ranked groups)", [
+        ("loss (eq. 1)", [(history["step"], history["loss"], "train"), (history["val_step"], history["val_loss"], "held-out")]),
+        ("pairwise accuracy", [(history["step"], history["acc"], "train"), (history["val_step"], history["val_acc"], "held-out"),
+                               ([0, step], [ceiling, ceiling], "labeler agreement")]),
+    ])
+    print(f"rm: done in {progress.elapsed():.0f}s, saved {ckpt_path} and {out / 'rm_training.png'}")
+    return metrics
+
+
+def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config, generator) -> list[dict]:
+    """K samples per prompt from the SFT policy (one batched KV-cache generation), ranked by the labeler."""
+    texts = [p["prompt"] for p in prompts for _ in range(cfg.k)]
+    outs = sample_responses(policy, tok, texts, cfg.max_new_tokens, cfg.temperature, generator=generator)
+    rng = random.Random(cfg.seed)
+    groups = []
+    for j, p in enumerate(prompts):
+        resp = outs[j * cfg.k : (j + 1) * cfg.k]
+        texts_j, finished = [r for r, _ in resp], [f for _, f in resp]
+        ranking = labeler.rank(p["prompt"], texts_j, rng, finished=finished)
+        groups.append({"prompt": p["prompt"], "category": p["category"], "responses": texts_j,
+                       "finished": finished, "ranking": ranking})
+    return groups
+
+
+def rm_step(rm, groups, tok, block, device):
+    tokens, mask, valid = (t.to(device) for t in ranked_sequences(groups, tok, block))
+    with autocast(device):
+        scores = rm(tokens, mask).float().view(valid.shape)  # (B, K), best first
+    correct, pairs = ranking_accuracy(scores.detach(), valid)
+    return ranking_loss(scores, valid), (correct / pairs.clamp(min=1)).item()
+
+
+@torch.no_grad()
+def evaluate(rm, groups, tok, block, device, batch_size):
+    rm.eval()
+    loss_sum, correct, pairs = 0.0, 0.0, 0.0
+    for i in range(0, len(groups), batch_size):
+        tokens, mask, valid = (t.to(device) for t in ranked_sequences(groups[i : i + batch_size], tok, block))
+        with autocast(device):
+            scores = rm(tokens, mask).float().view(valid.shape)
+        loss_sum += ranking_loss(scores, valid).item() * valid.shape[0]
+        c, p = ranking_accuracy(scores, valid)
+        correct, pairs = correct + c.item(), pairs + p.item()
+    rm.train()
+    return loss_sum / max(1, len(groups)), correct / max(1.0, pairs)
+
+
+def labeler_agreement(labeler, groups, rng) -> float:
+    """How often a fresh, independent ranking by the labeler agrees with the recorded one, pair by pair:
+    the accuracy a perfect copy of one labeler would get on these labels (the RM's practical ceiling)."""
+    agree = total = 0
+    for g in groups:
+        if "finished" not in g:
+            continue  # human labels: no second opinion available
+        again = labeler.rank(g["prompt"], g["responses"], rng, finished=g["finished"])
+        pos = {r: i for i, r in enumerate(again)}
+        order = g["ranking"]
+        for a in range(len(order)):
+            for b in range(a + 1, len(order)):
+                agree += pos[order[a]] < pos[order[b]]
+                total += 1
+    return agree / max(1, total)
+
+
+def gold_order(labeler, g: dict) -> dict:
+    """The same group ranked by the noise-free gold utility (what the labels are noisy samples of)."""
+    fin = g.get("finished") or [True] * len(g["responses"])
+    util = [labeler.judge(g["prompt"], r, finished=f).utility for r, f in zip(g["responses"], fin)]
+    return {**g, "ranking": sorted(range(len(util)), key=lambda i: -util[i])}
+
+
+@torch.no_grad()
+def demo_mean_score(rm, tok, demos, block, device) -> float:
+    rm.eval()
+    groups = [{"prompt": d["prompt"], "responses": [d["response"]], "ranking": [0]} for d in demos]
+    tokens, mask, _ = (t.to(device) for t in ranked_sequences(groups, tok, block))
+    with autocast(device):
+        return rm(tokens, mask).float().mean().item()
+
+
+if __name__ == "__main__":
+    run_main(main)
