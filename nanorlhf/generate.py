@@ -65,7 +65,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: 
             full_mask = torch.cat([mask, torch.ones(B, len(out), dtype=torch.bool, device=device)], 1)
             logits = model(full, full_mask)[:, -1]
     response = torch.stack(out, 1)  # (B, T)
-    response_mask = response_mask_from(response, eos_id, pad_id)
+    response_mask = response_mask_from(response, eos_id)
     gen = Generation(
         tokens=torch.cat([idx, response], 1),
         attention_mask=torch.cat([mask, response_mask.bool()], 1),
@@ -92,11 +92,14 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int, generator):
     return nxt, logp_all.gather(1, nxt.unsqueeze(1)).squeeze(1)
 
 
-def response_mask_from(response: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
-    """(B, T) float mask: 1 on tokens up to and including the first EOS, 0 after it and on PAD."""
+def response_mask_from(response: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, T) float mask: 1 on tokens up to and including the first EOS, 0 after it.
+
+    Position, not token id, decides: a sampled token is real even if it happens to be the PAD id.
+    """
     is_eos = (response == eos_id).long()
     after_eos = (is_eos.cumsum(1) - is_eos) > 0  # strictly after the first EOS
-    return ((~after_eos) & (response != pad_id)).float()
+    return (~after_eos).float()
 
 
 def response_logprobs(model: GPT, tokens, attention_mask, prompt_len: int, temperature: float = 1.0,

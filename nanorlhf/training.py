@@ -31,7 +31,7 @@ def setup_device(device: str) -> str:
 
 def autocast(device: str):
     """bf16 autocast on CUDA (weights and optimizer stay fp32); plain fp32 on the CPU."""
-    if device.startswith("cuda"):
+    if str(device).startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -64,7 +64,7 @@ class NonFiniteError(RuntimeError):
 
 def check_finite(name: str, value: torch.Tensor | float, step: int, keep: str) -> None:
     """Stop training on NaN/inf; the message says what blew up and which checkpoint is kept."""
-    v = float(value)
+    v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
     if not math.isfinite(v):
         raise NonFiniteError(f"{name} became {v} at step {step}; stopping. Last good checkpoint kept: {keep}")
 

@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from nanorlhf.data import DataError, read_comparisons, read_jsonl, sft_batch
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": \n')
+    with pytest.raises(DataError, match=r"x.jsonl:2: not valid JSON"):
+        read_jsonl(p, {"prompt": str, "response": str})
+    p.write_text('{"prompt": "a"}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: missing key 'response'"):
+        read_jsonl(p, {"prompt": str, "response": str})
+    p.write_text('{"prompt": 3, "response": "b"}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: 'prompt' must be str"):
+        read_jsonl(p, {"prompt": str, "response": str})
+    with pytest.raises(DataError, match="file not found"):
+        read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_comparisons_both_formats(tmp_path):
+    p = tmp_path / "c.jsonl"
+    rows = [{"prompt": "q", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}, {"prompt": "q2", "chosen": "x", "rejected": "y"}]
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    out = read_comparisons(p)
+    assert out[0]["ranking"] == [2, 0, 1] and out[1] == {"prompt": "q2", "responses": ["x", "y"], "ranking": [0, 1]}
+    p.write_text(json.dumps({"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]}))
+    with pytest.raises(DataError, match="permutation"):
+        read_comparisons(p)
+
+
+def test_sft_batch_mask_covers_exactly_response_targets():
+    ids, mask = [1, 2, 3, 10, 11, 99], [0, 0, 0, 1, 1, 1]  # 3 prompt tokens, 2 response + EOS
+    x, y, m = sft_batch([(ids, mask), ([1, 10, 99], [0, 1, 1])], pad_id=0, block_size=16)
+    assert x[0].tolist() == [1, 2, 3, 10, 11] and y[0].tolist() == [2, 3, 10, 11, 99]
+    assert m[0].tolist() == [0, 0, 1, 1, 1]  # targets 10, 11, EOS count; predicting prompt tokens does not
+    assert m[1].tolist() == [1, 1, 0, 0, 0]  # padding never counts

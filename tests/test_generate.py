@@ -1,0 +1,72 @@
+import torch
+
+from nanorlhf.generate import generate, response_logprobs, response_mask_from
+from tests.helpers import tiny_gpt
+
+EOS, PAD = 48, 49
+
+
+def _prompts():
+    return [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11]]
+
+
+def test_kv_cache_generation_equals_no_cache_greedy():
+    m = tiny_gpt("lm")
+    a = generate(m, _prompts(), 8, EOS, PAD, temperature=0, use_cache=True)
+    b = generate(m, _prompts(), 8, EOS, PAD, temperature=0, use_cache=False)
+    assert torch.equal(a.response, b.response)
+
+
+def test_left_padded_batch_equals_single_rows():
+    m = tiny_gpt("lm")
+    batch = generate(m, _prompts(), 8, EOS, PAD, temperature=0)
+    for i, p in enumerate(_prompts()):
+        single = generate(m, [p], 8, EOS, PAD, temperature=0)
+        n = single.response.shape[1]
+        assert torch.equal(batch.response[i, :n], single.response[0])
+
+
+def test_sampled_logprobs_equal_recomputed_at_temperature():
+    """The sampler's log-probs are π_old in PPO: they must equal a full forward at the same temperature."""
+    m = tiny_gpt("lm")
+    g = torch.Generator().manual_seed(0)
+    for temp in (1.0, 0.7):
+        gen = generate(m, _prompts(), 10, EOS, PAD, temperature=temp, generator=g)
+        recomputed = response_logprobs(m, gen.tokens, gen.attention_mask, gen.prompt_len, temp)
+        torch.testing.assert_close(recomputed * gen.response_mask, gen.logprobs, atol=1e-5, rtol=1e-5)
+    # and a loop of log_softmax(logits_t)[y_{t+1}] in float64 (alignment, RLHF_DETAILS item 4)
+    logits = m(gen.tokens, gen.attention_mask).double() / 0.7
+    P = gen.prompt_len
+    for b in range(3):
+        for t in range(gen.response.shape[1]):
+            if gen.response_mask[b, t]:
+                ref = torch.log_softmax(logits[b, P - 1 + t], -1)[gen.tokens[b, P + t]]
+                assert abs(ref.item() - gen.logprobs[b, t].item()) < 1e-4
+
+
+def test_response_mask_stops_after_first_eos():
+    r = torch.tensor([[3, EOS, 5, EOS], [EOS, PAD, PAD, PAD], [1, PAD, 3, 4]])
+    # a PAD id sampled before any EOS is a real token; everything after the first EOS is not
+    assert response_mask_from(r, EOS).tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+
+
+def test_finished_rows_get_pad_and_stop():
+    m = tiny_gpt("lm")
+    with torch.no_grad():  # make EOS overwhelmingly likely after two tokens: bias its embedding
+        m.wte.weight[EOS] *= 0
+        m.wte.weight[EOS] += 5 * m.ln_f.weight.sign()
+    gen = generate(m, _prompts(), 12, EOS, PAD, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    for row, fin in zip(gen.response.tolist(), gen.finished.tolist()):
+        if fin:
+            k = row.index(EOS)
+            assert all(t == PAD for t in row[k + 1 :])
+
+
+def test_sampler_frequencies_match_softmax():
+    """Chi-square style check: first-token frequencies follow softmax(logits / T)."""
+    m = tiny_gpt("lm", vocab=8, n_embd=8)
+    p = torch.softmax(m(torch.tensor([[1, 2]]))[0, -1] / 0.8, -1)
+    gen = generate(m, [[1, 2]] * 4000, 1, 100, 101, temperature=0.8, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(gen.response[:, 0], minlength=8).float() / 4000
+    chi2 = (4000 * (freq - p) ** 2 / p).sum().item()
+    assert chi2 < 24.3  # 99.9% quantile of chi-square with 7 degrees of freedom
