@@ -1,0 +1,152 @@
+"""Rank model samples yourself: the human side of InstructGPT step 3, in a terminal.
+
+    python -m nanorlhf.label                                   # samples from out/rm/comparisons.jsonl
+    python -m nanorlhf.label --samples=my_groups.jsonl --out=data/human_labels.jsonl
+    python -m nanorlhf.label --from_model=out/sft/ckpt.pt --k=4 --n=20    # sample fresh responses
+
+For each prompt it shows K responses and asks for a ranking such as `2>1>4>3` (best first), then,
+optionally, a 1–7 rating of the best response and the labeling form's flags. Bad input is explained
+and asked again. Every answer is appended to the output jsonl at once (flushed and fsynced), so Ctrl-C
+loses nothing, and a rerun resumes with the first group not yet labeled. `train_rm.py --labels=human`
+(or `both`) trains on the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from nanorlhf.data import DataError, read_jsonl
+
+FLAGS = ("fails_instruction", "wrong", "rude", "harmful", "unfinished", "rambling")
+
+
+def parse_ranking(text: str, k: int) -> list[int]:
+    """'2>1>4>3' (1-based, best first) -> [1, 0, 3, 2]; ValueError with the reason otherwise."""
+    parts = [p.strip() for p in text.replace(" ", "").split(">")]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"use numbers separated by '>', e.g. {'>'.join(str(i) for i in range(1, k + 1))}")
+    ranks = [int(p) - 1 for p in parts]
+    if sorted(ranks) != list(range(k)):
+        raise ValueError(f"rank each of the {k} responses exactly once (numbers 1..{k})")
+    return ranks
+
+
+def parse_rating(text: str) -> int | None:
+    if not text.strip():
+        return None
+    if not text.strip().isdigit() or not 1 <= int(text) <= 7:
+        raise ValueError("a whole number from 1 (bad) to 7 (excellent), or Enter to skip")
+    return int(text)
+
+
+def parse_flags(text: str) -> list[str]:
+    flags = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in flags if f not in FLAGS]
+    if bad:
+        raise ValueError(f"unknown flag(s) {bad}; choose from {', '.join(FLAGS)} (comma-separated) or Enter")
+    return flags
+
+
+def ask(prompt: str, parse, inp, out):
+    """Ask until `parse` accepts the answer. EOF (Ctrl-D / end of piped input) raises EOFError."""
+    while True:
+        out.write(prompt)
+        out.flush()
+        line = inp.readline()
+        if not line:
+            raise EOFError
+        line = line.rstrip("\n")
+        if line.strip().lower() in ("q", "quit"):
+            raise EOFError
+        try:
+            return parse(line)
+        except ValueError as e:
+            out.write(f"  ! {e}\n")
+
+
+def _key(g: dict) -> str:
+    return json.dumps([g["prompt"], g["responses"]])
+
+
+def label_loop(groups: list[dict], out_path, inp=sys.stdin, out=sys.stdout, ask_rating: bool = True) -> int:
+    """Label `groups` ({"prompt", "responses"}) not yet in `out_path`; returns how many were written."""
+    out_path = Path(out_path)
+    done = set()
+    if out_path.exists():
+        done = {_key(g) for g in read_jsonl(out_path, {"prompt": str, "responses": list})}
+    todo = [g for g in groups if _key(g) not in done]
+    out.write(f"{len(done)} groups already labeled in {out_path}; {len(todo)} to go. 'q' quits (answers are saved).\n")
+    written = 0
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for n, g in enumerate(todo, 1):
+            k = len(g["responses"])
+            out.write(f"\n=== {n}/{len(todo)} ===\nPROMPT: {g['prompt']}\n")
+            for i, r in enumerate(g["responses"], 1):
+                out.write(f"  [{i}] {r}\n")
+            ranking = ask(f"ranking, best first (e.g. {'>'.join(str(i) for i in range(1, k + 1))}): ",
+                          lambda s: parse_ranking(s, k), inp, out)
+            row = {"prompt": g["prompt"], "responses": g["responses"], "ranking": ranking}
+            if "finished" in g:
+                row["finished"] = g["finished"]
+            if ask_rating:
+                row["rating"] = ask("rating of the best response 1-7 (Enter to skip): ", parse_rating, inp, out)
+                row["flags"] = ask(f"flags for it ({', '.join(FLAGS)}; Enter for none): ", parse_flags, inp, out)
+            with open(out_path, "a", encoding="utf-8") as f:  # append at once: Ctrl-C loses nothing
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            written += 1
+    except (EOFError, KeyboardInterrupt):
+        out.write(f"\nstopped; {written} new answers saved in {out_path}. Run again to resume.\n")
+    return written
+
+
+def main(argv=None) -> None:
+    from dataclasses import dataclass
+
+    from nanorlhf.config import parse_config, run_main
+
+    @dataclass
+    class LabelConfig:
+        samples: str = "out/rm/comparisons.jsonl"  # groups to rank ({"prompt", "responses"}; rankings hidden)
+        out: str = "data/human_labels.jsonl"
+        from_model: str = ""  # instead of --samples: a policy checkpoint to sample K responses from
+        prompts: str = "data/prompts.jsonl"
+        k: int = 4
+        n: int = 20  # prompts to sample when --from_model is given
+        max_new_tokens: int = 48
+        rating: bool = True  # also ask for a 1-7 rating and flags
+        seed: int = 0
+
+    def run():
+        cfg = parse_config(LabelConfig, argv)
+        if cfg.from_model:
+            import torch
+
+            from nanorlhf.checkpoint import load_model
+            from nanorlhf.generate import sample_responses
+            from nanorlhf.tokenizer import load_tokenizer
+
+            model, ckpt = load_model(cfg.from_model, "sft")
+            tok = load_tokenizer(ckpt["tokenizer"])
+            prompts = [p["prompt"] for p in read_jsonl(cfg.prompts, {"prompt": str})][: cfg.n]
+            outs = sample_responses(model, tok, [p for p in prompts for _ in range(cfg.k)], cfg.max_new_tokens,
+                                    generator=torch.Generator().manual_seed(cfg.seed))
+            groups = [{"prompt": p, "responses": [r for r, _ in outs[i * cfg.k : (i + 1) * cfg.k]],
+                       "finished": [f for _, f in outs[i * cfg.k : (i + 1) * cfg.k]]} for i, p in enumerate(prompts)]
+        else:
+            groups = read_jsonl(cfg.samples, {"prompt": str, "responses": list})
+            for n, g in enumerate(groups, 1):
+                if len(g["responses"]) < 2:
+                    raise DataError(f"{cfg.samples}: record {n}: needs at least 2 responses to rank")
+        label_loop(groups, cfg.out, ask_rating=cfg.rating)
+
+    run_main(run)
+
+
+if __name__ == "__main__":
+    main()
