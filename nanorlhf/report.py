@@ -21,3 +21,136 @@ def ppo_curves(path, run_name: str, history: list[dict], evals: list[dict]) -> N
 
 def sqrt_kl(kl: float) -> float:
     return math.sqrt(max(0.0, kl))
+
+
+def winrate_chart(path, models: dict) -> None:
+    """InstructGPT Figure 1 in miniature: win-rate against SFT with 95% CIs, one bar per model."""
+    import matplotlib.pyplot as plt
+
+    from nanorlhf.plots import save
+
+    names = list(models)
+    rates = [models[n]["win_rate"] * 100 for n in names]
+    err = [[(models[n]["win_rate"] - models[n]["ci_low"]) * 100 for n in names],
+           [(models[n]["ci_high"] - models[n]["win_rate"]) * 100 for n in names]]
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    colors = ["#999999" if n.startswith("base") else "#4c72b0" if n == "SFT" else "#dd8452" for n in names]
+    ax.bar(names, rates, yerr=err, capsize=5, color=colors)
+    ax.axhline(50, color="black", lw=0.8, ls="--", label="as good as SFT")
+    ax.set_ylabel("win-rate against SFT (%, 95% CI)")
+    ax.set_xlabel("model (samples judged by the gold labeler on held-out test prompts)")
+    ax.set_ylim(0, 100)
+    ax.set_title("How often each model's output is preferred to the SFT model's")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def overoptimisation_chart(path, runs: dict, best_of_n: list[dict]) -> None:
+    """Gold rating and RM reward against √KL (Gao et al. 2022): PPO runs' evaluations and best-of-n."""
+    import matplotlib.pyplot as plt
+
+    from nanorlhf.plots import save
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, evals in runs.items():
+        xs = [sqrt_kl(e["kl"]) for e in evals]
+        axes[0].plot(xs, [e["gold_rating"] for e in evals], marker="o", ms=3, label=name)
+        axes[1].plot(xs, [e["rm_score"] for e in evals], marker="o", ms=3, label=name)
+    if best_of_n:
+        xs = [sqrt_kl(b["kl"]) for b in best_of_n]
+        axes[0].plot(xs, [b["gold_rating"] for b in best_of_n], marker="s", ms=3, ls="--", label="best-of-n (SFT)")
+        axes[1].plot(xs, [b["rm_score"] for b in best_of_n], marker="s", ms=3, ls="--", label="best-of-n (SFT)")
+    axes[0].set_ylabel("gold labeler rating (1-7)")
+    axes[1].set_ylabel("reward-model score (proxy)")
+    for ax in axes:
+        ax.set_xlabel("√KL(π || π_SFT)  (√nats)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Over-optimisation: the proxy reward keeps rising; the gold rating need not")
+    fig.tight_layout()
+    save(fig, path)
+
+
+def write_report(out_dir) -> str:
+    """out/report.md and its figures from out/eval.json, the PPO histories and the pipeline state."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    ev = json.loads((out / "eval.json").read_text())
+    models = ev["models"]
+    runs = {}
+    for run in ("ppo", "ppo_ptx", "ppo_beta0"):
+        h = out / run / "history.json"
+        if h.exists():
+            hist = json.loads(h.read_text())
+            runs[run] = [e for e in hist["evals"] if e.get("rm_score") is not None]
+            ppo_curves(out / f"{run}_curves.png", run, hist["history"], hist["evals"])
+    winrate_chart(out / "winrate.png", models)
+    overoptimisation_chart(out / "overoptimisation.png", runs, ev.get("best_of_n", []))
+    state_path = out / "pipeline_state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+
+    lines = ["# nanorlhf report", "",
+             f"Test prompts: {next(iter(models.values()))['n'] if models else 0}; every model's samples are compared with "
+             "the SFT model's by the gold labeler (ties count half). 95% Wilson intervals.", "",
+             "![win-rate against SFT](winrate.png)", "",
+             "| model | win-rate vs SFT | 95% CI | gold rating (1-7) | correct | EOS | RM score | KL to SFT (nats) | corpus loss |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in models.items():
+        kl = "—" if r["kl_to_sft"] is None else f"{r['kl_to_sft']:.2f}"
+        lines.append(f"| {name} | {r['win_rate']:.1%} | [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | {r['rating']:.2f} | "
+                     f"{r['correct']:.0%} | {r['eos_rate']:.0%} | {r['rm_score']:+.2f} | {kl} | {r['corpus_loss']:.3f} |")
+    cats = sorted({c for r in models.values() for c in r["per_category"]})
+    lines += ["", "Corpus loss is the pretraining-corpus validation loss: what RLHF costs in language modelling "
+              "(the alignment tax; PPO-ptx should pay less).", "", "## Gold rating per category", "",
+              "| model | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
+    for name, r in models.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r['per_category'].get(c, {}).get('rating', float('nan')):.1f}"
+                                                  for c in cats) + " |")
+    lines += ["", "## PPO runs", ""]
+    for run in runs:
+        lines.append(f"![{run}]({run}_curves.png)")
+    lines += ["", "## Over-optimisation", "",
+              "Gold rating and reward-model score against √KL to the SFT model, for each PPO run's periodic evaluations "
+              "and for best-of-n sampling from SFT (KL = log n − (n−1)/n). With β = 0 the proxy reward keeps rising "
+              "while the gold rating stalls or falls: the policy learns what the reward model over-values.", "",
+              "![over-optimisation](overoptimisation.png)", "", "## Samples", ""]
+    first = next(iter(ev["samples"].values()), [])
+    for i, s in enumerate(first[:4]):
+        lines += [f"**Prompt:** {s['prompt']}", "", "| model | response | rating |", "|---|---|---|"]
+        for name, ss in ev["samples"].items():
+            if i < len(ss):
+                resp = ss[i]["response"].replace("|", "\\|").replace("\n", " ")
+                lines.append(f"| {name} | {resp[:200]}{'' if ss[i]['finished'] else ' *(no EOS)*'} | {ss[i]['rating']} |")
+        lines.append("")
+    if state:
+        lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v['wall_s']:.0f} |" for k, v in state.items()]
+        lines.append(f"| total | {sum(v['wall_s'] for v in state.values()):.0f} |")
+    text = "\n".join(lines) + "\n"
+    tmp = out / "report.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(out / "report.md")
+    return text
+
+
+def main(argv=None) -> None:
+    from dataclasses import dataclass
+
+    from nanorlhf.config import parse_config
+
+    @dataclass
+    class ReportConfig:
+        out_dir: str = "out"
+
+    cfg = parse_config(ReportConfig, argv)
+    write_report(cfg.out_dir)
+    print(f"report: wrote {cfg.out_dir}/report.md and its figures")
+
+
+if __name__ == "__main__":
+    from nanorlhf.config import run_main
+
+    run_main(main)

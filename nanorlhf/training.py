@@ -23,6 +23,8 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def setup_device(device: str) -> str:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        torch.set_flush_denormal(True)  # denormal floats (tiny gradients late in training) stall CPU maths
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -1,0 +1,119 @@
+"""Micro end-to-end runs of the stage scripts and the one-command pipeline (seconds each, on the CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run(args, cwd=None, check=True):
+    r = subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Run the micro pipeline as if interrupted after SFT, then rerun it to the end."""
+    d = tmp_path_factory.mktemp("pipe")
+    args = ["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={d}/out"]
+    first = run([*args, "--stop_after=sft"])
+    second = run(args)
+    return d, first.stdout, second.stdout
+
+
+def test_prepare_pretrain_sft_write_their_files(pipeline):
+    d, first, _ = pipeline
+    for name in ("corpus.txt", "sft.jsonl", "prompts.jsonl", "tokenizer.tiktoken", "meta.json"):
+        assert (d / "data" / name).stat().st_size > 0
+    splits = {json.loads(line)["split"] for line in (d / "data/prompts.jsonl").read_text().splitlines()}
+    assert splits == {"train", "val", "test"}
+    for stage in ("base", "sft"):
+        ck = torch.load(d / "out" / stage / "ckpt.pt", weights_only=True)
+        assert set(ck) >= {"model_config", "config", "model", "tokenizer", "step", "metrics"}
+        assert ck["metrics"]["val_loss"] > 0 and "gold" in ck["metrics"]
+    base = torch.load(d / "out/base/ckpt.pt", weights_only=True)
+    assert base["config"]["stage"] == "pretrain"
+    assert "ppo" not in first and "[4/9] rm" not in first  # stopped after sft
+
+
+def test_resume_skips_finished_stages(pipeline):
+    d, _, second = pipeline
+    for stage in ("prepare", "pretrain", "sft"):
+        assert f"{stage}: current, skipped" in second
+    for stage in ("rm", "ppo", "eval", "report"):
+        assert f"{stage}: done in" in second
+    third = run(["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={d}/out"]).stdout
+    assert third.count("current, skipped") == 9
+
+
+def test_report_has_every_model_row_and_figure(pipeline):
+    d, _, _ = pipeline
+    out = d / "out"
+    report = (out / "report.md").read_text()
+    for model in ("base", "base few-shot", "SFT", "PPO", "PPO-ptx", "PPO β=0"):
+        assert f"\n| {model} |" in report
+    for fig in ("winrate.png", "overoptimisation.png", "ppo_curves.png", "ppo_ptx_curves.png", "ppo_beta0_curves.png"):
+        assert (out / fig).stat().st_size > 10_000, fig
+        assert f"({fig})" in report
+    assert (out / "rm" / "rm_training.png").exists() and (out / "rm" / "comparisons.jsonl").exists()
+    ev = json.loads((out / "eval.json").read_text())
+    assert 0.0 <= ev["models"]["SFT"]["ci_low"] <= ev["models"]["SFT"]["win_rate"] <= ev["models"]["SFT"]["ci_high"] <= 1
+    groups = [json.loads(line) for line in (out / "rm/comparisons.jsonl").read_text().splitlines()]
+    assert all(sorted(g["ranking"]) == list(range(len(g["responses"]))) for g in groups)
+
+
+def _listing(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_bad_input_one_clear_line_nonzero_exit_nothing_written(pipeline, tmp_path):
+    d, _, _ = pipeline
+    # unknown --key
+    r = run(["train_sft.py", "--stage=sft", "--bogus=1", f"--out_dir={tmp_path}/o"], check=False)
+    assert r.returncode != 0 and r.stderr.strip() == "error: unknown option --bogus for Config (see --help)"
+    # missing checkpoint: says which command creates it
+    r = run(["train_rm.py", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={tmp_path}/o"], check=False)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+    assert "not found" in r.stderr and "train_sft.py --stage=sft" in r.stderr
+    # malformed jsonl line: file and line named, and no checkpoint written
+    bad = tmp_path / "data"
+    bad.mkdir()
+    for name in ("corpus.txt", "prompts.jsonl", "tokenizer.tiktoken", "meta.json"):
+        (bad / name).write_bytes((d / "data" / name).read_bytes())
+    lines = (d / "data/sft.jsonl").read_text().splitlines()
+    lines[2] = lines[2][:-5]
+    (bad / "sft.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "o").mkdir(exist_ok=True)
+    (tmp_path / "o" / "base").mkdir(exist_ok=True)
+    (tmp_path / "o" / "base" / "ckpt.pt").write_bytes((d / "out/base/ckpt.pt").read_bytes())
+    before = _listing(tmp_path / "o")
+    r = run(["train_sft.py", "--stage=sft", "--preset=micro", f"--data_dir={bad}", f"--out_dir={tmp_path}/o"], check=False)
+    assert r.returncode != 0 and "sft.jsonl:3: not valid JSON" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert _listing(tmp_path / "o") == before
+    # a missing data file
+    r = run(["train_sft.py", "--stage=pretrain", "--preset=micro", f"--data_dir={tmp_path}/nowhere",
+             f"--out_dir={tmp_path}/o2"], check=False)
+    assert r.returncode != 0 and "file not found" in r.stderr and not (tmp_path / "o2").exists()
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(pipeline, tmp_path):
+    d, _, _ = pipeline
+    out = tmp_path / "o"
+    (out / "base").mkdir(parents=True)
+    (out / "base" / "ckpt.pt").write_bytes((d / "out/base/ckpt.pt").read_bytes())
+    good = (out / "base" / "ckpt.pt").read_bytes()
+    # a learning rate of 1e30 blows the weights up on the first step of training from the base model
+    r = run(["train_sft.py", "--stage=pretrain", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={out}",
+             "--lr=1e30", "--warmup_steps=1", "--eval_interval=5"], check=False)
+    assert r.returncode != 0 and ("became nan" in r.stderr or "became inf" in r.stderr), r.stderr
+    assert "Last good checkpoint kept" in r.stderr
+    assert (out / "base" / "ckpt.pt").read_bytes() == good
