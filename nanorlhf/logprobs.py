@@ -1,0 +1,145 @@
+"""
+Per-token log-probs (and entropy) of the chosen tokens: the quantity every RLHF loss is built on
+(PPO ratio exp(logp - logp_old), KL to the reference model, GRPO, DPO's sequence log-likelihoods).
+
+    logp[i] = log softmax(logits[i] / T)[targets[i]]
+    H[i]    = -sum_j p_ij log p_ij,      p_i = softmax(logits[i] / T)
+
+Two implementations of one function:
+  'torch'  - the reference: log_softmax(logits.float() / T).gather(...). Readable, obviously correct, but it
+             writes a second N x V fp32 tensor (and autograd keeps it): at 16k tokens x 128k vocab that is 8 GB.
+  'triton' - nanorlhf/kernels.py: one pass over the logits with an online softmax, only O(N) floats saved;
+             the backward recomputes the softmax tile by tile. Same numbers up to fp32 rounding.
+Choice: impl argument > NANORLHF_LOGPROBS=torch|triton > 'triton' for CUDA tensors when triton imports,
+'torch' otherwise. On CPU 'triton' runs through the Triton interpreter (TRITON_INTERPRET=1; the tests).
+
+linear_logprobs(hidden, weight, targets) does the same for logits = hidden @ weight.T without ever holding
+all N x V logits (chunks of tokens; Liger-Kernel's fused linear cross-entropy, per-token variant).
+
+Masks follow the repo convention, 1 = this token counts: where 0 the outputs are 0, the gradient is 0 and
+the target may be anything (e.g. -100 padding).
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def _pick_impl(impl, is_cuda):
+    impl = impl or os.environ.get("NANORLHF_LOGPROBS") or None
+    if impl is None:
+        impl = "triton" if is_cuda and _triton_available() else "torch"
+    if impl not in ("torch", "triton"):
+        raise ValueError(f"impl must be 'torch' or 'triton', got {impl!r}")
+    if impl == "triton" and not is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("impl='triton' on CPU needs TRITON_INTERPRET=1 (set before triton is imported)")
+    return impl
+
+
+def _triton_available():
+    try:
+        import triton  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _flat_inputs(targets, mask):
+    """targets (...) -> (N,) int64; mask (...) -> (N,) int8 or None; masked targets replaced by 0."""
+    targets = targets.reshape(-1).long()
+    if mask is None:
+        return targets.contiguous(), None
+    keep = mask.reshape(-1) != 0
+    return torch.where(keep, targets, 0).contiguous(), keep.to(torch.int8).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the reference
+
+def _token_logprobs_torch(logits, targets, temperature, mask, with_entropy):
+    logp_all = F.log_softmax(logits.float() / temperature, dim=-1)  # (..., V) fp32: the tensor we avoid
+    if mask is not None:
+        targets = torch.where(mask != 0, targets, 0)  # padding targets may be out of range
+    logp = logp_all.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)  # (...)
+    if mask is not None:
+        logp = torch.where(mask != 0, logp, 0.0)
+    if not with_entropy:
+        return logp, None
+    p = logp_all.exp()
+    # p log p -> 0 where p = 0 (a -inf logit): 0 * (-inf) would be nan, in the value and in the gradient
+    entropy = -(p * logp_all.masked_fill(p == 0, 0.0)).sum(-1)
+    if mask is not None:
+        entropy = torch.where(mask != 0, entropy, 0.0)
+    return logp, entropy
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public API
+
+def token_logprobs(logits, targets, *, temperature: float = 1.0, mask=None, with_entropy: bool = False,
+                   impl: str | None = None, _block_v: int | None = None):
+    """Log-probs of `targets` under softmax(logits / temperature), optionally with the entropy.
+
+    logits (..., V) any float dtype, may be a non-contiguous view such as logits[:, :-1];
+    targets (...) integer; mask (...) or None, 1 = counts.
+    Returns fp32 logp (...), or (logp, entropy) if with_entropy. Both are differentiable w.r.t. logits; the
+    gradient comes back in the logits' dtype. _block_v: tile-size override for the tests.
+    """
+    if _pick_impl(impl, logits.is_cuda) == "torch":
+        logp, entropy = _token_logprobs_torch(logits, targets, temperature, mask, with_entropy)
+    else:
+        from nanorlhf import kernels  # imports triton: only now, never at package import
+        flat_targets, keep = _flat_inputs(targets, mask)
+        logp, entropy = kernels.TokenLogprobs.apply(logits, flat_targets, keep, float(temperature), _block_v)
+        logp, entropy = logp.view(targets.shape), entropy.view(targets.shape)
+    return (logp, entropy) if with_entropy else logp
+
+
+def linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, mask=None, with_entropy: bool = False,
+                    chunk_size: int | None = None, impl: str | None = None):
+    """token_logprobs(hidden @ weight.T, targets, ...) without materialising the (N, V) logits.
+
+    hidden (..., d); weight (V, d), e.g. the tied lm_head / wte; targets (...); mask (...) or None.
+    Tokens go through in chunks of chunk_size (default: ~2^27 logits per chunk, 1024 tokens at V = 128k),
+    so the extra memory is a few chunk_size x V blocks instead of several N x V ones. (Liger picks chunks as
+    big as `hidden`; bigger chunks here because the weight gradient is summed over chunks in an fp32
+    buffer and each chunk's addition costs a pass over V x d.)
+    Gradients flow to hidden and weight. Under autocast the matmul runs in the autocast dtype.
+    """
+    lead, d = hidden.shape[:-1], hidden.shape[-1]
+    h = hidden.reshape(-1, d)  # (N, d)
+    N, V = h.shape[0], weight.shape[0]
+    if chunk_size is None:
+        chunk_size = max(64, 2**27 // V)  # ~2^27 logits (256 MB in bf16) per chunk: 1024 tokens at V = 128k
+    if torch.is_autocast_enabled(h.device.type):
+        dtype = torch.get_autocast_dtype(h.device.type)
+        h, weight = h.to(dtype), weight.to(dtype)
+    elif weight.dtype != h.dtype:
+        h = h.to(weight.dtype)
+    flat_targets, keep = _flat_inputs(targets, mask)
+
+    if _pick_impl(impl, h.is_cuda) == "torch":
+        # the reference, chunked the simple way: each chunk's logits are recomputed in the backward
+        # (activation checkpointing) instead of being kept by autograd
+        def chunk_fn(h_c, w, t_c, k_c):
+            return _token_logprobs_torch(h_c @ w.t(), t_c, temperature, k_c, with_entropy)
+        outs = []
+        for a in range(0, N, chunk_size):
+            k_c = keep[a:a + chunk_size] if keep is not None else None
+            args = (h[a:a + chunk_size], weight, flat_targets[a:a + chunk_size], k_c)
+            if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+                outs.append(checkpoint(chunk_fn, *args, use_reentrant=False))
+            else:
+                outs.append(chunk_fn(*args))
+        logp = torch.cat([lp for lp, _ in outs])
+        entropy = torch.cat([ent for _, ent in outs]) if with_entropy else None
+    else:
+        from nanorlhf import kernels
+        with torch.autocast(h.device.type, enabled=False):
+            logp, entropy = kernels.LinearLogprobs.apply(h, weight, flat_targets, keep, float(temperature),
+                                                         chunk_size)
+    if with_entropy:
+        return logp.view(lead), entropy.view(lead)
+    return logp.view(lead)
