@@ -129,7 +129,10 @@ def linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, mask=N
         for a in range(0, N, chunk_size):
             k_c = keep[a:a + chunk_size] if keep is not None else None
             args = (h[a:a + chunk_size], weight, flat_targets[a:a + chunk_size], k_c)
-            if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+            # recompute the chunk's logits in the backward only when keeping them would cost real memory
+            # (> 2^24 logits); small chunks (a CPU minibatch) keep them: recomputing is pure waste there
+            big = args[0].shape[0] * V > 2**24
+            if big and torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
                 outs.append(checkpoint(chunk_fn, *args, use_reentrant=False))
             else:
                 outs.append(chunk_fn(*args))
