@@ -89,7 +89,7 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
             raise ConfigError(f"unknown preset {name!r}: expected one of {', '.join(presets)}")
         values.update(presets[name])
         values["preset"] = name
-    elif "preset" in pairs:
+    elif "preset" in pairs and "preset" not in fields:
         raise ConfigError(f"{cls.__name__} has no presets")
     for key, text in pairs.items():
         values[key] = _convert(key, text, hints[key])

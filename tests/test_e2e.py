@@ -42,7 +42,7 @@ def test_prepare_pretrain_sft_write_their_files(pipeline):
         assert ck["metrics"]["val_loss"] > 0 and "gold" in ck["metrics"]
     base = torch.load(d / "out/base/ckpt.pt", weights_only=True)
     assert base["config"]["stage"] == "pretrain"
-    assert "ppo" not in first and "[4/9] rm" not in first  # stopped after sft
+    assert "[4/9] rm" not in first and "[5/9] ppo" not in first  # stopped after sft
 
 
 def test_resume_skips_finished_stages(pipeline):
