@@ -27,11 +27,11 @@ import torch
 from nanorlhf import ppo
 from nanorlhf.checkpoint import load_model, save_checkpoint, stage_path
 from nanorlhf.config import parse_config, run_main
-from nanorlhf.data import lm_batches, load_world, read_prompts, read_text
+from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts
 from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import generate, response_logprobs
 from nanorlhf.losses import masked_mean, sft_loss
-from nanorlhf.tokenizer import EOT, load_tokenizer
+from nanorlhf.tokenizer import load_tokenizer
 from nanorlhf.training import Progress, autocast, check_finite, make_optimizer, seed_everything, setup_device
 
 
@@ -186,9 +186,7 @@ def main(argv=None):
     prompt_ids = [tok.prompt_ids(p["prompt"])[-max_prompt:] for p in train_prompts]
     ptx_batches = None
     if cfg.ptx_coef > 0:
-        docs = [d for d in read_text(Path(cfg.data_dir) / "corpus.txt").split(EOT) if d.strip()]
-        ids = [t for doc in tok.enc.encode_ordinary_batch(docs) for t in doc + [tok.eos_id]]
-        ptx_batches = lm_batches(torch.tensor(ids), cfg.ptx_batch, policy.config.block_size, generator)
+        ptx_batches = lm_batches(corpus_tokens(cfg.data_dir, tok), cfg.ptx_batch, policy.config.block_size, generator)
 
     def reward_fn(gen):  # the frozen reward model reads the last real token (the EOS)
         return reward_model(gen.tokens, gen.attention_mask)

@@ -22,12 +22,12 @@ import torch
 
 from nanorlhf.checkpoint import load_model, save_checkpoint, stage_path
 from nanorlhf.config import ConfigError, parse_config, run_main
-from nanorlhf.data import lm_batches, load_world, read_jsonl, read_prompts, read_text, sft_batch
+from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_jsonl, read_prompts, sft_batch
 from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import sft_loss
 from nanorlhf.model import GPT, GPTConfig
-from nanorlhf.tokenizer import EOT, load_tokenizer
+from nanorlhf.tokenizer import load_tokenizer
 from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer,
                                seed_everything, set_lr, setup_device)
 
@@ -105,11 +105,7 @@ def main(argv=None):
 
     # ------------------------------------------------------------------------------------------ data
     if cfg.stage == "pretrain":
-        docs = [d.strip() for d in read_text(Path(cfg.data_dir) / "corpus.txt").split(EOT) if d.strip()]
-        ids = []
-        for doc in tok.enc.encode_ordinary_batch(docs):
-            ids += doc + [tok.eos_id]
-        tokens = torch.tensor(ids, dtype=torch.long)
+        tokens = corpus_tokens(cfg.data_dir, tok)
         n_val = max(cfg.block_size + 2, int(len(tokens) * cfg.val_frac))
         train_batches = lm_batches(tokens[:-n_val], cfg.batch_size, cfg.block_size, gen)
         val_batches = lambda: lm_batches(tokens[-n_val:], cfg.batch_size, cfg.block_size,  # noqa: E731

@@ -169,3 +169,17 @@ def ranked_sequences(groups: list[dict], tok, block_size: int):
     lengths = torch.tensor([len(s) for s in seqs])
     mask = torch.arange(tokens.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
     return tokens, mask, torch.tensor(valid, dtype=torch.bool)
+
+
+def corpus_tokens(data_dir, tok, tail_frac: float = 1.0) -> torch.Tensor:
+    """The pretraining corpus as one token stream: documents (stripped) each followed by EOS.
+
+    tail_frac < 1 keeps only the last fraction of documents (the held-out end used for evaluation).
+    One definition for pretraining, PPO-ptx and the alignment-tax measure, so they see the same text.
+    """
+    from nanorlhf.tokenizer import EOT
+
+    docs = [d.strip() for d in read_text(Path(data_dir) / "corpus.txt").split(EOT) if d.strip()]
+    if tail_frac < 1.0:
+        docs = docs[-max(1, int(len(docs) * tail_frac)) :]
+    return torch.tensor([t for doc in tok.enc.encode_ordinary_batch(docs) for t in doc + [tok.eos_id]], dtype=torch.long)

@@ -124,8 +124,8 @@ def main(argv=None) -> dict:
 
     from nanorlhf.checkpoint import load_model, stage_path
     from nanorlhf.config import parse_config
-    from nanorlhf.data import load_world, read_prompts, read_text
-    from nanorlhf.tokenizer import EOT, load_tokenizer
+    from nanorlhf.data import corpus_tokens, load_world, read_prompts
+    from nanorlhf.tokenizer import load_tokenizer
     from nanorlhf.training import setup_device
 
     @dataclass
@@ -155,9 +155,7 @@ def main(argv=None) -> dict:
     sft, ck = load_model(stage_path(out, "sft"), "sft", device=device)
     tok = load_tokenizer(ck["tokenizer"])
     rm, _ = load_model(stage_path(out, "rm"), "rm", device=device)
-    docs = [d for d in read_text(Path(cfg.data_dir) / "corpus.txt").split(EOT) if d.strip()]
-    corpus = [t for doc in tok.enc.encode_ordinary_batch(docs[-max(1, len(docs) // 20):]) for t in doc + [tok.eos_id]]
-    corpus = torch.tensor(corpus)  # the held-out end of the corpus, as in train_sft.py
+    corpus = corpus_tokens(cfg.data_dir, tok, tail_frac=0.05)  # the held-out end, as in train_sft.py
 
     def gen(seed):
         return torch.Generator(device).manual_seed(seed)
