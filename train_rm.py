@@ -24,6 +24,7 @@ import torch
 from nanorlhf.checkpoint import load_model, save_checkpoint, stage_path
 from nanorlhf.config import ConfigError, parse_config, run_main
 from nanorlhf.data import (load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts, write_jsonl)
+from nanorlhf.eval import score_texts
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import ranking_accuracy, ranking_loss
 from nanorlhf.plots import line_plots
@@ -146,7 +147,8 @@ def main(argv=None):
 
     # ------------------------------------------- 5. normalise: SFT demonstrations score 0 on average
     demos = read_jsonl(Path(cfg.data_dir) / "sft.jsonl", {"prompt": str, "response": str})[-200:]
-    bias = demo_mean_score(rm, tok, demos, block, device)
+    scores = score_texts(rm, tok, [d["prompt"] for d in demos], [(d["response"], True) for d in demos])
+    bias = sum(scores) / len(scores)
     with torch.no_grad():
         rm.score.bias -= bias
     print(f"rm: shifted the reward by {-bias:+.3f} so demonstrations score 0 on average")
@@ -226,13 +228,6 @@ def gold_order(labeler, g: dict) -> dict:
     return {**g, "ranking": sorted(range(len(util)), key=lambda i: -util[i])}
 
 
-@torch.no_grad()
-def demo_mean_score(rm, tok, demos, block, device) -> float:
-    rm.eval()
-    groups = [{"prompt": d["prompt"], "responses": [d["response"]], "ranking": [0]} for d in demos]
-    tokens, mask, _ = (t.to(device) for t in ranked_sequences(groups, tok, block))
-    with autocast(device):
-        return rm(tokens, mask).float().mean().item()
 
 
 if __name__ == "__main__":

@@ -183,3 +183,13 @@ def corpus_tokens(data_dir, tok, tail_frac: float = 1.0) -> torch.Tensor:
     if tail_frac < 1.0:
         docs = docs[-max(1, int(len(docs) * tail_frac)) :]
     return torch.tensor([t for doc in tok.enc.encode_ordinary_batch(docs) for t in doc + [tok.eos_id]], dtype=torch.long)
+
+
+def text_batches(tok, prompts: list[str], outs: list[tuple[str, bool]], block_size: int, batch_size: int):
+    """Yield (start, tokens, mask) for (prompt, (response, finished)) texts, `batch_size` rows at a time:
+    right-padded prompt+response sequences (EOS only where the response finished)."""
+    for i in range(0, len(prompts), batch_size):
+        groups = [{"prompt": p, "responses": [r], "ranking": [0], "finished": [f]}
+                  for p, (r, f) in zip(prompts[i : i + batch_size], outs[i : i + batch_size])]
+        tokens, mask, _ = ranked_sequences(groups, tok, block_size)
+        yield i, tokens, mask

@@ -65,30 +65,25 @@ def win_rate(labeler, prompts: list[str], a: list[tuple[str, bool]], b: list[tup
 @torch.no_grad()
 def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]], batch_size: int = 64) -> list[float]:
     """Reward-model scores of (prompt, response) texts, read at the EOS (no EOS for unfinished ones)."""
-    from nanorlhf.data import ranked_sequences
+    from nanorlhf.data import text_batches
 
     device = rm.wte.weight.device
     scores = []
-    for i in range(0, len(prompts), batch_size):
-        groups = [{"prompt": p, "responses": [r], "ranking": [0], "finished": [f]}
-                  for p, (r, f) in zip(prompts[i : i + batch_size], outs[i : i + batch_size])]
-        tokens, mask, _ = (t.to(device) for t in ranked_sequences(groups, tok, rm.config.block_size))
-        scores += rm.eval()(tokens, mask).float().tolist()
+    for _, tokens, mask in text_batches(tok, prompts, outs, rm.config.block_size, batch_size):
+        scores += rm.eval()(tokens.to(device), mask.to(device)).float().tolist()
     return scores
 
 
 @torch.no_grad()
 def kl_to_reference(model, ref, tok, prompts: list[str], outs: list[tuple[str, bool]], batch_size: int = 64) -> float:
     """Monte-Carlo KL(π || π_SFT) per response: mean over the model's own samples of Σ_t log π − log π_SFT."""
-    from nanorlhf.data import ranked_sequences
+    from nanorlhf.data import text_batches
     from nanorlhf.generate import response_logprobs
 
     device = model.wte.weight.device
     total = 0.0
-    for i in range(0, len(prompts), batch_size):
-        groups = [{"prompt": p, "responses": [r], "ranking": [0], "finished": [f]}
-                  for p, (r, f) in zip(prompts[i : i + batch_size], outs[i : i + batch_size])]
-        tokens, mask, _ = (t.to(device) for t in ranked_sequences(groups, tok, model.config.block_size))
+    for i, tokens, mask in text_batches(tok, prompts, outs, model.config.block_size, batch_size):
+        tokens, mask = tokens.to(device), mask.to(device)
         plen = torch.tensor([len(tok.prompt_ids(p)) for p in prompts[i : i + batch_size]], device=device)
         # the prompt lengths differ per row (right padding): score every position, keep response ones
         pos = torch.arange(tokens.shape[1], device=device)
