@@ -5,6 +5,14 @@ serves the whole batch; position ids come from the attention mask, so padding ne
 Sampling is ancestral from softmax(logits / temperature), optionally truncated to the top k (PPO
 rollouts keep top_k = 0: truncated sampling biases the KL estimate, see RLHF_DETAILS item 7). A row
 that has emitted EOS gets PAD from then on; generation stops when every row has finished.
+
+Speed (CPU, one PPO rollout of 64 x 48 tokens; tests/test_fast_paths.py pins each against the plain way):
+  - the prefill sends only the last prompt position through the output layer (the only one that predicts
+    a token); use_cache=False, the plain path, computes the logits of every position and keeps the last;
+  - a token is drawn by inverse-CDF sampling (one uniform per row, a cumulative sum and a binary search)
+    rather than torch.multinomial, whose exponential race draws V random numbers per row. Same distribution,
+    a different draw: a fixed generator seed still gives the same tokens on every run, but not the tokens
+    torch.multinomial would have given.
 """
 
 from __future__ import annotations
@@ -45,8 +53,12 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     mask = torch.arange(P, device=device).unsqueeze(0) >= (P - lengths).unsqueeze(1)  # (B, P)
     max_new_tokens = min(max_new_tokens, model.config.block_size - P)
-    cache = model.new_cache(B, P + max_new_tokens) if use_cache else None
-    logits = model(idx, mask, cache)[:, -1]  # (B, V)
+    if use_cache:
+        cache = model.new_cache(B, P + max_new_tokens)
+        h = model.hidden_states(idx, mask, cache)[:, -1]  # (B, d): the last prompt position predicts token 1
+        logits = F.linear(h, model.lm_head_weight)  # (B, V), not (B, P, V): no other position is sampled from
+    else:
+        logits = model(idx, mask)[:, -1]  # (B, V) of the full (B, P, V): the plain way
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out, logps = [], []
     for t in range(max_new_tokens):
@@ -83,13 +95,28 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int, generator):
     if temperature == 0:
         nxt = logits.argmax(-1)
         return nxt, torch.zeros_like(nxt, dtype=torch.float)
-    logits = logits / temperature
+    if temperature != 1.0:  # (at T = 1 the division would only copy the (B, V) logits)
+        logits = logits / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    logp_all = F.log_softmax(logits, dim=-1)
-    nxt = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+    logp_all = F.log_softmax(logits, dim=-1)  # (B, V)
+    nxt = sample_inverse_cdf(logp_all.exp(), generator)
     return nxt, logp_all.gather(1, nxt.unsqueeze(1)).squeeze(1)
+
+
+def sample_inverse_cdf(probs: torch.Tensor, generator=None) -> torch.Tensor:
+    """One index per row of `probs` (B, V), drawn with probability probs[b, i] / sum_j probs[b, j].
+
+    Inverse-CDF sampling: with cdf_i = p_0 + ... + p_i and u ~ Uniform[0, cdf_last), the index is the first
+    i with cdf_i > u, which happens with probability (cdf_i - cdf_(i-1)) / cdf_last = p_i / sum p. One
+    uniform per row from `generator` (torch.multinomial's exponential race draws V of them). The sum runs in
+    float64 so that every interval is p_i to ~1e-16, even for tiny p_i. A zero-probability token has an empty
+    interval (cdf_i = cdf_(i-1)) and is never drawn; u < cdf_last (rand < 1), so the index stays < V.
+    """
+    cdf = probs.double().cumsum(-1)  # (B, V)
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
 def response_mask_from(response: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -103,18 +130,22 @@ def response_mask_from(response: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 def response_logprobs(model: GPT, tokens, attention_mask, prompt_len: int, temperature: float = 1.0,
-                      with_entropy: bool = False, impl: str | None = None):
+                      with_entropy: bool = False, impl: str | None = None, entropy_grad: bool = False,
+                      fast: bool = True):
     """Log-probs (B, T) (and entropies) of the response tokens tokens[:, P:] under `model` at `temperature`.
 
     Alignment (RLHF_DETAILS item 4): the hidden state at column t predicts token t + 1, so the response
     tokens are scored by hidden states P−1 … P+T−2; prompt positions no loss reads are never sent through
     the output layer. The fused path never materialises the (B, T, V) logits (see logprobs.py).
+    The entropy is for logging (train_ppo's `entropy` column): it carries no gradient, which spares the
+    backward its full-vocabulary work. An entropy bonus in a loss needs entropy_grad=True.
+    fast=False: the plain reference log-prob path (tests/test_fast_paths.py).
     """
     h = model.hidden_states(tokens, attention_mask)[:, prompt_len - 1 : -1]  # (B, T, d)
     targets = tokens[:, prompt_len:]
     mask = attention_mask[:, prompt_len:].float()
     return linear_logprobs(h, model.lm_head_weight, targets, temperature=temperature, mask=mask,
-                           with_entropy=with_entropy, impl=impl)
+                           with_entropy=with_entropy, entropy_grad=entropy_grad, impl=impl, fast=fast)
 
 
 @torch.no_grad()

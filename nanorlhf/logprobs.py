@@ -14,7 +14,9 @@ Choice: impl argument > NANORLHF_LOGPROBS=torch|triton > 'triton' for CUDA tenso
 'torch' otherwise. On CPU 'triton' runs through the Triton interpreter (TRITON_INTERPRET=1; the tests).
 
 linear_logprobs(hidden, weight, targets) does the same for logits = hidden @ weight.T without ever holding
-all N x V logits (chunks of tokens; Liger-Kernel's fused linear cross-entropy, per-token variant).
+all N x V logits (chunks of tokens; Liger-Kernel's fused linear cross-entropy, per-token variant). Its 'torch'
+path has a fast variant for the common case (entropy only logged, not differentiated; see _FastLogprobs):
+fewer full-vocabulary passes, same numbers as the reference up to fp32 rounding (tests/test_fast_paths.py).
 
 Masks follow the repo convention, 1 = this token counts: where 0 the outputs are 0, the gradient is 0 and
 the target may be anything (e.g. -100 padding).
@@ -75,6 +77,61 @@ def _token_logprobs_torch(logits, targets, temperature, mask, with_entropy):
     return logp, entropy
 
 
+class _FastLogprobs(torch.autograd.Function):
+    """The 'torch' reference for logits that come out of a matmul, with fewer passes over the (N, V) block.
+
+    (logits (N, V), targets (N,), keep (N,) int8 or None, T, with_entropy) -> logp (N,), entropy (N,) or None.
+    Same values as _token_logprobs_torch up to fp32 rounding; what it saves on CPU, where every pass over an
+    N x V block costs milliseconds (each named pass is one read/write of the whole block):
+      - no division by T when T == 1 (a copy of the block);
+      - entropy from the p we need anyway for the backward: one exp and one row-dot; no p == 0 mask and
+        masked_fill (logits from a matmul are finite, so log p is finite and 0 * log p = 0) and no autograd
+        graph: the entropy comes back without a gradient (PPO only logs it);
+      - a hand-written backward, d logp_t / d z_j = onehot_t(j) - p_j: one pass, instead of autograd's
+        zero-filled gather gradient plus the log_softmax backward.
+    Under no_grad (scoring with the reference model) only the log_softmax and the gather run.
+    Not for logits that may hold -inf (token_logprobs keeps the reference for those).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, keep, temperature, with_entropy):
+        z = logits.float()
+        if temperature != 1.0:
+            z = z / temperature
+        logp_all = F.log_softmax(z, dim=-1)  # (N, V)
+        logp = logp_all.gather(1, targets.unsqueeze(1)).squeeze(1)  # (N,)
+        need_grad = ctx.needs_input_grad[0]
+        p = entropy = None
+        if with_entropy:
+            p = logp_all.exp()
+            entropy = -torch.linalg.vecdot(p, logp_all)  # -sum_j p_j log p_j, one pass, no (N, V) product
+        elif need_grad:
+            p = logp_all.exp_()  # logp_all is not needed any more: overwrite it with p
+        if keep is not None:
+            logp = torch.where(keep != 0, logp, 0.0)
+            entropy = torch.where(keep != 0, entropy, 0.0) if with_entropy else None
+        if need_grad:
+            ctx.save_for_backward(p, targets, keep)
+            ctx.temperature, ctx.dtype = temperature, logits.dtype
+        if with_entropy:
+            ctx.mark_non_differentiable(entropy)
+        ctx.set_materialize_grads(False)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, g_logp, g_entropy):
+        if g_logp is None:
+            return None, None, None, None, None
+        p, targets, keep = ctx.saved_tensors
+        g = g_logp.float()
+        if keep is not None:
+            g = torch.where(keep != 0, g, 0.0)  # masked tokens: logp was set to 0, so no gradient
+        g = g / ctx.temperature  # z = logits / T
+        dz = p * -g.unsqueeze(1)  # (N, V): -g p_j ...
+        dz.scatter_add_(1, targets.unsqueeze(1), g.unsqueeze(1))  # ... + g at the target
+        return dz.to(ctx.dtype), None, None, None, None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # public API
 
@@ -98,7 +155,8 @@ def token_logprobs(logits, targets, *, temperature: float = 1.0, mask=None, with
 
 
 def linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, mask=None, with_entropy: bool = False,
-                    chunk_size: int | None = None, impl: str | None = None):
+                    entropy_grad: bool = True, chunk_size: int | None = None, impl: str | None = None,
+                    fast: bool = True):
     """token_logprobs(hidden @ weight.T, targets, ...) without materialising the (N, V) logits.
 
     hidden (..., d); weight (V, d), e.g. the tied lm_head / wte; targets (...); mask (...) or None.
@@ -107,6 +165,8 @@ def linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, mask=N
     big as `hidden`; bigger chunks here because the weight gradient is summed over chunks in an fp32
     buffer and each chunk's addition costs a pass over V x d.)
     Gradients flow to hidden and weight. Under autocast the matmul runs in the autocast dtype.
+    entropy_grad=False: the entropy is only logged; it comes back without a gradient, which lets the 'torch'
+    path use _FastLogprobs (so does with_entropy=False). fast=False: always the plain reference (the tests).
     """
     lead, d = hidden.shape[:-1], hidden.shape[-1]
     h = hidden.reshape(-1, d)  # (N, d)
@@ -121,9 +181,14 @@ def linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, mask=N
     flat_targets, keep = _flat_inputs(targets, mask)
 
     if _pick_impl(impl, h.is_cuda) == "torch":
-        # the reference, chunked the simple way: each chunk's logits are recomputed in the backward
-        # (activation checkpointing) instead of being kept by autograd
+        # chunked the simple way: a big chunk's logits are recomputed in the backward (activation
+        # checkpointing) instead of being kept by autograd. Each chunk runs _FastLogprobs unless the entropy
+        # needs a gradient (or fast=False): then the reference.
+        use_fast = fast and not (with_entropy and entropy_grad)
+
         def chunk_fn(h_c, w, t_c, k_c):
+            if use_fast:
+                return _FastLogprobs.apply(h_c @ w.t(), t_c, k_c, float(temperature), with_entropy)
             return _token_logprobs_torch(h_c @ w.t(), t_c, temperature, k_c, with_entropy)
         outs = []
         for a in range(0, N, chunk_size):
@@ -144,5 +209,7 @@ def linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, mask=N
             logp, entropy = kernels.LinearLogprobs.apply(h, weight, flat_targets, keep, float(temperature),
                                                          chunk_size)
     if with_entropy:
+        if not entropy_grad:
+            entropy = entropy.detach()  # the same on every path: an entropy that is only logged has no gradient
         return logp.view(lead), entropy.view(lead)
     return logp.view(lead)

@@ -1,0 +1,185 @@
+"""Every speed-up of a PPO iteration (issue #7) against the plain way it replaces: same numbers up to fp32
+rounding, same tokens for the same generator, or (for the sampler, which draws differently by design)
+the same distribution.
+
+    fast path                                      plain path
+    _FastLogprobs (linear_logprobs, fast=True)      _token_logprobs_torch (fast=False)
+    entropy without a gradient (logged only)        entropy inside the autograd graph
+    prefill: output layer at the last position      full forward, logits of every position, keep the last
+    KV cache                                        recompute the prefix every step (use_cache=False)
+    inverse-CDF sampling                            the exact softmax probabilities (chi-square test)
+"""
+
+import pytest
+import torch
+
+from nanorlhf.generate import _sample, generate, response_logprobs, sample_inverse_cdf
+from nanorlhf.logprobs import linear_logprobs, token_logprobs
+from tests.helpers import tiny_gpt
+
+EOS, PAD = 48, 49
+
+
+def _prompts():
+    return [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11], [12]]
+
+
+def _grads(fn, *leaves):
+    """fn(*leaves) -> (logp, entropy); returns logp, entropy and d(sum g * logp)/d leaves."""
+    leaves = [x.detach().clone().requires_grad_() for x in leaves]
+    logp, entropy = fn(*leaves)
+    g = torch.randn(logp.shape, generator=torch.Generator().manual_seed(7))
+    grads = torch.autograd.grad((logp * g).sum(), leaves)
+    return logp, entropy, grads
+
+
+# ----------------------------------------------------------------------------------------------------------
+# log-probs: _FastLogprobs vs the reference
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("chunk_size", [None, 4])  # one chunk; several (the weight gradient sums over them)
+def test_fast_linear_logprobs_equal_reference(temperature, chunk_size):
+    gen = torch.Generator().manual_seed(0)
+    B, T, d, V = 3, 5, 16, 57
+    hidden = torch.randn(B, T, d, generator=gen)
+    weight = torch.randn(V, d, generator=gen) * 0.5
+    targets = torch.randint(0, V, (B, T), generator=gen)
+    mask = (torch.rand(B, T, generator=gen) > 0.3).float()
+    targets[mask == 0] = -100  # padding targets may be anything
+
+    def run(fast):
+        return lambda h, w: linear_logprobs(h, w, targets, temperature=temperature, mask=mask, with_entropy=True,
+                                            entropy_grad=False, chunk_size=chunk_size, impl="torch", fast=fast)
+
+    lp_fast, ent_fast, (dh_fast, dw_fast) = _grads(run(True), hidden, weight)
+    lp_ref, ent_ref, (dh_ref, dw_ref) = _grads(run(False), hidden, weight)
+    for a, b in ((lp_fast, lp_ref), (ent_fast, ent_ref), (dh_fast, dh_ref), (dw_fast, dw_ref)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert not ent_fast.requires_grad  # logged only: no graph behind it
+    assert (lp_fast[mask == 0] == 0).all() and (ent_fast[mask == 0] == 0).all()
+    # and the plain path is what token_logprobs computes on the full logits
+    full = token_logprobs(hidden @ weight.T, targets, temperature=temperature, mask=mask, impl="torch")
+    torch.testing.assert_close(lp_fast, full, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_logprobs_without_entropy_and_without_grad():
+    gen = torch.Generator().manual_seed(1)
+    hidden, weight = torch.randn(6, 8, generator=gen), torch.randn(33, 8, generator=gen)
+    targets = torch.randint(0, 33, (6,), generator=gen)
+    _, _, grads_fast = _grads(lambda h, w: (linear_logprobs(h, w, targets, impl="torch"), None), hidden, weight)
+    _, _, grads_ref = _grads(lambda h, w: (linear_logprobs(h, w, targets, impl="torch", fast=False), None),
+                             hidden, weight)
+    for a, b in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # scoring with the frozen reference: forward only
+        fast = linear_logprobs(hidden, weight, targets, temperature=0.7, impl="torch")
+        ref = linear_logprobs(hidden, weight, targets, temperature=0.7, impl="torch", fast=False)
+    torch.testing.assert_close(fast, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_entropy_gradient_when_asked_for():
+    """entropy_grad=True keeps the reference path: the entropy is differentiable (an entropy bonus)."""
+    gen = torch.Generator().manual_seed(2)
+    hidden, weight = torch.randn(5, 8, generator=gen, requires_grad=True), torch.randn(21, 8, generator=gen)
+    targets = torch.randint(0, 21, (5,), generator=gen)
+    _, ent = linear_logprobs(hidden, weight, targets, with_entropy=True, entropy_grad=True, impl="torch")
+    (d_ent,) = torch.autograd.grad(ent.sum(), hidden)
+    h64 = hidden.detach().double().requires_grad_()
+    p = torch.softmax(h64 @ weight.double().T, -1)
+    (d_ref,) = torch.autograd.grad(-(p * p.log()).sum(), h64)
+    torch.testing.assert_close(d_ent.double(), d_ref, atol=1e-5, rtol=1e-4)
+
+
+def test_response_logprobs_fast_equals_plain_gradients_of_the_model():
+    """What ppo_update calls: log-probs and entropy of a minibatch, and the policy's parameter gradients."""
+    m = tiny_gpt("lm").train()
+    gen = generate(m, _prompts(), 6, EOS, PAD, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    g = torch.randn(gen.response.shape, generator=torch.Generator().manual_seed(3))
+    out = {}
+    for fast in (True, False):
+        m.zero_grad(set_to_none=True)
+        logp, ent = response_logprobs(m, gen.tokens, gen.attention_mask, gen.prompt_len, 0.9, with_entropy=True,
+                                      fast=fast)
+        (logp * g).sum().backward()
+        out[fast] = logp, ent, {n: p.grad.clone() for n, p in m.named_parameters()}
+    torch.testing.assert_close(out[True][0], out[False][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[True][1], out[False][1], atol=1e-5, rtol=1e-5)
+    for name, grad in out[False][2].items():
+        torch.testing.assert_close(out[True][2][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# generation: last-position prefill head + KV cache vs the plain full recomputation
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 0), (1.0, 5)])
+def test_cached_generation_equals_plain_for_the_same_generator(temperature, top_k):
+    m = tiny_gpt("lm")
+    gens = [generate(m, _prompts(), 10, EOS, PAD, temperature=temperature, top_k=top_k, use_cache=use_cache,
+                     generator=torch.Generator().manual_seed(0)) for use_cache in (True, False)]
+    fast, plain = gens
+    assert torch.equal(fast.response, plain.response)
+    assert torch.equal(fast.response_mask, plain.response_mask)
+    torch.testing.assert_close(fast.logprobs, plain.logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_head_at_last_position_equals_full_logits():
+    m = tiny_gpt("lm")
+    idx = torch.tensor([[0, 0, 3, 4, 5], [6, 7, 8, 9, 10]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    h = m.hidden_states(idx, mask, m.new_cache(2, 8))[:, -1]
+    last_only = torch.nn.functional.linear(h, m.lm_head_weight)
+    torch.testing.assert_close(last_only, m(idx, mask)[:, -1], atol=1e-6, rtol=1e-5)
+
+
+def test_sampling_is_reproducible_for_a_seed():
+    m = tiny_gpt("lm")
+    a, b = (generate(m, _prompts(), 10, EOS, PAD, generator=torch.Generator().manual_seed(5)) for _ in range(2))
+    assert torch.equal(a.response, b.response) and torch.equal(a.logprobs, b.logprobs)
+    c = generate(m, _prompts(), 10, EOS, PAD, generator=torch.Generator().manual_seed(6))
+    assert not torch.equal(a.response, c.response)  # the seed does decide
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the inverse-CDF sampler draws from the same distribution as torch.multinomial
+
+# chi-square 99.9% quantiles by degrees of freedom (scipy.stats.chi2.ppf(0.999, k))
+CHI2_999 = {5: 20.52, 6: 22.46, 7: 24.32}
+
+
+def _chi_square(counts, probs, n):
+    expected = n * probs
+    seen = expected > 0
+    return (((counts[seen] - expected[seen]) ** 2) / expected[seen]).sum().item()
+
+
+def test_inverse_cdf_sampler_frequencies():
+    # unnormalised weights, a tiny one, and two zeros (one first, one last: the edges of the search)
+    weights = torch.tensor([0.0, 5.0, 2.5, 1.25, 0.6, 0.4, 0.25, 0.02, 0.0])
+    probs = weights / weights.sum()
+    n = 400_000
+    draws = sample_inverse_cdf(weights.expand(n, -1), torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=len(weights)).double()
+    assert counts[0] == 0 and counts[-1] == 0  # zero-probability tokens are never drawn
+    chi2 = _chi_square(counts, probs.double(), n)
+    assert chi2 < CHI2_999[6], chi2  # 7 possible outcomes: 6 degrees of freedom
+    # the test has power: torch.multinomial's draws pass it, and a sampler off by one token does not
+    ref = torch.multinomial(weights.expand(n, -1), 1, generator=torch.Generator().manual_seed(0)).squeeze(1)
+    assert _chi_square(torch.bincount(ref, minlength=len(weights)).double(), probs.double(), n) < CHI2_999[6]
+    shifted = (draws + 1).clamp(max=len(weights) - 2)
+    assert _chi_square(torch.bincount(shifted, minlength=len(weights)).double(), probs.double(), n) > 1000
+
+
+def test_sample_follows_softmax_at_temperature_with_top_k():
+    """_sample as generate calls it: softmax(logits / T), truncated to the top k, and the log-prob it returns."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0, 1.5, -0.5])
+    for temperature, top_k, dof in ((1.0, 0, 7), (0.7, 0, 7), (1.3, 6, 5)):
+        z = logits / temperature
+        if top_k:
+            z = z.masked_fill(z < z.topk(top_k).values[-1], float("-inf"))
+        probs = torch.softmax(z.double(), -1)
+        n = 200_000
+        nxt, logp = _sample(logits.expand(n, -1), temperature, top_k, torch.Generator().manual_seed(1))
+        counts = torch.bincount(nxt, minlength=len(logits)).double()
+        assert (counts[probs == 0] == 0).all()
+        assert _chi_square(counts, probs, n) < CHI2_999[dof]
+        torch.testing.assert_close(logp.double(), probs.log()[nxt], atol=1e-5, rtol=1e-5)
