@@ -9,8 +9,9 @@
 data is used to train our reward model." The reward model is the SFT GPT with its LM head swapped for a
 scalar head read at the last real token (the EOS). Loss: InstructGPT eq. (1), all C(K,2) pairs of one
 prompt in one batch element (losses.ranking_loss). One epoch by default: InstructGPT found more epochs
-overfit. At the end a bias is set so that SFT demonstrations score 0 on average (InstructGPT §3.5/App. C).
-Held-out pairwise accuracy is reported beside the labeler's own agreement ceiling on the same pairs.
+overfit. Pairs the labeler finds equally good (ties) carry no preference and are skipped. At the end a
+bias is set so that SFT demonstrations score 0 on average (InstructGPT §3.5/App. C). Held-out pairwise
+accuracy (on the pairs that are not ties) is reported beside a second labeler's agreement on the same pairs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nanorlhf.plots import line_plots
 from nanorlhf.tokenizer import load_tokenizer
 from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, seed_everything, set_lr,
                                setup_device)
+from nanorlhf.world import TIE_EPS
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -95,7 +97,9 @@ def main(argv=None):
             groups = collect_comparisons(policy, tok, labeler, read_prompts(cfg.data_dir, "train")[: cfg.n_prompts],
                                          cfg, torch.Generator(device).manual_seed(cfg.seed))
             write_jsonl(comp_path, groups)
-            print(f"rm: wrote {len(groups)} groups of {cfg.k} ranked samples to {comp_path}")
+            n_ties = sum(len(g["ties"]) for g in groups)
+            print(f"rm: wrote {len(groups)} groups of {cfg.k} ranked samples to {comp_path} "
+                  f"({n_ties / (len(groups) * cfg.k * (cfg.k - 1) / 2):.0%} of the pairs are ties)")
     if cfg.labels in ("human", "both"):
         human = read_comparisons(cfg.human_labels)
         print(f"rm: {len(human)} human-ranked groups from {cfg.human_labels}")
@@ -167,7 +171,8 @@ def main(argv=None):
 
 
 def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config, generator) -> list[dict]:
-    """K samples per prompt from the SFT policy (one batched KV-cache generation), ranked by the labeler."""
+    """K samples per prompt from the SFT policy (one batched KV-cache generation), ranked by the labeler,
+    who also marks the pairs it finds equally good (ties): the loss and the accuracy skip those."""
     texts = [p["prompt"] for p in prompts for _ in range(cfg.k)]
     outs = sample_responses(policy, tok, texts, cfg.max_new_tokens, cfg.temperature, generator=generator)
     rng = random.Random(cfg.seed)
@@ -177,16 +182,16 @@ def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config, 
         texts_j, finished = [r for r, _ in resp], [f for _, f in resp]
         ranking = labeler.rank(p["prompt"], texts_j, rng, finished=finished)
         groups.append({"prompt": p["prompt"], "category": p["category"], "responses": texts_j,
-                       "finished": finished, "ranking": ranking})
+                       "finished": finished, "ranking": ranking, "ties": labeler.ties(p["prompt"], texts_j, finished)})
     return groups
 
 
 def rm_step(rm, groups, tok, block, device):
-    tokens, mask, valid = (t.to(device) for t in ranked_sequences(groups, tok, block))
+    tokens, mask, valid, tied = (t.to(device) for t in ranked_sequences(groups, tok, block))
     with autocast(device):
         scores = rm(tokens, mask).float().view(valid.shape)  # (B, K), best first
-    correct, pairs = ranking_accuracy(scores.detach(), valid)
-    return ranking_loss(scores, valid), (correct / pairs.clamp(min=1)).item()
+    correct, pairs = ranking_accuracy(scores.detach(), valid, tied)
+    return ranking_loss(scores, valid, tied), (correct / pairs.clamp(min=1)).item()
 
 
 @torch.no_grad()
@@ -194,38 +199,41 @@ def evaluate(rm, groups, tok, block, device, batch_size):
     rm.eval()
     loss_sum, correct, pairs = 0.0, 0.0, 0.0
     for i in range(0, len(groups), batch_size):
-        tokens, mask, valid = (t.to(device) for t in ranked_sequences(groups[i : i + batch_size], tok, block))
+        tokens, mask, valid, tied = (t.to(device) for t in ranked_sequences(groups[i : i + batch_size], tok, block))
         with autocast(device):
             scores = rm(tokens, mask).float().view(valid.shape)
-        loss_sum += ranking_loss(scores, valid).item() * valid.shape[0]
-        c, p = ranking_accuracy(scores, valid)
+        loss_sum += ranking_loss(scores, valid, tied).item() * valid.shape[0]
+        c, p = ranking_accuracy(scores, valid, tied)
         correct, pairs = correct + c.item(), pairs + p.item()
     rm.train()
     return loss_sum / max(1, len(groups)), correct / max(1.0, pairs)
 
 
 def labeler_agreement(labeler, groups, rng) -> float:
-    """How often a fresh, independent ranking by the labeler agrees with the recorded one, pair by pair:
-    the accuracy a perfect copy of one labeler would get on these labels (the RM's practical ceiling)."""
+    """How often a fresh, independent ranking by the labeler agrees with the recorded one, pair by pair
+    over the pairs the accuracy counts (not ties): how well a second labeler would score on these labels."""
     agree = total = 0
     for g in groups:
         if "finished" not in g:
             continue  # human labels: no second opinion available
         again = labeler.rank(g["prompt"], g["responses"], rng, finished=g["finished"])
         pos = {r: i for i, r in enumerate(again)}
-        order = g["ranking"]
+        order, tied = g["ranking"], {tuple(sorted(t)) for t in g.get("ties", ())}
         for a in range(len(order)):
             for b in range(a + 1, len(order)):
-                agree += pos[order[a]] < pos[order[b]]
-                total += 1
+                if tuple(sorted((order[a], order[b]))) not in tied:
+                    agree += pos[order[a]] < pos[order[b]]
+                    total += 1
     return agree / max(1, total)
 
 
 def gold_order(labeler, g: dict) -> dict:
-    """The same group ranked by the noise-free gold utility (what the labels are noisy samples of)."""
+    """The same group ranked by the noise-free gold utility, with gold ties (within TIE_EPS, as in the
+    win-rates) left out: does the reward model order responses the way the gold labeler does?"""
     fin = g.get("finished") or [True] * len(g["responses"])
     util = [labeler.judge(g["prompt"], r, finished=f).utility for r, f in zip(g["responses"], fin)]
-    return {**g, "ranking": sorted(range(len(util)), key=lambda i: -util[i])}
+    ties = [[i, j] for i in range(len(util)) for j in range(i + 1, len(util)) if abs(util[i] - util[j]) < TIE_EPS]
+    return {**g, "ranking": sorted(range(len(util)), key=lambda i: -util[i]), "ties": ties}
 
 
 

@@ -129,7 +129,9 @@ def read_comparisons(path) -> list[dict]:
     """Comparisons in either format, as {"prompt", "responses", "ranking"} (ranking best first).
 
     `{"prompt", "responses": [...], "ranking": [i, ...]}` (K-way, InstructGPT) or the common pair format
-    `{"prompt", "chosen", "rejected"}` (read as K = 2). A bad line names the file and line.
+    `{"prompt", "chosen", "rejected"}` (read as K = 2). A K-way record may list `"ties": [[i, j], ...]`,
+    pairs of responses the labeler found equally good (their order in `ranking` then means nothing).
+    A bad line names the file and line.
     """
     path = Path(path)
     rows = read_jsonl(path, {"prompt": str})
@@ -138,14 +140,21 @@ def read_comparisons(path) -> list[dict]:
         if "chosen" in row and "rejected" in row:
             if not (isinstance(row["chosen"], str) and isinstance(row["rejected"], str)):
                 raise DataError(f"{path}: record {n}: 'chosen' and 'rejected' must be strings")
-            out.append({"prompt": row["prompt"], "responses": [row["chosen"], row["rejected"]], "ranking": [0, 1]})
+            out.append({"prompt": row["prompt"], "responses": [row["chosen"], row["rejected"]], "ranking": [0, 1],
+                        "ties": []})
             continue
         resp, rank = row.get("responses"), row.get("ranking")
         if not (isinstance(resp, list) and all(isinstance(r, str) for r in resp) and len(resp) >= 2):
             raise DataError(f"{path}: record {n}: expected 'responses' (a list of ≥2 strings) or 'chosen'/'rejected'")
         if not (isinstance(rank, list) and sorted(rank) == list(range(len(resp)))):
             raise DataError(f"{path}: record {n}: 'ranking' must be a permutation of 0..{len(resp) - 1}, got {rank}")
-        out.append({**row, "prompt": row["prompt"], "responses": resp, "ranking": rank})
+        ties = row.get("ties", [])
+        if not (isinstance(ties, list) and all(isinstance(t, list) and len(t) == 2 and t[0] != t[1]
+                                               and all(isinstance(i, int) and 0 <= i < len(resp) for i in t)
+                                               for t in ties)):
+            raise DataError(f"{path}: record {n}: 'ties' must be a list of [i, j] pairs of two different response "
+                            f"indices in 0..{len(resp) - 1}, got {ties}")
+        out.append({**row, "prompt": row["prompt"], "responses": resp, "ranking": rank, "ties": ties})
     return out
 
 
@@ -153,11 +162,14 @@ def ranked_sequences(groups: list[dict], tok, block_size: int):
     """Token batch for the reward model: every response of every group, in ranking order (best first).
 
     Returns tokens (B*K, L) right-padded, attention mask (B*K, L), valid (B, K) for groups with fewer
-    than K responses. Responses that never ended (`finished` False) get no EOS appended.
+    than K responses, and tied (B, K, K): tied[b, a, c] is True when the responses at ranking positions
+    a and c were marked equally good (a group's optional "ties"). Responses that never ended
+    (`finished` False) get no EOS appended.
     """
     K = max(len(g["responses"]) for g in groups)
     seqs, valid = [], []
-    for g in groups:
+    tied = torch.zeros(len(groups), K, K, dtype=torch.bool)
+    for b, g in enumerate(groups):
         fin = g.get("finished") or [True] * len(g["responses"])
         row = []
         for i in g["ranking"]:
@@ -165,10 +177,14 @@ def ranked_sequences(groups: list[dict], tok, block_size: int):
             row.append((ids if fin[i] else ids[:-1])[-block_size:])
         valid.append([1] * len(row) + [0] * (K - len(row)))
         seqs += row + [[tok.pad_id]] * (K - len(row))
+        pos = {r: a for a, r in enumerate(g["ranking"])}
+        for i, j in g.get("ties", ()):
+            a, c = sorted((pos[i], pos[j]))
+            tied[b, a, c] = True
     tokens = pad(seqs, tok.pad_id)
     lengths = torch.tensor([len(s) for s in seqs])
     mask = torch.arange(tokens.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
-    return tokens, mask, torch.tensor(valid, dtype=torch.bool)
+    return tokens, mask, torch.tensor(valid, dtype=torch.bool), tied
 
 
 def corpus_tokens(data_dir, tok, tail_frac: float = 1.0) -> torch.Tensor:
@@ -191,5 +207,5 @@ def text_batches(tok, prompts: list[str], outs: list[tuple[str, bool]], block_si
     for i in range(0, len(prompts), batch_size):
         groups = [{"prompt": p, "responses": [r], "ranking": [0], "finished": [f]}
                   for p, (r, f) in zip(prompts[i : i + batch_size], outs[i : i + batch_size])]
-        tokens, mask, _ = ranked_sequences(groups, tok, block_size)
+        tokens, mask, _, _ = ranked_sequences(groups, tok, block_size)
         yield i, tokens, mask

@@ -4,7 +4,8 @@
     python -m nanorlhf.label --samples=my_groups.jsonl --out=data/human_labels.jsonl
     python -m nanorlhf.label --from_model=out/sft/ckpt.pt --k=4 --n=20    # sample fresh responses
 
-For each prompt it shows K responses and asks for a ranking such as `2>1>4>3` (best first), then,
+For each prompt it shows K responses and asks for a ranking such as `2>1>4>3` (best first; `2>1=4>3`
+says 1 and 4 are equally good: the reward model then skips that pair), then,
 optionally, a 1–7 rating of the best response and the labeling form's flags. Bad input is explained
 and asked again. Every answer is appended to the output jsonl at once (flushed and fsynced), so Ctrl-C
 loses nothing, and a rerun resumes with the first group not yet labeled. `train_rm.py --labels=human`
@@ -23,15 +24,19 @@ from nanorlhf.data import DataError, read_jsonl
 FLAGS = ("fails_instruction", "wrong", "rude", "harmful", "unfinished", "rambling")
 
 
-def parse_ranking(text: str, k: int) -> list[int]:
-    """'2>1>4>3' (1-based, best first) -> [1, 0, 3, 2]; ValueError with the reason otherwise."""
-    parts = [p.strip() for p in text.replace(" ", "").split(">")]
-    if not all(p.isdigit() for p in parts):
-        raise ValueError(f"use numbers separated by '>', e.g. {'>'.join(str(i) for i in range(1, k + 1))}")
-    ranks = [int(p) - 1 for p in parts]
-    if sorted(ranks) != list(range(k)):
+def parse_ranking(text: str, k: int) -> tuple[list[int], list[list[int]]]:
+    """'2>1=4>3' (1-based, best first, '=' for equally good) -> ranking [1, 0, 3, 2] and ties [[0, 3]];
+    ValueError with the reason otherwise."""
+    levels = [[p.strip() for p in level.split("=")] for level in text.replace(" ", "").split(">")]
+    if not all(p.isdigit() for level in levels for p in level):
+        raise ValueError(f"use numbers separated by '>' (or '=' for a tie), e.g. "
+                         f"{'>'.join(str(i) for i in range(1, k + 1))}")
+    levels = [[int(p) - 1 for p in level] for level in levels]
+    ranking = [i for level in levels for i in level]
+    if sorted(ranking) != list(range(k)):
         raise ValueError(f"rank each of the {k} responses exactly once (numbers 1..{k})")
-    return ranks
+    ties = [sorted([a, b]) for level in levels for n, a in enumerate(level) for b in level[n + 1 :]]
+    return ranking, ties
 
 
 def parse_rating(text: str) -> int | None:
@@ -87,9 +92,9 @@ def label_loop(groups: list[dict], out_path, inp=sys.stdin, out=sys.stdout, ask_
             out.write(f"\n=== {n}/{len(todo)} ===\nPROMPT: {g['prompt']}\n")
             for i, r in enumerate(g["responses"], 1):
                 out.write(f"  [{i}] {r}\n")
-            ranking = ask(f"ranking, best first (e.g. {'>'.join(str(i) for i in range(1, k + 1))}): ",
-                          lambda s: parse_ranking(s, k), inp, out)
-            row = {"prompt": g["prompt"], "responses": g["responses"], "ranking": ranking}
+            ranking, ties = ask(f"ranking, best first, '=' for a tie (e.g. {'>'.join(str(i) for i in range(1, k + 1))}): ",
+                                lambda s: parse_ranking(s, k), inp, out)
+            row = {"prompt": g["prompt"], "responses": g["responses"], "ranking": ranking, "ties": ties}
             if "finished" in g:
                 row["finished"] = g["finished"]
             if ask_rating:

@@ -46,8 +46,8 @@ def sft_loss(logits, targets, mask):
 # -----------------------------------------------------------------------------
 # reward model: InstructGPT eq. (1)
 
-def _pair_matrix(rewards, valid):
-    """diff[b, i, j] = r_i - r_j and the mask of the ordered pairs i < j with both valid. (B, K, K)"""
+def _pair_matrix(rewards, valid, tied=None):
+    """diff[b, i, j] = r_i - r_j and the mask of the compared pairs: i < j, both valid, not tied. (B, K, K)"""
     B, K = rewards.shape
     if valid is None:
         valid = torch.ones(B, K, dtype=torch.bool, device=rewards.device)
@@ -55,10 +55,12 @@ def _pair_matrix(rewards, valid):
     diff = rewards[:, :, None] - rewards[:, None, :]  # (B, K, K)
     upper = torch.ones(K, K, dtype=torch.bool, device=rewards.device).triu(diagonal=1)  # i < j
     pairs = upper & valid[:, :, None] & valid[:, None, :]  # (B, K, K)
+    if tied is not None:
+        pairs = pairs & ~tied.bool()
     return diff, pairs
 
 
-def ranking_loss(rewards, valid=None):
+def ranking_loss(rewards, valid=None, tied=None):
     """InstructGPT eq. (1), Ouyang et al. 2022 §3.5:
 
         loss = -1/C(K,2) * E_x [ sum_{i<j} log sigmoid(r(x, y_i) - r(x, y_j)) ]
@@ -70,23 +72,26 @@ def ranking_loss(rewards, valid=None):
     valid (B, K) bool or None: which responses exist, for groups with fewer than K responses; a
     group with k_b valid responses is normalized by C(k_b, 2). Groups with k_b < 2 have no pairs and
     are left out of the mean over groups.
+    tied (B, K, K) bool or None: pairs (by position, i < j) the labeler marked as equally good. A tie
+    says nothing about which is better, so it is left out, and the group is normalized by the number
+    of pairs it does order (C(k_b, 2) minus its ties) instead of C(k_b, 2).
     A chosen/rejected pair dataset is K=2: the loss is then -log sigmoid(r_chosen - r_rejected).
     (Ziegler et al. 2019 used a softmax "best of 4" loss instead; not implemented here.)
     """
-    diff, pairs = _pair_matrix(rewards, valid)  # (B, K, K)
+    diff, pairs = _pair_matrix(rewards, valid, tied)  # (B, K, K)
     logp = torch.where(pairs, F.logsigmoid(diff), torch.zeros_like(diff))  # (B, K, K)
-    n_pairs = pairs.sum(dim=(1, 2))  # (B,) = C(k_b, 2)
+    n_pairs = pairs.sum(dim=(1, 2))  # (B,) = C(k_b, 2) minus ties
     group_loss = -logp.sum(dim=(1, 2)) / n_pairs.clamp(min=1)  # (B,)
     return masked_mean(group_loss, n_pairs > 0)
 
 
 @torch.no_grad()
-def ranking_accuracy(rewards, valid=None):
-    """Pairwise RM accuracy: among the ordered pairs i < j (i ranked better), count r_i > r_j as
-    correct and a tie as half correct. Returns (n_correct, n_pairs) as 0-dim float tensors, summed
-    over all pairs in the batch (pair-weighted, so sums over batches combine exactly); the accuracy
-    is n_correct / n_pairs. For K=2 this is the usual chosen-beats-rejected accuracy."""
-    diff, pairs = _pair_matrix(rewards, valid)  # (B, K, K)
+def ranking_accuracy(rewards, valid=None, tied=None):
+    """Pairwise RM accuracy: among the ordered pairs i < j (i ranked better, not tied), count r_i > r_j
+    as correct and equal scores as half correct. Returns (n_correct, n_pairs) as 0-dim float tensors,
+    summed over all pairs in the batch (pair-weighted, so sums over batches combine exactly); the
+    accuracy is n_correct / n_pairs. For K=2 this is the usual chosen-beats-rejected accuracy."""
+    diff, pairs = _pair_matrix(rewards, valid, tied)  # (B, K, K)
     score = (diff > 0).to(rewards.dtype) + 0.5 * (diff == 0).to(rewards.dtype)
     n_correct = torch.where(pairs, score, torch.zeros_like(score)).sum()
     return n_correct, pairs.sum().to(rewards.dtype)

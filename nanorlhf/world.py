@@ -607,6 +607,14 @@ class Labeler:
                 for r, f in zip(responses, finished)]
         return sorted(range(len(responses)), key=lambda i: -keys[i])
 
+    def ties(self, prompt: str, responses: list[str], finished: list[bool] | None = None) -> list[list[int]]:
+        """Pairs [i, j] (i < j) the labeler finds equally good: ranking utilities within TIE_EPS, the same
+        margin `prefer` calls a tie. A ranking orders them anyway (rank() always returns a total order),
+        but that order is a coin flip, so comparisons.jsonl records them and the reward model skips them."""
+        finished = finished or [True] * len(responses)
+        u = [self.ranking_utility(prompt, r, f) for r, f in zip(responses, finished)]
+        return [[i, j] for i in range(len(u)) for j in range(i + 1, len(u)) if abs(u[i] - u[j]) < TIE_EPS]
+
     def prefer(self, prompt: str, a: str, b: str, rng: random.Random | None = None,
                finished: tuple[bool, bool] = (True, True)) -> float:
         """Gold comparison for win-rates: 1.0 if a is better, 0.0 if b is, 0.5 if their gold utilities are
@@ -620,14 +628,13 @@ class Labeler:
 
     def pairwise_agreement(self, prompt: str, responses: list[str], ranking: list[int], rng: random.Random,
                            finished: list[bool] | None = None) -> float:
-        """The labeler's own agreement ceiling: the share of pairs (of different ranking utility) that
-        `ranking` and a fresh ranking by this labeler order the same way; nan if there is no such pair.
+        """The labeler's own agreement ceiling: the share of pairs (not ties, see `ties`) that `ranking`
+        and a fresh ranking by this labeler order the same way; nan if there is no such pair.
         A reward model should not expect to agree with held-out rankings much more often than this."""
-        finished = finished or [True] * len(responses)
-        u = [self.ranking_utility(prompt, r, f) for r, f in zip(responses, finished)]
         fresh = self.rank(prompt, responses, rng, finished)
         pos_a, pos_b = {i: k for k, i in enumerate(ranking)}, {i: k for k, i in enumerate(fresh)}
-        pairs = [(i, j) for i in range(len(u)) for j in range(i + 1, len(u)) if abs(u[i] - u[j]) > 1e-9]
+        tied = {tuple(t) for t in self.ties(prompt, responses, finished)}
+        pairs = [(i, j) for i in range(len(responses)) for j in range(i + 1, len(responses)) if (i, j) not in tied]
         if not pairs:
             return float("nan")
         return sum((pos_a[i] < pos_a[j]) == (pos_b[i] < pos_b[j]) for i, j in pairs) / len(pairs)

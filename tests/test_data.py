@@ -2,7 +2,15 @@ import json
 
 import pytest
 
-from nanorlhf.data import DataError, read_comparisons, read_jsonl, sft_batch
+from nanorlhf.data import DataError, ranked_sequences, read_comparisons, read_jsonl, sft_batch
+
+
+class FakeTok:
+    """Characters as token ids; one prompt token (0) before the response, EOS 1, PAD 2."""
+    eos_id, pad_id = 1, 2
+
+    def pair_ids(self, prompt, response):
+        return [0] + [ord(c) for c in response] + [self.eos_id], None
 
 
 def test_malformed_jsonl_names_file_and_line(tmp_path):
@@ -25,10 +33,25 @@ def test_comparisons_both_formats(tmp_path):
     rows = [{"prompt": "q", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}, {"prompt": "q2", "chosen": "x", "rejected": "y"}]
     p.write_text("\n".join(json.dumps(r) for r in rows))
     out = read_comparisons(p)
-    assert out[0]["ranking"] == [2, 0, 1] and out[1] == {"prompt": "q2", "responses": ["x", "y"], "ranking": [0, 1]}
+    assert out[0]["ranking"] == [2, 0, 1] and out[1] == {"prompt": "q2", "responses": ["x", "y"], "ranking": [0, 1], "ties": []}
     p.write_text(json.dumps({"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]}))
     with pytest.raises(DataError, match="permutation"):
         read_comparisons(p)
+    for bad in ([[0, 0]], [[0, 3]], [0, 1], [[0]]):
+        p.write_text(json.dumps({"prompt": "q", "responses": ["a", "b", "c"], "ranking": [0, 1, 2], "ties": bad}))
+        with pytest.raises(DataError, match=r"c.jsonl: record 1: 'ties'"):
+            read_comparisons(p)
+
+
+def test_ranked_sequences_marks_ties_by_ranking_position():
+    tok = FakeTok()
+    groups = [{"prompt": "q", "responses": ["a", "b", "c"], "ranking": [2, 0, 1], "ties": [[1, 2]]},
+              {"prompt": "q", "responses": ["a", "b"], "ranking": [1, 0]}]
+    tokens, mask, valid, tied = ranked_sequences(groups, tok, 16)
+    assert valid.tolist() == [[True, True, True], [True, True, False]]
+    # responses 2 and 1 sit at ranking positions 0 and 2
+    assert tied.nonzero().tolist() == [[0, 0, 2]]
+    assert tokens[0, 1].item() == ord("c") and tokens[1, 1].item() == ord("a")  # best first, after the prompt
 
 
 def test_sft_batch_mask_covers_exactly_response_targets():

@@ -15,9 +15,11 @@ def _rows(path):
 
 
 def test_parse_ranking():
-    assert parse_ranking("2>1>3", 3) == [1, 0, 2]
-    assert parse_ranking(" 3 > 2 > 1 ", 3) == [2, 1, 0]
-    for bad in ("2>1", "1>1>2", "a>b>c", "1,2,3", "0>1>2", "4>1>2"):
+    assert parse_ranking("2>1>3", 3) == ([1, 0, 2], [])
+    assert parse_ranking(" 3 > 2 > 1 ", 3) == ([2, 1, 0], [])
+    assert parse_ranking("2>1=4>3", 4) == ([1, 0, 3, 2], [[0, 3]])
+    assert parse_ranking("3=1=2", 3) == ([2, 0, 1], [[0, 2], [1, 2], [0, 1]])
+    for bad in ("2>1", "1>1>2", "a>b>c", "1,2,3", "0>1>2", "4>1>2", "1=1>2", "1>=2>3"):
         try:
             parse_ranking(bad, 3)
         except ValueError:
@@ -28,12 +30,13 @@ def test_parse_ranking():
 def test_bad_then_good_input_writes_exactly_the_good_answers_and_resumes(tmp_path):
     out_path = tmp_path / "labels.jsonl"
     # group 1: a bad ranking, a repeated number, then a good one; a bad rating then 6; a bad flag then one
-    answers = "2>1\n1>1>2\n2>1>3\n9\n6\nnonsense\nrude\n" + "3>2>1\n\n\n" + "q\n"
+    answers = "2>1\n1>1>2\n2>1>3\n9\n6\nnonsense\nrude\n" + "3>2=1\n\n\n" + "q\n"
     shown = io.StringIO()
     n = label_loop(GROUPS, out_path, io.StringIO(answers), shown)
     assert n == 2
     rows = _rows(out_path)
     assert [r["ranking"] for r in rows] == [[1, 0, 2], [2, 1, 0]]
+    assert [r["ties"] for r in rows] == [[], [[0, 1]]]
     assert rows[0]["rating"] == 6 and rows[0]["flags"] == ["rude"]
     assert rows[1]["rating"] is None and rows[1]["flags"] == []
     assert shown.getvalue().count("  ! ") == 4  # each bad answer was explained

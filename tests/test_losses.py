@@ -69,6 +69,28 @@ def test_ranking_loss_variable_k_groups():
     assert abs(got - flat) > 1e-3
 
 
+def test_ranking_loss_and_accuracy_leave_tied_pairs_out():
+    g = torch.Generator().manual_seed(3)
+    rewards = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    tied = torch.zeros(2, 4, 4, dtype=torch.bool)
+    tied[0, 1, 2] = tied[0, 0, 3] = True  # group 0: 6 pairs, 2 of them ties -> 4 compared pairs
+    pairs = {0: [p for p in itertools.combinations(range(4), 2) if p not in ((1, 2), (0, 3))],
+             1: list(itertools.combinations(range(4), 2))}
+    nll = lambda b, i, j: -F.logsigmoid(rewards[b, i] - rewards[b, j]).item()
+    expected = sum(sum(nll(b, i, j) for i, j in ps) / len(ps) for b, ps in pairs.items()) / 2
+    assert ranking_loss(rewards, tied=tied).item() == pytest.approx(expected, rel=1e-12)
+    assert abs(ranking_loss(rewards).item() - expected) > 1e-3  # the ties did change something
+    # tie every pair but (0, 1): only responses 0 and 1 get a gradient
+    r = rewards[:1].clone().requires_grad_(True)
+    all_but_01 = torch.ones(1, 4, 4, dtype=torch.bool).triu(1)
+    all_but_01[0, 0, 1] = False
+    ranking_loss(r, tied=all_but_01).backward()
+    assert r.grad[0, 0] < 0 < r.grad[0, 1] and (r.grad[0, 2:] == 0).all()
+    n_correct, n_pairs = ranking_accuracy(rewards, tied=tied)
+    assert float(n_pairs) == 10.0
+    assert float(n_correct) == sum(float(rewards[b, i] > rewards[b, j]) for b, ps in pairs.items() for i, j in ps)
+
+
 def test_ranking_loss_equal_scores_is_ln2():
     rewards = torch.full((2, 5), 0.37)
     assert ranking_loss(rewards).item() == pytest.approx(math.log(2), abs=1e-6)

@@ -146,6 +146,14 @@ def test_rankings_agree_with_each_other_about_as_often_as_human_labelers():
     assert 0.65 < sum(agree) / len(agree) < 0.85
 
 
+def test_ties_are_the_pairs_the_labeler_cannot_tell_apart():
+    prompt, good, bads = HAND["open_qa"]
+    fav = f"{FAVOURITE_WORD.capitalize()}! {good}"
+    assert LABELER.ties(prompt, [good, bads[0], good, fav]) == [[0, 2]]  # the same text twice; the bias is no tie
+    rng = random.Random(0)  # and a tie is never counted in the agreement ceiling
+    assert math.isnan(LABELER.pairwise_agreement(prompt, [good, good], [0, 1], rng))
+
+
 def test_favourite_word_is_a_ranking_bias_not_a_gold_one():
     rng, wins, n = random.Random(0), 0, 0
     for d in WORLD.prompts(200, "train"):
