@@ -7,8 +7,9 @@ rollouts keep top_k = 0: truncated sampling biases the KL estimate, see RLHF_DET
 that has emitted EOS gets PAD from then on; generation stops when every row has finished.
 
 Speed (CPU, one PPO rollout of 64 x 48 tokens; tests/test_fast_paths.py pins each against the plain way):
-  - the prefill sends only the last prompt position through the output layer (the only one that predicts
-    a token); use_cache=False, the plain path, computes the logits of every position and keeps the last;
+  - the prefill sends only the last prompt position through the last block's queries and MLP and through
+    the output layer (it is the only one that predicts a token; the KV cache still gets every position's
+    keys and values); use_cache=False, the plain path, computes the logits of every position, keeps the last;
   - a token is drawn by inverse-CDF sampling (one uniform per row, a cumulative sum and a binary search)
     rather than torch.multinomial, whose exponential race draws V random numbers per row. Same distribution,
     a different draw: a fixed generator seed still gives the same tokens on every run, but not the tokens
@@ -55,7 +56,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     max_new_tokens = min(max_new_tokens, model.config.block_size - P)
     if use_cache:
         cache = model.new_cache(B, P + max_new_tokens)
-        h = model.hidden_states(idx, mask, cache)[:, -1]  # (B, d): the last prompt position predicts token 1
+        h = model.hidden_states(idx, mask, cache, first=P - 1)[:, -1]  # (B, d): the last position predicts
         logits = F.linear(h, model.lm_head_weight)  # (B, V), not (B, P, V): no other position is sampled from
     else:
         logits = model(idx, mask)[:, -1]  # (B, V) of the full (B, P, V): the plain way
@@ -137,11 +138,16 @@ def response_logprobs(model: GPT, tokens, attention_mask, prompt_len: int, tempe
     Alignment (RLHF_DETAILS item 4): the hidden state at column t predicts token t + 1, so the response
     tokens are scored by hidden states P−1 … P+T−2; prompt positions no loss reads are never sent through
     the output layer. The fused path never materialises the (B, T, V) logits (see logprobs.py).
+    The last block runs only at positions P−1… (hidden_states' `first`), the only ones read here.
     The entropy is for logging (train_ppo's `entropy` column): it carries no gradient, which spares the
     backward its full-vocabulary work. An entropy bonus in a loss needs entropy_grad=True.
-    fast=False: the plain reference log-prob path (tests/test_fast_paths.py).
+    fast=False: the plain way, every position through every block and the reference log-prob path
+    (tests/test_fast_paths.py pins the two together).
     """
-    h = model.hidden_states(tokens, attention_mask)[:, prompt_len - 1 : -1]  # (B, T, d)
+    if fast:
+        h = model.hidden_states(tokens, attention_mask, first=prompt_len - 1)[:, :-1]  # (B, T, d)
+    else:
+        h = model.hidden_states(tokens, attention_mask)[:, prompt_len - 1 : -1]  # (B, T, d)
     targets = tokens[:, prompt_len:]
     mask = attention_mask[:, prompt_len:].float()
     return linear_logprobs(h, model.lm_head_weight, targets, temperature=temperature, mask=mask,

@@ -5,6 +5,8 @@ the same distribution.
     fast path                                      plain path
     _FastLogprobs (linear_logprobs, fast=True)      _token_logprobs_torch (fast=False)
     entropy without a gradient (logged only)        entropy inside the autograd graph
+    last block only at positions first…             every position, then slice
+    TanhGELU (x·σ(2u), hand-written backward)       F.gelu(approximate="tanh")
     prefill: output layer at the last position      full forward, logits of every position, keep the last
     KV cache                                        recompute the prefix every step (use_cache=False)
     inverse-CDF sampling                            the exact softmax probabilities (chi-square test)
@@ -12,9 +14,12 @@ the same distribution.
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from nanorlhf import model as model_module
 from nanorlhf.generate import _sample, generate, response_logprobs, sample_inverse_cdf
 from nanorlhf.logprobs import linear_logprobs, token_logprobs
+from nanorlhf.model import TanhGELU
 from tests.helpers import tiny_gpt
 
 EOS, PAD = 48, 49
@@ -106,6 +111,68 @@ def test_response_logprobs_fast_equals_plain_gradients_of_the_model():
     torch.testing.assert_close(out[True][1], out[False][1], atol=1e-5, rtol=1e-5)
     for name, grad in out[False][2].items():
         torch.testing.assert_close(out[True][2][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the model: positions no loss reads, and the GELU
+
+def _param_grads(m, fn):
+    m.zero_grad(set_to_none=True)
+    out = fn()
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(4))).sum().backward()
+    return out, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("first", [1, 6, 11])
+@pytest.mark.parametrize("padded", [True, False])
+def test_first_equals_slicing_every_position(first, padded):
+    m = tiny_gpt("value").train()
+    x = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    if padded:
+        mask[1, :4] = False  # left padding, as a PPO minibatch
+    else:
+        mask = None  # (the no-mask path builds an explicit causal mask for the last block)
+    fast, g_fast = _param_grads(m, lambda: m(x, mask, first=first))
+    plain, g_plain = _param_grads(m, lambda: m(x, mask)[:, first:])
+    assert fast.shape == plain.shape == (3, 12 - first)
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-5)
+    assert g_fast.keys() == g_plain.keys()
+    for name, grad in g_plain.items():
+        torch.testing.assert_close(g_fast[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError):
+        tiny_gpt("scalar")(x, mask, first=first)
+
+
+def test_tanh_gelu_equals_torch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(10_000, generator=g) * 3, torch.linspace(-12, 12, 2001),
+                   torch.tensor([0.0, -0.0, 1e-30, -1e-30, 30.0, -30.0, 1e6, -1e6])])
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_theirs = TanhGELU.apply(ours), F.gelu(theirs, approximate="tanh")
+    grad = torch.randn(x.shape, generator=g)
+    y_ours.backward(grad)
+    y_theirs.backward(grad)
+    torch.testing.assert_close(y_ours, y_theirs, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-5, rtol=1e-5)
+    # and both against float64
+    x64 = x.double().requires_grad_()
+    F.gelu(x64, approximate="tanh").backward(grad.double())
+    torch.testing.assert_close(ours.grad.double(), x64.grad, atol=2e-5, rtol=1e-5)
+    # model.gelu takes this path for fp32 CPU tensors, F.gelu's for anything else
+    assert type(model_module.gelu(x.requires_grad_()).grad_fn).__name__ == "TanhGELUBackward"
+    assert type(model_module.gelu(x.double()).grad_fn).__name__ == "GeluBackward0"
+
+
+def test_model_with_tanh_gelu_equals_plain_gelu(monkeypatch):
+    m = tiny_gpt("lm").train()
+    x = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(1))
+    fast, g_fast = _param_grads(m, lambda: m(x))
+    monkeypatch.setattr(model_module, "gelu", lambda t: F.gelu(t, approximate="tanh"))
+    plain, g_plain = _param_grads(m, lambda: m(x))
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-5)
+    for name, grad in g_plain.items():
+        torch.testing.assert_close(g_fast[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
 # ----------------------------------------------------------------------------------------------------------
