@@ -84,7 +84,7 @@ class _FastLogprobs(torch.autograd.Function):
     Same values as _token_logprobs_torch up to fp32 rounding; what it saves on CPU, where every pass over an
     N x V block costs milliseconds (each named pass is one read/write of the whole block):
       - no division by T when T == 1 (a copy of the block);
-      - entropy from the p we need anyway for the backward: one exp and one row-dot; no p == 0 mask and
+      - entropy from the p we need anyway for the backward: one exp, one product, one sum; no p == 0 mask and
         masked_fill (logits from a matmul are finite, so log p is finite and 0 * log p = 0) and no autograd
         graph: the entropy comes back without a gradient (PPO only logs it);
       - a hand-written backward, d logp_t / d z_j = onehot_t(j) - p_j: one pass, instead of autograd's
@@ -104,7 +104,7 @@ class _FastLogprobs(torch.autograd.Function):
         p = entropy = None
         if with_entropy:
             p = logp_all.exp()
-            entropy = -torch.linalg.vecdot(p, logp_all)  # -sum_j p_j log p_j, one pass, no (N, V) product
+            entropy = -logp_all.mul_(p).sum(-1)  # -sum_j p_j log p_j (in place: logp_all is not needed after)
         elif need_grad:
             p = logp_all.exp_()  # logp_all is not needed any more: overwrite it with p
         if keep is not None:
