@@ -19,7 +19,8 @@ incremental decoding O(T) per token instead of recomputing the prefix.
 Positions no loss reads: `hidden_states(..., first=k)` returns positions k… only, and the last block
 computes its queries, attention and MLP only there (every block still needs the keys and values of all
 positions, so only the last one can skip work). PPO scores the response with positions P−1… of a
-prompt + response sequence: this skips a third of the last block's work (tests/test_fast_paths.py).
+prompt + response sequence: this skips about a third of the last block's work (tests/test_fast_paths.py).
+On the CPU the MLP's GELU is `TanhGELU`: GPT-2's tanh GELU written through a sigmoid, which is faster there.
 """
 
 from __future__ import annotations
@@ -215,7 +216,8 @@ class GPT(nn.Module):
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
         if attention_mask is None and first > 0:
-            attention_mask = torch.ones(B, T, dtype=torch.bool, device=idx.device)  # (see CausalSelfAttention)
+            # is_causal would align the fewer queries of the last block top-left: use an explicit causal mask
+            attention_mask = torch.ones(B, T, dtype=torch.bool, device=idx.device)
         if attention_mask is None and cache is None:
             pos = torch.arange(T, device=idx.device).unsqueeze(0)
             attn_mask = None  # plain causal attention: the fast path
