@@ -102,7 +102,7 @@ def rollout(policy, ref, critic, reward_fn, prompt_ids: list[list[int]], tok, cf
         logprobs = (gen.logprobs if cfg.reuse_rollout_logprobs else
                     response_logprobs(policy, tokens, attn, P, cfg.temperature)).float()
         ref_logprobs = response_logprobs(ref, tokens, attn, P, cfg.temperature).float()
-        values = critic(tokens, attn)[:, P - 1 : -1].float()  # V(s_t): the state before response token t
+        values = critic(tokens, attn, first=P - 1)[:, :-1].float()  # V(s_t): the state before response token t
     # 3. per-token reward: −β·(log π − log π_ref) at each token, the RM score added at the EOS
     rewards, kl = ppo.kl_penalty_rewards(logprobs, ref_logprobs, scores, mask, kl_coef)
     if cfg.whiten_rewards:
@@ -128,7 +128,7 @@ def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, p
             with autocast(device):
                 logprobs, entropy = response_logprobs(policy, mb["tokens"], mb["attn"], mb["P"], cfg.temperature,
                                                       with_entropy=True)
-                values = critic(mb["tokens"], mb["attn"])[:, mb["P"] - 1 : -1].float()
+                values = critic(mb["tokens"], mb["attn"], first=mb["P"] - 1)[:, :-1].float()  # no prompt-position work
             pg_loss, pg_stats = ppo.policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"], cfg.clip)
             vf_loss, vf_stats = ppo.value_loss(values, mb["values"], mb["returns"], mb["mask"], cfg.value_clip)
             loss = pg_loss + cfg.vf_coef * vf_loss
