@@ -24,7 +24,8 @@ import torch
 
 from nanorlhf.checkpoint import load_model, save_checkpoint, stage_path
 from nanorlhf.config import ConfigError, parse_config, run_main
-from nanorlhf.data import (load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts, write_jsonl)
+from nanorlhf.data import (load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts, subgroup,
+                           write_jsonl)
 from nanorlhf.eval import score_texts
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import ranking_accuracy, ranking_loss
@@ -45,6 +46,7 @@ class Config:
     # comparison collection
     n_prompts: int = 1200  # training prompts to sample for
     k: int = 4  # responses per prompt (InstructGPT: 4-9)
+    off_prompt: int = 1  # + responses the policy wrote for other prompts, ranked with the K (see collect_comparisons)
     temperature: float = 1.0
     max_new_tokens: int = 48
     resample: bool = False  # sample and rank again even if comparisons.jsonl exists
@@ -99,8 +101,9 @@ def main(argv=None):
                                          cfg, torch.Generator(device).manual_seed(cfg.seed))
             write_jsonl(comp_path, groups)
             n_ties = sum(len(g["ties"]) for g in groups)
-            print(f"rm: wrote {len(groups)} groups of {cfg.k} ranked samples to {comp_path} "
-                  f"({n_ties / (len(groups) * cfg.k * (cfg.k - 1) / 2):.0%} of the pairs are ties)")
+            n_pairs = sum(len(g["responses"]) * (len(g["responses"]) - 1) // 2 for g in groups)
+            print(f"rm: wrote {len(groups)} groups of {cfg.k} samples + {cfg.off_prompt} off-prompt, ranked, to "
+                  f"{comp_path} ({n_ties / n_pairs:.0%} of the pairs are ties)")
     if cfg.labels in ("human", "both"):
         human = read_comparisons(cfg.human_labels)
         print(f"rm: {len(human)} human-ranked groups from {cfg.human_labels}")
@@ -110,6 +113,7 @@ def main(argv=None):
     rng.shuffle(groups)
     n_val = max(1, int(len(groups) * cfg.val_frac))
     train_groups, val_groups = groups[n_val:], groups[:n_val]
+    val_all, val_groups = val_groups, [sampled_only(g) for g in val_groups]  # accuracy: on the K samples
 
     # --------------------------------------------------------------------------------- 2. the model
     rm, _ = load_model(sft_path, "sft", head="scalar", device=device)  # SFT trunk, a fresh scalar head
@@ -147,8 +151,10 @@ def main(argv=None):
     # ------------------------------------------------------- 4. accuracy vs the labeler's own ceiling
     ceiling = labeler_agreement(labeler, val_groups, random.Random(cfg.seed + 1))
     gold_acc = evaluate(rm, [gold_order(labeler, g) for g in val_groups], tok, block, device, cfg.batch_size)[1]
+    off_acc = evaluate(rm, val_all, tok, block, device, cfg.batch_size)[1]
     print(f"rm: held-out pairwise accuracy {val_acc:.1%} | a second labeler agrees with the labels on "
-          f"{ceiling:.1%} of the same pairs | vs the gold (noise-free) order: {gold_acc:.1%}")
+          f"{ceiling:.1%} of the same pairs | vs the gold (noise-free) order: {gold_acc:.1%} | "
+          f"with the off-prompt answers: {off_acc:.1%}")
 
     # ------------------------------------------- 5. normalise: SFT demonstrations score 0 on average
     demos = read_jsonl(Path(cfg.data_dir) / "sft.jsonl", {"prompt": str, "response": str})[-200:]
@@ -159,6 +165,7 @@ def main(argv=None):
     print(f"rm: shifted the reward by {-bias:+.3f} so demonstrations score 0 on average")
 
     metrics = {"val_acc": val_acc, "val_loss": val_loss, "labeler_agreement": ceiling, "gold_order_acc": gold_acc,
+               "val_acc_with_off_prompt": off_acc,
                "n_train_groups": len(train_groups), "n_val_groups": len(val_groups), "norm_shift": -bias,
                "train_time_s": progress.elapsed()}
     save_checkpoint(ckpt_path, rm, asdict(cfg), sft_ckpt["tokenizer"], step, metrics)
@@ -173,18 +180,35 @@ def main(argv=None):
 
 def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config, generator) -> list[dict]:
     """K samples per prompt from the SFT policy (one batched KV-cache generation), ranked by the labeler,
-    who also marks the pairs it finds equally good (ties): the loss and the accuracy skip those."""
+    who also marks the pairs it finds equally good (ties): the loss and the accuracy skip those.
+
+    Each group also gets `cfg.off_prompt` responses the policy wrote for *other* prompts, of another
+    category, listed in the record's "off_prompt". Why: the SFT model almost always answers the question
+    it was asked, so K samples of it never show the reward model an answer to the wrong question -- and a
+    reward model that never saw one scores "This review is negative." as highly under a chat prompt as
+    under a review. PPO found exactly that hole (measured: a fifth of its answers went off task, gold
+    win-rate flat). InstructGPT closed such holes by also ranking outputs of its PPO policies; an answer
+    to another prompt is the cheapest stand-in. Held-out accuracy is reported on the K samples only."""
     texts = [p["prompt"] for p in prompts for _ in range(cfg.k)]
     outs = sample_responses(policy, tok, texts, cfg.max_new_tokens, cfg.temperature, generator=generator)
     rng = random.Random(cfg.seed)
+    others_of = {c: [i for i, q in enumerate(prompts) if q["category"] != c] for c in {p["category"] for p in prompts}}
     groups = []
     for j, p in enumerate(prompts):
-        resp = outs[j * cfg.k : (j + 1) * cfg.k]
+        resp, others = outs[j * cfg.k : (j + 1) * cfg.k], others_of[p["category"]]
+        resp += [outs[i * cfg.k + rng.randrange(cfg.k)] for i in rng.sample(others, min(cfg.off_prompt, len(others)))]
         texts_j, finished = [r for r, _ in resp], [f for _, f in resp]
         ranking = labeler.rank(p["prompt"], texts_j, rng, finished=finished)
         groups.append({"prompt": p["prompt"], "category": p["category"], "responses": texts_j,
-                       "finished": finished, "ranking": ranking, "ties": labeler.ties(p["prompt"], texts_j, finished)})
+                       "finished": finished, "ranking": ranking, "ties": labeler.ties(p["prompt"], texts_j, finished),
+                       "off_prompt": list(range(cfg.k, len(resp)))})
     return groups
+
+
+def sampled_only(g: dict) -> dict:
+    """A group without its off-prompt responses: the K samples the accuracy is measured on."""
+    off = set(g.get("off_prompt", ()))
+    return subgroup(g, [i for i in range(len(g["responses"])) if i not in off]) if off else g
 
 
 def rm_step(rm, groups, tok, block, device):

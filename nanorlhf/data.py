@@ -158,6 +158,20 @@ def read_comparisons(path) -> list[dict]:
     return out
 
 
+def subgroup(g: dict, keep: list[int]) -> dict:
+    """The comparison group `g` restricted to the responses at indices `keep`: ranking, ties and
+    `finished` carried over and renumbered (the labeler's order among the kept responses is unchanged)."""
+    new = {old: i for i, old in enumerate(keep)}
+    out = {**g, "responses": [g["responses"][i] for i in keep],
+           "ranking": [new[i] for i in g["ranking"] if i in new],
+           "ties": [[new[i], new[j]] for i, j in g.get("ties", ()) if i in new and j in new]}
+    if g.get("finished") is not None:
+        out["finished"] = [g["finished"][i] for i in keep]
+    if "off_prompt" in g:
+        out["off_prompt"] = [new[i] for i in g["off_prompt"] if i in new]
+    return out
+
+
 def ranked_sequences(groups: list[dict], tok, block_size: int):
     """Token batch for the reward model: every response of every group, in ranking order (best first).
 

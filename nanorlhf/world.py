@@ -5,7 +5,7 @@ No hub is reachable, so instead of web text, GPT-2 weights and a preference data
 a small rule-made English (like TinyStories) from fixed tables of people, animals, colours, objects,
 places, made-up countries and jobs:
 
-    world = World(seed=0, sloppy_frac=0.25)
+    world = World(seed=0, sloppy_frac=0.5)
     world.corpus(n)            "internet" documents: stories, facts, reviews, forum threads (with rude
                                replies) and *lists of questions* -- so that a base model given an
                                instruction writes more instructions (InstructGPT, Figure 1)
@@ -719,7 +719,7 @@ def _forum(rng: random.Random) -> str:
 class World:
     """Everything the pipeline needs, deterministic from `seed` (never the global random)."""
 
-    def __init__(self, seed: int = 0, sloppy_frac: float = 0.25):
+    def __init__(self, seed: int = 0, sloppy_frac: float = 0.5):
         self.seed, self.sloppy_frac = seed, sloppy_frac
         self.labeler = Labeler(self)
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from nanorlhf.data import DataError, ranked_sequences, read_comparisons, read_jsonl, sft_batch
+from nanorlhf.data import DataError, ranked_sequences, read_comparisons, read_jsonl, sft_batch, subgroup
 
 
 class FakeTok:
@@ -52,6 +52,17 @@ def test_ranked_sequences_marks_ties_by_ranking_position():
     # responses 2 and 1 sit at ranking positions 0 and 2
     assert tied.nonzero().tolist() == [[0, 0, 2]]
     assert tokens[0, 1].item() == ord("c") and tokens[1, 1].item() == ord("a")  # best first, after the prompt
+
+
+def test_subgroup_keeps_the_order_and_ties_of_the_kept_responses():
+    g = {"prompt": "q", "responses": ["a", "b", "c", "d"], "ranking": [3, 1, 0, 2], "ties": [[0, 2], [1, 3]],
+         "finished": [True, False, True, True], "off_prompt": [3]}
+    s = subgroup(g, [0, 1, 2])
+    assert s["responses"] == ["a", "b", "c"] and s["finished"] == [True, False, True]
+    assert s["ranking"] == [1, 0, 2] and s["ties"] == [[0, 2]] and s["off_prompt"] == []
+    s = subgroup(g, [3, 2])  # reordered: indices follow `keep`
+    assert s["responses"] == ["d", "c"] and s["ranking"] == [0, 1] and s["ties"] == [] and s["off_prompt"] == [0]
+    assert g["responses"] == ["a", "b", "c", "d"]  # the input is left alone
 
 
 def test_sft_batch_mask_covers_exactly_response_targets():

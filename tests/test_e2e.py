@@ -69,6 +69,11 @@ def test_report_has_every_model_row_and_figure(pipeline):
     assert 0.0 <= ev["models"]["SFT"]["ci_low"] <= ev["models"]["SFT"]["win_rate"] <= ev["models"]["SFT"]["ci_high"] <= 1
     groups = [json.loads(line) for line in (out / "rm/comparisons.jsonl").read_text().splitlines()]
     assert all(sorted(g["ranking"]) == list(range(len(g["responses"]))) for g in groups)
+    # micro preset: K = 3 samples + 1 off-prompt response, which the policy wrote for a prompt of another category
+    sampled = {(g["category"], r) for g in groups for r in g["responses"][:3]}
+    for g in groups:
+        assert g["off_prompt"] == [3] and len(g["responses"]) == 4
+        assert any(c != g["category"] for c, r in sampled if r == g["responses"][3])
 
 
 def _listing(path):

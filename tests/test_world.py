@@ -73,10 +73,10 @@ def test_splits_are_disjoint_and_cover_every_category():
 
 
 def test_demonstrations_have_the_declared_quality_mix():
-    demos = WORLD.demonstrations(3000)
+    demos = World(seed=0, sloppy_frac=0.3).demonstrations(3000)
     assert {d.keys() == {"prompt", "response", "category", "quality"} for d in demos} == {True}
     sloppy = [d["quality"] for d in demos if d["quality"] != "ideal"]
-    assert abs(len(sloppy) / len(demos) - 0.25) < 0.03
+    assert abs(len(sloppy) / len(demos) - 0.3) < 0.03
     for q in QUALITIES[1:]:
         assert abs(sloppy.count(q) / len(sloppy) - 0.25) < 0.06
     assert {d["quality"] for d in World(seed=0, sloppy_frac=0.0).demonstrations(300)} == {"ideal"}
