@@ -187,8 +187,9 @@ def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config, 
     it was asked, so K samples of it never show the reward model an answer to the wrong question -- and a
     reward model that never saw one scores "This review is negative." as highly under a chat prompt as
     under a review. PPO found exactly that hole (measured: a fifth of its answers went off task, gold
-    win-rate flat). InstructGPT closed such holes by also ranking outputs of its PPO policies; an answer
-    to another prompt is the cheapest stand-in. Held-out accuracy is reported on the K samples only."""
+    win-rate flat). Collecting comparisons of the RL policy's own samples and retraining (Stiennon et al.
+    2020; Bai et al. 2022, "iterated online RLHF") closes such holes; an answer to another prompt is the
+    cheapest stand-in. Held-out accuracy is reported on the K samples only."""
     texts = [p["prompt"] for p in prompts for _ in range(cfg.k)]
     outs = sample_responses(policy, tok, texts, cfg.max_new_tokens, cfg.temperature, generator=generator)
     rng = random.Random(cfg.seed)
