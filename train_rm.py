@@ -33,7 +33,7 @@ from nanorlhf.plots import line_plots
 from nanorlhf.tokenizer import load_tokenizer
 from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, seed_everything, set_lr,
                                setup_device)
-from nanorlhf.world import TIE_EPS
+from nanorlhf.world import tied_pairs
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -242,14 +242,8 @@ def labeler_agreement(labeler, groups, rng) -> float:
     for g in groups:
         if "finished" not in g:
             continue  # human labels: no second opinion available
-        again = labeler.rank(g["prompt"], g["responses"], rng, finished=g["finished"])
-        pos = {r: i for i, r in enumerate(again)}
-        order, tied = g["ranking"], {tuple(sorted(t)) for t in g.get("ties", ())}
-        for a in range(len(order)):
-            for b in range(a + 1, len(order)):
-                if tuple(sorted((order[a], order[b]))) not in tied:
-                    agree += pos[order[a]] < pos[order[b]]
-                    total += 1
+        a, n = labeler.agreement_counts(g["prompt"], g["responses"], g["ranking"], rng, g["finished"], g.get("ties", []))
+        agree, total = agree + a, total + n
     return agree / max(1, total)
 
 
@@ -258,10 +252,7 @@ def gold_order(labeler, g: dict) -> dict:
     win-rates) left out: does the reward model order responses the way the gold labeler does?"""
     fin = g.get("finished") or [True] * len(g["responses"])
     util = [labeler.judge(g["prompt"], r, finished=f).utility for r, f in zip(g["responses"], fin)]
-    ties = [[i, j] for i in range(len(util)) for j in range(i + 1, len(util)) if abs(util[i] - util[j]) < TIE_EPS]
-    return {**g, "ranking": sorted(range(len(util)), key=lambda i: -util[i]), "ties": ties}
-
-
+    return {**g, "ranking": sorted(range(len(util)), key=lambda i: -util[i]), "ties": tied_pairs(util)}
 
 
 if __name__ == "__main__":

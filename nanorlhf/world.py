@@ -531,6 +531,12 @@ class Judgement:
     repetitive: bool
 
 
+def tied_pairs(utilities: list[float]) -> list[list[int]]:
+    """Pairs [i, j] (i < j) whose utilities are within TIE_EPS: a tie for the labeler and the win-rates."""
+    u = utilities
+    return [[i, j] for i in range(len(u)) for j in range(i + 1, len(u)) if abs(u[i] - u[j]) < TIE_EPS]
+
+
 class Labeler:
     """The simulated human: the stand-in for InstructGPT's labelers (and Gao et al.'s gold RM).
 
@@ -612,8 +618,7 @@ class Labeler:
         margin `prefer` calls a tie. A ranking orders them anyway (rank() always returns a total order),
         but that order is a coin flip, so comparisons.jsonl records them and the reward model skips them."""
         finished = finished or [True] * len(responses)
-        u = [self.ranking_utility(prompt, r, f) for r, f in zip(responses, finished)]
-        return [[i, j] for i in range(len(u)) for j in range(i + 1, len(u)) if abs(u[i] - u[j]) < TIE_EPS]
+        return tied_pairs([self.ranking_utility(prompt, r, f) for r, f in zip(responses, finished)])
 
     def prefer(self, prompt: str, a: str, b: str, rng: random.Random | None = None,
                finished: tuple[bool, bool] = (True, True)) -> float:
@@ -631,13 +636,19 @@ class Labeler:
         """The labeler's own agreement ceiling: the share of pairs (not ties, see `ties`) that `ranking`
         and a fresh ranking by this labeler order the same way; nan if there is no such pair.
         A reward model should not expect to agree with held-out rankings much more often than this."""
+        agree, pairs = self.agreement_counts(prompt, responses, ranking, rng, finished)
+        return agree / pairs if pairs else float("nan")
+
+    def agreement_counts(self, prompt: str, responses: list[str], ranking: list[int], rng: random.Random,
+                         finished: list[bool] | None = None, ties: list[list[int]] | None = None) -> tuple[int, int]:
+        """(pairs a fresh ranking orders as `ranking` does, pairs compared), leaving out `ties` (default:
+        this labeler's, see `ties`). Counts, so that a batch of groups can be weighted by pairs."""
         fresh = self.rank(prompt, responses, rng, finished)
         pos_a, pos_b = {i: k for k, i in enumerate(ranking)}, {i: k for k, i in enumerate(fresh)}
-        tied = {tuple(t) for t in self.ties(prompt, responses, finished)}
+        ties = self.ties(prompt, responses, finished) if ties is None else ties
+        tied = {tuple(sorted(t)) for t in ties}
         pairs = [(i, j) for i in range(len(responses)) for j in range(i + 1, len(responses)) if (i, j) not in tied]
-        if not pairs:
-            return float("nan")
-        return sum((pos_a[i] < pos_a[j]) == (pos_b[i] < pos_b[j]) for i, j in pairs) / len(pairs)
+        return sum((pos_a[i] < pos_a[j]) == (pos_b[i] < pos_b[j]) for i, j in pairs), len(pairs)
 
 
 # ------------------------------------------------------------------------------------------------------
