@@ -2,7 +2,7 @@
 `python -m nanorlhf.bench --part=ppo` times, on the same machine, so the two figures can be compared.
 
 Not part of nanorlhf and not run by the tests: it needs TRL, which the project does not depend on.
-TRL 0.20 and later have no PPOTrainer; 0.19.1 is the last release with it:
+The current TRL (1.16) has no PPOTrainer; 0.19.1 has one and is the version measured:
 
     python -m venv --system-site-packages /tmp/trlenv && . /tmp/trlenv/bin/activate
     pip install trl==0.19.1 transformers==4.53.3
@@ -24,6 +24,8 @@ import time
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, models
+import transformers
+import trl
 from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast,
                           TrainerCallback)
 from trl import PPOConfig, PPOTrainer
@@ -66,9 +68,6 @@ def main(iterations: int) -> None:
     trainer.train()
     seconds = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
     timed = sorted(seconds[1:])
-    import transformers
-    import trl
-
     print(f"TRL {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print("seconds per iteration (the first is the warm-up):", " ".join(f"{s:.2f}" for s in seconds))
