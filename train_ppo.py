@@ -3,6 +3,7 @@
     python train_ppo.py                          # policy from out/sft, reward model out/rm -> out/ppo/
     python train_ppo.py --ptx_coef=1.0           # PPO-ptx: add the pretraining loss      -> out/ppo_ptx/
     python train_ppo.py --init_kl_coef=0 --adaptive_kl=false --run_name=ppo_beta0   # no KL: reward hacking
+    python train_ppo.py --reward=gold --run_name=ppo_gold   # the gold labeler as reward: the RM's ceiling
 
 Objective (InstructGPT eq. 2):
     objective(φ) = E_(x,y)~π_φ [ r_θ(x, y) − β log(π_φ(y|x) / π_SFT(y|x)) ] + γ E_x~D_pretrain [ log π_φ(x) ]
@@ -26,7 +27,7 @@ import torch
 
 from nanorlhf import ppo
 from nanorlhf.checkpoint import load_model, save_checkpoint, stage_path
-from nanorlhf.config import parse_config, run_main
+from nanorlhf.config import ConfigError, parse_config, run_main
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts
 from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import generate, response_logprobs
@@ -44,6 +45,7 @@ class Config:
     run_name: str = ""  # output folder under out_dir (default: ppo, or ppo_ptx when ptx_coef > 0)
     policy_from: str = ""  # default out_dir/sft/ckpt.pt (also the frozen reference)
     reward_from: str = ""  # default out_dir/rm/ckpt.pt (also the critic's initialisation)
+    reward: str = "model"  # model | gold: score with the gold labeler itself, a perfect reward model (see gold_reward)
     iterations: int = 60
     rollout_batch: int = 64  # prompts per iteration (episodes)
     max_new_tokens: int = 48
@@ -115,6 +117,19 @@ def rollout(policy, ref, critic, reward_fn, prompt_ids: list[list[int]], tok, cf
                 values=values, returns=returns, advantages=advantages, scores=scores, finished=gen.finished, kl=kl)
 
 
+def gold_reward(labeler, tok, prompts: list[str]):
+    """A perfect reward model for one batch of prompts: the gold labeler's utility of each response, in
+    rating units centred on the middle of the 1-7 scale (its spread on SFT samples, sd ~2.5, is close to
+    the RM's, ~2.1, so β means about the same). Not RLHF -- no one has the gold labeler -- but the ceiling
+    of what reward-model training could give: `--reward=gold` separates "the RM is wrong" from "the policy
+    cannot do better" (cf. Gao et al. 2022's gold reward model). No planted bias: judge(), not rank()."""
+    def score(gen):
+        texts = [tok.response_text(row) for row in gen.response.tolist()]
+        u = [labeler.judge(p, text, finished).utility - 4.0 for p, (text, finished) in zip(prompts, texts)]
+        return torch.tensor(u, device=gen.tokens.device)
+    return score
+
+
 # ----------------------------------------------------------------------------------------- 5: update
 def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, ptx_batches=None, rng=None):
     """Step 5: `ppo_epochs` passes over the batch in minibatches (a fresh permutation each epoch)."""
@@ -165,6 +180,8 @@ def _minibatch(exp: dict, idx) -> dict:
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None):
     cfg = parse_config(Config, argv, PRESETS)
+    if cfg.reward not in ("model", "gold"):
+        raise ConfigError(f"--reward={cfg.reward}: expected model or gold")
     run_name = cfg.run_name or ("ppo_ptx" if cfg.ptx_coef > 0 else "ppo")
     device = setup_device(cfg.device)
     generator = seed_everything(cfg.seed)
@@ -191,7 +208,7 @@ def main(argv=None):
     if cfg.ptx_coef > 0:
         ptx_batches = lm_batches(corpus_tokens(cfg.data_dir, tok), cfg.ptx_batch, policy.config.block_size, generator)
 
-    def reward_fn(gen):  # the frozen reward model reads the last real token (the EOS)
+    def model_reward(gen):  # the frozen reward model reads the last real token (the EOS)
         return reward_model(gen.tokens, gen.attention_mask)
 
     opt_policy = make_optimizer(policy, cfg.lr * cfg.lr_scale, 0.0, betas=(0.9, 0.95), eps=1e-5)
@@ -200,7 +217,7 @@ def main(argv=None):
               else ppo.FixedKLController(cfg.init_kl_coef))
     print(f"ppo[{run_name}]: policy {policy.num_params() / 1e6:.2f}M params, {cfg.iterations} iterations x "
           f"{cfg.rollout_batch} episodes, β={cfg.init_kl_coef} ({'adaptive' if cfg.adaptive_kl else 'fixed'}), "
-          f"ptx γ={cfg.ptx_coef}, device {device}")
+          f"ptx γ={cfg.ptx_coef}, reward {'the gold labeler' if cfg.reward == 'gold' else reward_path}, device {device}")
 
     history, evals = [], []
     progress = Progress(cfg.iterations, f"ppo[{run_name}]")
@@ -216,8 +233,11 @@ def main(argv=None):
 
     gold(0)
     for it in range(1, cfg.iterations + 1):
-        batch = [prompt_ids[rng.randrange(len(prompt_ids))] for _ in range(cfg.rollout_batch)]
-        exp = rollout(policy, ref, critic, reward_fn, batch, tok, cfg, kl_ctl.value, sample_gen)  # steps 1-4
+        idx = [rng.randrange(len(prompt_ids)) for _ in range(cfg.rollout_batch)]
+        reward_fn = (model_reward if cfg.reward == "model" else
+                     gold_reward(world.labeler, tok, [train_prompts[i]["prompt"] for i in idx]))
+        exp = rollout(policy, ref, critic, reward_fn, [prompt_ids[i] for i in idx], tok, cfg, kl_ctl.value,
+                      sample_gen)  # steps 1-4
         upd = ppo_update(policy, critic, opt_policy, opt_critic, exp, cfg, ptx_batches, rng)  # step 5
         # 6. log
         kls = ppo.kl_estimators(exp["logprobs"], exp["ref_logprobs"], exp["mask"])
@@ -241,7 +261,7 @@ def main(argv=None):
     (out / "history.json").write_text(json.dumps({"history": history, "evals": evals}, indent=0))
     from nanorlhf.report import ppo_curves
 
-    ppo_curves(out / "ppo_curves.png", run_name, history, evals)
+    ppo_curves(out / "ppo_curves.png", run_name, history, evals, cfg.reward)
     print(f"ppo[{run_name}]: done in {progress.elapsed():.0f}s, saved {ckpt_path}")
     return metrics
 

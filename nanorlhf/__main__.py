@@ -56,6 +56,9 @@ def stages(cfg: PipelineConfig) -> list[tuple[str, list[str], Path]]:
         # (measured, tiny): RM +2.3, KL 57 nats, gold rating 3.16 → 2.97 -- the over-optimisation lesson.
         ("ppo_beta0", [py, str(ROOT / "train_ppo.py"), *common, "--init_kl_coef=0", "--adaptive_kl=false",
                        f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0"], Path(o) / "ppo_beta0/history.json"),
+        # the gold labeler as the reward: the ceiling a better reward model could reach (see gold_reward)
+        ("ppo_gold", [py, str(ROOT / "train_ppo.py"), *common, "--reward=gold", "--run_name=ppo_gold"],
+         Path(o) / "ppo_gold/history.json"),
         ("eval", [py, "-m", "nanorlhf.eval", *common], Path(o) / "eval.json"),
         ("report", [py, "-m", "nanorlhf.report", f"--out_dir={o}"], Path(o) / "report.md"),
     ]

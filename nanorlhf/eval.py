@@ -157,7 +157,8 @@ def main(argv=None) -> dict:
 
     few_shot = [t for p, r in world.few_shot_examples(cfg.few_shot) for t in tok.pair_ids(p, r)[0]]
     models = {"base": ("base", ()), "base few-shot": ("base", few_shot), "SFT": ("sft", ()),
-              "PPO": ("ppo", ()), "PPO-ptx": ("ppo_ptx", ()), "PPO β=0": ("ppo_beta0", ())}
+              "PPO": ("ppo", ()), "PPO-ptx": ("ppo_ptx", ()), "PPO β=0": ("ppo_beta0", ()),
+              "PPO, gold reward": ("ppo_gold", ())}
     sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature, generator=gen(cfg.seed))
     results, samples = {}, {}
     for name, (stage, prefix) in models.items():

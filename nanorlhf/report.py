@@ -7,12 +7,14 @@ import math
 from nanorlhf.plots import line_plots
 
 
-def ppo_curves(path, run_name: str, history: list[dict], evals: list[dict]) -> None:
-    """RM reward, gold rating, KL and entropy over a PPO run."""
+def ppo_curves(path, run_name: str, history: list[dict], evals: list[dict], reward: str = "model") -> None:
+    """Reward (the RM's, or the gold labeler's with --reward=gold), gold rating, KL and entropy over a PPO run."""
     its = [h["iteration"] for h in history]
     ev_its = [e["iteration"] for e in evals]
+    ylabel, label = (("reward (gold utility - 4, rating units)", "gold reward (rollouts)") if reward == "gold" else
+                     ("reward (RM score, normalised)", "RM reward (rollouts)"))
     line_plots(path, f"PPO run '{run_name}'", "PPO iteration", [
-        ("reward (RM score, normalised)", [(its, [h["rm_score"] for h in history], "RM reward (rollouts)")]),
+        (ylabel, [(its, [h["rm_score"] for h in history], label)]),
         ("gold labeler rating (1-7)", [(ev_its, [e["gold_rating"] for e in evals], "gold rating (held-out prompts)")]),
         ("KL to SFT (nats / response)", [(its, [h["kl"] for h in history], "k1"), (its, [h["kl_k3"] for h in history], "k3")]),
         ("entropy (nats / token)", [(its, [h["entropy"] for h in history], "policy entropy")]),
@@ -34,7 +36,8 @@ def winrate_chart(path, models: dict) -> None:
     err = [[(models[n]["win_rate"] - models[n]["ci_low"]) * 100 for n in names],
            [(models[n]["ci_high"] - models[n]["win_rate"]) * 100 for n in names]]
     fig, ax = plt.subplots(figsize=(7.5, 4))
-    colors = ["#999999" if n.startswith("base") else "#4c72b0" if n == "SFT" else "#dd8452" for n in names]
+    colors = ["#999999" if n.startswith("base") else "#4c72b0" if n == "SFT" else "#55a868" if "gold" in n
+              else "#dd8452" for n in names]
     ax.bar(names, rates, yerr=err, capsize=5, color=colors)
     ax.axhline(50, color="black", lw=0.8, ls="--", label="as good as SFT")
     ax.set_ylabel("win-rate against SFT (%, 95% CI)")
@@ -80,13 +83,16 @@ def write_report(out_dir) -> str:
     out = Path(out_dir)
     ev = json.loads((out / "eval.json").read_text())
     models = ev["models"]
-    runs = {}
-    for run in ("ppo", "ppo_ptx", "ppo_beta0"):
+    runs, curves = {}, []
+    for run in ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold"):
         h = out / run / "history.json"
         if h.exists():
             hist = json.loads(h.read_text())
-            runs[run] = [e for e in hist["evals"] if e.get("rm_score") is not None]
-            ppo_curves(out / f"{run}_curves.png", run, hist["history"], hist["evals"])
+            gold = run == "ppo_gold"
+            if not gold:  # its rollout reward is the gold utility, not the proxy: no place on the proxy axis
+                runs[run] = [e for e in hist["evals"] if e.get("rm_score") is not None]
+            ppo_curves(out / f"{run}_curves.png", run, hist["history"], hist["evals"], "gold" if gold else "model")
+            curves.append(run)
     winrate_chart(out / "winrate.png", models)
     overoptimisation_chart(out / "overoptimisation.png", runs, ev.get("best_of_n", []))
     state_path = out / "pipeline_state.json"
@@ -104,13 +110,18 @@ def write_report(out_dir) -> str:
                      f"{r['correct']:.0%} | {r['eos_rate']:.0%} | {r['rm_score']:+.2f} | {kl} | {r['corpus_loss']:.3f} |")
     cats = sorted({c for r in models.values() for c in r["per_category"]})
     lines += ["", "Corpus loss is the pretraining-corpus validation loss: what RLHF costs in language modelling "
-              "(the alignment tax; PPO-ptx should pay less).", "", "## Gold rating per category", "",
+              "(the alignment tax; PPO-ptx should pay less)."]
+    if any("gold" in name for name in models):
+        lines += ["", "*PPO, gold reward* is the same PPO run with the gold labeler itself as the reward "
+                  "(`train_ppo.py --reward=gold`): not RLHF -- no one has the gold labeler -- but the ceiling of what a "
+                  "better reward model could give this policy in this many iterations."]
+    lines += ["", "## Gold rating per category", "",
               "| model | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
     for name, r in models.items():
         lines.append(f"| {name} | " + " | ".join(f"{r['per_category'].get(c, {}).get('rating', float('nan')):.1f}"
                                                   for c in cats) + " |")
     lines += ["", "## PPO runs", ""]
-    for run in runs:
+    for run in curves:
         lines.append(f"![{run}]({run}_curves.png)")
     lines += ["", "## Over-optimisation", "",
               "Gold rating and reward-model score against √KL to the SFT model, for each PPO run's periodic evaluations "

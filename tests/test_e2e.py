@@ -42,26 +42,27 @@ def test_prepare_pretrain_sft_write_their_files(pipeline):
         assert ck["metrics"]["val_loss"] > 0 and "gold" in ck["metrics"]
     base = torch.load(d / "out/base/ckpt.pt", weights_only=True)
     assert base["config"]["stage"] == "pretrain"
-    assert "[4/9] rm" not in first and "[5/9] ppo" not in first  # stopped after sft
+    assert "[4/10] rm" not in first and "[5/10] ppo" not in first  # stopped after sft
 
 
 def test_resume_skips_finished_stages(pipeline):
     d, _, second = pipeline
     for stage in ("prepare", "pretrain", "sft"):
         assert f"{stage}: current, skipped" in second
-    for stage in ("rm", "ppo", "eval", "report"):
+    for stage in ("rm", "ppo", "ppo_gold", "eval", "report"):
         assert f"{stage}: done in" in second
     third = run(["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={d}/out"]).stdout
-    assert third.count("current, skipped") == 9
+    assert third.count("current, skipped") == 10
 
 
 def test_report_has_every_model_row_and_figure(pipeline):
     d, _, _ = pipeline
     out = d / "out"
     report = (out / "report.md").read_text()
-    for model in ("base", "base few-shot", "SFT", "PPO", "PPO-ptx", "PPO β=0"):
+    for model in ("base", "base few-shot", "SFT", "PPO", "PPO-ptx", "PPO β=0", "PPO, gold reward"):
         assert f"\n| {model} |" in report
-    for fig in ("winrate.png", "overoptimisation.png", "ppo_curves.png", "ppo_ptx_curves.png", "ppo_beta0_curves.png"):
+    for fig in ("winrate.png", "overoptimisation.png", "ppo_curves.png", "ppo_ptx_curves.png", "ppo_beta0_curves.png",
+                "ppo_gold_curves.png"):
         assert (out / fig).stat().st_size > 10_000, fig
         assert f"({fig})" in report
     assert (out / "rm" / "rm_training.png").exists() and (out / "rm" / "comparisons.jsonl").exists()

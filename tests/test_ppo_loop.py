@@ -9,7 +9,7 @@ from nanorlhf import ppo
 from nanorlhf.generate import response_logprobs
 from nanorlhf.training import make_optimizer
 from tests.helpers import tiny_gpt
-from train_ppo import Config, _minibatch, ppo_update, rollout
+from train_ppo import Config, _minibatch, gold_reward, ppo_update, rollout
 
 TOK = SimpleNamespace(eos_id=14, pad_id=15)
 TARGET = 3  # the planted reward: fraction of response tokens equal to TARGET
@@ -85,3 +85,23 @@ def test_kl_penalty_holds_policy_near_reference():
             ppo_update(policy, critic, opt_p, opt_c, exp, cfg, rng=rng)
         finals[beta] = ppo.kl_estimators(exp["logprobs"], exp["ref_logprobs"], exp["mask"])["k1"].item()
     assert finals[2.0] < 0.5 * finals[0.0], finals
+
+
+def test_gold_reward_scores_each_response_against_its_own_prompt():
+    """--reward=gold: row i of the rollout is judged against prompt i, in rating units centred on 4."""
+    from nanorlhf.world import World, parse_task
+
+    world = World(0)
+    prompts = [p["prompt"] for p in world.prompts(3, "val")]
+    tasks = [parse_task(p) for p in prompts]
+    texts = [(tasks[0].ideal[0], True), (tasks[1].wrong[0], True), (tasks[2].ideal[0], False)]
+    tok = SimpleNamespace(response_text=lambda row: texts[row[0]])  # row i decodes to texts[i]
+    gen = SimpleNamespace(response=torch.arange(3)[:, None], tokens=torch.zeros(3, 1))
+    scores = gold_reward(world.labeler, tok, prompts)(gen)
+    expected = [world.labeler.judge(p, t, f).utility - 4.0 for p, (t, f) in zip(prompts, texts)]
+    torch.testing.assert_close(scores, torch.tensor(expected))
+    assert scores[0] == 3.0  # an ideal answer is a 7
+    assert scores[2] < scores[0] - 2  # not ending (no EOS) costs 3 points
+    # the same text scored against another row's prompt is judged for that prompt
+    swapped = gold_reward(world.labeler, tok, [prompts[1], prompts[0], prompts[2]])(gen)
+    assert swapped[0] < scores[0]
