@@ -105,7 +105,7 @@ def main(argv=None):
             print(f"rm: wrote {len(groups)} groups of {cfg.k} samples + {cfg.off_prompt} off-prompt, ranked, to "
                   f"{comp_path} ({n_ties / n_pairs:.0%} of the pairs are ties)")
     if cfg.labels in ("human", "both"):
-        human = read_comparisons(cfg.human_labels)
+        human = [{**g, "human": True} for g in read_comparisons(cfg.human_labels)]
         print(f"rm: {len(human)} human-ranked groups from {cfg.human_labels}")
         groups += human
     del policy
@@ -240,8 +240,8 @@ def labeler_agreement(labeler, groups, rng) -> float:
     over the pairs the accuracy counts (not ties): how well a second labeler would score on these labels."""
     agree = total = 0
     for g in groups:
-        if "finished" not in g:
-            continue  # human labels: no second opinion available
+        if g.get("human"):
+            continue  # a person's ranking: the simulated labeler is no second opinion on it
         a, n = labeler.agreement_counts(g["prompt"], g["responses"], g["ranking"], rng, g["finished"], g.get("ties", []))
         agree, total = agree + a, total + n
     return agree / max(1, total)

@@ -154,6 +154,16 @@ def read_comparisons(path) -> list[dict]:
                                                for t in ties)):
             raise DataError(f"{path}: record {n}: 'ties' must be a list of [i, j] pairs of two different response "
                             f"indices in 0..{len(resp) - 1}, got {ties}")
+        off = row.get("off_prompt", [])  # responses written for other prompts (train_rm.py --off_prompt)
+        if not (isinstance(off, list) and len(set(off)) == len(off)
+                and all(isinstance(i, int) and 0 <= i < len(resp) for i in off)):
+            raise DataError(f"{path}: record {n}: 'off_prompt' must be a list of distinct response indices in "
+                            f"0..{len(resp) - 1}, got {off}")
+        fin = row.get("finished")
+        if fin is not None and not (isinstance(fin, list) and len(fin) == len(resp)
+                                    and all(isinstance(f, bool) for f in fin)):
+            raise DataError(f"{path}: record {n}: 'finished' must be a list of {len(resp)} true/false values, "
+                            f"one per response, got {fin}")
         out.append({**row, "prompt": row["prompt"], "responses": resp, "ranking": rank, "ties": ties})
     return out
 

@@ -35,10 +35,10 @@ def winrate_chart(path, models: dict) -> None:
     rates = [models[n]["win_rate"] * 100 for n in names]
     err = [[(models[n]["win_rate"] - models[n]["ci_low"]) * 100 for n in names],
            [(models[n]["ci_high"] - models[n]["win_rate"]) * 100 for n in names]]
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     colors = ["#999999" if n.startswith("base") else "#4c72b0" if n == "SFT" else "#55a868" if "gold" in n
               else "#dd8452" for n in names]
-    ax.bar(names, rates, yerr=err, capsize=5, color=colors)
+    ax.bar([n.replace(", ", ",\n") for n in names], rates, yerr=err, capsize=5, color=colors)  # 2-line long names
     ax.axhline(50, color="black", lw=0.8, ls="--", label="as good as SFT")
     ax.set_ylabel("win-rate against SFT (%, 95% CI)")
     ax.set_xlabel("model (samples judged by the gold labeler on held-out test prompts)")

@@ -58,3 +58,22 @@ def test_cli_end_of_input_keeps_answers(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "nanorlhf.label", "--samples=/nonexistent.jsonl"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "file not found" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_second_labeler_agreement_leaves_out_human_rankings():
+    """train_rm's 'a second labeler agrees' ceiling is the simulated labeler against its own rankings: a
+    person's ranking (read with --labels=both) must not count, whatever keys its file carries."""
+    import random
+
+    from nanorlhf.world import World, parse_task
+    from train_rm import labeler_agreement
+
+    world = World(0)
+    prompt = world.prompts(1, "val")[0]["prompt"]
+    task = parse_task(prompt)
+    simulated = {"prompt": prompt, "responses": [task.ideal[0], task.wrong[0], "Ugh, go away."], "ranking": [0, 1, 2],
+                 "finished": [True] * 3, "ties": []}
+    human = {**simulated, "ranking": [2, 1, 0], "human": True}  # label.py writes "finished" too
+    alone = labeler_agreement(world.labeler, [simulated], random.Random(0))
+    assert alone > 0.9  # 7 vs 2.75 vs a rude non-answer: the labeler orders these the same way nearly always
+    assert labeler_agreement(world.labeler, [simulated, human], random.Random(0)) == alone
