@@ -47,6 +47,7 @@ class Config:
     n_embd: int = 128
     block_size: int = 128
     dropout: float = 0.0
+    pos_embedding: str = "learned"  # learned (GPT-2) | rope: rotary positions, which learn to copy sooner (README)
     # optimisation
     batch_size: int = 16
     max_steps: int = 600
@@ -90,7 +91,10 @@ def get_config(argv=None) -> Config:
     if stage not in ("pretrain", "sft"):
         raise ConfigError(f"--stage={stage}: expected pretrain or sft")
     presets = {k: {**v, **(SFT_OVERRIDES[k] if stage == "sft" else {})} for k, v in PRESETS.items()}
-    return parse_config(Config, argv, presets)
+    cfg = parse_config(Config, argv, presets)
+    if cfg.pos_embedding not in ("learned", "rope"):
+        raise ConfigError(f"--pos_embedding={cfg.pos_embedding}: expected learned or rope")
+    return cfg
 
 
 def main(argv=None):
@@ -122,7 +126,7 @@ def main(argv=None):
     # ----------------------------------------------------------------------------------------- model
     if cfg.stage == "pretrain":
         mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
+                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, pos_embedding=cfg.pos_embedding)
         model = GPT(mcfg).to(device)
     else:
         model, _ = load_model(cfg.init_from or stage_path(cfg.out_dir, "base"), "base", head="lm", device=device)

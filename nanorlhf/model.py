@@ -21,6 +21,12 @@ computes its queries, attention and MLP only there (every block still needs the 
 positions, so only the last one can skip work). PPO scores the response with positions P−1… of a
 prompt + response sequence: this skips about a third of the last block's work (tests/test_fast_paths.py).
 On the CPU the MLP's GELU is `TanhGELU`: GPT-2's tanh GELU written through a sigmoid, which is faster there.
+
+One departure, off by default: `pos_embedding="rope"` replaces `wpe` with rotary position embeddings (Su et
+al. 2021, RoFormer eq. 34: each pair of query/key channels rotated by an angle proportional to the position,
+so q·k depends on relative position only). Why it is here: the tiny preset's 4-layer GPT-2 with learned
+positions does not learn to copy a name from its context in 600 steps and the rotary one does (README,
+"Why 60% is out of reach"). GPT-2's weights cannot be loaded into it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ class GPTConfig:
     dropout: float = 0.0  # RLHF stages keep it 0: log-probs must be reproducible (ratio == 1 at step 0)
     bias: bool = True
     head: str = "lm"  # "lm" | "scalar" | "value"
+    pos_embedding: str = "learned"  # "learned" (GPT-2's wpe) | "rope" (rotary, see the module docstring)
+    rope_base: float = 10000.0  # θ of RoFormer: channel pair i turns by position · θ^(−2i/head_dim)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +74,13 @@ class KVCache:
         self.length = 0
 
 
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoFormer eq. 34 with the channel pairs (i, i + hd/2) (the "rotate half" layout of GPT-NeoX/LLaMA):
+    x (B, H, T, hd); cos, sin (B or 1, 1, T, hd/2) of position · frequency."""
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -76,13 +91,17 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, attn_mask=None, cache: KVCache | None = None, layer: int = 0, first: int = 0):
-        """Outputs (B, T - first, C) for the queries at positions first… (keys and values: all T)."""
+    def forward(self, x, attn_mask=None, cache: KVCache | None = None, layer: int = 0, first: int = 0, rope=None):
+        """Outputs (B, T - first, C) for the queries at positions first… (keys and values: all T).
+        rope: (cos, sin) of every position, or None (learned positions were added to the input)."""
         B, T, C = x.shape
         hd = C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q[:, first:].view(B, T - first, self.n_head, hd).transpose(1, 2)  # (B, H, T - first, hd)
         k, v = (t.view(B, T, self.n_head, hd).transpose(1, 2) for t in (k, v))  # (B, H, T, hd)
+        if rope is not None:  # keys are cached rotated: each by its own position, once
+            cos, sin = rope
+            q, k = rotate(q, cos[:, :, first:], sin[:, :, first:]), rotate(k, cos, sin)
         if cache is not None:  # append this step's keys/values, attend over everything cached so far
             start = cache.length
             cache.k[layer, :, :, start : start + T] = k
@@ -155,8 +174,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, attn_mask=None, cache=None, layer=0, first=0):
-        x = x[:, first:] + self.attn(self.ln_1(x), attn_mask, cache, layer, first)  # (B, T - first, C)
+    def forward(self, x, attn_mask=None, cache=None, layer=0, first=0, rope=None):
+        x = x[:, first:] + self.attn(self.ln_1(x), attn_mask, cache, layer, first, rope)  # (B, T - first, C)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -172,9 +191,13 @@ class GPT(nn.Module):
         super().__init__()
         if cfg.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {cfg.head!r}")
+        if cfg.pos_embedding not in ("learned", "rope"):
+            raise ValueError(f"pos_embedding must be 'learned' or 'rope', got {cfg.pos_embedding!r}")
+        if cfg.pos_embedding == "rope" and (cfg.n_embd // cfg.n_head) % 2:
+            raise ValueError(f"rotary positions need an even head size, got {cfg.n_embd // cfg.n_head}")
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_embedding == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -201,7 +224,7 @@ class GPT(nn.Module):
         nn.init.zeros_(self.score.bias)
 
     def num_params(self) -> int:
-        """Parameters counted once (tied embeddings), position embeddings included."""
+        """Parameters counted once (tied embeddings), learned position embeddings included."""
         return sum(p.numel() for p in self.parameters())
 
     @property
@@ -239,12 +262,24 @@ class GPT(nn.Module):
             # is never read.
             attn_mask = (causal & keys[:, None, :]) | (k_idx == q_idx)  # (B, T, L)
             attn_mask = attn_mask.unsqueeze(1)  # (B, 1, T, L)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        rope = None
+        if self.wpe is not None:
+            x = self.drop(self.wte(idx) + self.wpe(pos))
+        else:
+            x, rope = self.drop(self.wte(idx)), self.rope_angles(pos)
         for i, block in enumerate(self.h):
-            x = block(x, attn_mask, cache, i, first if i == len(self.h) - 1 else 0)
+            x = block(x, attn_mask, cache, i, first if i == len(self.h) - 1 else 0, rope)
         if cache is not None:
             cache.length = past + T
         return self.ln_f(x)
+
+    def rope_angles(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) of position × frequency, (B or 1, 1, T, head_dim/2), for positions `pos` (B or 1, T)."""
+        hd = self.config.n_embd // self.config.n_head
+        freq = self.config.rope_base ** (-torch.arange(0, hd, 2, device=pos.device, dtype=torch.float32) / hd)
+        angles = (pos.float().unsqueeze(-1) * freq).unsqueeze(1)  # (B, 1, T, hd/2), fp32 whatever the model's dtype
+        dtype = self.wte.weight.dtype
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
     def forward(self, idx, attention_mask=None, cache: KVCache | None = None, first: int = 0):
         """lm: logits (B, T, V); scalar: (B,) at the last real token; value: (B, T).
@@ -279,6 +314,8 @@ class GPT(nn.Module):
 
         GPT-2 stores c_attn/c_proj/c_fc weights as Conv1D (in, out): transpose them for nn.Linear.
         """
+        if self.wpe is None:
+            raise ValueError("GPT-2 weights need pos_embedding='learned' (this model uses rotary positions)")
         own = self.state_dict()
         for k, v in sd.items():
             name = k.removeprefix("transformer.")

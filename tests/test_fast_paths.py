@@ -125,8 +125,9 @@ def _param_grads(m, fn):
 
 @pytest.mark.parametrize("first", [1, 6, 11])
 @pytest.mark.parametrize("padded", [True, False])
-def test_first_equals_slicing_every_position(first, padded):
-    m = tiny_gpt("value").train()
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_first_equals_slicing_every_position(first, padded, pos):
+    m = tiny_gpt("value", pos=pos).train()
     x = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(3, 12, dtype=torch.bool)
     if padded:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from nanorlhf.generate import generate, response_logprobs, response_mask_from
@@ -10,15 +11,17 @@ def _prompts():
     return [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11]]
 
 
-def test_kv_cache_generation_equals_no_cache_greedy():
-    m = tiny_gpt("lm")
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_kv_cache_generation_equals_no_cache_greedy(pos):
+    m = tiny_gpt("lm", pos=pos)
     a = generate(m, _prompts(), 8, EOS, PAD, temperature=0, use_cache=True)
     b = generate(m, _prompts(), 8, EOS, PAD, temperature=0, use_cache=False)
     assert torch.equal(a.response, b.response)
 
 
-def test_left_padded_batch_equals_single_rows():
-    m = tiny_gpt("lm")
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_left_padded_batch_equals_single_rows(pos):
+    m = tiny_gpt("lm", pos=pos)
     batch = generate(m, _prompts(), 8, EOS, PAD, temperature=0)
     for i, p in enumerate(_prompts()):
         single = generate(m, [p], 8, EOS, PAD, temperature=0)

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from nanorlhf.model import GPT, GPTConfig, last_token_index
+from nanorlhf.model import GPT, GPTConfig, last_token_index, rotate
 from tests.helpers import tiny_gpt
 
 
@@ -16,8 +17,9 @@ def test_shapes_and_param_count():
     assert m.lm_head_weight.data_ptr() == m.wte.weight.data_ptr()
 
 
-def test_causality_change_at_t_never_changes_earlier_logits():
-    m = tiny_gpt("lm")
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_causality_change_at_t_never_changes_earlier_logits(pos):
+    m = tiny_gpt("lm", pos=pos)
     x = torch.randint(0, 50, (2, 12))
     base = m(x)
     for t in (0, 5, 11):
@@ -37,16 +39,18 @@ def test_gpt2_init_statistics():
     assert m.score.bias.item() == 0
 
 
-def test_left_padding_matches_unpadded_row():
-    m = tiny_gpt("lm")
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_left_padding_matches_unpadded_row(pos):
+    m = tiny_gpt("lm", pos=pos)
     row = torch.randint(1, 50, (1, 7))
     padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), row], 1)
     mask = torch.tensor([[0, 0, 0] + [1] * 7])
     torch.testing.assert_close(m(padded, mask)[:, 3:], m(row), atol=1e-5, rtol=1e-5)
 
 
-def test_scalar_head_reads_last_real_token_under_padding():
-    m = tiny_gpt("scalar")
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_scalar_head_reads_last_real_token_under_padding(pos):
+    m = tiny_gpt("scalar", pos=pos)
     x = torch.randint(1, 50, (1, 6))
     alone = m(x)
     # right padding with arbitrary junk tokens after the last real one changes nothing
@@ -72,8 +76,9 @@ def test_value_head_from_scalar_head_shares_score_layer():
     torch.testing.assert_close(critic.eval()(x)[:, -1], rm(x))
 
 
-def test_kv_cache_decoding_equals_full_recomputation():
-    m = tiny_gpt("lm")
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_kv_cache_decoding_equals_full_recomputation(pos):
+    m = tiny_gpt("lm", pos=pos)
     x = torch.randint(0, 50, (2, 14))
     mask = torch.ones(2, 14, dtype=torch.bool)
     mask[1, :4] = False  # second row left-padded
@@ -109,3 +114,37 @@ def test_gpt2_state_dict_mapping_transposes_conv1d():
     other.load_gpt2_state_dict(sd)
     for k, v in m.state_dict().items():
         torch.testing.assert_close(other.state_dict()[k], v + 1.0)
+
+
+def test_rope_scores_depend_on_relative_position_only():
+    """RoFormer's point: rotating a query at position m and a key at n gives q·k as a function of m − n."""
+    m = tiny_gpt("lm", pos="rope")
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(qpos, kpos):
+        (cq, sq), (ck, sk) = m.rope_angles(torch.tensor([[qpos]])), m.rope_angles(torch.tensor([[kpos]]))
+        return (rotate(q, cq, sq) * rotate(k, ck, sk)).sum()
+
+    torch.testing.assert_close(score(9, 4), score(25, 20))
+    torch.testing.assert_close(score(3, 3), (q * k).sum())  # same position: no net rotation
+    assert not torch.allclose(score(9, 4), score(9, 5))
+    cos, sin = m.rope_angles(torch.arange(6).unsqueeze(0))
+    x = torch.randn(1, 2, 6, 8)
+    torch.testing.assert_close(rotate(x, cos, sin).norm(dim=-1), x.norm(dim=-1))  # a rotation keeps lengths
+
+
+def test_rope_model_has_no_position_table_and_refuses_gpt2_weights():
+    learned, rope = tiny_gpt("lm"), tiny_gpt("lm", pos="rope")
+    assert rope.wpe is None and learned.num_params() - rope.num_params() == 32 * 16
+    with pytest.raises(ValueError, match="pos_embedding='learned'"):
+        rope.load_gpt2_state_dict({})
+    with pytest.raises(ValueError, match="pos_embedding"):
+        GPT(GPTConfig(vocab_size=50, pos_embedding="alibi"))
+    with pytest.raises(ValueError, match="even head size"):
+        GPT(GPTConfig(vocab_size=50, n_embd=18, n_head=2, pos_embedding="rope"))
+    # a shift of every position (a cache that starts later) changes nothing in a rotary model's logits
+    x = torch.randint(0, 50, (1, 6))
+    cache = rope.new_cache(1, 16)
+    cache.next_pos[:] = 7  # as if 7 tokens came before, but none is attended to (their keys are masked)
+    cache.length = 0
+    torch.testing.assert_close(rope(x, torch.ones(1, 6), cache), rope(x), atol=1e-5, rtol=1e-5)
