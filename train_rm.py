@@ -242,7 +242,8 @@ def labeler_agreement(labeler, groups, rng) -> float:
     for g in groups:
         if g.get("human"):
             continue  # a person's ranking: the simulated labeler is no second opinion on it
-        a, n = labeler.agreement_counts(g["prompt"], g["responses"], g["ranking"], rng, g["finished"], g.get("ties", []))
+        a, n = labeler.agreement_counts(g["prompt"], g["responses"], g["ranking"], rng, g.get("finished"),
+                                        g.get("ties", []))
         agree, total = agree + a, total + n
     return agree / max(1, total)
 
