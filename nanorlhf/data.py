@@ -125,6 +125,11 @@ def read_prompts(data_dir, split: str) -> list[dict]:
     return [r for r in rows if r["split"] == split]
 
 
+def _indices(xs, n: int) -> bool:
+    """Is `xs` a list of indices into n responses?"""
+    return isinstance(xs, list) and all(isinstance(i, int) and 0 <= i < n for i in xs)
+
+
 def read_comparisons(path) -> list[dict]:
     """Comparisons in either format, as {"prompt", "responses", "ranking"} (ranking best first).
 
@@ -149,14 +154,11 @@ def read_comparisons(path) -> list[dict]:
         if not (isinstance(rank, list) and sorted(rank) == list(range(len(resp)))):
             raise DataError(f"{path}: record {n}: 'ranking' must be a permutation of 0..{len(resp) - 1}, got {rank}")
         ties = row.get("ties", [])
-        if not (isinstance(ties, list) and all(isinstance(t, list) and len(t) == 2 and t[0] != t[1]
-                                               and all(isinstance(i, int) and 0 <= i < len(resp) for i in t)
-                                               for t in ties)):
+        if not (isinstance(ties, list) and all(_indices(t, len(resp)) and len(t) == 2 and t[0] != t[1] for t in ties)):
             raise DataError(f"{path}: record {n}: 'ties' must be a list of [i, j] pairs of two different response "
                             f"indices in 0..{len(resp) - 1}, got {ties}")
         off = row.get("off_prompt", [])  # responses written for other prompts (train_rm.py --off_prompt)
-        if not (isinstance(off, list) and len(set(off)) == len(off)
-                and all(isinstance(i, int) and 0 <= i < len(resp) for i in off)):
+        if not (_indices(off, len(resp)) and len(set(off)) == len(off)):
             raise DataError(f"{path}: record {n}: 'off_prompt' must be a list of distinct response indices in "
                             f"0..{len(resp) - 1}, got {off}")
         fin = row.get("finished")

@@ -86,6 +86,12 @@ def test_bad_input_one_clear_line_nonzero_exit_nothing_written(pipeline, tmp_pat
     # unknown --key
     r = run(["train_sft.py", "--stage=sft", "--bogus=1", f"--out_dir={tmp_path}/o"], check=False)
     assert r.returncode != 0 and r.stderr.strip() == "error: unknown option --bogus for Config (see --help)"
+    # a value a choice field does not know
+    for script, arg, want in (("train_ppo.py", "--reward=oracle", "error: --reward=oracle: expected model or gold"),
+                              ("train_sft.py", "--pos_embedding=alibi",
+                               "error: --pos_embedding=alibi: expected learned or rope")):
+        r = run([script, arg, f"--out_dir={tmp_path}/o"], check=False)
+        assert r.returncode == 2 and r.stderr.strip() == want, r.stderr
     # missing checkpoint: says which command creates it
     r = run(["train_rm.py", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={tmp_path}/o"], check=False)
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
