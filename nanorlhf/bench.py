@@ -3,7 +3,8 @@ Stage benchmark: how fast each piece of the pipeline runs on this machine, as ma
 
     python -m nanorlhf.bench                             # every part (CPU: about 3.5 minutes on 2 cores)
     python -m nanorlhf.bench --part=ppo --repeats=5      # one PPO iteration at the README's shape
-    python -m nanorlhf.bench --part=ppo --profile        # ... and torch.profiler's top ops of one iteration
+    python -m nanorlhf.bench --part=ppo --profile        # ... and torch.profiler's top ops of one iteration,
+                                                         #     and the update's matmul floor (see matmul_floor)
     python -m nanorlhf.bench --quick                     # tiny shapes, 1 repeat: a smoke test (< 20 s)
     python -m nanorlhf.bench --device=cuda               # the same on a GPU (bf16 autocast, as the stages)
 
@@ -29,6 +30,7 @@ slow every number: the load average at start is printed with each table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import importlib.util
@@ -43,6 +45,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from nanorlhf.generate import generate
 from nanorlhf.losses import ranking_loss, sft_loss
@@ -263,14 +266,22 @@ def ppo_setup(p, device):
     def reward_fn(gen):
         return reward_model(gen.tokens, gen.attention_mask)
 
-    def iteration():
-        """One PPO iteration; returns (generate, rest of rollout, update) seconds."""
+    def iteration(flops: dict | None = None):
+        """One PPO iteration; returns (generate, rest of rollout, update) seconds. Given a dict, also counts the
+        matmul FLOPs of the rollout and of the update into it (the counter slows that iteration down)."""
+        counter = (lambda: FlopCounterMode(display=False)) if flops is not None else contextlib.nullcontext
         sync(device)
         t0 = time.perf_counter()
-        exp = tp.rollout(policy, ref, critic, reward_fn, prompts, tok, cfg, cfg.init_kl_coef, sample_gen)
+        with counter() as c:
+            exp = tp.rollout(policy, ref, critic, reward_fn, prompts, tok, cfg, cfg.init_kl_coef, sample_gen)
+        if c is not None:
+            flops["rollout"] = c.get_total_flops()
         sync(device)
         t1 = time.perf_counter()
-        tp.ppo_update(policy, critic, opt_policy, opt_critic, exp, cfg, None, rng)
+        with counter() as c:
+            tp.ppo_update(policy, critic, opt_policy, opt_critic, exp, cfg, None, rng)
+        if c is not None:
+            flops["update"] = c.get_total_flops()
         sync(device)
         t2 = time.perf_counter()
         assert exp["mask"].shape[1] == q["new"] and bool(exp["mask"].all()), "a row stopped early"
@@ -299,6 +310,7 @@ def bench_ppo(p, args, device, cap):
           f"(no early EOS). {args.repeats} iterations after 1 warm-up. Target: ≤ 6.5 s median on a 2-core CPU.")
     if args.profile:
         profile_ppo(iteration, device)
+        matmul_floor(iteration, device, med([i[2] for i in its]), 256 if args.quick else 2048)
 
 
 def profile_ppo(iteration, device):
@@ -314,6 +326,31 @@ def profile_ppo(iteration, device):
     print(prof.key_averages().table(sort_by=key, row_limit=25))
 
 
+def gemm_rate(device: str, n: int) -> float:
+    """FLOP/s of one n x n x n matmul in the precision the stages compute in (fp32 on the CPU, bf16 autocast on
+    a GPU), the best of 5: about the most this machine's matmul library gets out of it, on an easy shape."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+
+    def mm():
+        with autocast(device):
+            a @ b
+    return 2 * n**3 / min(timeit(mm, device, repeats=5))
+
+
+def matmul_floor(iteration, device: str, update_s: float, n: int) -> None:
+    """How close the update is to its matmuls alone: FLOPs counted by torch.utils.flop_counter over one more
+    iteration (matmuls only: the CPU's flash attention is not counted), divided by gemm_rate."""
+    flops = {}
+    iteration(flops)
+    rate = gemm_rate(device, n)
+    floor = flops["update"] / rate
+    print(f"\nmatmul floor: the update's matmuls are {flops['update'] / 1e9:.3g} GFLOP (the rollout's "
+          f"{flops['rollout'] / 1e9:.3g}; torch.utils.flop_counter, attention not counted); at this machine's rate "
+          f"for one {n}^3 matmul, {rate / 1e9:.0f} GFLOP/s, they take {floor:.3g} s: {100 * floor / update_s:.0f}% "
+          f"of the measured update ({update_s:.3g} s median). The rest is attention, elementwise work and "
+          f"per-op overhead, plus matmuls at shapes slower than that one.")
+
+
 # ------------------------------------------------------------------------------------------------ main
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m nanorlhf.bench", description=__doc__.split("\n\n")[0].strip())
@@ -322,7 +359,7 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up; the median is reported")
     ap.add_argument("--quick", action="store_true", help="tiny shapes and 1 repeat: a smoke test")
     ap.add_argument("--device", default="", help="cpu | cuda (default: cuda if available)")
-    ap.add_argument("--profile", action="store_true", help="also profile one PPO iteration (torch.profiler)")
+    ap.add_argument("--profile", action="store_true", help="also profile one PPO iteration (torch.profiler) and print the update's matmul floor")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
