@@ -30,7 +30,6 @@ slow every number: the load average at start is printed with each table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime
 import importlib.util
@@ -269,19 +268,20 @@ def ppo_setup(p, device):
     def iteration(flops: dict | None = None):
         """One PPO iteration; returns (generate, rest of rollout, update) seconds. Given a dict, also counts the
         matmul FLOPs of the rollout and of the update into it (the counter slows that iteration down)."""
-        counter = (lambda: FlopCounterMode(display=False)) if flops is not None else contextlib.nullcontext
+        def run(phase, fn, *a):
+            if flops is None:
+                return fn(*a)
+            with FlopCounterMode(display=False) as counter:
+                out = fn(*a)
+            flops[phase] = counter.get_total_flops()
+            return out
         sync(device)
         t0 = time.perf_counter()
-        with counter() as c:
-            exp = tp.rollout(policy, ref, critic, reward_fn, prompts, tok, cfg, cfg.init_kl_coef, sample_gen)
-        if c is not None:
-            flops["rollout"] = c.get_total_flops()
+        exp = run("rollout", tp.rollout, policy, ref, critic, reward_fn, prompts, tok, cfg, cfg.init_kl_coef,
+                  sample_gen)
         sync(device)
         t1 = time.perf_counter()
-        with counter() as c:
-            tp.ppo_update(policy, critic, opt_policy, opt_critic, exp, cfg, None, rng)
-        if c is not None:
-            flops["update"] = c.get_total_flops()
+        run("update", tp.ppo_update, policy, critic, opt_policy, opt_critic, exp, cfg, None, rng)
         sync(device)
         t2 = time.perf_counter()
         assert exp["mask"].shape[1] == q["new"] and bool(exp["mask"].all()), "a row stopped early"
@@ -359,7 +359,8 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up; the median is reported")
     ap.add_argument("--quick", action="store_true", help="tiny shapes and 1 repeat: a smoke test")
     ap.add_argument("--device", default="", help="cpu | cuda (default: cuda if available)")
-    ap.add_argument("--profile", action="store_true", help="also profile one PPO iteration (torch.profiler) and print the update's matmul floor")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one PPO iteration (torch.profiler) and print the update's matmul floor")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
