@@ -76,12 +76,10 @@ def headroom_probe(labeler, prompts: list[str], many: list[tuple[str, bool]], re
     """The ceiling before any RL: how often two SFT samples tie, and the win-rate against one SFT sample
     (`ref`) of the gold labeler's own pick among n of SFT's samples (`many`: n_max per prompt, in order),
     n = 1, 2, 4, ... n_max. If best-of-16 barely beats SFT, no reward model or PPO can: fix the world."""
+    util = [labeler.judge(prompts[i // n_max], r, f).utility for i, (r, f) in enumerate(many)]
     rows, n = [], 1
     while n <= n_max:
-        picks = []
-        for j, p in enumerate(prompts):
-            cands = many[j * n_max : j * n_max + n]
-            picks.append(max(cands, key=lambda c: labeler.judge(p, c[0], c[1]).utility))
+        picks = [many[max(range(j * n_max, j * n_max + n), key=util.__getitem__)] for j in range(len(prompts))]
         wr = win_rate(labeler, prompts, picks, ref)
         rows.append({"n": n, **wr})
         n *= 2

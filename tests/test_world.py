@@ -35,7 +35,7 @@ HAND = {
                       "At the park a dog ran off with Tom's ball, so Tom was sad.",
                       ["Tom went to the park with a red ball. There Tom saw a dog. The dog ran off with the ball, and "
                        "Tom was sad.",  # a copy, not a one-sentence summary
-                       "At the park, a cat ran off with Mia's ball."]),
+                       "At the beach, a cat broke Mia's cup."]),
     "classification": ("Is this review positive or negative?\nI love this blue kite. It works well every day.",
                        "This review is positive.", ["This review is negative.", "It is positive and negative."]),
     "extraction": ("List the animals in this sentence: Tom saw a cat and a dog near the red box.",
@@ -125,8 +125,8 @@ def test_generated_demonstrations_are_rated_by_quality(category):
             continue
         r = {q: LABELER.judge(d["prompt"], WORLD.write_response(d["prompt"], q, rng)).rating for q in QUALITIES}
         short = parse_task(d["prompt"]).constraint == "short"  # there the curt answer is the ideal one
-        assert r["ideal"] >= 6 and r["rude"] <= 3 and r["wrong"] <= 5 and r["rambling"] <= 4, (d, r)  # wrong: partly
-        assert short or 3 <= r["curt"] <= (6 if category == "summarization" else 5), (d, r)  # a curt summary is fair
+        assert r["ideal"] >= 6 and r["rude"] <= 3 and r["wrong"] <= 6 and r["rambling"] <= 4, (d, r)  # wrong: partly
+        assert short or 3 <= r["curt"] <= 6, (d, r)
         assert max(r[q] for q in QUALITIES[1:] if not (short and q == "curt")) < r["ideal"]
 
 
@@ -216,7 +216,8 @@ def test_partial_credit_is_monotone_in_the_items_right(prompt, answers):
 
 def test_a_hedge_is_not_half_right():
     prompt = "Is this review positive or negative?\nI love this blue kite. It works well every day."
-    assert LABELER.judge(prompt, "It is positive and negative.").utility == LABELER.judge(prompt, "It is negative.").utility
+    hedge, wrong = LABELER.judge(prompt, "It is positive and negative."), LABELER.judge(prompt, "It is negative.")
+    assert hedge.credit == wrong.credit == 0 and hedge.utility <= wrong.utility
 
 
 @pytest.mark.parametrize("suffix,good,bad", [
