@@ -55,7 +55,8 @@ def stages(cfg: PipelineConfig) -> list[tuple[str, list[str], Path]]:
         # quick hack left, and at the preset's rate 40 iterations only reach KL ≈ 3 (RM up, gold flat); at 4×
         # (measured, tiny): RM +2.3, KL 57 nats, gold rating 3.16 → 2.97 -- the over-optimisation lesson.
         ("ppo_beta0", [py, str(ROOT / "train_ppo.py"), *common, "--init_kl_coef=0", "--adaptive_kl=false",
-                       f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0"], Path(o) / "ppo_beta0/history.json"),
+                       f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0", "--eval_interval=5"],
+         Path(o) / "ppo_beta0/history.json"),  # evaluated often: the over-optimisation curve's rise and fall
         # the gold labeler as the reward: the ceiling a better reward model could reach (see gold_reward)
         ("ppo_gold", [py, str(ROOT / "train_ppo.py"), *common, "--reward=gold", "--run_name=ppo_gold"],
          Path(o) / "ppo_gold/history.json"),

@@ -81,7 +81,7 @@ def headroom_probe(labeler, prompts: list[str], many: list[tuple[str, bool]], re
     while n <= n_max:
         picks = [many[max(range(j * n_max, j * n_max + n), key=util.__getitem__)] for j in range(len(prompts))]
         wr = win_rate(labeler, prompts, picks, ref)
-        rows.append({"n": n, **wr})
+        rows.append({**wr, "n": n})  # n: candidates per prompt (win_rate's own "n" counts prompts)
         n *= 2
     ties = [labeler.prefer(p, a, b, finished=(fa, fb)) == 0.5
             for p, (a, fa), (b, fb) in zip(prompts, many[::n_max], ref)]

@@ -57,6 +57,7 @@ def overoptimisation_chart(path, runs: dict, best_of_n: list[dict]) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, evals in runs.items():
+        evals = sorted(evals, key=lambda e: e["kl"])  # a curve along KL, as in Gao et al.'s Figure 1
         xs = [sqrt_kl(e["kl"]) for e in evals]
         axes[0].plot(xs, [e["gold_rating"] for e in evals], marker="o", ms=3, label=name)
         axes[1].plot(xs, [e["rm_score"] for e in evals], marker="o", ms=3, label=name)
@@ -73,6 +74,56 @@ def overoptimisation_chart(path, runs: dict, best_of_n: list[dict]) -> None:
     fig.suptitle("Over-optimisation: the proxy reward keeps rising; the gold rating need not")
     fig.tight_layout()
     save(fig, path)
+
+
+def _summary(models: dict, headroom: dict | None) -> list[str]:
+    """The report's first paragraph: the headline and, in words, what PPO learned that SFT did not."""
+    from nanorlhf.eval import learned
+
+    if "PPO" not in models:
+        return []
+    r = models["PPO"]
+    text = (f"**PPO is preferred to SFT {r['win_rate']:.0%} of the time** [{r['ci_low']:.0%}, {r['ci_high']:.0%}] "
+            f"by the gold labeler on {r['n']} test prompts.")
+    changes = learned({k: v["breakdown"] for k, v in models.items() if "breakdown" in v}, "PPO")
+    if changes:
+        text += " What it does differently from SFT, in counts: " + "; ".join(changes[:5]) + "."
+    if headroom:
+        best = headroom["gold_best_of_n"][-1]
+        text += (f" Before any RL, two SFT samples tie {headroom['sft_vs_sft_ties']:.0%} of the time and the gold "
+                 f"labeler's own pick of {best['n']} SFT samples beats one {best['win_rate']:.0%} of the time: the "
+                 "headroom the reward model and PPO can reach for.")
+    return [text]
+
+
+def _headroom_section(headroom: dict | None, best_of_n: list[dict]) -> list[str]:
+    if not headroom:
+        return []
+    lines = ["", "## Headroom before RL", "",
+             f"On {headroom['n_prompts']} test prompts: two SFT samples tie **{headroom['sft_vs_sft_ties']:.0%}** of the "
+             "time. Best-of-n picked by the gold labeler among SFT's own samples (the ceiling of any reward model) "
+             "and by the reward model (what the RM can find), against one SFT sample:", "",
+             "| n | gold best-of-n win-rate vs SFT | 95% CI | RM best-of-n: gold rating | KL (nats) |", "|---|---|---|---|---|"]
+    rm = {b["n"]: b for b in best_of_n}
+    for row in headroom["gold_best_of_n"]:
+        b = rm.get(row["n"], {})
+        lines.append(f"| {row['n']} | {row['win_rate']:.1%} | [{row['ci_low']:.1%}, {row['ci_high']:.1%}] | "
+                     f"{b.get('gold_rating', float('nan')):.2f} | {math.log(row['n']) - (row['n'] - 1) / row['n']:.2f} |")
+    return lines
+
+
+def _breakdown_section(models: dict) -> list[str]:
+    from nanorlhf.eval import BREAKDOWN
+
+    names = [n for n in models if "breakdown" in models[n]]
+    if not names:
+        return []
+    lines = ["", "## What each model gets right, in counts", "",
+             "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key, what, _, _ in BREAKDOWN:
+        cells = [f"{models[n]['breakdown'][key][0]}/{models[n]['breakdown'][key][1]}" for n in names]
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_report(out_dir) -> str:
@@ -98,7 +149,7 @@ def write_report(out_dir) -> str:
     state_path = out / "pipeline_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
 
-    lines = ["# nanorlhf report", "",
+    lines = ["# nanorlhf report", "", *_summary(models, ev.get("headroom")), "",
              f"Test prompts: {next(iter(models.values()))['n'] if models else 0}; every model's samples are compared with "
              "the SFT model's by the gold labeler (ties count half). 95% Wilson intervals.", "",
              "![win-rate against SFT](winrate.png)", "",
@@ -115,6 +166,8 @@ def write_report(out_dir) -> str:
         lines += ["", "*PPO, gold reward* is the same PPO run with the gold labeler itself as the reward "
                   "(`train_ppo.py --reward=gold`): not RLHF -- no one has the gold labeler -- but the ceiling of what a "
                   "better reward model could give this policy in this many iterations."]
+    lines += _headroom_section(ev.get("headroom"), ev.get("best_of_n", []))
+    lines += _breakdown_section(models)
     lines += ["", "## Gold rating per category", "",
               "| model | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
     for name, r in models.items():
