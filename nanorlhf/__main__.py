@@ -3,6 +3,7 @@
     python -m nanorlhf                      # tiny on a CPU, small on a GPU; writes out/report.md
     python -m nanorlhf --preset=micro --out_dir=/tmp/x --data_dir=/tmp/x/data    # seconds (tests)
     python -m nanorlhf --force=true         # rerun every stage
+    python -m nanorlhf --seed=3             # another world and other stage seeds -> data/seed3/, out/seed3/
 
 prepare → pretrain → SFT → RM → PPO → PPO-ptx → PPO with β=0 (the over-optimisation lesson) → evaluation
 → report. Each stage is its own script run as a subprocess (read them in that order); its output goes to
@@ -29,8 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent  # the stage scripts live at the r
 @dataclass
 class PipelineConfig:
     preset: str = ""  # micro | tiny | small (default: tiny on CPU, small on GPU)
-    data_dir: str = "data"
-    out_dir: str = "out"
+    seed: int = 0  # the world's seed (data/prepare.py --seed); every stage's seed is derived from it
+    data_dir: str = ""  # default: data, or data/seed<S> when --seed is not 0
+    out_dir: str = ""  # default: out, or out/seed<S> when --seed is not 0
     device: str = ""
     force: bool = False  # rerun stages even if their outputs are current
     ptx_coef: float = 1.0  # γ for the PPO-ptx run
@@ -38,34 +40,48 @@ class PipelineConfig:
     stop_after: str = ""  # run up to and including this stage (e.g. sft)
 
 
+# The stages' own default seeds; --seed=S adds S to each, so seed 0 reproduces the stages run by hand.
+TRAIN_SEED, EVAL_SEED = 1337, 1234
+
+
+def resolve_dirs(cfg: PipelineConfig) -> PipelineConfig:
+    """Seed 0 keeps data/ and out/; another seed gets its own folders, so runs of several seeds never mix."""
+    sub = "" if cfg.seed == 0 else f"/seed{cfg.seed}"
+    cfg.data_dir = cfg.data_dir or "data" + sub
+    cfg.out_dir = cfg.out_dir or "out" + sub
+    return cfg
+
+
 def stages(cfg: PipelineConfig) -> list[tuple[str, list[str], Path]]:
     """(name, command, the file that proves it finished) for every stage, in order."""
-    p, d, o = cfg.preset, cfg.data_dir, cfg.out_dir
+    p, d, o, s = cfg.preset, cfg.data_dir, cfg.out_dir, cfg.seed
     common = [f"--preset={p}", f"--data_dir={d}", f"--out_dir={o}"] + ([f"--device={cfg.device}"] if cfg.device else [])
+    train = [*common, f"--seed={TRAIN_SEED + s}"]
     py = sys.executable
     return [
-        ("prepare", [py, str(ROOT / "data/prepare.py"), f"--preset={p}", f"--out_dir={d}"], Path(d) / "meta.json"),
-        ("pretrain", [py, str(ROOT / "train_sft.py"), "--stage=pretrain", *common], Path(o) / "base/ckpt.pt"),
-        ("sft", [py, str(ROOT / "train_sft.py"), "--stage=sft", *common], Path(o) / "sft/ckpt.pt"),
-        ("rm", [py, str(ROOT / "train_rm.py"), *common], Path(o) / "rm/ckpt.pt"),
-        ("ppo", [py, str(ROOT / "train_ppo.py"), *common], Path(o) / "ppo/history.json"),
-        ("ppo_ptx", [py, str(ROOT / "train_ppo.py"), *common, f"--ptx_coef={cfg.ptx_coef}"],
+        ("prepare", [py, str(ROOT / "data/prepare.py"), f"--preset={p}", f"--out_dir={d}", f"--seed={s}"],
+         Path(d) / "meta.json"),
+        ("pretrain", [py, str(ROOT / "train_sft.py"), "--stage=pretrain", *train], Path(o) / "base/ckpt.pt"),
+        ("sft", [py, str(ROOT / "train_sft.py"), "--stage=sft", *train], Path(o) / "sft/ckpt.pt"),
+        ("rm", [py, str(ROOT / "train_rm.py"), *train], Path(o) / "rm/ckpt.pt"),
+        ("ppo", [py, str(ROOT / "train_ppo.py"), *train], Path(o) / "ppo/history.json"),
+        ("ppo_ptx", [py, str(ROOT / "train_ppo.py"), *train, f"--ptx_coef={cfg.ptx_coef}"],
          Path(o) / "ppo_ptx/history.json"),
         # β = 0 with 4× the policy's learning rate: with the off-prompt answers in the RM's data there is no
         # quick hack left, and at the preset's rate 40 iterations only reach KL ≈ 3 (RM up, gold flat); at 4×
         # (measured, tiny): RM +2.3, KL 57 nats, gold rating 3.16 → 2.97 -- the over-optimisation lesson.
-        ("ppo_beta0", [py, str(ROOT / "train_ppo.py"), *common, "--init_kl_coef=0", "--adaptive_kl=false",
+        ("ppo_beta0", [py, str(ROOT / "train_ppo.py"), *train, "--init_kl_coef=0", "--adaptive_kl=false",
                        f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0"], Path(o) / "ppo_beta0/history.json"),
         # the gold labeler as the reward: the ceiling a better reward model could reach (see gold_reward)
-        ("ppo_gold", [py, str(ROOT / "train_ppo.py"), *common, "--reward=gold", "--run_name=ppo_gold"],
+        ("ppo_gold", [py, str(ROOT / "train_ppo.py"), *train, "--reward=gold", "--run_name=ppo_gold"],
          Path(o) / "ppo_gold/history.json"),
-        ("eval", [py, "-m", "nanorlhf.eval", *common], Path(o) / "eval.json"),
+        ("eval", [py, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}"], Path(o) / "eval.json"),
         ("report", [py, "-m", "nanorlhf.report", f"--out_dir={o}"], Path(o) / "report.md"),
     ]
 
 
 def main(argv=None):
-    cfg = parse_config(PipelineConfig, argv)
+    cfg = resolve_dirs(parse_config(PipelineConfig, argv))
     cfg.preset = cfg.preset or default_preset()
     out = Path(cfg.out_dir)
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -77,7 +93,7 @@ def main(argv=None):
     names = [s[0] for s in plan]
     if cfg.stop_after and cfg.stop_after not in names:
         raise SystemExit(f"error: --stop_after={cfg.stop_after}: expected one of {', '.join(names)}")
-    print(f"nanorlhf pipeline: preset {cfg.preset}, stages {' → '.join(names)}", flush=True)
+    print(f"nanorlhf pipeline: preset {cfg.preset}, seed {cfg.seed} ({cfg.data_dir}/, {cfg.out_dir}/), stages {' → '.join(names)}", flush=True)
     for i, (name, cmd, done_file) in enumerate(plan, 1):
         key = " ".join(cmd[1:])
         current = state.get(name, {}).get("command") == key and done_file.exists() and not upstream_ran
