@@ -3,7 +3,11 @@
 Every stage script has one `@dataclass` config. `parse_config(Config, argv)` turns each field into a
 `--name=value` flag (the field's comment in `Config.__doc__`-free form: we use `field(metadata={"help":
 ...})` where it matters), applies `--preset=<name>` first, then the explicit flags. An unknown flag is
-an error that names it. No `exec` of config files (nanoGPT's configurator is "probably a terrible idea").
+an error that names it, and so is a flag given twice. No `exec` of config files (nanoGPT's configurator
+is "probably a terrible idea").
+
+Each stage checks its whole config in one place, `check_config(cfg, **rules)`, before any work: every
+bad value is one line `--name=value: expected ...` and exit 2, instead of a traceback halfway through.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
         key = key.replace("-", "_")
         if key != "preset" and key not in fields:
             raise ConfigError(f"unknown option --{key} for {cls.__name__} (see --help)")
+        if key in pairs:
+            raise ConfigError(f"--{key} given twice (--{key}={pairs[key]}, then --{key}={value}): give it once")
         pairs[key] = value
     values: dict[str, Any] = {}
     if presets is not None:
@@ -99,15 +105,55 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
     return cls(**values)
 
 
+# Rules for check_config: (test, what was expected).
+POSITIVE = (lambda v: v > 0, "a number > 0")
+AT_LEAST_1 = (lambda v: v >= 1, "a whole number >= 1")
+NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+FRACTION = (lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def one_of(*choices):
+    return (lambda v: v in choices, " or ".join(map(str, choices)))
+
+
+def check_config(cfg, **rules) -> None:
+    """Check each named field against its (test, expected) rule, and `device` (if the config has one)
+    against the machine: the first bad value is a ConfigError `--name=value: expected ...`."""
+    for name, (ok, expected) in rules.items():
+        value = getattr(cfg, name)
+        if not ok(value):
+            raise ConfigError(f"--{name}={value}: expected {expected}")
+    problem = device_problem(getattr(cfg, "device", ""))
+    if problem:
+        raise ConfigError(f"--device={cfg.device}: expected {problem}")
+
+
+def device_problem(device: str) -> str | None:
+    """None if `device` exists here ("" picks one), else what would be accepted."""
+    kind, _, index = device.partition(":")
+    if device in ("", "cpu"):
+        return None
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            return "cpu (no CUDA device on this machine)"
+        n = torch.cuda.device_count()
+        return None if not index or (index.isdigit() and int(index) < n) else f"cuda or cuda:0..cuda:{n - 1}"
+    if device == "mps" and torch.backends.mps.is_available():
+        return None
+    return "cpu or cuda[:N]"
+
+
 def run_main(main) -> None:
     """Run a stage's main(); turn expected errors into one clear line and a non-zero exit."""
     from nanorlhf.checkpoint import CheckpointError
     from nanorlhf.data import DataError
+    from nanorlhf.files import WriteError
     from nanorlhf.tokenizer import TokenizerError
     from nanorlhf.training import NonFiniteError
 
     try:
         main()
-    except (ConfigError, DataError, CheckpointError, TokenizerError, NonFiniteError) as e:
+    except (ConfigError, DataError, CheckpointError, TokenizerError, NonFiniteError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -10,8 +10,8 @@ def _flag(cmd, name):
 
 
 def test_seed_reseeds_the_world_and_every_stage_in_its_own_folders():
-    default = {name: cmd for name, cmd, _ in stages(resolve_dirs(PipelineConfig(preset="micro")))}
-    seeded = {name: cmd for name, cmd, _ in stages(resolve_dirs(PipelineConfig(preset="micro", seed=3)))}
+    default = {st.name: st.cmd for st in stages(resolve_dirs(PipelineConfig(preset="micro")))}
+    seeded = {st.name: st.cmd for st in stages(resolve_dirs(PipelineConfig(preset="micro", seed=3)))}
     assert _flag(default["prepare"], "seed") == "0" and _flag(default["prepare"], "out_dir") == "data"
     assert _flag(seeded["prepare"], "seed") == "3" and _flag(seeded["prepare"], "out_dir") == "data/seed3"
     for name in default:
@@ -25,7 +25,7 @@ def test_seed_reseeds_the_world_and_every_stage_in_its_own_folders():
         assert _flag(seeded[name], "out_dir") in ("out/seed3", "data/seed3", None)
     assert _flag(default["pretrain"], "seed") == "1337" and _flag(default["eval"], "seed") == "1234"
     # the same seed gives the same commands (stage seeds are derived, not drawn)
-    again = {name: cmd for name, cmd, _ in stages(resolve_dirs(PipelineConfig(preset="micro", seed=3)))}
+    again = {st.name: st.cmd for st in stages(resolve_dirs(PipelineConfig(preset="micro", seed=3)))}
     assert again == seeded
     # folders given on the command line are kept
     cfg = resolve_dirs(PipelineConfig(seed=3, data_dir="/tmp/d", out_dir="/tmp/o"))
