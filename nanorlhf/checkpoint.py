@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from nanorlhf.config import StageError
 from nanorlhf.files import atomic_write
 from nanorlhf.model import GPT, GPTConfig
 
@@ -33,7 +34,7 @@ MAKERS = {
 HEADS = {"rm": "scalar"}  # the head each stage's checkpoint has; every other stage writes a policy ("lm")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(StageError, RuntimeError):
     pass
 
 

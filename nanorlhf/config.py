@@ -16,20 +16,29 @@ import dataclasses
 import sys
 from typing import Any, get_type_hints
 
-import torch
+
+class StageError(Exception):
+    """An expected failure (bad flag, data file, checkpoint; a NaN; a full disk): run_main prints its
+    message, which names the flag, file or checkpoint and what was expected, as one line and exits 2."""
 
 
-class ConfigError(ValueError):
-    """A bad command-line flag or value; scripts print it as one line and exit 2."""
+class ConfigError(StageError, ValueError):
+    """A bad command-line flag or value."""
+
+
+def _cuda_available() -> bool:
+    import torch  # here, not at the top: the pipeline's own process never needs torch
+
+    return torch.cuda.is_available()
 
 
 def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if _cuda_available() else "cpu"
 
 
 def default_preset() -> str:
     """`tiny` on a CPU (minutes on 2 cores), `small` on one GPU."""
-    return "small" if torch.cuda.is_available() else "tiny"
+    return "small" if _cuda_available() else "tiny"
 
 
 def _convert(name: str, text: str, typ: Any) -> Any:
@@ -134,6 +143,8 @@ def device_problem(device: str) -> str | None:
     kind, _, index = device.partition(":")
     if device in ("", "cpu"):
         return None
+    import torch
+
     if kind == "cuda":
         if not torch.cuda.is_available():
             return "cpu (no CUDA device on this machine)"
@@ -145,15 +156,9 @@ def device_problem(device: str) -> str | None:
 
 
 def run_main(main) -> None:
-    """Run a stage's main(); turn expected errors into one clear line and a non-zero exit."""
-    from nanorlhf.checkpoint import CheckpointError
-    from nanorlhf.data import DataError
-    from nanorlhf.files import WriteError
-    from nanorlhf.tokenizer import TokenizerError
-    from nanorlhf.training import NonFiniteError
-
+    """Run a stage's main(); turn expected errors into one clear line and exit 2."""
     try:
         main()
-    except (ConfigError, DataError, CheckpointError, TokenizerError, NonFiniteError, WriteError) as e:
+    except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

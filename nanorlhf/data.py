@@ -10,8 +10,10 @@ from pathlib import Path
 
 import torch
 
+from nanorlhf.config import StageError
 
-class DataError(ValueError):
+
+class DataError(StageError, ValueError):
     """Bad input data: the message names the file and line and what was expected."""
 
 

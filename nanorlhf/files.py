@@ -15,8 +15,10 @@ import os
 import shutil
 from pathlib import Path
 
+from nanorlhf.config import StageError
 
-class WriteError(RuntimeError):
+
+class WriteError(StageError, RuntimeError):
     """A file could not be written (full disk, read-only folder); the previous file is kept."""
 
 

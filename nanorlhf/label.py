@@ -81,8 +81,10 @@ def _key(g: dict) -> str:
     return json.dumps([g["prompt"], g["responses"]])
 
 
-def label_loop(groups: list[dict], out_path, inp=sys.stdin, out=sys.stdout, ask_rating: bool = True) -> int:
-    """Label `groups` ({"prompt", "responses"}) not yet in `out_path`; returns how many were written."""
+def label_loop(groups: list[dict], out_path, inp=None, out=None, ask_rating: bool = True) -> int:
+    """Label `groups` ({"prompt", "responses"}) not yet in `out_path`; returns how many were written.
+    `inp` and `out` default to the terminal (sys.stdin and sys.stdout as they are at the call)."""
+    inp, out = inp or sys.stdin, out or sys.stdout
     out_path = Path(out_path)
     done = set()
     if out_path.exists():

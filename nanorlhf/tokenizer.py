@@ -24,13 +24,15 @@ from pathlib import Path
 import regex  # installed with tiktoken; supports \p{L} like tiktoken's own (Rust) regex
 import tiktoken
 
+from nanorlhf.config import StageError
+
 # GPT-2's pre-tokenisation pattern (the same one tiktoken's "gpt2" encoding uses).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT, PAD, USER, ASSISTANT = "<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>"
 SPECIALS = (EOT, PAD, USER, ASSISTANT)
 
 
-class TokenizerError(ValueError):
+class TokenizerError(StageError, ValueError):
     pass
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nanorlhf.config import StageError
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch.Generator for the sampling that must be reproducible."""
@@ -63,7 +65,7 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(StageError, RuntimeError):
     pass
 
 
