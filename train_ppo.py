@@ -268,7 +268,8 @@ def main(argv=None):
                          vf_loss=row["vf_loss"], ev=row["explained_var"], len=row["resp_len"], eos=row["eos_rate"])
         if cfg.eval_interval and it % cfg.eval_interval == 0 and it < cfg.iterations:
             gold(it)
-            save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, run_name, it, {"history": history, "evals": evals})
+            save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, run_name, it,
+                            {"history": history, "evals": evals})
     final = gold(cfg.iterations)
     metrics = {"history": history, "evals": evals, "final_gold": {k: v for k, v in final.items() if k != "samples"},
                "train_time_s": progress.elapsed()}

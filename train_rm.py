@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
-from nanorlhf.config import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, check_config, one_of, parse_config,
-                             run_main)
+from nanorlhf.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, one_of, parse_config, run_main
 from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts,
                            subgroup, write_jsonl)
 from nanorlhf.eval import score_texts

@@ -94,7 +94,8 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
         # quick hack left, and at the preset's rate 40 iterations only reach KL ≈ 3 (RM up, gold flat); at 4×
         # (measured, tiny): RM +2.3, KL 57 nats, gold rating 3.16 → 2.97 -- the over-optimisation lesson.
         Stage("ppo_beta0", [py, ppo, *train, "--init_kl_coef=0", "--adaptive_kl=false",
-                            f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0"], run_files("ppo_beta0"), ppo_reads),
+                            f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0"],
+              run_files("ppo_beta0"), ppo_reads),
         # the gold labeler as the reward: the ceiling a better reward model could reach (see gold_reward)
         Stage("ppo_gold", [py, ppo, *train, "--reward=gold", "--run_name=ppo_gold"], run_files("ppo_gold"), ppo_reads),
         Stage("eval", [py, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}"], [O / "eval.json"],

@@ -110,8 +110,9 @@ def stage_path(out_dir, stage: str) -> Path:
 
 def load_checkpoint(path, stage: str | None = None, tokenizer: str | None = None) -> dict:
     """Load a checkpoint dict and check it is what the caller expects: made by `stage` (with that stage's
-    head) and, when given, with the tokenizer in the ranks file `tokenizer`. Every refusal is one line
-    naming the checkpoint, what was expected, and the command that makes the right one."""
+    head) and, when given, with the tokenizer in the ranks file `tokenizer` (the one the caller's data came
+    with; not checked for a checkpoint on GPT-2's tokenizer). Every refusal is one line naming the
+    checkpoint, what was expected, and the command that makes the right one."""
     path = Path(path)
     if not path.exists():
         hint = f" (create it with: {maker(stage)})" if stage else ""
@@ -129,7 +130,7 @@ def load_checkpoint(path, stage: str | None = None, tokenizer: str | None = None
     if stage is not None and (got != stage or got_head != HEADS.get(stage, "lm")):
         raise CheckpointError(f"{path}: a '{got}' checkpoint ({got_head} head), expected '{stage}' "
                               f"({HEADS.get(stage, 'lm')} head); make one with: {maker(stage)}")
-    if tokenizer is not None:
+    if tokenizer is not None and ckpt["tokenizer_sha256"] != "gpt2":  # gpt2's ranks are no file of the data
         want = tokenizer_record(tokenizer)["tokenizer_sha256"]
         if want != ckpt["tokenizer_sha256"]:
             raise CheckpointError(f"{path}: trained with tokenizer {ckpt['tokenizer_sha256'][:12]} "

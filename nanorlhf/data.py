@@ -69,7 +69,8 @@ def write_jsonl(path, rows) -> None:
     from nanorlhf.files import atomic_write
 
     if not rows:
-        raise DataError(f"{path}: not written: no records to write ({'the previous file is kept' if Path(path).exists() else 'no file made'})")
+        kept = "the previous file is kept" if Path(path).exists() else "no file made"
+        raise DataError(f"{path}: not written: no records to write ({kept})")
     atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 

@@ -38,9 +38,10 @@ def atomic_write(path, content) -> Path:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        if path.parent.exists():
+            reason += f"; {shutil.disk_usage(path.parent).free / 1e6:.0f} MB free there"
         kept = "the previous file is kept" if path.exists() else "nothing was written"
-        raise WriteError(f"{path}: could not write it ({reason}; {free / 1e6:.0f} MB free there); {kept}") from None
+        raise WriteError(f"{path}: could not write it ({reason}); {kept}") from None
     finally:
         if tmp.exists():
             tmp.unlink()

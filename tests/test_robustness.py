@@ -21,7 +21,7 @@ from nanorlhf import label
 from nanorlhf.checkpoint import CheckpointError, load_model
 from nanorlhf.config import ConfigError, StageError, parse_config
 from nanorlhf.data import DataError, corpus_tokens, load_world, read_comparisons, read_jsonl, read_text, write_jsonl
-from nanorlhf.tokenizer import TokenizerError, load_ranks, load_tokenizer
+from nanorlhf.tokenizer import load_ranks, load_tokenizer
 from nanorlhf.training import NonFiniteError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,21 +177,17 @@ def test_every_stage_checks_its_config_before_any_work(made, tmp_path, stage, fl
     assert listing(d) == before
 
 
-def test_a_bad_flag_is_one_line_and_exit_2_from_the_command_line(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "train_ppo.py"), "--temperature=0", f"--out_dir={tmp_path}"],
-                       capture_output=True, text=True, env=ENV, timeout=120)
-    assert r.returncode == 2 and r.stderr == "error: --temperature=0.0: expected a number > 0\n", r.stderr
-
-
 # ---------------------------------------------------------------------- 8. a checkpoint of the wrong stage
 def test_a_checkpoint_of_the_wrong_stage_is_refused(made, tmp_path):
     d = copy_of(made, tmp_path, "base", "sft", "rm")
     before = listing(d)
     o = d / "out"
     for main, flags, want, command in (
-        (train_ppo.main, [f"--policy_from={o}/rm/ckpt.pt"], "a 'rm' checkpoint (scalar head), expected 'sft' (lm head)",
+        (train_ppo.main, [f"--policy_from={o}/rm/ckpt.pt"],
+         "a 'rm' checkpoint (scalar head), expected 'sft' (lm head)",
          "python train_sft.py --stage=sft"),
-        (train_ppo.main, [f"--reward_from={o}/sft/ckpt.pt"], "a 'sft' checkpoint (lm head), expected 'rm' (scalar head)",
+        (train_ppo.main, [f"--reward_from={o}/sft/ckpt.pt"],
+         "a 'sft' checkpoint (lm head), expected 'rm' (scalar head)",
          "python train_rm.py"),
         (train_sft.main, ["--stage=sft", f"--init_from={o}/rm/ckpt.pt"], "expected 'base' (lm head)",
          "python train_sft.py --stage=pretrain"),
@@ -250,10 +246,11 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(made, tmp_pat
 
 def test_a_read_only_folder_is_one_line(made, tmp_path):
     if os.geteuid() == 0:  # root writes into a chmod 555 folder; sysfs refuses even root
-        out, flags = Path("/sys/nanorlhf_test"), [f"--init_from={made}/out/base/ckpt.pt", "--out_dir=/sys/nanorlhf_test"]
+        out = Path("/sys/nanorlhf_test")
     else:
-        out, flags = tmp_path / "ro", [f"--init_from={made}/out/base/ckpt.pt", f"--out_dir={tmp_path}/ro"]
+        out = tmp_path / "ro"
         out.mkdir(mode=0o555)
+    flags = [f"--init_from={made}/out/base/ckpt.pt", f"--out_dir={out}"]
     with pytest.raises(StageError) as e:
         train_sft.main(["--stage=sft", *QUICK, f"--data_dir={made}/data", *flags])
     assert f"{out}/sft" in one_line(e) and "could not write it" in str(e.value)
@@ -302,7 +299,8 @@ def test_rankings_must_be_whole_numbers_named_by_file_line(tmp_path):
 def test_label_refuses_k_1_and_shows_control_bytes_escaped(made, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         label.main([f"--from_model={made}/out/sft/ckpt.pt", f"--prompts={made}/data/prompts.jsonl", "--k=1"])
-    assert e.value.code == 2 and capsys.readouterr().err == "error: --k=1: expected at least 2 (a ranking compares responses)\n"
+    want = "error: --k=1: expected at least 2 (a ranking compares responses)\n"
+    assert e.value.code == 2 and capsys.readouterr().err == want
     shown = io.StringIO()
     groups = [{"prompt": "Say hi.\x1b[2J", "responses": ["hi\x07", "\x1b[31mred\x1b[0m"]}]
     label.label_loop(groups, tmp_path / "labels.jsonl", io.StringIO("q\n"), shown)
