@@ -27,7 +27,8 @@ import torch
 
 from nanorlhf import ppo
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
-from nanorlhf.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, one_of, parse_config, run_main
+from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
+                             parse_config, run_main)
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts
 from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import generate, response_logprobs
@@ -212,8 +213,7 @@ def main(argv=None):
     critic, _ = load_model(reward_path, "rm", head="value", device=device)
     for m in (ref, reward_model):
         m.eval().requires_grad_(False)
-    check_config(cfg, max_new_tokens=(lambda n: n < policy.config.block_size,
-                                      f"fewer than the model's block_size {policy.config.block_size}"))
+    check_context(cfg, policy.config.block_size)
     tok = checkpoint_tokenizer(sft_ckpt, policy_path)
     train_prompts = read_prompts(cfg.data_dir, "train")
     eval_prompts = read_prompts(cfg.data_dir, "val")[: cfg.eval_prompts]
@@ -253,7 +253,8 @@ def main(argv=None):
                      gold_reward(world.labeler, tok, [train_prompts[i]["prompt"] for i in idx]))
         exp = rollout(policy, ref, critic, reward_fn, [prompt_ids[i] for i in idx], tok, cfg, kl_ctl.value,
                       sample_gen)  # steps 1-4
-        upd = ppo_update(policy, critic, opt_policy, opt_critic, exp, cfg, ptx_batches, rng, it, ckpt_path)  # step 5
+        upd = ppo_update(policy, critic, opt_policy, opt_critic, exp, cfg, ptx_batches, rng, it,
+                         ckpt_path)  # step 5
         # 6. log
         kls = ppo.kl_estimators(exp["logprobs"], exp["ref_logprobs"], exp["mask"])
         row = {"iteration": it, "rm_score": exp["scores"].mean().item(), "kl": kls["k1"].item(), "kl_k3": kls["k3"].item(),

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
-from nanorlhf.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, one_of, parse_config, run_main
+from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
+                             parse_config, run_main)
 from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts,
                            subgroup, write_jsonl)
 from nanorlhf.eval import score_texts
@@ -98,8 +99,7 @@ def main(argv=None):
     # ---------------------------------------------------------------------- 1. comparison collection
     policy, sft_ckpt = load_model(sft_path, "sft", device=device,
                                   tokenizer=str(Path(cfg.data_dir) / "tokenizer.tiktoken"))
-    check_config(cfg, max_new_tokens=(lambda n: n < policy.config.block_size,
-                                      f"fewer than the model's block_size {policy.config.block_size}"))
+    check_context(cfg, policy.config.block_size)
     tok = checkpoint_tokenizer(sft_ckpt, sft_path)
     comp_path = out / "comparisons.jsonl"
     groups = []

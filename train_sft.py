@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path, tokenizer_record
-from nanorlhf.config import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_config, one_of,
-                             parse_config, run_main)
+from nanorlhf.config import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_config,
+                             check_context, one_of, parse_config, run_main)
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_jsonl, read_prompts, sft_batch
 from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import sample_responses
@@ -104,11 +104,6 @@ def get_config(argv=None) -> Config:
                  pos_embedding=(lambda p: p == "learned" or head_dim % 2 == 0,
                                 f"learned: rotary positions need an even head size, got {head_dim}"))
     return cfg
-
-
-def check_context(cfg, block_size: int) -> None:
-    """Generation needs room for a prompt: fewer new tokens than the model's context."""
-    check_config(cfg, max_new_tokens=(lambda n: n < block_size, f"fewer than the model's block_size {block_size}"))
 
 
 def main(argv=None):

@@ -138,6 +138,11 @@ def check_config(cfg, **rules) -> None:
         raise ConfigError(f"--device={cfg.device}: expected {problem}")
 
 
+def check_context(cfg, block_size: int) -> None:
+    """Generation needs room for a prompt: `--max_new_tokens` below the model's context (once it is known)."""
+    check_config(cfg, max_new_tokens=(lambda n: n < block_size, f"fewer than the model's block_size {block_size}"))
+
+
 def device_problem(device: str) -> str | None:
     """None if `device` exists here ("" picks one), else what would be accepted."""
     kind, _, index = device.partition(":")
