@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 
 from nanorlhf import ppo
-from nanorlhf.checkpoint import load_model, save_checkpoint, stage_path
-from nanorlhf.config import ConfigError, parse_config, run_main
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
+from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
+                             parse_config, run_main)
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts
 from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import generate, response_logprobs
 from nanorlhf.losses import masked_mean, sft_loss
-from nanorlhf.tokenizer import load_tokenizer
+from nanorlhf.files import atomic_write
 from nanorlhf.training import Progress, autocast, check_finite, make_optimizer, seed_everything, setup_device
 
 
@@ -131,8 +132,10 @@ def gold_reward(labeler, tok, prompts: list[str]):
 
 
 # ----------------------------------------------------------------------------------------- 5: update
-def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, ptx_batches=None, rng=None):
-    """Step 5: `ppo_epochs` passes over the batch in minibatches (a fresh permutation each epoch)."""
+def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, ptx_batches=None, rng=None,
+               iteration: int = 0, ckpt_path: Path = Path("none")):
+    """Step 5: `ppo_epochs` passes over the batch in minibatches (a fresh permutation each epoch).
+    `iteration` and `ckpt_path` are for the message if the loss stops being finite."""
     device = policy.wte.weight.device
     policy.train(), critic.train()  # dropout is 0 in every RLHF model: train mode changes nothing numerically
     B = exp["tokens"].shape[0]
@@ -153,7 +156,7 @@ def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, p
                 with autocast(device):
                     ptx = sft_loss(policy(x), y, m)
                 loss = loss + cfg.ptx_coef * ptx
-            check_finite("PPO loss", loss, len(stats), keep="the checkpoint of the last finished iteration")
+            check_finite("PPO loss", loss, f"iteration {iteration}, minibatch {len(stats) + 1}", ckpt_path)
             opt_policy.zero_grad(set_to_none=True), opt_critic.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
@@ -178,10 +181,20 @@ def _minibatch(exp: dict, idx) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def main(argv=None):
+def get_config(argv=None) -> Config:
     cfg = parse_config(Config, argv, PRESETS)
-    if cfg.reward not in ("model", "gold"):
-        raise ConfigError(f"--reward={cfg.reward}: expected model or gold")
+    check_config(cfg, reward=one_of("model", "gold"), iterations=AT_LEAST_1, rollout_batch=AT_LEAST_1,
+                 max_new_tokens=AT_LEAST_1, temperature=POSITIVE, ppo_epochs=AT_LEAST_1, minibatch_size=AT_LEAST_1,
+                 lr=POSITIVE, lr_scale=POSITIVE, critic_lr=POSITIVE, clip=POSITIVE, value_clip=POSITIVE,
+                 vf_coef=NON_NEGATIVE, gamma=(lambda g: 0 < g <= 1, "a number in (0, 1]"), lam=UNIT,
+                 init_kl_coef=NON_NEGATIVE, kl_target=POSITIVE, kl_horizon=AT_LEAST_1, ptx_coef=NON_NEGATIVE,
+                 ptx_batch=AT_LEAST_1, grad_clip=POSITIVE, eval_interval=NON_NEGATIVE, eval_prompts=AT_LEAST_1,
+                 log_interval=AT_LEAST_1)
+    return cfg
+
+
+def main(argv=None):
+    cfg = get_config(argv)
     run_name = cfg.run_name or ("ppo_ptx" if cfg.ptx_coef > 0 else "ppo")
     device = setup_device(cfg.device)
     generator = seed_everything(cfg.seed)
@@ -193,13 +206,15 @@ def main(argv=None):
 
     policy_path = cfg.policy_from or stage_path(cfg.out_dir, "sft")
     reward_path = cfg.reward_from or stage_path(cfg.out_dir, "rm")
-    policy, sft_ckpt = load_model(policy_path, "sft", device=device)
+    tok_file = str(Path(cfg.data_dir) / "tokenizer.tiktoken")  # the data's: both models must use it
+    policy, sft_ckpt = load_model(policy_path, "sft", device=device, tokenizer=tok_file)
     ref, _ = load_model(policy_path, "sft", device=device)
-    reward_model, _ = load_model(reward_path, "rm", device=device)
+    reward_model, _ = load_model(reward_path, "rm", device=device, tokenizer=tok_file)
     critic, _ = load_model(reward_path, "rm", head="value", device=device)
     for m in (ref, reward_model):
         m.eval().requires_grad_(False)
-    tok = load_tokenizer(sft_ckpt["tokenizer"])
+    check_context(cfg, policy.config.block_size)
+    tok = checkpoint_tokenizer(sft_ckpt, policy_path)
     train_prompts = read_prompts(cfg.data_dir, "train")
     eval_prompts = read_prompts(cfg.data_dir, "val")[: cfg.eval_prompts]
     max_prompt = policy.config.block_size - cfg.max_new_tokens
@@ -238,7 +253,8 @@ def main(argv=None):
                      gold_reward(world.labeler, tok, [train_prompts[i]["prompt"] for i in idx]))
         exp = rollout(policy, ref, critic, reward_fn, [prompt_ids[i] for i in idx], tok, cfg, kl_ctl.value,
                       sample_gen)  # steps 1-4
-        upd = ppo_update(policy, critic, opt_policy, opt_critic, exp, cfg, ptx_batches, rng)  # step 5
+        upd = ppo_update(policy, critic, opt_policy, opt_critic, exp, cfg, ptx_batches, rng, it,
+                         ckpt_path)  # step 5
         # 6. log
         kls = ppo.kl_estimators(exp["logprobs"], exp["ref_logprobs"], exp["mask"])
         row = {"iteration": it, "rm_score": exp["scores"].mean().item(), "kl": kls["k1"].item(), "kl_k3": kls["k3"].item(),
@@ -253,12 +269,13 @@ def main(argv=None):
                          vf_loss=row["vf_loss"], ev=row["explained_var"], len=row["resp_len"], eos=row["eos_rate"])
         if cfg.eval_interval and it % cfg.eval_interval == 0 and it < cfg.iterations:
             gold(it)
-            save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt["tokenizer"], it, {"history": history, "evals": evals})
+            save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, run_name, it,
+                            {"history": history, "evals": evals})
     final = gold(cfg.iterations)
     metrics = {"history": history, "evals": evals, "final_gold": {k: v for k, v in final.items() if k != "samples"},
                "train_time_s": progress.elapsed()}
-    save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt["tokenizer"], cfg.iterations, metrics)
-    (out / "history.json").write_text(json.dumps({"history": history, "evals": evals}, indent=0))
+    save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, run_name, cfg.iterations, metrics)
+    atomic_write(out / "history.json", json.dumps({"history": history, "evals": evals}, indent=0))
     from nanorlhf.report import ppo_curves
 
     ppo_curves(out / "ppo_curves.png", run_name, history, evals, cfg.reward)

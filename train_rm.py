@@ -22,15 +22,15 @@ from pathlib import Path
 
 import torch
 
-from nanorlhf.checkpoint import load_model, save_checkpoint, stage_path
-from nanorlhf.config import ConfigError, parse_config, run_main
-from nanorlhf.data import (load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts, subgroup,
-                           write_jsonl)
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
+from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
+                             parse_config, run_main)
+from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts,
+                           subgroup, write_jsonl)
 from nanorlhf.eval import score_texts
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import ranking_accuracy, ranking_loss
 from nanorlhf.plots import line_plots
-from nanorlhf.tokenizer import load_tokenizer
 from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, seed_everything, set_lr,
                                setup_device)
 from nanorlhf.world import tied_pairs
@@ -75,10 +75,19 @@ PRESETS = {
 }
 
 
-def main(argv=None):
+def get_config(argv=None) -> Config:
     cfg = parse_config(Config, argv, PRESETS)
-    if cfg.labels not in ("simulated", "human", "both"):
-        raise ConfigError(f"--labels={cfg.labels}: expected simulated, human or both")
+    check_config(cfg, labels=one_of("simulated", "human", "both"), n_prompts=AT_LEAST_1,
+                 k=(lambda k: k >= 2, "at least 2 (a ranking compares responses)"), off_prompt=NON_NEGATIVE,
+                 temperature=POSITIVE, max_new_tokens=AT_LEAST_1, epochs=AT_LEAST_1, batch_size=AT_LEAST_1,
+                 lr=POSITIVE, min_lr_frac=UNIT, warmup_steps=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
+                 grad_clip=POSITIVE, val_frac=(lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+                 log_interval=AT_LEAST_1)
+    return cfg
+
+
+def main(argv=None):
+    cfg = get_config(argv)
     device = setup_device(cfg.device)
     gen = seed_everything(cfg.seed)
     out = Path(cfg.out_dir) / "rm"
@@ -88,8 +97,10 @@ def main(argv=None):
     labeler = world.labeler
 
     # ---------------------------------------------------------------------- 1. comparison collection
-    policy, sft_ckpt = load_model(sft_path, "sft", device=device)
-    tok = load_tokenizer(sft_ckpt["tokenizer"])
+    policy, sft_ckpt = load_model(sft_path, "sft", device=device,
+                                  tokenizer=str(Path(cfg.data_dir) / "tokenizer.tiktoken"))
+    check_context(cfg, policy.config.block_size)
+    tok = checkpoint_tokenizer(sft_ckpt, sft_path)
     comp_path = out / "comparisons.jsonl"
     groups = []
     if cfg.labels in ("simulated", "both"):
@@ -105,7 +116,7 @@ def main(argv=None):
             print(f"rm: wrote {len(groups)} groups of {cfg.k} samples + {cfg.off_prompt} off-prompt, ranked, to "
                   f"{comp_path} ({n_ties / n_pairs:.0%} of the pairs are ties)")
     if cfg.labels in ("human", "both"):
-        human = [{**g, "human": True} for g in read_comparisons(cfg.human_labels)]
+        human = [{**g, "human": True} for g in read_comparisons(cfg.human_labels, "python -m nanorlhf.label")]
         print(f"rm: {len(human)} human-ranked groups from {cfg.human_labels}")
         groups += human
     del policy
@@ -113,6 +124,9 @@ def main(argv=None):
     rng.shuffle(groups)
     n_val = max(1, int(len(groups) * cfg.val_frac))
     train_groups, val_groups = groups[n_val:], groups[:n_val]
+    if not train_groups:
+        raise DataError(f"{len(groups)} ranked group(s): none left for training after the held-out "
+                        f"{cfg.val_frac:.0%} (expected at least 2 groups; raise --n_prompts)")
     val_all, val_groups = val_groups, [sampled_only(g) for g in val_groups]  # accuracy: on the K samples
 
     # --------------------------------------------------------------------------------- 2. the model
@@ -135,7 +149,7 @@ def main(argv=None):
             batch = train_groups[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             set_lr(opt, lr_at(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
             loss, acc = rm_step(rm, batch, tok, block, device)
-            check_finite("reward-model loss", loss, step, keep=str(ckpt_path) if ckpt_path.exists() else "none")
+            check_finite("reward-model loss", loss, step, ckpt_path)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
@@ -145,6 +159,7 @@ def main(argv=None):
             if step % cfg.log_interval == 0 or step == max_steps:
                 progress.log(step, loss=loss.item(), acc=acc, lr=opt.param_groups[0]["lr"])
         val_loss, val_acc = evaluate(rm, val_groups, tok, block, device, cfg.batch_size)
+        check_finite("held-out reward-model loss", val_loss, f"epoch {epoch + 1}", ckpt_path)
         history["val_step"].append(step), history["val_loss"].append(val_loss), history["val_acc"].append(val_acc)
         print(f"rm epoch {epoch + 1}: held-out loss {val_loss:.4f} | held-out pairwise accuracy {val_acc:.1%}")
 
@@ -160,6 +175,7 @@ def main(argv=None):
     demos = read_jsonl(Path(cfg.data_dir) / "sft.jsonl", {"prompt": str, "response": str})[-200:]
     scores = score_texts(rm, tok, [d["prompt"] for d in demos], [(d["response"], True) for d in demos])
     bias = sum(scores) / len(scores)
+    check_finite("mean reward of the demonstrations (the normalisation shift)", bias, "the end", ckpt_path)
     with torch.no_grad():
         rm.score.bias -= bias
     print(f"rm: shifted the reward by {-bias:+.3f} so demonstrations score 0 on average")
@@ -168,7 +184,7 @@ def main(argv=None):
                "val_acc_with_off_prompt": off_acc,
                "n_train_groups": len(train_groups), "n_val_groups": len(val_groups), "norm_shift": -bias,
                "train_time_s": progress.elapsed()}
-    save_checkpoint(ckpt_path, rm, asdict(cfg), sft_ckpt["tokenizer"], step, metrics)
+    save_checkpoint(ckpt_path, rm, asdict(cfg), sft_ckpt, "rm", step, metrics)
     line_plots(out / "rm_training.png", "Reward model training", "step (batches of ranked groups)", [
         ("loss (eq. 1)", [(history["step"], history["loss"], "train"), (history["val_step"], history["val_loss"], "held-out")]),
         ("pairwise accuracy", [(history["step"], history["acc"], "train"), (history["val_step"], history["val_acc"], "held-out"),

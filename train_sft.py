@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from nanorlhf.checkpoint import load_model, save_checkpoint, stage_path
-from nanorlhf.config import ConfigError, parse_config, run_main
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path, tokenizer_record
+from nanorlhf.config import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_config,
+                             check_context, one_of, parse_config, run_main)
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_jsonl, read_prompts, sft_batch
 from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import sample_responses
@@ -39,7 +40,7 @@ class Config:
     preset: str = "tiny"  # micro | tiny (2-core CPU) | small (one GPU); default from the device
     data_dir: str = "data"
     out_dir: str = "out"
-    tokenizer: str = ""  # ranks file (default data_dir/tokenizer.tiktoken) or "gpt2"
+    tokenizer: str = ""  # ranks file (default data_dir/tokenizer.tiktoken) or "gpt2"; SFT checks its base model's
     init_from: str = ""  # sft: checkpoint to start from (default out_dir/base/ckpt.pt)
     # model (pretraining only; SFT keeps the base model's shape)
     n_layer: int = 4
@@ -92,8 +93,16 @@ def get_config(argv=None) -> Config:
         raise ConfigError(f"--stage={stage}: expected pretrain or sft")
     presets = {k: {**v, **(SFT_OVERRIDES[k] if stage == "sft" else {})} for k, v in PRESETS.items()}
     cfg = parse_config(Config, argv, presets)
-    if cfg.pos_embedding not in ("learned", "rope"):
-        raise ConfigError(f"--pos_embedding={cfg.pos_embedding}: expected learned or rope")
+    check_config(cfg, pos_embedding=one_of("learned", "rope"), n_layer=AT_LEAST_1, n_head=AT_LEAST_1,
+                 n_embd=AT_LEAST_1, block_size=AT_LEAST_1, dropout=FRACTION, batch_size=AT_LEAST_1,
+                 max_steps=AT_LEAST_1, lr=POSITIVE, min_lr_frac=UNIT, warmup_steps=NON_NEGATIVE,
+                 weight_decay=NON_NEGATIVE, grad_clip=POSITIVE, val_frac=FRACTION, log_interval=AT_LEAST_1,
+                 eval_interval=AT_LEAST_1, eval_batches=AT_LEAST_1, sample_interval=NON_NEGATIVE,
+                 gold_eval_prompts=NON_NEGATIVE, max_new_tokens=AT_LEAST_1)
+    head_dim = cfg.n_embd // cfg.n_head
+    check_config(cfg, n_head=(lambda h: cfg.n_embd % h == 0, f"a divisor of --n_embd={cfg.n_embd}"),
+                 pos_embedding=(lambda p: p == "learned" or head_dim % 2 == 0,
+                                f"learned: rotary positions need an even head size, got {head_dim}"))
     return cfg
 
 
@@ -104,14 +113,21 @@ def main(argv=None):
     out_name = "base" if cfg.stage == "pretrain" else "sft"
     ckpt_path = stage_path(cfg.out_dir, out_name)
     tok_spec = cfg.tokenizer or str(Path(cfg.data_dir) / "tokenizer.tiktoken")
-    tok = load_tokenizer(tok_spec)
+    if cfg.stage == "pretrain":
+        tok, tok_fields = load_tokenizer(tok_spec), tokenizer_record(tok_spec)
+    else:  # SFT continues the base model, with its tokenizer (which must be the one the data came with)
+        model, tok_fields = load_model(cfg.init_from or stage_path(cfg.out_dir, "base"), "base", device=device,
+                                       tokenizer=tok_spec)
+        tok, cfg.block_size = checkpoint_tokenizer(tok_fields), model.config.block_size
+    check_context(cfg, cfg.block_size)
     world = load_world(cfg.data_dir)
 
     # ------------------------------------------------------------------------------------------ data
     if cfg.stage == "pretrain":
         tokens = corpus_tokens(cfg.data_dir, tok)
         n_val = max(cfg.block_size + 2, int(len(tokens) * cfg.val_frac))
-        train_batches = lm_batches(tokens[:-n_val], cfg.batch_size, cfg.block_size, gen)
+        train_batches = lm_batches(tokens[:-n_val], cfg.batch_size, cfg.block_size, gen,
+                                   source=f"{Path(cfg.data_dir) / 'corpus.txt'} without its held-out end")
         val_batches = lambda: lm_batches(tokens[-n_val:], cfg.batch_size, cfg.block_size,  # noqa: E731
                                          torch.Generator().manual_seed(0))  # the same batches at every eval
         data_desc = f"{len(tokens):,} corpus tokens"
@@ -128,9 +144,6 @@ def main(argv=None):
         mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, pos_embedding=cfg.pos_embedding)
         model = GPT(mcfg).to(device)
-    else:
-        model, _ = load_model(cfg.init_from or stage_path(cfg.out_dir, "base"), "base", head="lm", device=device)
-        cfg.block_size = model.config.block_size
     print(f"{cfg.stage}: {model.num_params() / 1e6:.2f}M parameters, {data_desc}, preset {cfg.preset}, "
           f"device {device}, {cfg.max_steps} steps of {cfg.batch_size}")
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -142,11 +155,11 @@ def main(argv=None):
     for step in range(cfg.max_steps + 1):
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             val = evaluate(model, val_batches, cfg.eval_batches, device)
-            check_finite("validation loss", val, step, keep=str(ckpt_path) if ckpt_path.exists() else "none")
+            check_finite("validation loss", val, step, ckpt_path)
             metrics.update(val_loss=val, step=step)
             print(f"{cfg.stage} step {step:>5}/{cfg.max_steps} | val loss {val:.4f}")
             if step > 0:
-                save_checkpoint(ckpt_path, model, asdict(cfg), tok_spec, step, metrics)
+                save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name, step, metrics)
         if cfg.sample_interval and step % cfg.sample_interval == 0 and step > 0:
             print_samples(model, tok, read_prompts(cfg.data_dir, "val")[:2], cfg)
         if step == cfg.max_steps:
@@ -155,7 +168,7 @@ def main(argv=None):
         x, y, m = (t.to(device) for t in next(train_batches))
         with autocast(device):
             loss = sft_loss(model(x), y, m)
-        check_finite("training loss", loss, step, keep=str(ckpt_path) if ckpt_path.exists() else "none")
+        check_finite("training loss", loss, step, ckpt_path)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -176,7 +189,7 @@ def main(argv=None):
         metrics["gold"] = ev
         print(format_eval(f"{out_name} model", ev))
     metrics["train_time_s"] = train_time
-    save_checkpoint(ckpt_path, model, asdict(cfg), tok_spec, cfg.max_steps, metrics)
+    save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name, cfg.max_steps, metrics)
     print(f"{cfg.stage}: done in {train_time:.0f}s, saved {ckpt_path}")
     return metrics
 

@@ -9,13 +9,13 @@ Writes into `out_dir` (default data/):
     prompts.jsonl       {"prompt", "category", "split"}: train (RM sampling, PPO), val, test (evaluation)
     tokenizer.tiktoken  our byte-level BPE ranks in tiktoken's format
     meta.json           the seed and world parameters, so every stage rebuilds the same gold labeler
-Each file is written to a temp name and renamed, so an interrupted run leaves no half-written file.
+Each file is written to a temp name and renamed (nanorlhf.files), so an interrupted run leaves no
+half-written file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -23,9 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from nanorlhf.config import parse_config, run_main  # noqa: E402
+from nanorlhf.config import AT_LEAST_1, UNIT, check_config, parse_config, run_main  # noqa: E402
 from nanorlhf.data import write_jsonl  # noqa: E402
-from nanorlhf.tokenizer import EOT, save_ranks, train_bpe  # noqa: E402
+from nanorlhf.files import atomic_write  # noqa: E402
+from nanorlhf.tokenizer import EOT, SPECIALS, save_ranks, train_bpe  # noqa: E402
 from nanorlhf.world import World  # noqa: E402
 
 
@@ -56,6 +57,10 @@ PRESETS = {
 
 def main(argv=None):
     cfg = parse_config(PrepareConfig, argv, PRESETS)
+    check_config(cfg, sloppy_frac=UNIT, n_corpus=AT_LEAST_1, n_demos=AT_LEAST_1, n_train_prompts=AT_LEAST_1,
+                 n_val_prompts=AT_LEAST_1, n_test_prompts=AT_LEAST_1,
+                 vocab_size=(lambda v: v >= 256 + len(SPECIALS), f"at least {256 + len(SPECIALS)} (256 bytes + "
+                                                                 f"{len(SPECIALS)} special tokens)"))
     t0 = time.time()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,22 +75,16 @@ def main(argv=None):
     # The tokenizer sees the corpus and the demonstrations (the chat data), never the test prompts' answers.
     ranks = train_bpe(docs + [d["prompt"] + " " + d["response"] for d in demos], cfg.vocab_size)
 
-    _write_text(out / "corpus.txt", f"\n{EOT}\n".join(docs) + "\n")
+    atomic_write(out / "corpus.txt", f"\n{EOT}\n".join(docs) + "\n")
     write_jsonl(out / "sft.jsonl", demos)
     write_jsonl(out / "prompts.jsonl", prompts)
     save_ranks(ranks, out / "tokenizer.tiktoken")
     meta = {"seed": cfg.seed, "sloppy_frac": cfg.sloppy_frac, "preset": cfg.preset, "config": asdict(cfg),
             "n_docs": len(docs), "n_demos": len(demos), "n_prompts": len(prompts)}
-    _write_text(out / "meta.json", json.dumps(meta, indent=1))
+    atomic_write(out / "meta.json", json.dumps(meta, indent=1))
     chars = sum(len(d) for d in docs)
     print(f"prepare: {len(docs)} documents ({chars / 1e6:.1f}M chars), {len(demos)} demonstrations, "
           f"{len(prompts)} prompts, {len(ranks) + 4} tokens vocabulary -> {out}/ in {time.time() - t0:.1f}s")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

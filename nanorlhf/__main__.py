@@ -3,16 +3,24 @@
     python -m nanorlhf                      # tiny on a CPU, small on a GPU; writes out/report.md
     python -m nanorlhf --preset=micro --out_dir=/tmp/x --data_dir=/tmp/x/data    # seconds (tests)
     python -m nanorlhf --force=true         # rerun every stage
+    python -m nanorlhf --seed=3             # another world and other stage seeds -> data/seed3/, out/seed3/
 
 prepare → pretrain → SFT → RM → PPO → PPO-ptx → PPO with β=0 (the over-optimisation lesson) → evaluation
 → report. Each stage is its own script run as a subprocess (read them in that order); its output goes to
-the terminal and to out/logs/<stage>.log. A stage whose output exists and whose command and upstream
-stages are unchanged is skipped, so an interrupted run resumes at the stage it was in. A failing stage
-stops the pipeline with its name, exit code and last lines.
+the terminal and to out/logs/<stage>.log. A failing stage stops the pipeline with its name, exit code and
+last lines.
+
+A stage is skipped when it is *current*, judged by content, not by names or dates: out/pipeline_state.json
+records, for each finished stage, a fingerprint of its inputs (its command, and the fingerprints of the
+outputs of the stages it reads, the data included) and a SHA-256 of the files it wrote. It is current when
+both still match: a stage rerun by hand with other flags (or stopped halfway) changed its files, so it
+runs again, and so does whatever read them; a stage that reruns and writes the same bits leaves the
+stages after it current. A failed stage leaves every record as it was, so the next run resumes there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -21,16 +29,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanorlhf.config import default_preset, parse_config, run_main
+from nanorlhf.config import POSITIVE, check_config, default_preset, one_of, parse_config, run_main
+from nanorlhf.files import WriteError, atomic_write, fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent  # the stage scripts live at the repository root
+PRESET_NAMES = ("micro", "tiny", "small")  # every stage script has these presets
 
 
 @dataclass
 class PipelineConfig:
     preset: str = ""  # micro | tiny | small (default: tiny on CPU, small on GPU)
-    data_dir: str = "data"
-    out_dir: str = "out"
+    seed: int = 0  # the world's seed (data/prepare.py --seed); every stage's seed is derived from it
+    data_dir: str = ""  # default: data, or data/seed<S> when --seed is not 0
+    out_dir: str = ""  # default: out, or out/seed<S> when --seed is not 0
     device: str = ""
     force: bool = False  # rerun stages even if their outputs are current
     ptx_coef: float = 1.0  # γ for the PPO-ptx run
@@ -38,72 +49,134 @@ class PipelineConfig:
     stop_after: str = ""  # run up to and including this stage (e.g. sft)
 
 
-def stages(cfg: PipelineConfig) -> list[tuple[str, list[str], Path]]:
-    """(name, command, the file that proves it finished) for every stage, in order."""
-    p, d, o = cfg.preset, cfg.data_dir, cfg.out_dir
+# The stages' own default seeds; --seed=S adds S to each, so seed 0 reproduces the stages run by hand.
+TRAIN_SEED, EVAL_SEED = 1337, 1234
+
+
+def resolve_dirs(cfg: PipelineConfig) -> PipelineConfig:
+    """Seed 0 keeps data/ and out/; another seed gets its own folders, so runs of several seeds never mix."""
+    sub = "" if cfg.seed == 0 else f"/seed{cfg.seed}"
+    cfg.data_dir = cfg.data_dir or "data" + sub
+    cfg.out_dir = cfg.out_dir or "out" + sub
+    return cfg
+
+
+@dataclass
+class Stage:
+    name: str
+    cmd: list[str]
+    outputs: list[Path]  # the files it writes (all must exist once it has finished)
+    needs: tuple[str, ...] = ()  # the stages whose outputs it reads
+
+
+def stages(cfg: PipelineConfig) -> list[Stage]:
+    """Every stage, in order: its command, the files it writes and the stages it reads."""
+    p, d, o, s = cfg.preset, cfg.data_dir, cfg.out_dir, cfg.seed
+    D, O = Path(d), Path(o)
     common = [f"--preset={p}", f"--data_dir={d}", f"--out_dir={o}"] + ([f"--device={cfg.device}"] if cfg.device else [])
-    py = sys.executable
+    train = [*common, f"--seed={TRAIN_SEED + s}"]
+    py, ppo = sys.executable, str(ROOT / "train_ppo.py")
+    data = [D / f for f in ("corpus.txt", "sft.jsonl", "prompts.jsonl", "tokenizer.tiktoken", "meta.json")]
+    ppo_reads = ("prepare", "sft", "rm")  # what every PPO run reads (the gold run too: its critic starts as the RM)
+    ppo_runs = ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold")
+    run_files = lambda name: [O / name / "ckpt.pt", O / name / "history.json"]  # noqa: E731
     return [
-        ("prepare", [py, str(ROOT / "data/prepare.py"), f"--preset={p}", f"--out_dir={d}"], Path(d) / "meta.json"),
-        ("pretrain", [py, str(ROOT / "train_sft.py"), "--stage=pretrain", *common], Path(o) / "base/ckpt.pt"),
-        ("sft", [py, str(ROOT / "train_sft.py"), "--stage=sft", *common], Path(o) / "sft/ckpt.pt"),
-        ("rm", [py, str(ROOT / "train_rm.py"), *common], Path(o) / "rm/ckpt.pt"),
-        ("ppo", [py, str(ROOT / "train_ppo.py"), *common], Path(o) / "ppo/history.json"),
-        ("ppo_ptx", [py, str(ROOT / "train_ppo.py"), *common, f"--ptx_coef={cfg.ptx_coef}"],
-         Path(o) / "ppo_ptx/history.json"),
+        Stage("prepare", [py, str(ROOT / "data/prepare.py"), f"--preset={p}", f"--out_dir={d}", f"--seed={s}"], data),
+        Stage("pretrain", [py, str(ROOT / "train_sft.py"), "--stage=pretrain", *train], [O / "base/ckpt.pt"],
+              ("prepare",)),
+        Stage("sft", [py, str(ROOT / "train_sft.py"), "--stage=sft", *train], [O / "sft/ckpt.pt"],
+              ("prepare", "pretrain")),
+        Stage("rm", [py, str(ROOT / "train_rm.py"), *train], [O / "rm/comparisons.jsonl", O / "rm/ckpt.pt"],
+              ("prepare", "sft")),
+        Stage("ppo", [py, ppo, *train], run_files("ppo"), ppo_reads),
+        Stage("ppo_ptx", [py, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
         # β = 0 with 4× the policy's learning rate: with the off-prompt answers in the RM's data there is no
         # quick hack left, and at the preset's rate 40 iterations only reach KL ≈ 3 (RM up, gold flat); at 4×
         # (measured, tiny): RM +2.3, KL 57 nats, gold rating 3.16 → 2.97 -- the over-optimisation lesson.
-        ("ppo_beta0", [py, str(ROOT / "train_ppo.py"), *common, "--init_kl_coef=0", "--adaptive_kl=false",
-                       f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0", "--eval_interval=5"],
-         Path(o) / "ppo_beta0/history.json"),  # evaluated often: the over-optimisation curve's rise and fall
+        # evaluated every 5 iterations: the over-optimisation curve's rise and fall needs the points
+        Stage("ppo_beta0", [py, ppo, *train, "--init_kl_coef=0", "--adaptive_kl=false",
+                            f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0", "--eval_interval=5"],
+              run_files("ppo_beta0"), ppo_reads),
         # the gold labeler as the reward: the ceiling a better reward model could reach (see gold_reward)
-        ("ppo_gold", [py, str(ROOT / "train_ppo.py"), *common, "--reward=gold", "--run_name=ppo_gold"],
-         Path(o) / "ppo_gold/history.json"),
-        ("eval", [py, "-m", "nanorlhf.eval", *common], Path(o) / "eval.json"),
-        ("report", [py, "-m", "nanorlhf.report", f"--out_dir={o}"], Path(o) / "report.md"),
+        Stage("ppo_gold", [py, ppo, *train, "--reward=gold", "--run_name=ppo_gold"], run_files("ppo_gold"), ppo_reads),
+        Stage("eval", [py, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}"], [O / "eval.json"],
+              ("prepare", "pretrain", "sft", "rm", *ppo_runs)),
+        Stage("report", [py, "-m", "nanorlhf.report", f"--out_dir={o}"], [O / "report.md"], ("rm", *ppo_runs, "eval")),
     ]
 
 
 def main(argv=None):
-    cfg = parse_config(PipelineConfig, argv)
+    cfg = resolve_dirs(parse_config(PipelineConfig, argv))
     cfg.preset = cfg.preset or default_preset()
-    out = Path(cfg.out_dir)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    plan = stages(cfg)
+    names = [s.name for s in plan]
+    check_config(cfg, preset=one_of(*PRESET_NAMES), ptx_coef=POSITIVE, beta0_lr_scale=POSITIVE,
+                 stop_after=(lambda v: v in ("", *names), "one of " + ", ".join(names)))
+    print(f"nanorlhf pipeline: preset {cfg.preset}, seed {cfg.seed} ({cfg.data_dir}/, {cfg.out_dir}/), "
+          f"stages {' → '.join(names)}", flush=True)
+    t0 = time.time()
+    state_path = run_pipeline(plan, Path(cfg.out_dir), cfg.force, cfg.stop_after)
+    print(f"pipeline finished in {(time.time() - t0) / 60:.1f} min (stage wall times in {state_path}); "
+          f"report: {Path(cfg.out_dir) / 'report.md'}", flush=True)
+
+
+def run_pipeline(plan: list[Stage], out: Path, force: bool = False, stop_after: str = "") -> Path:
+    """Run the stages of `plan` that are not current (all with `force`), in order; return the state file."""
+    try:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"{out / 'logs'}: cannot create it ({e.strerror})") from None
     state_path = out / "pipeline_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    t0 = time.time()
-    upstream_ran = cfg.force
-    plan = stages(cfg)
-    names = [s[0] for s in plan]
-    if cfg.stop_after and cfg.stop_after not in names:
-        raise SystemExit(f"error: --stop_after={cfg.stop_after}: expected one of {', '.join(names)}")
-    print(f"nanorlhf pipeline: preset {cfg.preset}, stages {' → '.join(names)}", flush=True)
-    for i, (name, cmd, done_file) in enumerate(plan, 1):
-        key = " ".join(cmd[1:])
-        current = state.get(name, {}).get("command") == key and done_file.exists() and not upstream_ran
-        if current:
-            print(f"[{i}/{len(plan)}] {name}: current, skipped ({done_file})", flush=True)
+    for i, stage in enumerate(plan, 1):
+        inputs = _inputs(stage, state)
+        why = "--force=true" if force else _why_not_current(stage, state.get(stage.name), inputs)
+        if why is None:
+            print(f"[{i}/{len(plan)}] {stage.name}: current, skipped ({stage.outputs[-1]})", flush=True)
         else:
-            upstream_ran = True  # everything downstream must be redone
-            state.pop(name, None)
-            _write_state(state_path, state)
-            print(f"[{i}/{len(plan)}] {name}: {' '.join(Path(c).name if j < 2 else c for j, c in enumerate(cmd))}",
-                  flush=True)
+            cmd = " ".join(Path(c).name if j < 2 else c for j, c in enumerate(stage.cmd))
+            print(f"[{i}/{len(plan)}] {stage.name} ({why}): {cmd}", flush=True)
             ts = time.time()
-            rc, tail = _run(cmd, out / "logs" / f"{name}.log")
-            if rc != 0:
-                print(f"pipeline: stage '{name}' failed (exit {rc}). Last lines of out/logs/{name}.log:\n{tail}\n"
+            log = out / "logs" / f"{stage.name}.log"
+            rc, tail = _run(stage.cmd, log)
+            missing = [str(p) for p in stage.outputs if not p.exists()]
+            if rc != 0 or missing:
+                cause = f"exit {rc}" if rc != 0 else f"exit 0 without writing {', '.join(missing)}"
+                print(f"pipeline: stage '{stage.name}' failed ({cause}). Last lines of {log}:\n{tail}\n"
                       f"Fix the cause and rerun the same command: finished stages are skipped.", file=sys.stderr)
-                raise SystemExit(1)
-            state[name] = {"command": key, "wall_s": round(time.time() - ts, 1)}
-            _write_state(state_path, state)
-            print(f"[{i}/{len(plan)}] {name}: done in {time.time() - ts:.0f}s", flush=True)
-        if name == cfg.stop_after:
+                raise SystemExit(1)  # the records of every stage stay as they were: they describe the files
+            state[stage.name] = {"command": _command(stage), "inputs": inputs, "output": fingerprint(stage.outputs),
+                                 "wall_s": round(time.time() - ts, 1)}
+            atomic_write(state_path, json.dumps(state, indent=1))
+            print(f"[{i}/{len(plan)}] {stage.name}: done in {time.time() - ts:.0f}s", flush=True)
+        if stage.name == stop_after:
             break
-    total = time.time() - t0
-    print(f"pipeline finished in {total / 60:.1f} min (stage wall times in {state_path}); "
-          f"report: {out / 'report.md'}", flush=True)
+    return state_path
+
+
+def _command(stage: Stage) -> list[str]:
+    """The command without the interpreter's and the repository's paths (moving either changes nothing)."""
+    return [Path(stage.cmd[1]).name, *stage.cmd[2:]]
+
+
+def _inputs(stage: Stage, state: dict) -> str:
+    """Fingerprint of what the stage's result depends on: its command, and what its upstream stages wrote."""
+    upstream = {n: state.get(n, {}).get("output") for n in stage.needs}
+    return hashlib.sha256(json.dumps([_command(stage), upstream]).encode()).hexdigest()
+
+
+def _why_not_current(stage: Stage, record: dict | None, inputs: str) -> str | None:
+    """None if the stage's recorded run is still what its files and inputs say, else why it must run."""
+    if record is None or "inputs" not in record:
+        return "not run by the pipeline yet"
+    if record["inputs"] != inputs:
+        return "its command changed" if record.get("command") != _command(stage) else "an upstream stage changed"
+    missing = [str(p) for p in stage.outputs if not p.exists()]
+    if missing:
+        return f"{missing[0]} is missing"
+    if fingerprint(stage.outputs) != record["output"]:
+        return "its files changed since the pipeline wrote them (run by hand?)"
+    return None
 
 
 def _run(cmd: list[str], log_path: Path) -> tuple[int, str]:
@@ -119,12 +192,6 @@ def _run(cmd: list[str], log_path: Path) -> tuple[int, str]:
             lines = (lines + [line.rstrip()])[-8:]
         rc = proc.wait()
     return rc, "\n".join("    " + s for s in lines)
-
-
-def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

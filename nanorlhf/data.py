@@ -10,61 +10,75 @@ from pathlib import Path
 
 import torch
 
+from nanorlhf.config import StageError
 
-class DataError(ValueError):
+
+class DataError(StageError, ValueError):
     """Bad input data: the message names the file and line and what was expected."""
 
 
-def read_jsonl(path, required: dict[str, type] | tuple = ()) -> list[dict]:
-    """Read a jsonl file, checking that every line is a JSON object with the `required` keys/types."""
+PREPARE = "python data/prepare.py"  # what makes every file in data_dir
+
+
+def decode_utf8(data: bytes, path) -> str:
+    """`data` as UTF-8 text; a bad byte is an error naming the file, line and column."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}:{line}: byte 0x{data[e.start]:02x} at column {col} is not UTF-8 text "
+                        f"(expected a UTF-8 file)") from None
+
+
+def read_jsonl_lines(path, required: dict[str, type] | tuple = (), maker: str = PREPARE) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a jsonl file, checking that each is a JSON
+    object with the `required` keys/types. `maker` is the command that makes the file, for the errors."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: file not found (run: python data/prepare.py)")
+        raise DataError(f"{path}: file not found (make it with: {maker})")
     req = required if isinstance(required, dict) else {k: object for k in required}
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); expected one object per line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            for key, typ in req.items():
-                if key not in row:
-                    raise DataError(f"{path}:{n}: missing key {key!r} (expected keys {sorted(req)})")
-                if not isinstance(row[key], typ):
-                    raise DataError(f"{path}:{n}: {key!r} must be {typ.__name__}, got {type(row[key]).__name__}")
-            rows.append(row)
+    for n, line in enumerate(decode_utf8(path.read_bytes(), path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); expected one object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        for key, typ in req.items():
+            if key not in row:
+                raise DataError(f"{path}:{n}: missing key {key!r} (expected keys {sorted(req)})")
+            if not isinstance(row[key], typ):
+                raise DataError(f"{path}:{n}: {key!r} must be {typ.__name__}, got {type(row[key]).__name__}")
+        rows.append((n, row))
     if not rows:
-        raise DataError(f"{path}: no records")
+        raise DataError(f"{path}: no records, the file is empty (make it with: {maker})")
     return rows
 
 
-def write_jsonl(path, rows, append: bool = False) -> None:
-    """Write rows; a full rewrite goes through a temp file + rename so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if append:
-        with open(path, "a", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+def read_jsonl(path, required: dict[str, type] | tuple = (), maker: str = PREPARE) -> list[dict]:
+    """The objects of a jsonl file, checked as in read_jsonl_lines."""
+    return [row for _, row in read_jsonl_lines(path, required, maker)]
 
 
-def read_text(path) -> str:
+def write_jsonl(path, rows) -> None:
+    """Replace `path` with one JSON object per row, atomically; never with an empty file."""
+    from nanorlhf.files import atomic_write
+
+    if not rows:
+        kept = "the previous file is kept" if Path(path).exists() else "no file made"
+        raise DataError(f"{path}: not written: no records to write ({kept})")
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_text(path, maker: str = PREPARE) -> str:
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: file not found (run: python data/prepare.py)")
-    return path.read_text(encoding="utf-8")
+        raise DataError(f"{path}: file not found (make it with: {maker})")
+    return decode_utf8(path.read_bytes(), path)
 
 
 def pad(seqs: list[list[int]], value: int, left: bool = False, length: int | None = None) -> torch.Tensor:
@@ -94,11 +108,13 @@ def sft_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int, block_size:
     return x, y, m.float()
 
 
-def lm_batches(tokens: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator):
+def lm_batches(tokens: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator,
+               source: str = "the corpus"):
     """Endless random windows of a token stream (pretraining), as (inputs, targets, mask)."""
     n = len(tokens) - block_size - 1
     if n <= 0:
-        raise DataError(f"corpus has {len(tokens)} tokens, fewer than block_size + 2 = {block_size + 2}")
+        raise DataError(f"{source}: {len(tokens)} tokens, fewer than block_size + 2 = {block_size + 2} "
+                        f"(expected a longer corpus, or a smaller --block_size)")
     while True:
         ix = torch.randint(n, (batch_size,), generator=generator)
         x = torch.stack([tokens[i : i + block_size] for i in ix])
@@ -113,8 +129,9 @@ def load_world(data_dir):
     path = Path(data_dir) / "meta.json"
     if not path.exists():
         raise DataError(f"{path}: file not found (run: python data/prepare.py --out_dir={data_dir})")
+    text = decode_utf8(path.read_bytes(), path)
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(text)
         return World(seed=int(meta["seed"]), sloppy_frac=float(meta["sloppy_frac"]))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise DataError(f"{path}: expected JSON with 'seed' and 'sloppy_frac' ({type(e).__name__}: {e})") from None
@@ -127,44 +144,43 @@ def read_prompts(data_dir, split: str) -> list[dict]:
 
 def _indices(xs, n: int) -> bool:
     """Is `xs` a list of indices into n responses?"""
-    return isinstance(xs, list) and all(isinstance(i, int) and 0 <= i < n for i in xs)
+    return isinstance(xs, list) and all(type(i) is int and 0 <= i < n for i in xs)  # not 1.0, not True
 
 
-def read_comparisons(path) -> list[dict]:
+def read_comparisons(path, maker: str = "python train_rm.py --resample=true") -> list[dict]:
     """Comparisons in either format, as {"prompt", "responses", "ranking"} (ranking best first).
 
     `{"prompt", "responses": [...], "ranking": [i, ...]}` (K-way, InstructGPT) or the common pair format
     `{"prompt", "chosen", "rejected"}` (read as K = 2). A K-way record may list `"ties": [[i, j], ...]`,
     pairs of responses the labeler found equally good (their order in `ranking` then means nothing).
-    A bad line names the file and line.
+    A bad line names the file and line; `maker` is the command that makes the file.
     """
     path = Path(path)
-    rows = read_jsonl(path, {"prompt": str})
     out = []
-    for n, row in enumerate(rows, 1):
+    for n, row in read_jsonl_lines(path, {"prompt": str}, maker):
         if "chosen" in row and "rejected" in row:
             if not (isinstance(row["chosen"], str) and isinstance(row["rejected"], str)):
-                raise DataError(f"{path}: record {n}: 'chosen' and 'rejected' must be strings")
+                raise DataError(f"{path}:{n}: 'chosen' and 'rejected' must be strings")
             out.append({"prompt": row["prompt"], "responses": [row["chosen"], row["rejected"]], "ranking": [0, 1],
                         "ties": []})
             continue
         resp, rank = row.get("responses"), row.get("ranking")
         if not (isinstance(resp, list) and all(isinstance(r, str) for r in resp) and len(resp) >= 2):
-            raise DataError(f"{path}: record {n}: expected 'responses' (a list of ≥2 strings) or 'chosen'/'rejected'")
-        if not (isinstance(rank, list) and sorted(rank) == list(range(len(resp)))):
-            raise DataError(f"{path}: record {n}: 'ranking' must be a permutation of 0..{len(resp) - 1}, got {rank}")
+            raise DataError(f"{path}:{n}: expected 'responses' (a list of ≥2 strings) or 'chosen'/'rejected'")
+        if not (_indices(rank, len(resp)) and sorted(rank) == list(range(len(resp)))):
+            raise DataError(f"{path}:{n}: 'ranking' must be a permutation of 0..{len(resp) - 1}, got {rank}")
         ties = row.get("ties", [])
         if not (isinstance(ties, list) and all(_indices(t, len(resp)) and len(t) == 2 and t[0] != t[1] for t in ties)):
-            raise DataError(f"{path}: record {n}: 'ties' must be a list of [i, j] pairs of two different response "
+            raise DataError(f"{path}:{n}: 'ties' must be a list of [i, j] pairs of two different response "
                             f"indices in 0..{len(resp) - 1}, got {ties}")
         off = row.get("off_prompt", [])  # responses written for other prompts (train_rm.py --off_prompt)
         if not (_indices(off, len(resp)) and len(set(off)) == len(off)):
-            raise DataError(f"{path}: record {n}: 'off_prompt' must be a list of distinct response indices in "
+            raise DataError(f"{path}:{n}: 'off_prompt' must be a list of distinct response indices in "
                             f"0..{len(resp) - 1}, got {off}")
         fin = row.get("finished")
         if fin is not None and not (isinstance(fin, list) and len(fin) == len(resp)
                                     and all(isinstance(f, bool) for f in fin)):
-            raise DataError(f"{path}: record {n}: 'finished' must be a list of {len(resp)} true/false values, "
+            raise DataError(f"{path}:{n}: 'finished' must be a list of {len(resp)} true/false values, "
                             f"one per response, got {fin}")
         out.append({**row, "prompt": row["prompt"], "responses": resp, "ranking": rank, "ties": ties})
     return out
@@ -221,7 +237,10 @@ def corpus_tokens(data_dir, tok, tail_frac: float = 1.0) -> torch.Tensor:
     """
     from nanorlhf.tokenizer import EOT
 
-    docs = [d.strip() for d in read_text(Path(data_dir) / "corpus.txt").split(EOT) if d.strip()]
+    path = Path(data_dir) / "corpus.txt"
+    docs = [d.strip() for d in read_text(path).split(EOT) if d.strip()]
+    if not docs:
+        raise DataError(f"{path}: no documents (expected text documents separated by {EOT}; make it with: {PREPARE})")
     if tail_frac < 1.0:
         docs = docs[-max(1, int(len(docs) * tail_frac)) :]
     return torch.tensor([t for doc in tok.enc.encode_ordinary_batch(docs) for t in doc + [tok.eos_id]], dtype=torch.long)

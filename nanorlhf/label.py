@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from nanorlhf.data import DataError, read_jsonl
+from nanorlhf.data import DataError, read_jsonl, read_jsonl_lines
 
 FLAGS = ("fails_instruction", "wrong", "rude", "harmful", "unfinished", "rambling")
 
@@ -72,16 +72,23 @@ def ask(prompt: str, parse, inp, out):
             out.write(f"  ! {e}\n")
 
 
+def shown(text: str) -> str:
+    """`text` safe for a terminal: control characters of a model sample (ESC, BEL, ...) as escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _key(g: dict) -> str:
     return json.dumps([g["prompt"], g["responses"]])
 
 
-def label_loop(groups: list[dict], out_path, inp=sys.stdin, out=sys.stdout, ask_rating: bool = True) -> int:
-    """Label `groups` ({"prompt", "responses"}) not yet in `out_path`; returns how many were written."""
+def label_loop(groups: list[dict], out_path, inp=None, out=None, ask_rating: bool = True) -> int:
+    """Label `groups` ({"prompt", "responses"}) not yet in `out_path`; returns how many were written.
+    `inp` and `out` default to the terminal (sys.stdin and sys.stdout as they are at the call)."""
+    inp, out = inp or sys.stdin, out or sys.stdout
     out_path = Path(out_path)
     done = set()
     if out_path.exists():
-        done = {_key(g) for g in read_jsonl(out_path, {"prompt": str, "responses": list})}
+        done = {_key(g) for g in read_jsonl(out_path, {"prompt": str, "responses": list}, "python -m nanorlhf.label")}
     todo = [g for g in groups if _key(g) not in done]
     out.write(f"{len(done)} groups already labeled in {out_path}; {len(todo)} to go. 'q' quits (answers are saved).\n")
     written = 0
@@ -89,9 +96,9 @@ def label_loop(groups: list[dict], out_path, inp=sys.stdin, out=sys.stdout, ask_
     try:
         for n, g in enumerate(todo, 1):
             k = len(g["responses"])
-            out.write(f"\n=== {n}/{len(todo)} ===\nPROMPT: {g['prompt']}\n")
+            out.write(f"\n=== {n}/{len(todo)} ===\nPROMPT: {shown(g['prompt'])}\n")
             for i, r in enumerate(g["responses"], 1):
-                out.write(f"  [{i}] {r}\n")
+                out.write(f"  [{i}] {shown(r)}\n")
             ranking, ties = ask(f"ranking, best first, '=' for a tie (e.g. {'>'.join(str(i) for i in range(1, k + 1))}): ",
                                 lambda s: parse_ranking(s, k), inp, out)
             row = {"prompt": g["prompt"], "responses": g["responses"], "ranking": ranking, "ties": ties}
@@ -113,7 +120,7 @@ def label_loop(groups: list[dict], out_path, inp=sys.stdin, out=sys.stdout, ask_
 def main(argv=None) -> None:
     from dataclasses import dataclass
 
-    from nanorlhf.config import parse_config, run_main
+    from nanorlhf.config import check_config, parse_config, run_main
 
     @dataclass
     class LabelConfig:
@@ -121,7 +128,7 @@ def main(argv=None) -> None:
         out: str = "data/human_labels.jsonl"
         from_model: str = ""  # instead of --samples: a policy checkpoint to sample K responses from
         prompts: str = "data/prompts.jsonl"
-        k: int = 4
+        k: int = 4  # responses per prompt (at least 2: a ranking compares)
         n: int = 20  # prompts to sample when --from_model is given
         max_new_tokens: int = 48
         rating: bool = True  # also ask for a 1-7 rating and flags
@@ -129,25 +136,30 @@ def main(argv=None) -> None:
 
     def run():
         cfg = parse_config(LabelConfig, argv)
+        check_config(cfg, k=(lambda v: v >= 2, "at least 2 (a ranking compares responses)"),
+                     n=(lambda v: v >= 1, "at least 1"), max_new_tokens=(lambda v: v >= 1, "at least 1"))
         if cfg.from_model:
             import torch
 
-            from nanorlhf.checkpoint import load_model
+            from nanorlhf.checkpoint import CheckpointError, checkpoint_tokenizer, load_model
             from nanorlhf.generate import sample_responses
-            from nanorlhf.tokenizer import load_tokenizer
 
-            model, ckpt = load_model(cfg.from_model, "sft")
-            tok = load_tokenizer(ckpt["tokenizer"])
+            model, ckpt = load_model(cfg.from_model)
+            if model.config.head != "lm":
+                raise CheckpointError(f"{cfg.from_model}: a '{ckpt['stage']}' checkpoint ({model.config.head} head), "
+                                      f"expected a policy (lm head), e.g. out/sft/ckpt.pt")
+            tok = checkpoint_tokenizer(ckpt, cfg.from_model)
             prompts = [p["prompt"] for p in read_jsonl(cfg.prompts, {"prompt": str})][: cfg.n]
             outs = sample_responses(model, tok, [p for p in prompts for _ in range(cfg.k)], cfg.max_new_tokens,
                                     generator=torch.Generator().manual_seed(cfg.seed))
             groups = [{"prompt": p, "responses": [r for r, _ in outs[i * cfg.k : (i + 1) * cfg.k]],
                        "finished": [f for _, f in outs[i * cfg.k : (i + 1) * cfg.k]]} for i, p in enumerate(prompts)]
         else:
-            groups = read_jsonl(cfg.samples, {"prompt": str, "responses": list})
-            for n, g in enumerate(groups, 1):
-                if len(g["responses"]) < 2:
-                    raise DataError(f"{cfg.samples}: record {n}: needs at least 2 responses to rank")
+            groups = []
+            for n, g in read_jsonl_lines(cfg.samples, {"prompt": str, "responses": list}, "python train_rm.py"):
+                if len(g["responses"]) < 2 or not all(isinstance(r, str) for r in g["responses"]):
+                    raise DataError(f"{cfg.samples}:{n}: expected 'responses' to be at least 2 strings to rank")
+                groups.append(g)
         label_loop(groups, cfg.out, ask_rating=cfg.rating)
 
     run_main(run)

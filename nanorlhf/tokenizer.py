@@ -24,13 +24,15 @@ from pathlib import Path
 import regex  # installed with tiktoken; supports \p{L} like tiktoken's own (Rust) regex
 import tiktoken
 
+from nanorlhf.config import StageError
+
 # GPT-2's pre-tokenisation pattern (the same one tiktoken's "gpt2" encoding uses).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT, PAD, USER, ASSISTANT = "<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>"
 SPECIALS = (EOT, PAD, USER, ASSISTANT)
 
 
-class TokenizerError(ValueError):
+class TokenizerError(StageError, ValueError):
     pass
 
 
@@ -91,33 +93,42 @@ def _neg(pair: tuple[bytes, bytes]):
     return tuple(-b for b in pair[0] + b"\x00" + pair[1])
 
 
+def ranks_text(ranks: dict[bytes, int]) -> str:
+    """Ranks in tiktoken's file format: `base64(token) rank` per line."""
+    return "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
+
+
 def save_ranks(ranks: dict[bytes, int], path: str | os.PathLike) -> None:
-    """Write ranks in tiktoken's format, atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-            f.write(f"{base64.b64encode(token).decode()} {rank}\n")
-    os.replace(tmp, path)
+    """Write ranks in tiktoken's format, atomically."""
+    from nanorlhf.files import atomic_write
+
+    atomic_write(path, ranks_text(ranks))
 
 
 def load_ranks(path: str | os.PathLike) -> dict[bytes, int]:
     """Read a tiktoken ranks file; a bad line is an error naming the file and line."""
-    ranks: dict[bytes, int] = {}
+    from nanorlhf.data import decode_utf8
+
     try:
-        lines = Path(path).read_text().splitlines()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise TokenizerError(f"{path}: tokenizer file not found (run: python data/prepare.py)") from None
-    for n, line in enumerate(lines, 1):
+    return parse_ranks(decode_utf8(data, path), path)
+
+
+def parse_ranks(text: str, source) -> dict[bytes, int]:
+    """Ranks from the text of a ranks file (`source` names it in errors: a file, or a checkpoint)."""
+    ranks: dict[bytes, int] = {}
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             token, rank = line.split()
             ranks[base64.b64decode(token, validate=True)] = int(rank)
         except ValueError:
-            raise TokenizerError(f"{path}:{n}: expected '<base64 token> <rank>', got {line[:60]!r}") from None
+            raise TokenizerError(f"{source}:{n}: expected '<base64 token> <rank>', got {line[:60]!r}") from None
     if sorted(ranks.values()) != list(range(len(ranks))):
-        raise TokenizerError(f"{path}: ranks must be 0..{len(ranks) - 1} without gaps or repeats")
+        raise TokenizerError(f"{source}: ranks must be 0..{len(ranks) - 1} without gaps or repeats")
     return ranks
 
 

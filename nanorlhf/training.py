@@ -8,9 +8,12 @@ import math
 import random
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from nanorlhf.config import StageError
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -62,15 +65,19 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(StageError, RuntimeError):
     pass
 
 
-def check_finite(name: str, value: torch.Tensor | float, step: int, keep: str) -> None:
-    """Stop training on NaN/inf; the message says what blew up and which checkpoint is kept."""
+def check_finite(name: str, value: torch.Tensor | float, where: int | str, ckpt_path) -> None:
+    """Stop training on NaN/inf; the message says what blew up, where (`where`: a step number or a
+    phrase), and whether a good checkpoint is left at `ckpt_path` (saves refuse non-finite weights)."""
     v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
     if not math.isfinite(v):
-        raise NonFiniteError(f"{name} became {v} at step {step}; stopping. Last good checkpoint kept: {keep}")
+        where = f"step {where}" if isinstance(where, int) else where
+        kept = (f"Last good checkpoint kept: {ckpt_path}" if Path(ckpt_path).exists() else
+                f"No checkpoint was written ({ckpt_path} does not exist)")
+        raise NonFiniteError(f"{name} became {v} at {where}; stopping. {kept}")
 
 
 class Progress:

@@ -39,7 +39,7 @@ def test_comparisons_both_formats(tmp_path):
         read_comparisons(p)
     for bad in ([[0, 0]], [[0, 3]], [0, 1], [[0]]):
         p.write_text(json.dumps({"prompt": "q", "responses": ["a", "b", "c"], "ranking": [0, 1, 2], "ties": bad}))
-        with pytest.raises(DataError, match=r"c.jsonl: record 1: 'ties'"):
+        with pytest.raises(DataError, match=r"c.jsonl:1: 'ties'"):
             read_comparisons(p)
     ok = {"prompt": "q", "responses": ["a", "b", "c"], "ranking": [0, 1, 2], "off_prompt": [2], "finished": [True] * 3}
     p.write_text(json.dumps(ok))
@@ -47,7 +47,7 @@ def test_comparisons_both_formats(tmp_path):
     for key, bad in (("off_prompt", [3]), ("off_prompt", [1, 1]), ("off_prompt", 2), ("finished", [True, False]),
                      ("finished", [1, 0, 1])):
         p.write_text(json.dumps({**ok, key: bad}))
-        with pytest.raises(DataError, match=rf"c.jsonl: record 1: '{key}'"):
+        with pytest.raises(DataError, match=rf"c.jsonl:1: '{key}'"):
             read_comparisons(p)
 
 

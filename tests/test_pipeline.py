@@ -1,0 +1,105 @@
+"""The one-command pipeline's plumbing: seeds and folders, and when a stage counts as current."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanorlhf.__main__ import PipelineConfig, Stage, resolve_dirs, run_pipeline, stages
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _flag(cmd, name):
+    values = [a.split("=", 1)[1] for a in cmd if a.startswith(f"--{name}=")]
+    assert len(values) <= 1, (name, cmd)
+    return values[0] if values else None
+
+
+def test_seed_reseeds_the_world_and_every_stage_in_its_own_folders():
+    default = {st.name: st.cmd for st in stages(resolve_dirs(PipelineConfig(preset="micro")))}
+    seeded = {st.name: st.cmd for st in stages(resolve_dirs(PipelineConfig(preset="micro", seed=3)))}
+    assert _flag(default["prepare"], "seed") == "0" and _flag(default["prepare"], "out_dir") == "data"
+    assert _flag(seeded["prepare"], "seed") == "3" and _flag(seeded["prepare"], "out_dir") == "data/seed3"
+    for name in default:
+        if name in ("prepare", "report"):
+            continue
+        # every stage takes a seed, seed 0 keeps each stage's own default, seed 3 moves each one by 3
+        assert int(_flag(seeded[name], "seed")) == int(_flag(default[name], "seed")) + 3, name
+        assert _flag(default[name], "data_dir") == "data" and _flag(seeded[name], "data_dir") == "data/seed3"
+    for name in default:
+        assert _flag(default[name], "out_dir") in ("out", "data", None)
+        assert _flag(seeded[name], "out_dir") in ("out/seed3", "data/seed3", None)
+    assert _flag(default["pretrain"], "seed") == "1337" and _flag(default["eval"], "seed") == "1234"
+    # the same seed gives the same commands (stage seeds are derived, not drawn)
+    again = {st.name: st.cmd for st in stages(resolve_dirs(PipelineConfig(preset="micro", seed=3)))}
+    assert again == seeded
+    # folders given on the command line are kept
+    cfg = resolve_dirs(PipelineConfig(seed=3, data_dir="/tmp/d", out_dir="/tmp/o"))
+    assert (cfg.data_dir, cfg.out_dir) == ("/tmp/d", "/tmp/o")
+
+
+# ----------------------------------------------------------------------- "current" is judged by content
+def pipeline(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "nanorlhf", *args], capture_output=True, text=True, env=ENV,
+                          timeout=300, cwd=cwd)
+
+
+def test_a_stage_run_by_hand_with_other_flags_is_rerun_and_a_bad_run_forgets_nothing(tmp_path):
+    where = ["--preset=micro", f"--data_dir={tmp_path}/data", f"--out_dir={tmp_path}/out", "--stop_after=prepare"]
+    assert pipeline(*where).returncode == 0
+    state = (tmp_path / "out/pipeline_state.json").read_bytes()
+    # a bad run: refused before any stage runs (the old pipeline ran prepare, which failed, and forgot it)
+    bad = pipeline("--preset=huge", *where[1:])
+    assert bad.returncode == 2 and bad.stderr == "error: --preset=huge: expected micro or tiny or small\n", bad.stderr
+    assert (tmp_path / "out/pipeline_state.json").read_bytes() == state
+    assert "[1/10] prepare: current, skipped" in pipeline(*where).stdout
+    # the same stage run by hand with another flag: its files are not what the pipeline made any more
+    r = subprocess.run([sys.executable, str(ROOT / "data/prepare.py"), "--preset=micro", f"--out_dir={tmp_path}/data",
+                        "--sloppy_frac=0.2"], env=ENV, capture_output=True, timeout=300)
+    assert r.returncode == 0
+    again = pipeline(*where).stdout
+    assert "prepare (its files changed since the pipeline wrote them (run by hand?))" in again, again
+    assert "current, skipped" not in again
+
+
+def fake_stage(name, text, needs=(), code=0):
+    """A stage that writes `<name>.txt`: `text`, after the texts of the stages it reads; exits `code`."""
+    script = ("import sys, pathlib; d = pathlib.Path(sys.argv[1]); "
+              f"t = ''.join((d / f'{{n}}.txt').read_text() for n in {list(needs)!r}) + {text!r}; "
+              f"(d / '{name}.txt').write_text(t); sys.exit({code})")
+    return Stage(name, [sys.executable, "-c", script], [], needs)
+
+
+def plan(d, a="A", b="B", b_code=0):
+    stages_ = [fake_stage("a", a), fake_stage("b", b, ("a",), b_code)]
+    for s in stages_:
+        s.cmd.append(str(d))
+        s.outputs = [d / f"{s.name}.txt"]
+    return stages_
+
+
+def test_current_means_same_inputs_and_same_files(tmp_path, capsys):
+    def runs(p):
+        capsys.readouterr()
+        run_pipeline(p, tmp_path)
+        out = capsys.readouterr().out
+        return [name for name in ("a", "b") if f"] {name} (" in out]
+
+    assert runs(plan(tmp_path)) == ["a", "b"]
+    assert runs(plan(tmp_path)) == []
+    # a's file edited by hand: a runs again; it writes the same bits as before, so b is still current
+    (tmp_path / "a.txt").write_text("edited")
+    assert runs(plan(tmp_path)) == ["a"] and (tmp_path / "a.txt").read_text() == "A"
+    # a's command changed: a runs, writes other bits, so b (which reads them) runs too
+    assert runs(plan(tmp_path, a="A2")) == ["a", "b"] and (tmp_path / "b.txt").read_text() == "A2B"
+    # b fails: the pipeline stops, and a's record survives it
+    with pytest.raises(SystemExit):
+        run_pipeline(plan(tmp_path, a="A3", b_code=3), tmp_path)
+    assert runs(plan(tmp_path, a="A3")) == ["b"]
+    # a file a stage should have written is missing: it runs again
+    (tmp_path / "b.txt").unlink()
+    assert runs(plan(tmp_path, a="A3")) == ["b"]
