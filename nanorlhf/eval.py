@@ -180,10 +180,10 @@ def main(argv=None) -> dict:
     from dataclasses import dataclass
     from pathlib import Path
 
-    from nanorlhf.checkpoint import load_model, stage_path
+    from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, stage_path
     from nanorlhf.config import parse_config
     from nanorlhf.data import corpus_tokens, load_world, read_prompts
-    from nanorlhf.tokenizer import load_tokenizer
+    from nanorlhf.files import atomic_write
     from nanorlhf.training import setup_device
 
     @dataclass
@@ -211,7 +211,7 @@ def main(argv=None) -> dict:
     prompts = [p for p in read_prompts(cfg.data_dir, "test")][: cfg.n_prompts]
     texts = [p["prompt"] for p in prompts]
     sft, ck = load_model(stage_path(out, "sft"), "sft", device=device)
-    tok = load_tokenizer(ck["tokenizer"])
+    tok = checkpoint_tokenizer(ck)
     rm, _ = load_model(stage_path(out, "rm"), "rm", device=device)
     corpus = corpus_tokens(cfg.data_dir, tok, tail_frac=0.05)  # the held-out end, as in train_sft.py
 
@@ -264,9 +264,7 @@ def main(argv=None) -> dict:
           f"{best['win_rate']:.1%} [{best['ci_low']:.1%}, {best['ci_high']:.1%}] on {len(bon_texts)} prompts", flush=True)
     report = {"config": cfg.__dict__, "models": results, "samples": samples, "best_of_n": bon, "headroom": probe,
               "eval_time_s": time.time() - t0}
-    tmp = out / "eval.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    tmp.replace(out / "eval.json")
+    atomic_write(out / "eval.json", json.dumps(report, indent=1, ensure_ascii=False))
     print(f"eval: done in {time.time() - t0:.0f}s -> {out / 'eval.json'}")
     return report
 

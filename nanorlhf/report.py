@@ -131,6 +131,8 @@ def write_report(out_dir) -> str:
     import json
     from pathlib import Path
 
+    from nanorlhf.files import atomic_write
+
     out = Path(out_dir)
     ev = json.loads((out / "eval.json").read_text())
     models = ev["models"]
@@ -194,9 +196,7 @@ def write_report(out_dir) -> str:
         lines += [f"| {k} | {v['wall_s']:.0f} |" for k, v in state.items()]
         lines.append(f"| total | {sum(v['wall_s'] for v in state.values()):.0f} |")
     text = "\n".join(lines) + "\n"
-    tmp = out / "report.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "report.md")
+    atomic_write(out / "report.md", text)
     return text
 
 
