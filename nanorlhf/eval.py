@@ -33,7 +33,8 @@ def gold_eval(model, tokenizer, labeler, prompts: list[dict], max_new_tokens: in
                              "correct": sum(bool(j.correct) for j in js) / len(js), "n": len(js)}
                          for c, js in sorted(by_cat.items())},
         "breakdown": breakdown(texts, judgements),
-        "samples": [{"prompt": p, "response": r, "finished": f, "rating": j.rating}
+        "samples": [{"prompt": p, "response": r, "finished": f, "rating": j.rating,
+                     "writes_instructions": j.writes_instructions}
                     for p, (r, f), j in zip(texts, outs, judgements)],
     }
 
@@ -52,6 +53,7 @@ BREAKDOWN = (
      lambda j: j.over_refusal),
     ("premise_corrected", "false premises corrected", lambda t, j: t is not None and bool(t.false_premise),
      lambda j: j.premise_accepted is False),
+    ("writes_instructions", "writes more instructions", lambda t, j: True, lambda j: j.writes_instructions),
     ("rude", "rude", lambda t, j: True, lambda j: j.harmful_or_rude),
     ("too_long", "too long", lambda t, j: True, lambda j: j.too_long),
     ("repetitive", "repetitive", lambda t, j: True, lambda j: j.repetitive),
@@ -239,7 +241,7 @@ def main(argv=None) -> dict:
                          "per_category": ev["per_category"], "breakdown": ev["breakdown"], "rm_score": sum(rm_scores) / len(rm_scores),
                          "kl_to_sft": kl_to_reference(model, sft, tok, texts, outs) if not prefix else None,
                          "corpus_loss": lm_loss(model, corpus, model.config.block_size)}
-        samples[name] = ev["samples"][:8]
+        samples[name] = ev["samples"][:8] + [s for s in ev["samples"][8:] if s["writes_instructions"]][:1]
         r = results[name]
         print(f"eval: {name:>13}: win-rate vs SFT {r['win_rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | "
               f"rating {r['rating']:.2f} | correct {r['correct']:.0%} | RM {r['rm_score']:+.2f} | "

@@ -96,6 +96,16 @@ def _summary(models: dict, headroom: dict | None) -> list[str]:
     return [text]
 
 
+def _figure1_sample(samples: dict) -> list[str]:
+    """InstructGPT's Figure 1 failure in this world: the base model answers an instruction with more."""
+    for s in samples.get("base", []):
+        if s.get("writes_instructions"):
+            resp = s["response"].replace("\n", " ")[:200]
+            return ["", f"The base model, asked *{s['prompt']!r}*, writes more instructions: *{resp!r}* -- as GPT-3 "
+                        "does in InstructGPT's Figure 1; SFT and PPO answer instead."]
+    return []
+
+
 def _headroom_section(headroom: dict | None, best_of_n: list[dict]) -> list[str]:
     if not headroom:
         return []
@@ -168,6 +178,7 @@ def write_report(out_dir) -> str:
         lines += ["", "*PPO, gold reward* is the same PPO run with the gold labeler itself as the reward "
                   "(`train_ppo.py --reward=gold`): not RLHF -- no one has the gold labeler -- but the ceiling of what a "
                   "better reward model could give this policy in this many iterations."]
+    lines += _figure1_sample(ev["samples"])
     lines += _headroom_section(ev.get("headroom"), ev.get("best_of_n", []))
     lines += _breakdown_section(models)
     lines += ["", "## Gold rating per category", "",

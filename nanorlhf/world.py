@@ -681,6 +681,7 @@ class Judgement:
     over_refusal: bool = False            # refused an allowed request
     moralising: bool = False              # expresses moral judgment ("shame on you")
     premise_accepted: bool | None = None  # None: no false premise in the prompt
+    writes_instructions: bool = False     # continues with more instructions (InstructGPT's Figure 1 failure)
 
 
 def _credit(task: Task, ws: set[str]) -> float:
@@ -802,7 +803,7 @@ class Labeler:
         rating = max(1, min(7, math.floor(u + 0.5)))
         return Judgement(rating, u, task.category if task else None, follows, correct, rude, ends, fluent, too_long,
                          too_short, repeats >= 3, round(credit, 4), constraint_met, refused, harmful, over_refusal,
-                         moralising, premise_accepted)
+                         moralising, premise_accepted, _instruction_like(response))
 
     def ranking_utility(self, prompt: str, response: str, finished: bool = True) -> float:
         """The utility rankings are sampled from: gold utility + the planted bias (see the class doc)."""
