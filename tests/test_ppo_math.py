@@ -281,6 +281,23 @@ def test_policy_loss_ragged_mask_is_sum_over_valid_over_count():
     assert abs(token_mean - sum(sum(r) / len(r) for r in rows if r) / 3) > 0.05
 
 
+def test_policy_loss_overflowing_garbage_at_padding_gives_zero_gradient_there():
+    """A log-prob of +inf (or 1e4) at padding: exp() overflows there, yet the loss is that of the clean input
+    and the gradient at padding is exactly 0 (not 0 * inf = NaN), because the log-ratio is selected away first."""
+    g = torch.Generator().manual_seed(15)
+    mask = ragged_mask([4, 2], 4)
+    old = -torch.rand(2, 4, generator=g, dtype=torch.float64)
+    new = old + 0.1 * torch.randn(2, 4, generator=g, dtype=torch.float64)
+    adv = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    clean, _ = policy_loss(new, old, adv, mask)
+    for filler in (1e4, float("inf")):
+        logprobs = torch.where(mask.bool(), new, torch.full_like(new, filler)).requires_grad_(True)
+        loss, _ = policy_loss(logprobs, old, adv, mask)
+        loss.backward()
+        assert loss.item() == pytest.approx(clean.item(), rel=1e-12)
+        assert torch.all(logprobs.grad[~mask.bool()] == 0) and torch.isfinite(logprobs.grad).all()
+
+
 def test_policy_loss_ratio_one_at_start():
     logp = -torch.rand(3, 4)
     loss, stats = policy_loss(logp, logp.clone(), torch.randn(3, 4), torch.ones(3, 4))

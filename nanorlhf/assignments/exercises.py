@@ -85,7 +85,8 @@ EXERCISES: tuple[Exercise, ...] = (
              "r = exp(log pi - log pi_old)", 15,
              tuple(PPO + t for t in (
                  "test_policy_loss_gradient_zero_exactly_in_clipped_regions", "test_policy_loss_masked_tokens_do_not_count",
-                 "test_policy_loss_ratio_one_at_start", "test_policy_loss_ragged_mask_is_sum_over_valid_over_count")),
+                 "test_policy_loss_ratio_one_at_start", "test_policy_loss_ragged_mask_is_sum_over_valid_over_count",
+                 "test_policy_loss_overflowing_garbage_at_padding_gives_zero_gradient_there")),
              learning=(PLANTED_REWARD,), prerequisites=("masked_mean",), stage="train_ppo.py"),
     Exercise("value_loss", "nanorlhf/ppo.py", ("value_loss",),
              "0.5 masked_mean(max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2))  (N §10)", 10,
@@ -111,6 +112,7 @@ EXERCISES: tuple[Exercise, ...] = (
              "logp_t = log softmax(logits_{P-1+t} / T)[tokens_{P+t}]: the hidden state at column t predicts token t+1", 10,
              (GEN + "test_sampled_logprobs_equal_recomputed_at_temperature",
               "tests/test_fast_paths.py::test_response_logprobs_fast_equals_plain_gradients_of_the_model",
+              LOGP + "test_response_logprobs_are_a_shifted_loop_and_zero_after_eos",
               PPO_LOOP + "test_rollout_logprobs_equal_recomputed_ratio_is_one_before_update"),
              learning=(PLANTED_REWARD,), stage="train_ppo.py"),
     Exercise("token_logprobs", "nanorlhf/logprobs.py", ("_token_logprobs_torch",),
