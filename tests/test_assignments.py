@@ -157,3 +157,15 @@ def test_selftest_subset_catches_and_names_the_layer(tmp_path):
         "tests/test_ppo_math.py::test_policy_loss_ragged_mask_is_sum_over_valid_over_count"]
     assert rows["kle_k2_no_half"]["layers"]["unit"]["failed"] == [
         "tests/test_ppo_math.py::test_kl_estimators_k2_is_half_squared_log_ratio_summed_per_sequence"]
+
+
+def test_bug_hunt_copy_is_graded_on_the_planted_bug(tmp_path):
+    d = tmp_path / "hunt"
+    rc, _, err = run("make", "--out", str(d), "--bug", "kle_k2_no_half", "--verify=false")
+    assert rc == 0, err
+    text = (d / "nanorlhf/ppo.py").read_text()
+    assert "NotImplementedError" not in text and "k2 = log_r ** 2" in text  # working-looking, one wrong answer
+    rc, out, _ = run("grade", str(d), "--pipeline=false", "--json", str(tmp_path / "g.json"))
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert rc == 1 and list(report["exercises"]) == ["kl_estimators"], out
+    assert report["exercises"]["kl_estimators"]["points"] == 0

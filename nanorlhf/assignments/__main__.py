@@ -220,7 +220,8 @@ def verify(names: list[str], bug: str | None, tmp: Path) -> None:
     (and how many checks of other exercises it breaks is printed); a planted bug is caught."""
     exercises = [BY_NAME[n] for n in names]
     print(f"make: checking the reference passes the checks of {', '.join(names) or bug}")
-    results, _ = run_layers(pristine_copy(tmp / "reference"), exercises or [BY_NAME[BUG_BY_NAME[bug].exercise]])
+    checked = exercises + ([BY_NAME[BUG_BY_NAME[bug].exercise]] if bug else [])
+    results, _ = run_layers(pristine_copy(tmp / "reference"), list({e.name: e for e in checked}.values()))
     broken = {n: caught_by(r) for n, r in results.items() if caught_by(r)}
     if broken:
         raise RuntimeError(f"the reference fails its own checks ({broken}); fix them before handing out")
@@ -253,10 +254,12 @@ def cmd_make(args) -> int:
     if args.bug and args.bug not in BUG_BY_NAME:
         raise UsageError(f"--bug {args.bug!r}: unknown; `list --bugs` names the catalogue")
     names = parse_names(args.only, [] if args.bug else [e.name for e in EXERCISES])
+    if args.bug and BUG_BY_NAME[args.bug].exercise in names:
+        raise UsageError(f"--bug {args.bug}: its exercise {BUG_BY_NAME[args.bug].exercise} is also blanked by --only")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".handout_", dir=out.parent) as tmp:
         tmp = Path(tmp)
-        if args.verify:
+        if args.verify and (names or args.bug):
             verify(names, args.bug, tmp)
         copy = tmp / "student"
         files = source.copy_tree(copy, ROOT, exclude=NOT_HANDED_OUT)
@@ -305,10 +308,13 @@ def cmd_grade(args) -> int:
     student = Path(args.dir)
     if not student.is_dir():
         raise UsageError(f"{student}: not a directory (expected a student copy made by `make`)")
-    manifest = student / MANIFEST
-    default = json.loads(manifest.read_text())["exercises"] if manifest.exists() else [e.name for e in EXERCISES]
+    default = [e.name for e in EXERCISES]
+    if (student / MANIFEST).exists():  # what the handout holds: its blanks, or the exercise of its planted bug
+        manifest = json.loads((student / MANIFEST).read_text())
+        default = manifest["exercises"] + ([BUG_BY_NAME[manifest["bug"]].exercise] if manifest.get("bug") else [])
     names = parse_names(args.only, default)
-    report: dict = {"exercises": {}, "student": str(student)}
+    seed = int(time.time()) if args.seed is None else args.seed
+    report: dict = {"exercises": {}, "student": str(student), "seed": seed}
     with tempfile.TemporaryDirectory(prefix="grade_") as tmp:
         tmp = Path(tmp)
         all_bodies = {}
@@ -331,7 +337,7 @@ def cmd_grade(args) -> int:
             except source.SourceError as e:
                 entry["message"] = str(e)
                 continue
-            res, _ = run_layers(copy, [ex], seed=args.seed)
+            res, _ = run_layers(copy, [ex], seed=seed)
             entry["layers"] = res[name]
             entry["points"] = 0 if caught_by(res[name]) else ex.points
         if args.pipeline:
