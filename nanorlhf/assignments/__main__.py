@@ -311,7 +311,8 @@ def cmd_grade(args) -> int:
     default = [e.name for e in EXERCISES]
     if (student / MANIFEST).exists():  # what the handout holds: its blanks, or the exercise of its planted bug
         manifest = json.loads((student / MANIFEST).read_text())
-        default = manifest["exercises"] + ([BUG_BY_NAME[manifest["bug"]].exercise] if manifest.get("bug") else [])
+        default = (manifest["exercises"] + ([BUG_BY_NAME[manifest["bug"]].exercise] if manifest.get("bug") else [])
+                   or default)  # a copy with no blank and no bug: everything
     names = parse_names(args.only, default)
     seed = int(time.time()) if args.seed is None else args.seed
     report: dict = {"exercises": {}, "student": str(student), "seed": seed}
