@@ -294,8 +294,10 @@ def pipeline(copy: Path) -> dict:
         r = subprocess.run(cmd, cwd=copy, env=_env(copy), capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"passed": False, "message": f"timed out after {TIMEOUT_S}s"}
-    if r.returncode != 0:
-        return {"passed": False, "message": f"exit {r.returncode}: {(r.stdout + r.stderr)[-500:]}"}
+    if r.returncode != 0:  # the stage that failed and the error it raised
+        lines = [ln.strip() for ln in (r.stdout + r.stderr).splitlines()]
+        said = [ln for ln in lines if ln.startswith("pipeline: stage")][-1:] + [ln for ln in lines if "Error" in ln][-1:]
+        return {"passed": False, "message": f"exit {r.returncode}: {' '.join(said) or lines[-1:]}"}
     for run in ("ppo", "ppo_ptx"):
         rows = json.loads((out / "out" / run / "history.json").read_text())["history"]
         bad = [(row["iteration"], k) for row in rows for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
