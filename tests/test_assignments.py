@@ -148,15 +148,12 @@ def test_grade_transplants_bodies_and_ignores_edited_tests(handout, tmp_path):
 
 
 def test_selftest_subset_catches_and_names_the_layer(tmp_path):
-    """The two wrong answers the project's tests used to miss (issue 18) are caught, by the tests added for them."""
-    rc, out, _ = run("selftest", "--bugs", "pl_mean_all_positions,kle_k2_no_half", "--json", str(tmp_path / "s.json"))
-    rows = {r["bug"]: r for r in json.loads((tmp_path / "s.json").read_text())}
-    assert rc == 0 and "2 of 2 wrong answers caught" in out
-    assert rows["pl_mean_all_positions"]["caught_by"] == rows["kle_k2_no_half"]["caught_by"] == ["unit", "diff"]
-    assert rows["pl_mean_all_positions"]["layers"]["unit"]["failed"] == [
-        "tests/test_ppo_math.py::test_policy_loss_ragged_mask_is_sum_over_valid_over_count"]
-    assert rows["kle_k2_no_half"]["layers"]["unit"]["failed"] == [
-        "tests/test_ppo_math.py::test_kl_estimators_k2_is_half_squared_log_ratio_summed_per_sequence"]
+    """A wrong answer the project's tests used to miss (issue 18): caught, by the test added for it."""
+    rc, out, _ = run("selftest", "--bugs", "pl_mean_all_positions", "--json", str(tmp_path / "s.json"))
+    (row,) = json.loads((tmp_path / "s.json").read_text())
+    assert rc == 0 and "1 of 1 wrong answers caught" in out and "caught by unit, diff" in out
+    assert row["caught_by"] == ["unit", "diff"]
+    assert row["layers"]["unit"]["failed"] == ["tests/test_ppo_math.py::test_policy_loss_ragged_mask_is_sum_over_valid_over_count"]
 
 
 def test_bug_hunt_copy_is_graded_on_the_planted_bug(tmp_path):
@@ -168,4 +165,6 @@ def test_bug_hunt_copy_is_graded_on_the_planted_bug(tmp_path):
     rc, out, _ = run("grade", str(d), "--pipeline=false", "--json", str(tmp_path / "g.json"))
     report = json.loads((tmp_path / "g.json").read_text())
     assert rc == 1 and list(report["exercises"]) == ["kl_estimators"], out
-    assert report["exercises"]["kl_estimators"]["points"] == 0
+    layers = report["exercises"]["kl_estimators"]["layers"]
+    assert report["exercises"]["kl_estimators"]["points"] == 0 and not layers["diff"]["passed"]
+    assert layers["unit"]["failed"] == ["tests/test_ppo_math.py::test_kl_estimators_k2_is_half_squared_log_ratio_summed_per_sequence"]
