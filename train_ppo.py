@@ -152,10 +152,12 @@ def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, p
             vf_loss, vf_stats = ppo.value_loss(values, mb["values"], mb["returns"], mb["mask"], cfg.value_clip)
             loss = pg_loss + cfg.vf_coef * vf_loss
             if cfg.ptx_coef > 0:  # PPO-ptx: γ · pretraining next-token loss on corpus batches (InstructGPT eq. 2)
+                ### BEGIN SOLUTION
                 x, y, m = (t.to(device) for t in next(ptx_batches))
                 with autocast(device):
                     ptx = sft_loss(policy(x), y, m)
                 loss = loss + cfg.ptx_coef * ptx
+                ### END SOLUTION
             check_finite("PPO loss", loss, f"iteration {iteration}, minibatch {len(stats) + 1}", ckpt_path)
             opt_policy.zero_grad(set_to_none=True), opt_critic.zero_grad(set_to_none=True)
             loss.backward()

@@ -236,6 +236,31 @@ def test_linear_logprobs_bf16_default_chunk():
 
 
 # ----------------------------------------------------------------------------------------------------------
+# response_logprobs: the alignment of log-probs with the response tokens, and the response mask
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_response_logprobs_are_a_shifted_loop_and_zero_after_eos(fast):
+    """logp_t = log softmax(logits[P-1+t] / T)[tokens[P+t]] at the response tokens up to EOS (float64 loop);
+    exactly 0 at the PAD columns after EOS, whose targets are PAD ids that must not be scored."""
+    from nanorlhf.generate import response_logprobs
+    from nanorlhf.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=12, block_size=16, n_layer=1, n_head=2, n_embd=16, head="lm"))
+    EOS, PAD, P, T = 10, 11, 3, 0.8
+    tokens = torch.tensor([[PAD, 1, 2, 3, EOS, PAD, PAD], [4, 5, 6, 7, 8, 9, EOS]])
+    attn = torch.tensor([[0, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    logp = response_logprobs(m, tokens, attn, P, T, fast=fast)
+    with torch.no_grad():
+        logits = m(tokens, attn).double() / T
+    for b in range(2):
+        for t in range(tokens.shape[1] - P):
+            want = torch.log_softmax(logits[b, P - 1 + t], -1)[tokens[b, P + t]].item() if attn[b, P + t] else 0.0
+            assert logp[b, t].item() == pytest.approx(want, abs=1e-5), (b, t)
+    assert (logp[0, 2:] == 0).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
 # dispatch
 
 def autograd_ops(t):

@@ -40,6 +40,20 @@ def test_masked_mean_empty_mask_is_zero_not_nan():
     x = torch.randn(2, 3)
     assert masked_mean(x, torch.zeros(2, 3)).item() == 0.0
 
+
+def test_masked_mean_is_sum_over_valid_over_count():
+    """Over everything and per row, against a loop; the gradient is 1/count at valid positions, 0 elsewhere."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.float64)
+    valid = [(b, t) for b in range(3) for t in range(5) if mask[b, t]]
+    total = masked_mean(x, mask)
+    assert total.item() == pytest.approx(sum(x[b, t].item() for b, t in valid) / len(valid), rel=1e-12)
+    rows = masked_mean(x, mask, dim=1)
+    assert rows.tolist() == pytest.approx([x[0].mean().item(), x[1, 1:3].mean().item(), 0.0], rel=1e-12)
+    total.backward()
+    assert torch.equal(x.grad, mask / len(valid))
+
 # -----------------------------------------------------------------------------
 # ranking loss (InstructGPT eq. 1)
 
@@ -162,6 +176,19 @@ def test_sft_loss_ignores_masked_positions():
     logits2[0, 0] += torch.arange(logits.shape[-1], dtype=logits.dtype)
     assert sft_loss(logits2, targets2, mask).item() != pytest.approx(base.item(), rel=1e-6)
 
+def test_sft_loss_is_a_token_mean_not_a_mean_of_sequence_means():
+    # row 0 has one counted token with a large loss, row 1 four with small ones: the two means differ a lot
+    logits = torch.zeros(2, 4, 3, dtype=torch.float64)
+    logits[0, 0] = torch.tensor([0.0, 5.0, 5.0])  # target 0: nll ~ 5.7
+    logits[1] = torch.tensor([5.0, 0.0, 0.0])  # target 0: nll ~ 0.013 at each of 4 tokens
+    targets = torch.zeros(2, 4, dtype=torch.long)
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.float64)
+    nll = -torch.log_softmax(logits, -1)[..., 0]
+    token_mean = (nll[0, 0] + nll[1].sum()).item() / 5
+    sequence_means = (nll[0, 0] + nll[1].mean()).item() / 2
+    assert abs(token_mean - sequence_means) > 1.0
+    assert sft_loss(logits, targets, mask).item() == pytest.approx(token_mean, rel=1e-12)
+
 # -----------------------------------------------------------------------------
 # DPO
 
@@ -181,3 +208,17 @@ def test_dpo_loss_matches_paper_formula():
                    for i in range(4)) / 4
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     assert torch.allclose(chosen_r, beta * (pc - rc)) and torch.allclose(rejected_r, beta * (pr - rr))
+
+
+def test_dpo_loss_gradient_raises_chosen_lowers_rejected():
+    """d loss / d log pi(y_w) = -beta (1 - sigmoid(m)) / B, the opposite for y_l; the rewards are detached."""
+    g = torch.Generator().manual_seed(2)
+    pc, pr = (torch.randn(3, generator=g, dtype=torch.float64).requires_grad_(True) for _ in range(2))
+    rc, rr = (torch.randn(3, generator=g, dtype=torch.float64) for _ in range(2))
+    beta = 0.3
+    loss, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, beta)
+    assert not chosen_r.requires_grad and not rejected_r.requires_grad
+    loss.backward()
+    margin = beta * ((pc - rc) - (pr - rr)).detach()
+    expected = -beta * (1 - torch.sigmoid(margin)) / 3
+    assert torch.allclose(pc.grad, expected, rtol=1e-12) and torch.allclose(pr.grad, -expected, rtol=1e-12)

@@ -198,6 +198,16 @@ def test_kl_estimators_zero_when_equal_and_k3_nonnegative():
     assert est["k3"].item() == pytest.approx(k3, rel=1e-12) and est["k3"].item() > 0
 
 
+def test_kl_estimators_k2_is_half_squared_log_ratio_summed_per_sequence():
+    g = torch.Generator().manual_seed(14)
+    mask = ragged_mask([4, 1, 2], 4, start=[0, 2, 0])
+    logprobs = -torch.rand(3, 4, generator=g, dtype=torch.float64) * 2
+    ref = logprobs + torch.randn(3, 4, generator=g, dtype=torch.float64)
+    est = kl_estimators(logprobs, ref, mask)
+    k2 = sum(0.5 * (ref[b, t] - logprobs[b, t]).item() ** 2 for b in range(3) for t in range(4) if mask[b, t]) / 3
+    assert est["k2"].item() == pytest.approx(k2, rel=1e-12)
+
+
 def test_kl_estimators_unbiased_monte_carlo():
     """Item 7: pi=[.4,.35,.25], ref=[.5,.3,.2], true KL 0.0205; k1 and k3 both estimate it."""
     pi = torch.tensor([0.4, 0.35, 0.25], dtype=torch.float64)
@@ -251,6 +261,43 @@ def test_policy_loss_masked_tokens_do_not_count():
     assert stats2["ratio_max"].item() < 2
 
 
+def test_policy_loss_ragged_mask_is_sum_over_valid_over_count():
+    """The token mean of the batch: the sum over valid tokens over their count. Advantages are nonzero at
+    padding, so a mean over all B*T positions differs, and the rows have different lengths, so a mean of
+    per-sequence means differs too (both by a margin checked here)."""
+    g = torch.Generator().manual_seed(12)
+    mask = ragged_mask([6, 1, 3, 0], 6, start=[0, 0, 2, 0])
+    old = -torch.rand(4, 6, generator=g, dtype=torch.float64)
+    new = old + 0.4 * torch.randn(4, 6, generator=g, dtype=torch.float64)
+    adv = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    adv[1, 0] = 3.0  # the one-token row weighs 1/10 in the token mean, 1/3 in a mean of row means
+    eps = 0.2
+    per_token = torch.maximum(-adv * (new - old).exp(), -adv * (new - old).exp().clamp(1 - eps, 1 + eps))
+    rows = [[per_token[b, t].item() for t in range(6) if mask[b, t]] for b in range(4)]
+    token_mean = sum(map(sum, rows)) / sum(map(len, rows))
+    loss, _ = policy_loss(new, old, adv, mask, clip=eps)
+    assert loss.item() == pytest.approx(token_mean, rel=1e-12)
+    assert abs(token_mean - per_token.mean().item()) > 0.05
+    assert abs(token_mean - sum(sum(r) / len(r) for r in rows if r) / 3) > 0.05
+
+
+def test_policy_loss_overflowing_garbage_at_padding_gives_zero_gradient_there():
+    """A log-prob of +inf (or 1e4) at padding: exp() overflows there, yet the loss is that of the clean input
+    and the gradient at padding is exactly 0 (not 0 * inf = NaN), because the log-ratio is selected away first."""
+    g = torch.Generator().manual_seed(15)
+    mask = ragged_mask([4, 2], 4)
+    old = -torch.rand(2, 4, generator=g, dtype=torch.float64)
+    new = old + 0.1 * torch.randn(2, 4, generator=g, dtype=torch.float64)
+    adv = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    clean, _ = policy_loss(new, old, adv, mask)
+    for filler in (1e4, float("inf")):
+        logprobs = torch.where(mask.bool(), new, torch.full_like(new, filler)).requires_grad_(True)
+        loss, _ = policy_loss(logprobs, old, adv, mask)
+        loss.backward()
+        assert loss.item() == pytest.approx(clean.item(), rel=1e-12)
+        assert torch.all(logprobs.grad[~mask.bool()] == 0) and torch.isfinite(logprobs.grad).all()
+
+
 def test_policy_loss_ratio_one_at_start():
     logp = -torch.rand(3, 4)
     loss, stats = policy_loss(logp, logp.clone(), torch.randn(3, 4), torch.ones(3, 4))
@@ -289,6 +336,21 @@ def test_value_loss_masked_tokens_do_not_count():
     values = torch.tensor([[0.1, 0.2, 99.0]], dtype=torch.float64)
     loss, _ = value_loss(values, values.clone(), torch.zeros(1, 3, dtype=torch.float64), torch.tensor([[1, 1, 0]]))
     assert loss.item() == pytest.approx(0.5 * (0.01 + 0.04) / 2, rel=1e-12)
+
+def test_value_loss_ragged_mask_is_sum_over_valid_over_count():
+    g = torch.Generator().manual_seed(13)
+    mask = ragged_mask([5, 1, 2], 5, start=[0, 3, 1])
+    old = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    values = old + 0.5 * torch.randn(3, 5, generator=g, dtype=torch.float64)
+    returns = old + torch.randn(3, 5, generator=g, dtype=torch.float64)
+    returns[1, 3] = values[1, 3] + 4.0  # the one-token row's error is large
+    clipped = old + (values - old).clamp(-0.2, 0.2)
+    per_token = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    rows = [[per_token[b, t].item() for t in range(5) if mask[b, t]] for b in range(3)]
+    token_mean = 0.5 * sum(map(sum, rows)) / sum(map(len, rows))
+    loss, _ = value_loss(values, old, returns, mask, clip=0.2)
+    assert loss.item() == pytest.approx(token_mean, rel=1e-12)
+    assert abs(token_mean - 0.5 * sum(sum(r) / len(r) for r in rows) / 3) > 0.5
 
 # -----------------------------------------------------------------------------
 # explained variance
@@ -334,3 +396,45 @@ def test_adaptive_kl_direction_and_fixed():
     fixed = FixedKLController(0.05)
     fixed.update(100.0, n_steps=512)
     assert fixed.value == 0.05
+
+
+# -----------------------------------------------------------------------------
+# PPO-ptx (item 26): the update's gradient is the PPO gradient plus gamma times the pretraining one
+
+def test_ppo_ptx_gradient_is_ppo_plus_gamma_lm():
+    """One minibatch, plain SGD at lr 1 and no clipping: the parameter step is minus the gradient, so the
+    step with ptx_coef=gamma minus the step without it must be -gamma * grad(next-token loss on the batch)."""
+    import random as _random
+    from types import SimpleNamespace
+
+    from nanorlhf.losses import sft_loss
+    from tests.helpers import tiny_gpt
+    from train_ppo import Config, ppo_update, rollout
+
+    tok, gamma = SimpleNamespace(eos_id=14, pad_id=15), 2.0
+    policy = tiny_gpt("lm", vocab=16, block=32, n_layer=1, n_embd=16, seed=0)
+    ref = tiny_gpt("lm", vocab=16, block=32, n_layer=1, n_embd=16, seed=0).requires_grad_(False)
+    critic = tiny_gpt("value", vocab=16, block=32, n_layer=1, n_embd=16, seed=1)
+    rng = _random.Random(0)
+    prompts = [[rng.randrange(13) for _ in range(rng.randrange(2, 5))] for _ in range(8)]
+    cfg = Config(rollout_batch=8, max_new_tokens=6, ppo_epochs=1, minibatch_size=8, grad_clip=1e9, device="cpu")
+    exp = rollout(policy, ref, critic, lambda gen: (gen.response == 3).float().sum(1), prompts, tok, cfg, 0.05,
+                  torch.Generator().manual_seed(0))
+    x = torch.randint(0, 16, (2, 10), generator=torch.Generator().manual_seed(1))
+    batch = (x, x.roll(-1, 1), torch.ones(2, 10))
+    steps, ptx_loss = {}, None
+    for coef in (0.0, gamma):
+        p, c = tiny_gpt("lm", vocab=16, block=32, n_layer=1, n_embd=16, seed=0), tiny_gpt(
+            "value", vocab=16, block=32, n_layer=1, n_embd=16, seed=1)
+        before = {n: q.detach().clone() for n, q in p.named_parameters()}
+        cfg.ptx_coef = coef
+        stats = ppo_update(p, c, torch.optim.SGD(p.parameters(), lr=1.0), torch.optim.SGD(c.parameters(), lr=1.0),
+                           exp, cfg, iter([batch]))
+        steps[coef] = {n: q.detach() - before[n] for n, q in p.named_parameters()}
+        ptx_loss = stats["ptx_loss"]
+    lm = sft_loss(policy.train()(batch[0]), batch[1], batch[2])
+    assert ptx_loss == pytest.approx(lm.item(), rel=1e-5)
+    lm_grads = torch.autograd.grad(lm, list(policy.parameters()))
+    for (name, _), lm_grad in zip(policy.named_parameters(), lm_grads):
+        torch.testing.assert_close(steps[gamma][name] - steps[0.0][name], -gamma * lm_grad, atol=2e-5, rtol=1e-3,
+                                   msg=name)

@@ -1,0 +1,194 @@
+"""The catalogue of wrong answers: plausible mistakes, each a small edit of one reference body.
+
+`selftest` applies every entry to a pristine copy and proves that `grade` fails it, naming the layer
+that caught it; `make --bug NAME` hands out a copy with one of them (a bug hunt). Each edit is a list
+of (old, new) replacements in the dedented body; every `old` must occur exactly once there, so an entry
+that no longer matches the reference fails loudly instead of testing nothing. Not in the student copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nanorlhf.assignments import source
+from nanorlhf.assignments.exercises import BY_NAME
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    exercise: str
+    function: str
+    what: str
+    edits: tuple[tuple[str, str], ...]
+
+
+def _bug(name, exercise, what, *edits, function=None):
+    return Bug(name, exercise, function or BY_NAME[exercise].functions[0], what, tuple(edits))
+
+
+BUGS: tuple[Bug, ...] = (
+    # masked_mean
+    _bug("mm_multiplies_padding", "masked_mean", "padding multiplied by 0 instead of selected away: NaN * 0 = NaN",
+         ("x = torch.where(m != 0, x, torch.zeros((), dtype=x.dtype, device=x.device))\n", "")),
+    _bug("mm_counts_padding", "masked_mean", "divides by every position, padding included",
+         ("return (x * m).sum() / m.sum().clamp(min=1)", "return (x * m).sum() / m.numel()")),
+    _bug("mm_empty_is_nan", "masked_mean", "no clamp of the count: an empty mask gives 0/0 = NaN",
+         ("return (x * m).sum() / m.sum().clamp(min=1)", "return (x * m).sum() / m.sum()")),
+    # sft_loss
+    _bug("sft_sequence_means", "sft_loss", "mean of per-sequence means instead of a token mean",
+         ("return masked_mean(nll.view(B, T), mask)", "return masked_mean(nll.view(B, T), mask, dim=1).mean()")),
+    _bug("sft_counts_padding", "sft_loss", "averages over padding too", ("return masked_mean(nll.view(B, T), mask)",
+                                                                          "return nll.view(B, T).mean()")),
+    _bug("sft_raw_targets", "sft_loss", "gathers the raw targets: a PAD filler (-100) is out of range",
+         ("safe_targets.reshape(B * T)", "targets.reshape(B * T)")),
+    # ranking_loss
+    _bug("rank_over_K", "ranking_loss", "normalised by K instead of C(K,2)",
+         ("/ n_pairs.clamp(min=1)", "/ rewards.shape[1]")),
+    _bug("rank_flat_pairs", "ranking_loss", "one flat mean over all pairs of the batch (groups weighted by C(K,2))",
+         ("group_loss = -logp.sum(dim=(1, 2)) / n_pairs.clamp(min=1)  # (B,)\nreturn masked_mean(group_loss, n_pairs > 0)",
+          "return -logp.sum() / n_pairs.sum().clamp(min=1)")),
+    _bug("rank_sign", "ranking_loss", "sign flipped: the worse response is pushed up", ("F.logsigmoid(diff)", "F.logsigmoid(-diff)")),
+    _bug("rank_ties_counted", "ranking_loss", "tied pairs counted as ordered",
+         ("_pair_matrix(rewards, valid, tied)", "_pair_matrix(rewards, valid)")),
+    _bug("rank_pairless_groups", "ranking_loss", "groups with fewer than 2 responses count as loss 0",
+         ("return masked_mean(group_loss, n_pairs > 0)", "return group_loss.mean()")),
+    _bug("rank_adjacent_only", "ranking_loss", "only adjacent ranks compared (K-1 pairs, not C(K,2))",
+         ("diff, pairs = _pair_matrix(rewards, valid, tied)  # (B, K, K)\n",
+          "diff, pairs = _pair_matrix(rewards, valid, tied)  # (B, K, K)\n"
+          "pairs = pairs & torch.ones_like(pairs[0]).triu(1).tril(1)\n")),
+    # kl_penalty_rewards
+    _bug("kl_sign", "kl_penalty_rewards", "KL sign flipped: the policy is paid to drift",
+         ("rewards = -beta * kl", "rewards = beta * kl")),
+    _bug("kl_score_last_column", "kl_penalty_rewards", "score added at the last column, not the last valid token (EOS)",
+         ("rewards.scatter_add(1, last.clamp(min=0)[:, None]", "rewards.scatter_add(1, torch.full_like(last, T - 1)[:, None]")),
+    _bug("kl_score_every_token", "kl_penalty_rewards", "score added at every valid token",
+         ("rewards = rewards.scatter_add(1, last.clamp(min=0)[:, None], score_added[:, None])",
+          "rewards = rewards + torch.where(valid, score_added[:, None], torch.zeros_like(rewards))")),
+    _bug("kl_unmasked", "kl_penalty_rewards", "KL not masked: garbage at padding leaks into the rewards",
+         ("kl = torch.where(valid, logprobs - ref_logprobs, torch.zeros_like(logprobs))", "kl = logprobs - ref_logprobs")),
+    _bug("kl_empty_row_scored", "kl_penalty_rewards", "a row with no valid token still gets its score (at index 0)",
+         ("score_added = torch.where(has_token, scores.to(rewards.dtype), torch.zeros_like(rewards[:, 0]))",
+          "score_added = scores.to(rewards.dtype)")),
+    # gae
+    _bug("gae_bootstraps_after_eos", "gae", "V after EOS not zeroed: bootstraps the critic's value at the PAD after EOS",
+         ("values = torch.where(valid, values, torch.zeros_like(values)).detach()", "values = values.detach()")),
+    _bug("gae_trace_without_gamma", "gae", "A_t = delta_t + lambda A_{t+1} (gamma missing from the trace)",
+         ("delta + gamma * lam * next_adv", "delta + lam * next_adv")),
+    _bug("gae_returns_are_advantages", "gae", "returns = A instead of A + V",
+         ("torch.where(valid, advantages + values, torch.zeros_like(values))",
+          "torch.where(valid, advantages, torch.zeros_like(values))")),
+    _bug("gae_forward_loop", "gae", "loops forward in time", ("for t in reversed(range(T)):", "for t in range(T):")),
+    _bug("gae_not_detached", "gae", "advantages keep the critic's graph",
+         ("values = torch.where(valid, values, torch.zeros_like(values)).detach()",
+          "values = torch.where(valid, values, torch.zeros_like(values))")),
+    _bug("gae_advantage_at_padding", "gae", "the episode does not end at the mask: padding gets advantages",
+         ("adv = torch.where(valid[:, t], delta + gamma * lam * next_adv, zero)", "adv = delta + gamma * lam * next_adv")),
+    # masked_whiten / masked_var
+    _bug("whiten_unbiased", "masked_whiten", "unbiased variance (n-1) in the whitening",
+         ("masked_var(x, mask)", "masked_var(x, mask, unbiased=True)"), function="masked_whiten"),
+    _bug("whiten_ignores_shift_mean", "masked_whiten", "shift_mean=False still re-centres",
+         ("whitened = whitened + mean", "whitened = whitened + 0 * mean"), function="masked_whiten"),
+    _bug("whiten_unmasked_stats", "masked_whiten", "mean and variance over every position, padding included",
+         ("mean, var = masked_mean(x, mask), masked_var(x, mask)", "mean, var = x.mean(), x.var(unbiased=False)"),
+         function="masked_whiten"),
+    _bug("whiten_padding_kept", "masked_whiten", "padding not set to 0 in the output",
+         ("return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))", "return whitened"), function="masked_whiten"),
+    _bug("var_mean_unmasked", "masked_whiten", "masked_var centres on the unmasked mean",
+         ("mean = masked_mean(x, mask)", "mean = torch.where(mask.bool(), x, torch.zeros_like(x)).mean()"),
+         function="masked_var"),
+    # policy_loss
+    _bug("pl_mean_all_positions", "policy_loss", "mean over all B*T positions, padding included",
+         ("loss = masked_mean(torch.maximum(pg_loss1, pg_loss2), mask)", "loss = torch.maximum(pg_loss1, pg_loss2).mean()")),
+    _bug("pl_sequence_means", "policy_loss", "mean of per-sequence means instead of a token mean",
+         ("loss = masked_mean(torch.maximum(pg_loss1, pg_loss2), mask)",
+          "loss = masked_mean(torch.maximum(pg_loss1, pg_loss2), mask, dim=1).mean()")),
+    _bug("pl_min", "policy_loss", "min instead of max: the pessimistic bound becomes optimistic",
+         ("torch.maximum(pg_loss1, pg_loss2), mask)", "torch.minimum(pg_loss1, pg_loss2), mask)")),
+    _bug("pl_ratio_inverted", "policy_loss", "ratio pi_old / pi", ("logprobs - old_logprobs", "old_logprobs - logprobs")),
+    _bug("pl_clip_log_ratio", "policy_loss", "clips the log-ratio to +-eps (ratio in [e^-eps, e^eps], not [1-eps, 1+eps])",
+         ("torch.clamp(ratio, 1.0 - clip, 1.0 + clip)", "torch.exp(torch.clamp(log_ratio, -clip, clip))")),
+    _bug("pl_unmasked_ratio", "policy_loss", "log-ratio not masked: exp(garbage) at padding",
+         ("log_ratio = torch.where(valid, logprobs - old_logprobs, torch.zeros_like(logprobs))",
+          "log_ratio = logprobs - old_logprobs")),
+    # value_loss
+    _bug("vl_clip_on_returns", "value_loss", "clips V around the returns instead of around V_old",
+         ("v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)",
+          "v_clipped = returns + torch.clamp(values - returns, -clip, clip)")),
+    _bug("vl_min", "value_loss", "min instead of max of the two squared errors",
+         ("torch.maximum(vf_loss1, vf_loss2)", "torch.minimum(vf_loss1, vf_loss2)")),
+    _bug("vl_no_half", "value_loss", "the 0.5 is missing", ("loss = 0.5 * masked_mean(", "loss = masked_mean(")),
+    _bug("vl_sequence_means", "value_loss", "mean of per-sequence means",
+         ("masked_mean(torch.maximum(vf_loss1, vf_loss2), mask)",
+          "masked_mean(torch.maximum(vf_loss1, vf_loss2), mask, dim=1).mean()")),
+    # kl_estimators
+    _bug("kle_token_mean", "kl_estimators", "mean over tokens instead of the sum over each sequence",
+         ("k.sum(dim=1).mean()", "masked_mean(k, mask)")),
+    _bug("kle_k1_sign", "kl_estimators", "k1 = log r (sign flipped)", ("k1 = -log_r", "k1 = log_r")),
+    _bug("kle_k2_no_half", "kl_estimators", "k2 = (log r)^2 without the 1/2", ("k2 = 0.5 * log_r ** 2", "k2 = log_r ** 2")),
+    _bug("kle_k3_reversed", "kl_estimators", "k3 with r = pi / pi_ref (estimates KL(ref || pi), also >= 0)",
+         ("k3 = torch.expm1(log_r) - log_r", "k3 = torch.expm1(-log_r) + log_r")),
+    # adaptive_kl
+    _bug("akl_unclipped", "adaptive_kl", "the proportional error is not clipped to +-0.2",
+         ("error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)", "error = float(current_kl) / self.target - 1.0")),
+    _bug("akl_sign", "adaptive_kl", "beta shrinks when the KL is too high", ("self.value *= 1.0 + error", "self.value *= 1.0 - error")),
+    _bug("akl_paper_k", "adaptive_kl", "K_beta = 0.1 from the paper instead of n_steps / horizon",
+         ("error * n_steps / self.horizon", "error * 0.1")),
+    # response_mask
+    _bug("rmask_drops_eos", "response_mask", "the EOS itself is masked out (the reward is read there)",
+         ("after_eos = (is_eos.cumsum(1) - is_eos) > 0", "after_eos = is_eos.cumsum(1) > 0")),
+    _bug("rmask_last_eos", "response_mask", "the mask runs to the last EOS, not the first",
+         ("after_eos = (is_eos.cumsum(1) - is_eos) > 0",
+          "after_eos = (is_eos.flip(1).cumsum(1).flip(1) == 0) & (is_eos.sum(1, keepdim=True) > 0)")),
+    # response_logprobs
+    _bug("rlp_off_by_one", "response_logprobs", "the hidden state at each response token scores that same token",
+         ("first=prompt_len - 1)[:, :-1]", "first=prompt_len - 1)[:, 1:]"),
+         ("model.hidden_states(tokens, attention_mask)[:, prompt_len - 1 : -1]",
+          "model.hidden_states(tokens, attention_mask)[:, prompt_len:]")),
+    _bug("rlp_no_temperature", "response_logprobs", "log-probs at temperature 1 whatever the sampling temperature",
+         ("temperature=temperature, mask=mask", "temperature=1.0, mask=mask")),
+    _bug("rlp_unmasked", "response_logprobs", "the PAD tokens after EOS are scored too", ("mask=mask,", "mask=None,")),
+    # token_logprobs
+    _bug("tlp_no_temperature", "token_logprobs", "temperature ignored",
+         ("F.log_softmax(logits.float() / temperature, dim=-1)", "F.log_softmax(logits.float(), dim=-1)")),
+    _bug("tlp_log_of_softmax", "token_logprobs", "log(softmax(x)): -inf once a probability underflows",
+         ("F.log_softmax(logits.float() / temperature, dim=-1)", "torch.log(torch.softmax(logits.float() / temperature, dim=-1))")),
+    _bug("tlp_entropy_nan", "token_logprobs", "0 * log 0 = NaN in the entropy of -inf logits",
+         ("logp_all.masked_fill(p == 0, 0.0)", "logp_all")),
+    _bug("tlp_input_dtype", "token_logprobs", "computes in the logits' dtype (bf16), not fp32",
+         ("F.log_softmax(logits.float() / temperature", "F.log_softmax(logits / temperature")),
+    _bug("tlp_entropy_unmasked", "token_logprobs", "entropy not zeroed at masked positions",
+         ("entropy = torch.where(mask != 0, entropy, 0.0)", "entropy = entropy")),
+    # dpo_loss
+    _bug("dpo_swapped", "dpo_loss", "chosen and rejected swapped",
+         ("beta * (chosen_logratio - rejected_logratio)", "beta * (rejected_logratio - chosen_logratio)")),
+    _bug("dpo_no_reference", "dpo_loss", "the reference log-probs are left out",
+         ("chosen_logratio = policy_chosen_logp - ref_chosen_logp", "chosen_logratio = policy_chosen_logp"),
+         ("rejected_logratio = policy_rejected_logp - ref_rejected_logp", "rejected_logratio = policy_rejected_logp")),
+    _bug("dpo_beta_outside", "dpo_loss", "beta multiplies the loss instead of the margin",
+         ("-F.logsigmoid(beta * (chosen_logratio - rejected_logratio)).mean()",
+          "-beta * F.logsigmoid(chosen_logratio - rejected_logratio).mean()")),
+    _bug("dpo_rewards_with_graph", "dpo_loss", "the implicit rewards are returned with their graph",
+         ("(beta * chosen_logratio).detach(), (beta * rejected_logratio).detach()",
+          "beta * chosen_logratio, beta * rejected_logratio")),
+    # ppo_ptx
+    _bug("ptx_sign", "ppo_ptx", "the pretraining loss is subtracted", ("loss = loss + cfg.ptx_coef * ptx",
+                                                                       "loss = loss - cfg.ptx_coef * ptx")),
+    _bug("ptx_no_coef", "ppo_ptx", "gamma left out", ("loss = loss + cfg.ptx_coef * ptx", "loss = loss + ptx")),
+    _bug("ptx_detached", "ppo_ptx", "the pretraining loss is detached: it reaches the log, not the gradient",
+         ("ptx = sft_loss(policy(x), y, m)", "ptx = sft_loss(policy(x), y, m).detach()")),
+)
+
+BUG_BY_NAME = {b.name: b for b in BUGS}
+
+
+def apply(text: str, bug: Bug, path: str = "?") -> str:
+    """The file `text` with `bug`'s edits made in its function's body."""
+    partial = BY_NAME[bug.exercise].partial
+    body = source.extract(text, bug.function, partial, path)
+    for old, new in bug.edits:
+        n = body.count(old)
+        if n != 1:
+            raise source.SourceError(f"bug {bug.name}: {old!r} occurs {n} times in {path}:{bug.function}, expected once")
+        body = body.replace(old, new)
+    return source.replace(text, bug.function, body, partial, path)
