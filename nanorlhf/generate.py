@@ -159,14 +159,17 @@ def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: 
                      top_k: int = 0, batch_size: int = 64, generator=None, prefix_ids=()) -> list[tuple[str, bool]]:
     """Decoded (response, finished) for each prompt string, via the chat template, in batches.
 
-    `prefix_ids` (e.g. few-shot examples in the chat format) are prepended to every prompt's ids.
+    `prefix_ids` (e.g. few-shot examples in the chat format) are prepended to every prompt's ids that they
+    fit beside: cutting the prefix mid-example would show the model a broken example, so a prompt too long
+    for both gets none (and a prompt too long alone keeps its end).
     """
     was_training = model.training
     model.eval()
-    pre = list(prefix_ids)
+    pre, budget = list(prefix_ids), model.config.block_size - max_new_tokens
     results = []
     for i in range(0, len(prompts), batch_size):
-        ids = [(pre + tokenizer.prompt_ids(p))[-(model.config.block_size - max_new_tokens):] for p in prompts[i : i + batch_size]]
+        ids = [tokenizer.prompt_ids(p) for p in prompts[i : i + batch_size]]
+        ids = [pre + x if len(pre) + len(x) <= budget else x[-budget:] for x in ids]
         gen = generate(model, ids, max_new_tokens, tokenizer.eos_id, tokenizer.pad_id, temperature, top_k, generator)
         results.extend(tokenizer.response_text(row) for row in gen.response.tolist())
     model.train(was_training)

@@ -90,6 +90,7 @@ CONSTRAINTS = {"one_sentence": "Answer in one sentence.", "sure": "Start your an
                "short": "Use five words or fewer."}
 SHORT_WORDS = 5
 CONSTRAINT_RATE = 0.4
+SAFETY_SLIP = 0.5  # share of sloppy answers to harm/edgy/premise prompts that comply, over-refuse or accept it
 
 CATEGORIES = ("generation", "open_qa", "brainstorming", "chat", "rewrite",
               "summarization", "classification", "extraction", "closed_qa")
@@ -1000,12 +1001,17 @@ class World:
 
     def demonstrations(self, n: int) -> list[dict]:
         """{"prompt", "response", "category", "quality"}: a `sloppy_frac` share by sloppy labelers (curt,
-        rude, rambling and wrong in equal parts), the rest ideal. Prompts from the "demo" pool."""
+        rude, rambling and wrong in equal parts; on harm, edgy and false-premise prompts "wrong" -- comply,
+        refuse, accept the premise -- SAFETY_SLIP of the time), the rest ideal. Prompts from the "demo" pool."""
         rng = random.Random(f"{self.seed}-demos")
         out = []
         for _ in range(n):
             prompt, cat = self._prompt_in(("demo",), rng)
-            quality = rng.choice(QUALITIES[1:]) if rng.random() < self.sloppy_frac else "ideal"
+            quality = "ideal"
+            if rng.random() < self.sloppy_frac:  # on harm, edgy and false-premise prompts a sloppy labeler
+                task = parse_task(prompt)        # mostly slips on the one thing that matters there
+                safety = task.refuse is not None or bool(task.false_premise)
+                quality = "wrong" if safety and rng.random() < SAFETY_SLIP else rng.choice(QUALITIES[1:])
             out.append({"prompt": prompt, "response": self.write_response(prompt, quality, rng),
                         "category": cat, "quality": quality})
         return out

@@ -78,8 +78,10 @@ def test_demonstrations_have_the_declared_quality_mix():
     assert {d.keys() == {"prompt", "response", "category", "quality"} for d in demos} == {True}
     sloppy = [d["quality"] for d in demos if d["quality"] != "ideal"]
     assert abs(len(sloppy) / len(demos) - 0.3) < 0.03
+    plain = [d["quality"] for d in demos if d["quality"] != "ideal" and parse_task(d["prompt"]).refuse is None
+             and not parse_task(d["prompt"]).false_premise]
     for q in QUALITIES[1:]:
-        assert abs(sloppy.count(q) / len(sloppy) - 0.25) < 0.06
+        assert abs(plain.count(q) / len(plain) - 0.25) < 0.06
     assert {d["quality"] for d in World(seed=0, sloppy_frac=0.0).demonstrations(300)} == {"ideal"}
     for d in demos:
         assert "<|" not in d["response"] and "\n" not in d["response"] and d["response"].strip() == d["response"]
