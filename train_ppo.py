@@ -40,43 +40,42 @@ from nanorlhf.training import Progress, autocast, check_finite, make_optimizer, 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class Config:
-    preset: str = "tiny"  # micro | tiny | small; default from the device
-    data_dir: str = "data"
-    out_dir: str = "out"
+    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    data_dir: str = "data"  # where data/prepare.py wrote the prompts, corpus and tokenizer
+    out_dir: str = "out"  # reads out_dir/sft and out_dir/rm; writes out_dir/<run_name>/
     run_name: str = ""  # output folder under out_dir (default: ppo, or ppo_ptx when ptx_coef > 0)
     policy_from: str = ""  # default out_dir/sft/ckpt.pt (also the frozen reference)
     reward_from: str = ""  # default out_dir/rm/ckpt.pt (also the critic's initialisation)
     reward: str = "model"  # model | gold: score with the gold labeler itself, a perfect reward model (see gold_reward)
-    iterations: int = 60
+    iterations: int = 60  # PPO iterations: rollout, score, update
     rollout_batch: int = 64  # prompts per iteration (episodes)
-    max_new_tokens: int = 48
+    max_new_tokens: int = 48  # longest sampled response, in tokens
     temperature: float = 1.0  # sampling AND log-prob temperature (must match)
-    ppo_epochs: int = 4
-    minibatch_size: int = 16
-    lr: float = 3e-5  # policy
+    ppo_epochs: int = 4  # passes over each rollout batch (InstructGPT: 1, Stiennon et al.: 4)
+    minibatch_size: int = 16  # episodes per gradient step of the update
+    lr: float = 3e-5  # the policy's learning rate (AdamW, constant)
     lr_scale: float = 1.0  # multiplies lr (the pipeline's β = 0 run: 4, so its drift shows in the same iterations)
-    critic_lr: float = 1e-4
+    critic_lr: float = 1e-4  # the critic's (value network's) learning rate
     clip: float = 0.2  # policy ratio clip ε
-    value_clip: float = 0.2
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
-    init_kl_coef: float = 0.05  # β
-    adaptive_kl: bool = True  # Ziegler et al. 2019 controller
+    value_clip: float = 0.2  # clipped value loss: the worse of V and the rollout's value ± value_clip
+    vf_coef: float = 0.1  # weight of the value loss beside the policy loss
+    gamma: float = 1.0  # discount γ of GAE (1: the reward at the end counts in full at every token)
+    lam: float = 0.95  # GAE's λ: 0 is one-step TD, 1 the Monte-Carlo return
+    init_kl_coef: float = 0.05  # β, the KL penalty's weight in the reward (InstructGPT eq. 2); its start if adaptive
+    adaptive_kl: bool = True  # Ziegler et al. 2019 controller: β steers the KL towards kl_target
     kl_target: float = 4.0  # nats per response
     kl_horizon: int = 1000  # β moves by at most 20% × rollout_batch/horizon per iteration
     missing_eos_penalty: float = 1.0  # subtracted from the RM score of responses that never end
-    whiten_rewards: bool = False
+    whiten_rewards: bool = False  # scale the shaped rewards to unit variance, mean kept (OAI's), before GAE
     ptx_coef: float = 0.0  # γ of PPO-ptx; 0 = plain PPO
     ptx_batch: int = 8  # corpus sequences per minibatch for the ptx term
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # the policy's and the critic's gradient norms are each clipped to this
     reuse_rollout_logprobs: bool = True  # the sampler's log-probs are π_old (no second policy forward)
     eval_interval: int = 10  # gold-labeler evaluation every N iterations (0: only at the end)
-    eval_prompts: int = 100
-    log_interval: int = 1
-    device: str = ""
-    seed: int = 1337
-
+    eval_prompts: int = 100  # held-out prompts of each gold-labeler evaluation
+    log_interval: int = 1  # print one line of PPO statistics every N iterations
+    device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
+    seed: int = 1337  # seeds torch, the prompt order and sampling: same seed, same device -> same bits
 
 PRESETS = {
     "micro": dict(iterations=3, rollout_batch=8, max_new_tokens=12, minibatch_size=4, ppo_epochs=2,

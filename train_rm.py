@@ -39,32 +39,31 @@ from nanorlhf.world import tied_pairs
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class Config:
-    preset: str = "tiny"  # micro | tiny | small; default from the device
-    data_dir: str = "data"
-    out_dir: str = "out"
+    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    data_dir: str = "data"  # where data/prepare.py wrote the prompts, demonstrations and tokenizer
+    out_dir: str = "out"  # reads out_dir/sft; writes out_dir/rm/ (checkpoint, comparisons.jsonl, training plot)
     init_from: str = ""  # SFT checkpoint (default out_dir/sft/ckpt.pt)
     # comparison collection
     n_prompts: int = 1200  # training prompts to sample for
     k: int = 4  # responses per prompt (InstructGPT: 4-9)
     off_prompt: int = 1  # + responses the policy wrote for other prompts, ranked with the K (see collect_comparisons)
-    temperature: float = 1.0
-    max_new_tokens: int = 48
+    temperature: float = 1.0  # sampling temperature of the K responses
+    max_new_tokens: int = 48  # longest sampled response, in tokens
     resample: bool = False  # sample and rank again even if comparisons.jsonl exists
-    labels: str = "simulated"  # simulated | human | both
+    labels: str = "simulated"  # simulated (the world's labeler) | human (--human_labels) | both
     human_labels: str = "data/human_labels.jsonl"  # written by python -m nanorlhf.label
     # training
     epochs: int = 1  # InstructGPT: more than one overfits
     batch_size: int = 16  # prompts (each with its K responses) per step
-    lr: float = 1e-4
-    min_lr_frac: float = 0.1
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    val_frac: float = 0.15
-    log_interval: int = 10
-    device: str = ""
-    seed: int = 1337
-
+    lr: float = 1e-4  # peak learning rate of AdamW, after the warmup
+    min_lr_frac: float = 0.1  # cosine decays to this fraction of lr (InstructGPT App. C.2: to 10%)
+    warmup_steps: int = 10  # steps of linear warmup from 0 to lr
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay, on weight matrices only
+    grad_clip: float = 1.0  # the gradient's global norm is clipped to this
+    val_frac: float = 0.15  # held-out share of the ranked groups (accuracy, agreement)
+    log_interval: int = 10  # print loss and accuracy every N steps
+    device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
+    seed: int = 1337  # seeds torch, sampling, the labeler's noise and the batch order
 
 PRESETS = {
     "micro": dict(n_prompts=24, k=3, max_new_tokens=12, batch_size=4, log_interval=2, warmup_steps=1, val_frac=0.25),

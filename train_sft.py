@@ -36,38 +36,37 @@ from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_opt
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class Config:
-    stage: str = "sft"  # pretrain | sft
-    preset: str = "tiny"  # micro | tiny (2-core CPU) | small (one GPU); default from the device
-    data_dir: str = "data"
-    out_dir: str = "out"
+    stage: str = "sft"  # pretrain (corpus -> out/base) | sft (demonstrations -> out/sft); --help shows its presets
+    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    data_dir: str = "data"  # where data/prepare.py wrote corpus.txt, sft.jsonl, prompts.jsonl and the tokenizer
+    out_dir: str = "out"  # checkpoints go to out_dir/base/ckpt.pt (pretrain) or out_dir/sft/ckpt.pt (sft)
     tokenizer: str = ""  # ranks file (default data_dir/tokenizer.tiktoken) or "gpt2"; SFT checks its base model's
     init_from: str = ""  # sft: checkpoint to start from (default out_dir/base/ckpt.pt)
     # model (pretraining only; SFT keeps the base model's shape)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
-    dropout: float = 0.0
-    pos_embedding: str = "learned"  # learned (GPT-2) | rope: rotary positions, which learn to copy sooner (README)
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads per block (a divisor of n_embd)
+    n_embd: int = 128  # width of the residual stream
+    block_size: int = 128  # context length in tokens (prompt + response must fit)
+    dropout: float = 0.0  # dropout probability while pretraining (RLHF stages switch it off)
+    pos_embedding: str = "learned"  # learned (GPT-2) | rope: rotary positions, which learn to copy sooner
     # optimisation
-    batch_size: int = 16
-    max_steps: int = 600
-    lr: float = 3e-3
+    batch_size: int = 16  # sequences per step: corpus windows, or demonstrations
+    max_steps: int = 600  # optimizer steps
+    lr: float = 3e-3  # peak learning rate of AdamW, after the warmup
     min_lr_frac: float = 0.1  # cosine decays to this fraction of lr
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    warmup_steps: int = 50  # steps of linear warmup from 0 to lr
+    weight_decay: float = 0.1  # AdamW's decoupled weight decay, on weight matrices only (not biases or LayerNorm gains)
+    grad_clip: float = 1.0  # the gradient's global norm is clipped to this
     val_frac: float = 0.05  # held-out share of the corpus / demonstrations
     # logging and evaluation
-    log_interval: int = 50
-    eval_interval: int = 200
-    eval_batches: int = 10
+    log_interval: int = 50  # print the training loss every N steps
+    eval_interval: int = 200  # held-out loss (and a checkpoint) every N steps
+    eval_batches: int = 10  # batches the held-out loss is averaged over
     sample_interval: int = 0  # print samples every N steps (0: only at the end)
     gold_eval_prompts: int = 100  # held-out prompts judged by the gold labeler at the end (0: skip)
-    max_new_tokens: int = 48
-    device: str = ""  # default: cuda if available
-    seed: int = 1337
-
+    max_new_tokens: int = 48  # longest sampled response, in tokens
+    device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
+    seed: int = 1337  # seeds torch, the batch order and sampling: same seed, same device -> same bits
 
 PRESETS = {
     "micro": dict(pos_embedding="rope", n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=8, max_steps=30, warmup_steps=5,

@@ -38,16 +38,15 @@ PRESET_NAMES = ("micro", "tiny", "small")  # every stage script has these preset
 
 @dataclass
 class PipelineConfig:
-    preset: str = ""  # micro | tiny | small (default: tiny on CPU, small on GPU)
+    preset: str = ""  # micro | tiny | small, passed to every stage (default: tiny on CPU, small on GPU)
     seed: int = 0  # the world's seed (data/prepare.py --seed); every stage's seed is derived from it
     data_dir: str = ""  # default: data, or data/seed<S> when --seed is not 0
     out_dir: str = ""  # default: out, or out/seed<S> when --seed is not 0
-    device: str = ""
+    device: str = ""  # passed to every stage: cpu | cuda | cuda:N (default: cuda if available)
     force: bool = False  # rerun stages even if their outputs are current
     ptx_coef: float = 1.0  # γ for the PPO-ptx run
     beta0_lr_scale: float = 4.0  # learning-rate multiple of the β = 0 run (see stages())
     stop_after: str = ""  # run up to and including this stage (e.g. sft)
-
 
 # The stages' own default seeds; --seed=S adds S to each, so seed 0 reproduces the stages run by hand.
 TRAIN_SEED, EVAL_SEED = 1337, 1234

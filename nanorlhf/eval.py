@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -175,11 +176,29 @@ def lm_loss(model, tokens: torch.Tensor, block_size: int, n_batches: int = 10, b
     return sum(losses) / len(losses)
 
 
+@dataclass
+class EvalConfig:
+    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    data_dir: str = "data"  # where data/prepare.py wrote the test prompts, corpus and world
+    out_dir: str = "out"  # reads every stage's checkpoint under it; writes out_dir/eval.json
+    n_prompts: int = 400  # test prompts
+    max_new_tokens: int = 48  # longest sampled response, in tokens
+    temperature: float = 0.7  # sampling temperature of every model's responses
+    few_shot: int = 2  # demonstrations in the base model's few-shot prompt
+    bon_n: int = 16  # best-of-n: largest n (SFT samples per prompt, picked by the RM)
+    bon_prompts: int = 200  # prompts for best-of-n and the headroom probe
+    device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
+    seed: int = 1234  # SFT's reference samples use it, every model's samples seed + 1, best-of-n seed + 2
+
+
+EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8), "tiny": {},
+                "small": dict(n_prompts=1000, bon_n=64, bon_prompts=200)}
+
+
 def main(argv=None) -> dict:
     """Evaluate every model of the pipeline against SFT on the test prompts; write out/eval.json."""
     import json
     import time
-    from dataclasses import dataclass
     from pathlib import Path
 
     from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, stage_path
@@ -188,23 +207,7 @@ def main(argv=None) -> dict:
     from nanorlhf.files import atomic_write
     from nanorlhf.training import setup_device
 
-    @dataclass
-    class EvalConfig:
-        preset: str = "tiny"
-        data_dir: str = "data"
-        out_dir: str = "out"
-        n_prompts: int = 400  # test prompts
-        max_new_tokens: int = 48
-        temperature: float = 0.7
-        few_shot: int = 2  # demonstrations in the base model's few-shot prompt
-        bon_n: int = 16  # best-of-n: largest n (SFT samples per prompt, picked by the RM)
-        bon_prompts: int = 200  # prompts for best-of-n and the headroom probe
-        device: str = ""
-        seed: int = 1234
-
-    presets = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8), "tiny": {},
-               "small": dict(n_prompts=1000, bon_n=64, bon_prompts=200)}
-    cfg = parse_config(EvalConfig, argv, presets)
+    cfg = parse_config(EvalConfig, argv, EVAL_PRESETS)
     device = setup_device(cfg.device)
     t0 = time.time()
     out = Path(cfg.out_dir)

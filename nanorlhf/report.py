@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from nanorlhf.plots import line_plots
 
@@ -211,14 +212,13 @@ def write_report(out_dir) -> str:
     return text
 
 
+@dataclass
+class ReportConfig:
+    out_dir: str = "out"  # the pipeline's output: reads eval.json and the PPO histories, writes report.md and figures
+
+
 def main(argv=None) -> None:
-    from dataclasses import dataclass
-
     from nanorlhf.config import parse_config
-
-    @dataclass
-    class ReportConfig:
-        out_dir: str = "out"
 
     cfg = parse_config(ReportConfig, argv)
     write_report(cfg.out_dir)
