@@ -77,6 +77,7 @@ class Config:
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
     seed: int = 1337  # seeds torch, the prompt order and sampling: same seed, same device -> same bits
 
+
 PRESETS = {
     "micro": dict(iterations=3, rollout_batch=8, max_new_tokens=12, minibatch_size=4, ppo_epochs=2,
                   eval_interval=0, eval_prompts=8, ptx_batch=2),

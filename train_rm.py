@@ -65,6 +65,7 @@ class Config:
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
     seed: int = 1337  # seeds torch, sampling, the labeler's noise and the batch order
 
+
 PRESETS = {
     "micro": dict(n_prompts=24, k=3, max_new_tokens=12, batch_size=4, log_interval=2, warmup_steps=1, val_frac=0.25),
     # tiny: one epoch at 1e-4 underfits a 1M-parameter RM on ~1k groups; 2 epochs at 5e-4 measured 73% held-out

@@ -43,6 +43,7 @@ class PrepareConfig:
     vocab_size: int = 2048  # BPE ranks + 4 special tokens
     preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
 
+
 PRESETS = {
     "micro": dict(n_corpus=600, n_demos=300, n_train_prompts=64, n_val_prompts=32, n_test_prompts=32, vocab_size=512),
     "tiny": dict(),

@@ -48,6 +48,7 @@ class PipelineConfig:
     beta0_lr_scale: float = 4.0  # learning-rate multiple of the β = 0 run (see stages())
     stop_after: str = ""  # run up to and including this stage (e.g. sft)
 
+
 # The stages' own default seeds; --seed=S adds S to each, so seed 0 reproduces the stages run by hand.
 TRAIN_SEED, EVAL_SEED = 1337, 1234
 
