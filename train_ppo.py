@@ -90,7 +90,7 @@ PRESETS = {
 }
 
 
-# ------------------------------------------------------------------------------------ 1-4: experience
+# ------------------------------------------------------------------------------------- 1-4: experience
 @torch.no_grad()
 def rollout(policy, ref, critic, reward_fn, prompt_ids: list[list[int]], tok, cfg: Config, kl_coef: float, generator):
     """Steps 1-4: sample responses, score them, shape rewards with the KL penalty, compute advantages."""
@@ -131,7 +131,7 @@ def gold_reward(labeler, tok, prompts: list[str]):
     return score
 
 
-# ----------------------------------------------------------------------------------------- 5: update
+# ------------------------------------------------------------------------------------------- 5: update
 def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, ptx_batches=None, rng=None,
                iteration: int = 0, ckpt_path: Path = Path("none")):
     """Step 5: `ppo_epochs` passes over the batch in minibatches (a fresh permutation each epoch).

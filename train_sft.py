@@ -152,7 +152,7 @@ def batches(cfg: Config, tok, gen: torch.Generator):
     return train_batches, val_batches, f"{len(pairs):,} demonstrations"
 
 
-# ---------------------------------------------------------------------------------------------- model
+# ----------------------------------------------------------------------------------------------- model
 def new_model(cfg: Config, tok, device: str) -> GPT:
     """Pretraining's fresh GPT of the configured shape."""
     mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
@@ -160,7 +160,7 @@ def new_model(cfg: Config, tok, device: str) -> GPT:
     return GPT(mcfg).to(device)
 
 
-# ----------------------------------------------------------------------------------------------- loop
+# ------------------------------------------------------------------------------------------------ loop
 @torch.no_grad()
 def evaluate(model, batches, n_batches: int, device: str) -> float:
     model.eval()
@@ -209,7 +209,7 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
     return metrics, progress.elapsed()
 
 
-# ----------------------------------------------------------------------------------------- evaluation
+# ------------------------------------------------------------------------------------------ evaluation
 def print_samples(model, tok, prompts: list[dict], cfg: Config) -> None:
     outs = sample_responses(model, tok, [p["prompt"] for p in prompts], cfg.max_new_tokens, temperature=0.7,
                             generator=torch.Generator(model.wte.weight.device).manual_seed(0))
@@ -227,7 +227,7 @@ def gold_evaluation(model, tok, labeler, cfg: Config, device: str) -> dict:
     return ev
 
 
-# ----------------------------------------------------------------------------------------------- main
+# ------------------------------------------------------------------------------------------------ main
 def main(argv=None):
     cfg = get_config(argv)
     device = setup_device(cfg.device)
