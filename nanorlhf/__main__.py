@@ -5,8 +5,8 @@
     python -m nanorlhf --force=true         # rerun every stage
     python -m nanorlhf --seed=3             # another world and other stage seeds -> data/seed3/, out/seed3/
 
-prepare → pretrain → SFT → RM → PPO → PPO-ptx → PPO with β=0 (the over-optimisation lesson) → evaluation
-→ report. Each stage is its own script run as a subprocess (read them in that order); its output goes to
+prepare → pretrain → SFT → RM → PPO → PPO-ptx → PPO with β=0 (the over-optimisation lesson) → PPO with
+the gold labeler as its reward (the ceiling of a better reward model) → evaluation → report. Each stage is its own script run as a subprocess (read them in that order); its output goes to
 the terminal and to out/logs/<stage>.log. A failing stage stops the pipeline with its name, exit code and
 last lines.
 
