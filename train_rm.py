@@ -71,8 +71,8 @@ class Config:
 
 PRESETS = {
     "micro": dict(n_prompts=24, k=3, max_new_tokens=12, batch_size=4, log_interval=2, warmup_steps=1, val_frac=0.25),
-    # tiny: one epoch at 1e-4 underfits a 1M-parameter RM on ~1k groups; 2 epochs at 5e-4 measured 73% held-out
-    # (ties left out; 4 epochs: 73.6%, no better at telling a correct answer from a wrong one)
+    # tiny: one epoch at 1e-4 underfits a 1M-parameter RM on ~1k groups; more than 2 epochs at 5e-4 gain
+    # nothing (the accuracies: bench/NOTES.md, "Preset choices")
     "tiny": dict(lr=5e-4, epochs=2),
     "small": dict(n_prompts=6000, k=6, batch_size=32, lr=3e-5, warmup_steps=20),
 }

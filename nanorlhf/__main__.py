@@ -91,8 +91,9 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
         Stage("ppo", [py, ppo, *train], run_files("ppo"), ppo_reads),
         Stage("ppo_ptx", [py, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
         # β = 0 with 4× the policy's learning rate: with the off-prompt answers in the RM's data there is no
-        # quick hack left, and at the preset's rate 40 iterations only reach KL ≈ 3 (RM up, gold flat); at 4×
-        # (measured, tiny): RM +2.3, KL 57 nats, gold rating 3.16 → 2.97 -- the over-optimisation lesson.
+        # quick hack left, and at the preset's rate the policy stays too close to SFT within the iterations
+        # for the proxy reward and the gold rating to part; at 4× they do -- the over-optimisation lesson
+        # (the numbers: bench/NOTES.md, "Preset choices").
         # evaluated every 5 iterations: the over-optimisation curve's rise and fall needs the points
         Stage("ppo_beta0", [py, ppo, *train, "--init_kl_coef=0", "--adaptive_kl=false",
                             f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0", "--eval_interval=5"],
