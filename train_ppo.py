@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -40,57 +41,105 @@ from nanorlhf.training import Progress, autocast, check_finite, make_optimizer, 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class Config:
-    preset: str = "tiny"  # micro | tiny | small; default from the device
-    data_dir: str = "data"
-    out_dir: str = "out"
+    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    data_dir: str = "data"  # where data/prepare.py wrote the prompts, corpus and tokenizer
+    out_dir: str = "out"  # reads out_dir/sft and out_dir/rm; writes out_dir/<run_name>/
     run_name: str = ""  # output folder under out_dir (default: ppo, or ppo_ptx when ptx_coef > 0)
     policy_from: str = ""  # default out_dir/sft/ckpt.pt (also the frozen reference)
     reward_from: str = ""  # default out_dir/rm/ckpt.pt (also the critic's initialisation)
     reward: str = "model"  # model | gold: score with the gold labeler itself, a perfect reward model (see gold_reward)
-    iterations: int = 60
+    iterations: int = 60  # PPO iterations: rollout, score, update
     rollout_batch: int = 64  # prompts per iteration (episodes)
-    max_new_tokens: int = 48
+    max_new_tokens: int = 48  # longest sampled response, in tokens
     temperature: float = 1.0  # sampling AND log-prob temperature (must match)
-    ppo_epochs: int = 4
-    minibatch_size: int = 16
-    lr: float = 3e-5  # policy
+    ppo_epochs: int = 4  # passes over each rollout batch (InstructGPT: 1, Stiennon et al.: 4)
+    minibatch_size: int = 16  # episodes per gradient step of the update
+    lr: float = 3e-5  # the policy's learning rate (AdamW, constant)
     lr_scale: float = 1.0  # multiplies lr (the pipeline's β = 0 run: 4, so its drift shows in the same iterations)
-    critic_lr: float = 1e-4
+    critic_lr: float = 1e-4  # the critic's (value network's) learning rate
     clip: float = 0.2  # policy ratio clip ε
-    value_clip: float = 0.2
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
-    init_kl_coef: float = 0.05  # β
-    adaptive_kl: bool = True  # Ziegler et al. 2019 controller
+    value_clip: float = 0.2  # clipped value loss: the worse of V and the rollout's value ± value_clip
+    vf_coef: float = 0.1  # weight of the value loss beside the policy loss
+    gamma: float = 1.0  # discount γ of GAE (1: the reward at the end counts in full at every token)
+    lam: float = 0.95  # GAE's λ: 0 is one-step TD, 1 the Monte-Carlo return
+    init_kl_coef: float = 0.05  # β, the KL penalty's weight in the reward (InstructGPT eq. 2); its start if adaptive
+    adaptive_kl: bool = True  # Ziegler et al. 2019 controller: β steers the KL towards kl_target
     kl_target: float = 4.0  # nats per response
     kl_horizon: int = 1000  # β moves by at most 20% × rollout_batch/horizon per iteration
     missing_eos_penalty: float = 1.0  # subtracted from the RM score of responses that never end
-    whiten_rewards: bool = False
+    whiten_rewards: bool = False  # scale the shaped rewards to unit variance, mean kept (OAI's), before GAE
     ptx_coef: float = 0.0  # γ of PPO-ptx; 0 = plain PPO
     ptx_batch: int = 8  # corpus sequences per minibatch for the ptx term
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # the policy's and the critic's gradient norms are each clipped to this
     reuse_rollout_logprobs: bool = True  # the sampler's log-probs are π_old (no second policy forward)
     eval_interval: int = 10  # gold-labeler evaluation every N iterations (0: only at the end)
-    eval_prompts: int = 100
-    log_interval: int = 1
-    device: str = ""
-    seed: int = 1337
+    eval_prompts: int = 100  # held-out prompts of each gold-labeler evaluation
+    log_interval: int = 1  # print one line of PPO statistics every N iterations
+    device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
+    seed: int = 1337  # seeds torch, the prompt order and sampling: same seed, same device -> same bits
 
 
 PRESETS = {
     "micro": dict(iterations=3, rollout_batch=8, max_new_tokens=12, minibatch_size=4, ppo_epochs=2,
                   eval_interval=0, eval_prompts=8, ptx_batch=2),
-    # tiny: 2 PPO epochs (InstructGPT used 1, Stiennon 4) keep an iteration near 4.5 s on 2 CPU cores
-    # β 0.2 / KL target 1.5: at β 0.05 / 4 nats the policy drifted into off-task answers the 1M-parameter RM
-    # over-scores ("The animals in the sentence are ..." to a chat prompt): gold win-rate vs SFT 42% -> 49%.
+    # tiny: 2 PPO epochs (InstructGPT used 1, Stiennon 4) halve the update's time on a 2-core CPU.
+    # β 0.2 / KL target 1.5: at β 0.05 / 4 nats the policy drifts into off-task answers that the 1M-parameter
+    # RM over-scores, and loses to SFT (the numbers: bench/NOTES.md, "Preset choices").
     "tiny": dict(iterations=40, ppo_epochs=2, lr=5e-5, init_kl_coef=0.2, kl_target=1.5),
     "small": dict(iterations=200, rollout_batch=256, minibatch_size=64, lr=1e-5, critic_lr=3e-5, eval_interval=20,
                   eval_prompts=400),
 }
 
 
-# ------------------------------------------------------------------------------------ 1-4: experience
+def get_config(argv=None) -> Config:
+    cfg = parse_config(Config, argv, PRESETS)
+    check_config(cfg, reward=one_of("model", "gold"), iterations=AT_LEAST_1, rollout_batch=AT_LEAST_1,
+                 max_new_tokens=AT_LEAST_1, temperature=POSITIVE, ppo_epochs=AT_LEAST_1, minibatch_size=AT_LEAST_1,
+                 lr=POSITIVE, lr_scale=POSITIVE, critic_lr=POSITIVE, clip=POSITIVE, value_clip=POSITIVE,
+                 vf_coef=NON_NEGATIVE, gamma=(lambda g: 0 < g <= 1, "a number in (0, 1]"), lam=UNIT,
+                 init_kl_coef=NON_NEGATIVE, kl_target=POSITIVE, kl_horizon=AT_LEAST_1, ptx_coef=NON_NEGATIVE,
+                 ptx_batch=AT_LEAST_1, grad_clip=POSITIVE, eval_interval=NON_NEGATIVE, eval_prompts=AT_LEAST_1,
+                 log_interval=AT_LEAST_1)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------- models
+def load_models(policy_path: str, reward_path: str, data_dir: str, device: str):
+    """The four models: the policy (init SFT), the frozen reference (SFT) and reward model (RM), and the
+    critic (a value head on the RM's trunk, Stiennon et al. 2020). Both checkpoints must use the data's
+    tokenizer. Returns them, the SFT checkpoint (PPO's checkpoints carry its tokenizer) and the tokenizer."""
+    tok_file = str(Path(data_dir) / "tokenizer.tiktoken")  # the data's: both models must use it
+    policy, sft_ckpt = load_model(policy_path, "sft", device=device, tokenizer=tok_file)
+    ref, _ = load_model(policy_path, "sft", device=device)
+    reward_model, _ = load_model(reward_path, "rm", device=device, tokenizer=tok_file)
+    critic, _ = load_model(reward_path, "rm", head="value", device=device)
+    for m in (ref, reward_model):
+        m.eval().requires_grad_(False)
+    return policy, ref, reward_model, critic, sft_ckpt, checkpoint_tokenizer(sft_ckpt, policy_path)
+
+
+# --------------------------------------------------------------------------- reward functions (step 2)
+def model_reward(reward_model):
+    """The frozen reward model's score of each rollout row, read at its last real token (the EOS)."""
+    def score(gen):
+        return reward_model(gen.tokens, gen.attention_mask)
+    return score
+
+
+def gold_reward(labeler, tok, prompts: list[str]):
+    """A perfect reward model for one batch of prompts: the gold labeler's utility of each response, in
+    rating units centred on the middle of the 1-7 scale (its spread on SFT samples, sd ~2.5, is close to
+    the RM's, ~2.1, so β means about the same). Not RLHF -- no one has the gold labeler -- but the ceiling
+    of what reward-model training could give: `--reward=gold` separates "the RM is wrong" from "the policy
+    cannot do better" (cf. Gao et al. 2022's gold reward model). No planted bias: judge(), not rank()."""
+    def score(gen):
+        texts = [tok.response_text(row) for row in gen.response.tolist()]
+        u = [labeler.judge(p, text, finished).utility - 4.0 for p, (text, finished) in zip(prompts, texts)]
+        return torch.tensor(u, device=gen.tokens.device)
+    return score
+
+
+# ------------------------------------------------------------------------------------- 1-4: experience
 @torch.no_grad()
 def rollout(policy, ref, critic, reward_fn, prompt_ids: list[list[int]], tok, cfg: Config, kl_coef: float, generator):
     """Steps 1-4: sample responses, score them, shape rewards with the KL penalty, compute advantages."""
@@ -118,20 +167,7 @@ def rollout(policy, ref, critic, reward_fn, prompt_ids: list[list[int]], tok, cf
                 values=values, returns=returns, advantages=advantages, scores=scores, finished=gen.finished, kl=kl)
 
 
-def gold_reward(labeler, tok, prompts: list[str]):
-    """A perfect reward model for one batch of prompts: the gold labeler's utility of each response, in
-    rating units centred on the middle of the 1-7 scale (its spread on SFT samples, sd ~2.5, is close to
-    the RM's, ~2.1, so β means about the same). Not RLHF -- no one has the gold labeler -- but the ceiling
-    of what reward-model training could give: `--reward=gold` separates "the RM is wrong" from "the policy
-    cannot do better" (cf. Gao et al. 2022's gold reward model). No planted bias: judge(), not rank()."""
-    def score(gen):
-        texts = [tok.response_text(row) for row in gen.response.tolist()]
-        u = [labeler.judge(p, text, finished).utility - 4.0 for p, (text, finished) in zip(prompts, texts)]
-        return torch.tensor(u, device=gen.tokens.device)
-    return score
-
-
-# ----------------------------------------------------------------------------------------- 5: update
+# ------------------------------------------------------------------------------------------- 5: update
 def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, ptx_batches=None, rng=None,
                iteration: int = 0, ckpt_path: Path = Path("none")):
     """Step 5: `ppo_epochs` passes over the batch in minibatches (a fresh permutation each epoch).
@@ -182,19 +218,42 @@ def _minibatch(exp: dict, idx) -> dict:
     return mb
 
 
+# ------------------------------------------------------------------------------ 6: log, evaluate, save
+def iteration_row(it: int, exp: dict, upd: dict, beta: float) -> dict:
+    """Step 6: one iteration's numbers that diagnose RLHF (reward, KL as k1 and k3, β, response length, EOS
+    rate, the critic's explained variance) and the update's statistics."""
+    kls = ppo.kl_estimators(exp["logprobs"], exp["ref_logprobs"], exp["mask"])
+    return {"iteration": it, "rm_score": exp["scores"].mean().item(), "kl": kls["k1"].item(), "kl_k3": kls["k3"].item(),
+            "beta": beta, "resp_len": exp["mask"].sum(1).mean().item(),
+            "eos_rate": exp["finished"].float().mean().item(),
+            "explained_var": ppo.explained_variance(exp["values"], exp["returns"], exp["mask"]), **upd}
+
+
+def gold_evaluation(policy, tok, labeler, prompts: list[dict], cfg: Config, device: str, history: list[dict],
+                    it: int, name: str) -> tuple[dict, dict]:
+    """The gold labeler's judgement of the policy's samples for held-out prompts, and its row of the
+    evaluations: the gold rating beside the latest KL and the RM reward of the last 3 rollouts (the
+    axes of the over-optimisation plot)."""
+    ev = gold_eval(policy, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature,
+                   torch.Generator(device).manual_seed(cfg.seed + 1))
+    rm_eval = sum(h["rm_score"] for h in history[-3:]) / max(1, len(history[-3:])) if history else None
+    row = {"iteration": it, "gold_rating": ev["rating"], "correct": ev["correct"],
+           "kl": history[-1]["kl"] if history else 0.0, "rm_score": rm_eval}
+    print(format_eval(f"{name} iteration {it}", ev))
+    return row, ev
+
+
+def save_run(out: Path, policy, cfg: Config, sft_ckpt: dict, run_name: str, metrics: dict) -> None:
+    """The final checkpoint, the history as json and the run's curves."""
+    save_checkpoint(out / "ckpt.pt", policy, asdict(cfg), sft_ckpt, run_name, cfg.iterations, metrics)
+    atomic_write(out / "history.json", json.dumps({"history": metrics["history"], "evals": metrics["evals"]},
+                                                  indent=0))
+    from nanorlhf.report import ppo_curves
+
+    ppo_curves(out / "ppo_curves.png", run_name, metrics["history"], metrics["evals"], cfg.reward)
+
+
 # ------------------------------------------------------------------------------------------------ main
-def get_config(argv=None) -> Config:
-    cfg = parse_config(Config, argv, PRESETS)
-    check_config(cfg, reward=one_of("model", "gold"), iterations=AT_LEAST_1, rollout_batch=AT_LEAST_1,
-                 max_new_tokens=AT_LEAST_1, temperature=POSITIVE, ppo_epochs=AT_LEAST_1, minibatch_size=AT_LEAST_1,
-                 lr=POSITIVE, lr_scale=POSITIVE, critic_lr=POSITIVE, clip=POSITIVE, value_clip=POSITIVE,
-                 vf_coef=NON_NEGATIVE, gamma=(lambda g: 0 < g <= 1, "a number in (0, 1]"), lam=UNIT,
-                 init_kl_coef=NON_NEGATIVE, kl_target=POSITIVE, kl_horizon=AT_LEAST_1, ptx_coef=NON_NEGATIVE,
-                 ptx_batch=AT_LEAST_1, grad_clip=POSITIVE, eval_interval=NON_NEGATIVE, eval_prompts=AT_LEAST_1,
-                 log_interval=AT_LEAST_1)
-    return cfg
-
-
 def main(argv=None):
     cfg = get_config(argv)
     run_name = cfg.run_name or ("ppo_ptx" if cfg.ptx_coef > 0 else "ppo")
@@ -208,15 +267,8 @@ def main(argv=None):
 
     policy_path = cfg.policy_from or stage_path(cfg.out_dir, "sft")
     reward_path = cfg.reward_from or stage_path(cfg.out_dir, "rm")
-    tok_file = str(Path(cfg.data_dir) / "tokenizer.tiktoken")  # the data's: both models must use it
-    policy, sft_ckpt = load_model(policy_path, "sft", device=device, tokenizer=tok_file)
-    ref, _ = load_model(policy_path, "sft", device=device)
-    reward_model, _ = load_model(reward_path, "rm", device=device, tokenizer=tok_file)
-    critic, _ = load_model(reward_path, "rm", head="value", device=device)
-    for m in (ref, reward_model):
-        m.eval().requires_grad_(False)
+    policy, ref, reward_model, critic, sft_ckpt, tok = load_models(policy_path, reward_path, cfg.data_dir, device)
     check_context(cfg, policy.config.block_size)
-    tok = checkpoint_tokenizer(sft_ckpt, policy_path)
     train_prompts = read_prompts(cfg.data_dir, "train")
     eval_prompts = read_prompts(cfg.data_dir, "val")[: cfg.eval_prompts]
     max_prompt = policy.config.block_size - cfg.max_new_tokens
@@ -224,9 +276,6 @@ def main(argv=None):
     ptx_batches = None
     if cfg.ptx_coef > 0:
         ptx_batches = lm_batches(corpus_tokens(cfg.data_dir, tok), cfg.ptx_batch, policy.config.block_size, generator)
-
-    def model_reward(gen):  # the frozen reward model reads the last real token (the EOS)
-        return reward_model(gen.tokens, gen.attention_mask)
 
     opt_policy = make_optimizer(policy, cfg.lr * cfg.lr_scale, 0.0, betas=(0.9, 0.95), eps=1e-5)
     opt_critic = make_optimizer(critic, cfg.critic_lr, 0.0, betas=(0.9, 0.95), eps=1e-5)
@@ -238,31 +287,17 @@ def main(argv=None):
 
     history, evals = [], []
     progress = Progress(cfg.iterations, f"ppo[{run_name}]")
-
-    def gold(it):
-        ev = gold_eval(policy, tok, world.labeler, eval_prompts, cfg.max_new_tokens, cfg.temperature,
-                       torch.Generator(device).manual_seed(cfg.seed + 1))
-        rm_eval = sum(h["rm_score"] for h in history[-3:]) / max(1, len(history[-3:])) if history else None
-        evals.append({"iteration": it, "gold_rating": ev["rating"], "correct": ev["correct"],
-                      "kl": history[-1]["kl"] if history else 0.0, "rm_score": rm_eval})
-        print(format_eval(f"ppo[{run_name}] iteration {it}", ev))
-        return ev
-
-    gold(0)
+    judge = partial(gold_evaluation, policy, tok, world.labeler, eval_prompts, cfg, device, name=f"ppo[{run_name}]")
+    evals.append(judge(history, 0)[0])
     for it in range(1, cfg.iterations + 1):
         idx = [rng.randrange(len(prompt_ids)) for _ in range(cfg.rollout_batch)]
-        reward_fn = (model_reward if cfg.reward == "model" else
+        reward_fn = (model_reward(reward_model) if cfg.reward == "model" else
                      gold_reward(world.labeler, tok, [train_prompts[i]["prompt"] for i in idx]))
         exp = rollout(policy, ref, critic, reward_fn, [prompt_ids[i] for i in idx], tok, cfg, kl_ctl.value,
                       sample_gen)  # steps 1-4
         upd = ppo_update(policy, critic, opt_policy, opt_critic, exp, cfg, ptx_batches, rng, it,
                          ckpt_path)  # step 5
-        # 6. log
-        kls = ppo.kl_estimators(exp["logprobs"], exp["ref_logprobs"], exp["mask"])
-        row = {"iteration": it, "rm_score": exp["scores"].mean().item(), "kl": kls["k1"].item(), "kl_k3": kls["k3"].item(),
-               "beta": kl_ctl.value, "resp_len": exp["mask"].sum(1).mean().item(),
-               "eos_rate": exp["finished"].float().mean().item(),
-               "explained_var": ppo.explained_variance(exp["values"], exp["returns"], exp["mask"]), **upd}
+        row = iteration_row(it, exp, upd, kl_ctl.value)  # step 6
         history.append(row)
         kl_ctl.update(row["kl"], cfg.rollout_batch)
         if it % cfg.log_interval == 0 or it == cfg.iterations:
@@ -270,17 +305,14 @@ def main(argv=None):
                          entropy=row["entropy"], clipfrac=row["clipfrac"], approx_kl=row["approx_kl"],
                          vf_loss=row["vf_loss"], ev=row["explained_var"], len=row["resp_len"], eos=row["eos_rate"])
         if cfg.eval_interval and it % cfg.eval_interval == 0 and it < cfg.iterations:
-            gold(it)
+            evals.append(judge(history, it)[0])
             save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, run_name, it,
                             {"history": history, "evals": evals})
-    final = gold(cfg.iterations)
+    row, final = judge(history, cfg.iterations)
+    evals.append(row)
     metrics = {"history": history, "evals": evals, "final_gold": {k: v for k, v in final.items() if k != "samples"},
                "train_time_s": progress.elapsed()}
-    save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, run_name, cfg.iterations, metrics)
-    atomic_write(out / "history.json", json.dumps({"history": history, "evals": evals}, indent=0))
-    from nanorlhf.report import ppo_curves
-
-    ppo_curves(out / "ppo_curves.png", run_name, history, evals, cfg.reward)
+    save_run(out, policy, cfg, sft_ckpt, run_name, metrics)
     print(f"ppo[{run_name}]: done in {progress.elapsed():.0f}s, saved {ckpt_path}")
     return metrics
 

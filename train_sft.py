@@ -12,7 +12,6 @@ instructions (low rating); the SFT model should (clearly higher).
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -36,37 +35,37 @@ from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_opt
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class Config:
-    stage: str = "sft"  # pretrain | sft
-    preset: str = "tiny"  # micro | tiny (2-core CPU) | small (one GPU); default from the device
-    data_dir: str = "data"
-    out_dir: str = "out"
+    stage: str = "sft"  # pretrain (corpus -> out/base) | sft (demonstrations -> out/sft); --help shows its presets
+    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    data_dir: str = "data"  # where data/prepare.py wrote corpus.txt, sft.jsonl, prompts.jsonl and the tokenizer
+    out_dir: str = "out"  # checkpoints go to out_dir/base/ckpt.pt (pretrain) or out_dir/sft/ckpt.pt (sft)
     tokenizer: str = ""  # ranks file (default data_dir/tokenizer.tiktoken) or "gpt2"; SFT checks its base model's
     init_from: str = ""  # sft: checkpoint to start from (default out_dir/base/ckpt.pt)
     # model (pretraining only; SFT keeps the base model's shape)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
-    dropout: float = 0.0
-    pos_embedding: str = "learned"  # learned (GPT-2) | rope: rotary positions, which learn to copy sooner (README)
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads per block (a divisor of n_embd)
+    n_embd: int = 128  # width of the residual stream
+    block_size: int = 128  # context length in tokens (prompt + response must fit)
+    dropout: float = 0.0  # dropout probability while pretraining (RLHF stages switch it off)
+    pos_embedding: str = "learned"  # learned (GPT-2) | rope: rotary positions, which learn to copy sooner
     # optimisation
-    batch_size: int = 16
-    max_steps: int = 600
-    lr: float = 3e-3
+    batch_size: int = 16  # sequences per step: corpus windows, or demonstrations
+    max_steps: int = 600  # optimizer steps
+    lr: float = 3e-3  # peak learning rate of AdamW, after the warmup
     min_lr_frac: float = 0.1  # cosine decays to this fraction of lr
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    warmup_steps: int = 50  # steps of linear warmup from 0 to lr
+    weight_decay: float = 0.1  # AdamW's decoupled weight decay, on weight matrices only (not biases or LayerNorm gains)
+    grad_clip: float = 1.0  # the gradient's global norm is clipped to this
     val_frac: float = 0.05  # held-out share of the corpus / demonstrations
     # logging and evaluation
-    log_interval: int = 50
-    eval_interval: int = 200
-    eval_batches: int = 10
+    log_interval: int = 50  # print the training loss every N steps
+    eval_interval: int = 200  # held-out loss (and a checkpoint) every N steps
+    eval_batches: int = 10  # batches the held-out loss is averaged over
     sample_interval: int = 0  # print samples every N steps (0: only at the end)
     gold_eval_prompts: int = 100  # held-out prompts judged by the gold labeler at the end (0: skip)
-    max_new_tokens: int = 48
-    device: str = ""  # default: cuda if available
-    seed: int = 1337
+    max_new_tokens: int = 48  # longest sampled response, in tokens
+    device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
+    seed: int = 1337  # seeds torch, the batch order and sampling: same seed, same device -> same bits
 
 
 PRESETS = {
@@ -106,23 +105,37 @@ def get_config(argv=None) -> Config:
     return cfg
 
 
-def main(argv=None):
-    cfg = get_config(argv)
-    device = setup_device(cfg.device)
-    gen = seed_everything(cfg.seed)
-    out_name = "base" if cfg.stage == "pretrain" else "sft"
-    ckpt_path = stage_path(cfg.out_dir, out_name)
+def out_name(cfg: Config) -> str:
+    return "base" if cfg.stage == "pretrain" else "sft"
+
+
+# ------------------------------------------------------------------------------------- tokenizer, data
+def starting_point(cfg: Config, device: str):
+    """(model, tokenizer, tokenizer record). Pretraining reads the tokenizer file and builds its model once
+    the data is read (None here); SFT continues the base model, with the tokenizer it carries (which must
+    be the one the data came with) and its context length."""
     tok_spec = cfg.tokenizer or str(Path(cfg.data_dir) / "tokenizer.tiktoken")
     if cfg.stage == "pretrain":
-        tok, tok_fields = load_tokenizer(tok_spec), tokenizer_record(tok_spec)
-    else:  # SFT continues the base model, with its tokenizer (which must be the one the data came with)
-        model, tok_fields = load_model(cfg.init_from or stage_path(cfg.out_dir, "base"), "base", device=device,
-                                       tokenizer=tok_spec)
-        tok, cfg.block_size = checkpoint_tokenizer(tok_fields), model.config.block_size
-    check_context(cfg, cfg.block_size)
-    world = load_world(cfg.data_dir)
+        return None, load_tokenizer(tok_spec), tokenizer_record(tok_spec)
+    model, tok_fields = load_model(cfg.init_from or stage_path(cfg.out_dir, "base"), "base", device=device,
+                                   tokenizer=tok_spec)
+    cfg.block_size = model.config.block_size
+    return model, checkpoint_tokenizer(tok_fields), tok_fields
 
-    # ------------------------------------------------------------------------------------------ data
+
+def demo_batches(pairs, cfg: Config, pad_id: int, rng: random.Random):
+    """Endless shuffled epochs of demonstration batches (inputs, targets, response-only loss mask)."""
+    while True:
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        for i in range(0, len(order) - cfg.batch_size + 1 if len(order) >= cfg.batch_size else 1, cfg.batch_size):
+            yield sft_batch([pairs[j] for j in order[i : i + cfg.batch_size]], pad_id, cfg.block_size)
+
+
+def batches(cfg: Config, tok, gen: torch.Generator):
+    """(training batches, a function that gives the same held-out batches at every call, a description).
+    Pretraining: random windows of the corpus, its end held out. SFT: demonstrations with a loss mask that
+    is 1 exactly on the response tokens, the last ones held out."""
     if cfg.stage == "pretrain":
         tokens = corpus_tokens(cfg.data_dir, tok)
         n_val = max(cfg.block_size + 2, int(len(tokens) * cfg.val_frac))
@@ -130,27 +143,42 @@ def main(argv=None):
                                    source=f"{Path(cfg.data_dir) / 'corpus.txt'} without its held-out end")
         val_batches = lambda: lm_batches(tokens[-n_val:], cfg.batch_size, cfg.block_size,  # noqa: E731
                                          torch.Generator().manual_seed(0))  # the same batches at every eval
-        data_desc = f"{len(tokens):,} corpus tokens"
-    else:
-        demos = read_jsonl(Path(cfg.data_dir) / "sft.jsonl", {"prompt": str, "response": str})
-        pairs = [tok.pair_ids(d["prompt"], d["response"]) for d in demos]
-        n_val = max(1, int(len(pairs) * cfg.val_frac))
-        train_batches = demo_batches(pairs[:-n_val], cfg, tok.pad_id, random.Random(cfg.seed))
-        val_batches = lambda: demo_batches(pairs[-n_val:], cfg, tok.pad_id, random.Random(0))  # noqa: E731
-        data_desc = f"{len(pairs):,} demonstrations"
+        return train_batches, val_batches, f"{len(tokens):,} corpus tokens"
+    demos = read_jsonl(Path(cfg.data_dir) / "sft.jsonl", {"prompt": str, "response": str})
+    pairs = [tok.pair_ids(d["prompt"], d["response"]) for d in demos]
+    n_val = max(1, int(len(pairs) * cfg.val_frac))
+    train_batches = demo_batches(pairs[:-n_val], cfg, tok.pad_id, random.Random(cfg.seed))
+    val_batches = lambda: demo_batches(pairs[-n_val:], cfg, tok.pad_id, random.Random(0))  # noqa: E731
+    return train_batches, val_batches, f"{len(pairs):,} demonstrations"
 
-    # ----------------------------------------------------------------------------------------- model
-    if cfg.stage == "pretrain":
-        mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, pos_embedding=cfg.pos_embedding)
-        model = GPT(mcfg).to(device)
-    print(f"{cfg.stage}: {model.num_params() / 1e6:.2f}M parameters, {data_desc}, preset {cfg.preset}, "
-          f"device {device}, {cfg.max_steps} steps of {cfg.batch_size}")
-    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
 
-    # ------------------------------------------------------------------------------------------ loop
+# ----------------------------------------------------------------------------------------------- model
+def new_model(cfg: Config, tok, device: str) -> GPT:
+    """Pretraining's fresh GPT of the configured shape."""
+    mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, pos_embedding=cfg.pos_embedding)
+    return GPT(mcfg).to(device)
+
+
+# ------------------------------------------------------------------------------------------------ loop
+@torch.no_grad()
+def evaluate(model, batches, n_batches: int, device: str) -> float:
+    model.eval()
+    losses, batches = [], batches()
+    for _ in range(n_batches):
+        x, y, m = (t.to(device) for t in next(batches))
+        with autocast(device):
+            losses.append(sft_loss(model(x), y, m).item())
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Config, device: str):
+    """The supervised loop of both stages; a checkpoint at every held-out evaluation. Returns the metrics
+    of the last one and the training time."""
+    ckpt_path = stage_path(cfg.out_dir, out_name(cfg))
     progress = Progress(cfg.max_steps, cfg.stage)
-    metrics, best_val, tokens_seen, step_t0 = {}, math.inf, 0, time.time()
+    metrics, tokens_seen, step_t0 = {}, 0, time.time()
     model.train()
     for step in range(cfg.max_steps + 1):
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
@@ -159,7 +187,7 @@ def main(argv=None):
             metrics.update(val_loss=val, step=step)
             print(f"{cfg.stage} step {step:>5}/{cfg.max_steps} | val loss {val:.4f}")
             if step > 0:
-                save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name, step, metrics)
+                save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), step, metrics)
         if cfg.sample_interval and step % cfg.sample_interval == 0 and step > 0:
             print_samples(model, tok, read_prompts(cfg.data_dir, "val")[:2], cfg)
         if step == cfg.max_steps:
@@ -178,48 +206,50 @@ def main(argv=None):
             tps = tokens_seen / (time.time() - step_t0)
             progress.log(step + 1, loss=loss.item(), lr=opt.param_groups[0]["lr"], grad_norm=float(grad_norm),
                          tok_per_s=int(tps))
-    train_time = progress.elapsed()
-
-    # ------------------------------------------------------------------------------------ evaluation
-    print_samples(model, tok, read_prompts(cfg.data_dir, "val")[:3], cfg)
-    if cfg.gold_eval_prompts:
-        ev = gold_eval(model, tok, world.labeler, read_prompts(cfg.data_dir, "val")[: cfg.gold_eval_prompts],
-                       cfg.max_new_tokens, generator=torch.Generator(device).manual_seed(cfg.seed))
-        ev.pop("samples")
-        metrics["gold"] = ev
-        print(format_eval(f"{out_name} model", ev))
-    metrics["train_time_s"] = train_time
-    save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name, cfg.max_steps, metrics)
-    print(f"{cfg.stage}: done in {train_time:.0f}s, saved {ckpt_path}")
-    return metrics
+    return metrics, progress.elapsed()
 
 
-def demo_batches(pairs, cfg: Config, pad_id: int, rng: random.Random):
-    """Endless shuffled epochs of demonstration batches (inputs, targets, response-only loss mask)."""
-    while True:
-        order = list(range(len(pairs)))
-        rng.shuffle(order)
-        for i in range(0, len(order) - cfg.batch_size + 1 if len(order) >= cfg.batch_size else 1, cfg.batch_size):
-            yield sft_batch([pairs[j] for j in order[i : i + cfg.batch_size]], pad_id, cfg.block_size)
-
-
-@torch.no_grad()
-def evaluate(model, batches, n_batches: int, device: str) -> float:
-    model.eval()
-    losses, batches = [], batches()
-    for _ in range(n_batches):
-        x, y, m = (t.to(device) for t in next(batches))
-        with autocast(device):
-            losses.append(sft_loss(model(x), y, m).item())
-    model.train()
-    return sum(losses) / len(losses)
-
-
+# ------------------------------------------------------------------------------------------ evaluation
 def print_samples(model, tok, prompts: list[dict], cfg: Config) -> None:
     outs = sample_responses(model, tok, [p["prompt"] for p in prompts], cfg.max_new_tokens, temperature=0.7,
                             generator=torch.Generator(model.wte.weight.device).manual_seed(0))
     for p, (r, finished) in zip(prompts, outs):
         print(f"  [{p['category']}] {p['prompt'][:80]!r}\n    -> {r[:160]!r}{'' if finished else ' (no EOS)'}")
+
+
+def gold_evaluation(model, tok, labeler, cfg: Config, device: str) -> dict:
+    """The gold labeler's judgement of one sample per held-out prompt: the base model should not follow
+    instructions (a low rating), the SFT model should (clearly higher)."""
+    ev = gold_eval(model, tok, labeler, read_prompts(cfg.data_dir, "val")[: cfg.gold_eval_prompts],
+                   cfg.max_new_tokens, generator=torch.Generator(device).manual_seed(cfg.seed))
+    ev.pop("samples")
+    print(format_eval(f"{out_name(cfg)} model", ev))
+    return ev
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv=None):
+    cfg = get_config(argv)
+    device = setup_device(cfg.device)
+    gen = seed_everything(cfg.seed)
+    ckpt_path = stage_path(cfg.out_dir, out_name(cfg))
+    model, tok, tok_fields = starting_point(cfg, device)
+    check_context(cfg, cfg.block_size)
+    world = load_world(cfg.data_dir)
+    train_batches, val_batches, data_desc = batches(cfg, tok, gen)
+    if model is None:
+        model = new_model(cfg, tok, device)
+    print(f"{cfg.stage}: {model.num_params() / 1e6:.2f}M parameters, {data_desc}, preset {cfg.preset}, "
+          f"device {device}, {cfg.max_steps} steps of {cfg.batch_size}")
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    metrics, train_time = train(model, tok, tok_fields, opt, train_batches, val_batches, cfg, device)
+    print_samples(model, tok, read_prompts(cfg.data_dir, "val")[:3], cfg)
+    if cfg.gold_eval_prompts:
+        metrics["gold"] = gold_evaluation(model, tok, world.labeler, cfg, device)
+    metrics["train_time_s"] = train_time
+    save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), cfg.max_steps, metrics)
+    print(f"{cfg.stage}: done in {train_time:.0f}s, saved {ckpt_path}")
+    return metrics
 
 
 if __name__ == "__main__":

@@ -32,19 +32,16 @@ from nanorlhf.world import World  # noqa: E402
 
 @dataclass
 class PrepareConfig:
-    out_dir: str = "data"
-    seed: int = 0
-    # share of demonstrations written by "sloppy labelers" (curt, rude, rambling, wrong in equal parts): PPO's
-    # headroom over SFT. At 0.25, SFT sampled at T=0.7 was rude or rambling in only ~3% of answers (the
-    # temperature sharpens the majority mode away), too little for a labeler to see a difference; at 0.5, ~20%.
-    sloppy_frac: float = 0.5
+    out_dir: str = "data"  # where the five files go (the stages' --data_dir)
+    seed: int = 0  # the world's seed: another seed, another world (vocabulary, facts, labeler noise)
+    sloppy_frac: float = 0.5  # share of demonstrations by sloppy labelers (curt, rude, rambling, wrong): PPO's headroom
     n_corpus: int = 40000  # pretraining documents
     n_demos: int = 8000  # demonstrations
     n_train_prompts: int = 2000  # RM comparisons and PPO
-    n_val_prompts: int = 200
+    n_val_prompts: int = 200  # held out: the stages' own gold-labeler evaluations
     n_test_prompts: int = 400  # evaluation
     vocab_size: int = 2048  # BPE ranks + 4 special tokens
-    preset: str = "tiny"
+    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
 
 
 PRESETS = {

@@ -5,8 +5,8 @@
     python -m nanorlhf --force=true         # rerun every stage
     python -m nanorlhf --seed=3             # another world and other stage seeds -> data/seed3/, out/seed3/
 
-prepare → pretrain → SFT → RM → PPO → PPO-ptx → PPO with β=0 (the over-optimisation lesson) → evaluation
-→ report. Each stage is its own script run as a subprocess (read them in that order); its output goes to
+prepare → pretrain → SFT → RM → PPO → PPO-ptx → PPO with β=0 (the over-optimisation lesson) → PPO with
+the gold labeler as its reward (the ceiling of a better reward model) → evaluation → report. Each stage is its own script run as a subprocess (read them in that order); its output goes to
 the terminal and to out/logs/<stage>.log. A failing stage stops the pipeline with its name, exit code and
 last lines.
 
@@ -38,11 +38,11 @@ PRESET_NAMES = ("micro", "tiny", "small")  # every stage script has these preset
 
 @dataclass
 class PipelineConfig:
-    preset: str = ""  # micro | tiny | small (default: tiny on CPU, small on GPU)
+    preset: str = ""  # micro | tiny | small, passed to every stage (default: tiny on CPU, small on GPU)
     seed: int = 0  # the world's seed (data/prepare.py --seed); every stage's seed is derived from it
     data_dir: str = ""  # default: data, or data/seed<S> when --seed is not 0
     out_dir: str = ""  # default: out, or out/seed<S> when --seed is not 0
-    device: str = ""
+    device: str = ""  # passed to every stage: cpu | cuda | cuda:N (default: cuda if available)
     force: bool = False  # rerun stages even if their outputs are current
     ptx_coef: float = 1.0  # γ for the PPO-ptx run
     beta0_lr_scale: float = 4.0  # learning-rate multiple of the β = 0 run (see stages())
@@ -91,8 +91,9 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
         Stage("ppo", [py, ppo, *train], run_files("ppo"), ppo_reads),
         Stage("ppo_ptx", [py, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
         # β = 0 with 4× the policy's learning rate: with the off-prompt answers in the RM's data there is no
-        # quick hack left, and at the preset's rate 40 iterations only reach KL ≈ 3 (RM up, gold flat); at 4×
-        # (measured, tiny): RM +2.3, KL 57 nats, gold rating 3.16 → 2.97 -- the over-optimisation lesson.
+        # quick hack left, and at the preset's rate the policy stays too close to SFT within the iterations
+        # for the proxy reward and the gold rating to part; at 4× they do -- the over-optimisation lesson
+        # (the numbers: bench/NOTES.md, "Preset choices").
         # evaluated every 5 iterations: the over-optimisation curve's rise and fall needs the points
         Stage("ppo_beta0", [py, ppo, *train, "--init_kl_coef=0", "--adaptive_kl=false",
                             f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0", "--eval_interval=5"],

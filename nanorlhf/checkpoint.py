@@ -23,13 +23,17 @@ from nanorlhf.config import StageError
 from nanorlhf.files import atomic_write
 from nanorlhf.model import GPT, GPTConfig
 
-# Which command creates each stage's checkpoint, for the "missing" and "wrong checkpoint" errors.
+# Which command creates each stage's checkpoint (as the pipeline runs it), for the "missing" and "wrong
+# checkpoint" errors; another PPO run name is made by train_ppo.py --run_name=<name>.
 MAKERS = {
     "base": "python train_sft.py --stage=pretrain",
     "sft": "python train_sft.py --stage=sft",
     "rm": "python train_rm.py",
     "ppo": "python train_ppo.py",
     "ppo_ptx": "python train_ppo.py --ptx_coef=1.0",
+    "ppo_beta0": "python train_ppo.py --init_kl_coef=0 --adaptive_kl=false --lr_scale=4.0 --run_name=ppo_beta0 "
+                 "--eval_interval=5",
+    "ppo_gold": "python train_ppo.py --reward=gold --run_name=ppo_gold",
 }
 HEADS = {"rm": "scalar"}  # the head each stage's checkpoint has; every other stage writes a policy ("lm")
 

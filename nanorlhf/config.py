@@ -1,10 +1,13 @@
 """Dataclass configs overridden from the command line, and named presets.
 
 Every stage script has one `@dataclass` config. `parse_config(Config, argv)` turns each field into a
-`--name=value` flag (the field's comment in `Config.__doc__`-free form: we use `field(metadata={"help":
-...})` where it matters), applies `--preset=<name>` first, then the explicit flags. An unknown flag is
-an error that names it, and so is a flag given twice. No `exec` of config files (nanoGPT's configurator
-is "probably a terrible idea").
+`--name=value` flag, applies `--preset=<name>` first, then the explicit flags. An unknown flag is an
+error that names it, and so is a flag given twice. No `exec` of config files (nanoGPT's configurator is
+"probably a terrible idea").
+
+`--help` teaches the config: for every field, the comment that ends its line in the source (or a
+`field(metadata={"help": ...})`), its default, and the values the presets give it; a comment on a line
+of its own titles the fields below it. So a config field is documented once, where it is defined.
 
 Each stage checks its whole config in one place, `check_config(cfg, **rules)`, before any work: every
 bad value is one line `--name=value: expected ...` and exit 2, instead of a traceback halfway through.
@@ -13,7 +16,11 @@ bad value is one line `--name=value: expected ...` and exit 2, instead of a trac
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
 import sys
+import textwrap
+import tokenize
 from typing import Any, get_type_hints
 
 
@@ -69,11 +76,86 @@ def _convert(name: str, text: str, typ: Any) -> Any:
     return text
 
 
+def field_comments(cls) -> tuple[dict[str, str], dict[str, str]]:
+    """({field: the comment ending its line}, {field: the comment lines just above it}) from the source of
+    `cls` and of the dataclasses it inherits from. tokenize, not a regex: a `#` inside a string default is
+    not a comment. A class whose source cannot be read (defined in a REPL) gives empty dicts."""
+    trailing: dict[str, str] = {}
+    above: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        depth, line, pending = 0, [], []
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.INDENT:
+                depth += 1
+            elif tok.type == tokenize.DEDENT:
+                depth -= 1
+            elif tok.type == tokenize.COMMENT and not line:  # a comment on a line of its own
+                pending.append(tok.string.lstrip("#").strip())
+            elif tok.type == tokenize.NEWLINE:  # the end of a statement (a field may span lines)
+                code = [t for t in line if t.type not in (tokenize.COMMENT, tokenize.NL)]
+                if depth == 1 and len(code) > 1 and code[0].type == tokenize.NAME and code[1].string == ":":
+                    comments = [t.string.lstrip("#").strip() for t in line if t.type == tokenize.COMMENT]
+                    if comments:
+                        trailing[code[0].string] = " ".join(comments)
+                    if pending:
+                        above[code[0].string] = " ".join(pending)
+                line, pending = [], []
+            elif tok.type != tokenize.NL:
+                line.append(tok)
+    return trailing, above
+
+
+def _preset_values(name: str, default: Any, presets: dict[str, dict] | None) -> str:
+    """'(micro 30, small 3000)': the presets that change a field's default, or '' if none does."""
+    changed = {p: v[name] for p, v in (presets or {}).items() if name in v and v[name] != default}
+    if not changed:
+        return ""
+    if len(changed) == len(presets) and len({repr(v) for v in changed.values()}) == 1:
+        return f"(every preset: {next(iter(changed.values()))})"
+    return "(" + ", ".join(f"{p} {v}" for p, v in changed.items()) + ")"
+
+
+def help_text(cls, presets: dict[str, dict] | None = None) -> str:
+    """What `--help` prints: the stage's one-line summary, then every field as `--name=default  help`,
+    with the values the presets give it (cleanrl prints a docstring per flag; ours come from the comments)."""
+    trailing, above = field_comments(cls)
+    module = sys.modules.get(cls.__module__)
+    summary = ((getattr(module, "__doc__", None) or "").strip().splitlines() or [""])[0]
+    lines = [summary] if summary else []
+    lines.append(f"flags: --key=value, one per field of {cls.__name__}" +
+                 (f"; --preset=NAME ({', '.join(presets)}) applies first, explicit flags win" if presets else ""))
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f.metadata.get("help") or trailing.get(f.name, "")
+        if f.name == "preset" and presets:
+            default = default_preset()
+            text += f" [here: {default}]"
+        if f.name in above:
+            rows.append((None, above[f.name]))
+        rows.append((f"--{f.name}={default}", " ".join(filter(None, (text, _preset_values(f.name, default, presets))))))
+    width = min(40, max(len(flag) for flag, _ in rows if flag))
+    for flag, text in rows:
+        if flag is None:
+            lines.append(f"  # {text}")
+            continue
+        lines.append(textwrap.fill(text, 118, initial_indent=f"  {flag:<{width}}  ",
+                                   subsequent_indent=" " * (width + 4), break_on_hyphens=False)
+                     if text else f"  {flag}")
+    return "\n".join(lines)
+
+
 def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | None = None):
     """Build `cls` from `--key=value` flags (argv defaults to sys.argv[1:]).
 
     `--preset=NAME` picks a named dict of overrides from `presets` (default: tiny on CPU, small on GPU);
-    explicit flags win over the preset. `--help` prints every field with its default and exits.
+    explicit flags win over the preset. `--help` prints help_text(cls, presets) and exits.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     hints = get_type_hints(cls)
@@ -81,12 +163,7 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
     pairs: dict[str, str] = {}
     for arg in argv:
         if arg in ("-h", "--help"):
-            print(f"usage: --key=value ... (config {cls.__name__})")
-            if presets:
-                print(f"  --preset: one of {', '.join(presets)} (default {default_preset()})")
-            for f in dataclasses.fields(cls):
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                print(f"  --{f.name}={default}  {f.metadata.get('help', '')}")
+            print(help_text(cls, presets))
             raise SystemExit(0)
         if not arg.startswith("--") or "=" not in arg:
             raise ConfigError(f"bad argument {arg!r}: expected --key=value (see --help)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -175,56 +177,33 @@ def lm_loss(model, tokens: torch.Tensor, block_size: int, n_batches: int = 10, b
     return sum(losses) / len(losses)
 
 
-def main(argv=None) -> dict:
-    """Evaluate every model of the pipeline against SFT on the test prompts; write out/eval.json."""
-    import json
-    import time
-    from dataclasses import dataclass
-    from pathlib import Path
+@dataclass
+class EvalConfig:
+    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    data_dir: str = "data"  # where data/prepare.py wrote the test prompts, corpus and world
+    out_dir: str = "out"  # reads every stage's checkpoint under it; writes out_dir/eval.json
+    n_prompts: int = 400  # test prompts
+    max_new_tokens: int = 48  # longest sampled response, in tokens
+    temperature: float = 0.7  # sampling temperature of every model's responses
+    few_shot: int = 2  # demonstrations in the base model's few-shot prompt
+    bon_n: int = 16  # best-of-n: largest n (SFT samples per prompt, picked by the RM)
+    bon_prompts: int = 200  # prompts for best-of-n and the headroom probe
+    device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
+    seed: int = 1234  # SFT's reference samples use it, every model's samples seed + 1, best-of-n seed + 2
 
-    from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, stage_path
-    from nanorlhf.config import parse_config
-    from nanorlhf.data import corpus_tokens, load_world, read_prompts
-    from nanorlhf.files import atomic_write
-    from nanorlhf.training import setup_device
 
-    @dataclass
-    class EvalConfig:
-        preset: str = "tiny"
-        data_dir: str = "data"
-        out_dir: str = "out"
-        n_prompts: int = 400  # test prompts
-        max_new_tokens: int = 48
-        temperature: float = 0.7
-        few_shot: int = 2  # demonstrations in the base model's few-shot prompt
-        bon_n: int = 16  # best-of-n: largest n (SFT samples per prompt, picked by the RM)
-        bon_prompts: int = 200  # prompts for best-of-n and the headroom probe
-        device: str = ""
-        seed: int = 1234
+EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8), "tiny": {},
+                "small": dict(n_prompts=1000, bon_n=64, bon_prompts=200)}
 
-    presets = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8), "tiny": {},
-               "small": dict(n_prompts=1000, bon_n=64, bon_prompts=200)}
-    cfg = parse_config(EvalConfig, argv, presets)
-    device = setup_device(cfg.device)
-    t0 = time.time()
+
+def compare_with_sft(cfg: EvalConfig, models: dict, sft, rm, tok, labeler, prompts: list[dict],
+                     sft_ref: list[tuple[str, bool]], corpus, device: str) -> tuple[dict, dict]:
+    """Each model whose checkpoint exists, judged against SFT's samples `sft_ref` on the same prompts:
+    win-rate, gold rating, RM score, KL to SFT, corpus loss. Returns (results, a few samples) by name."""
+    from nanorlhf.checkpoint import load_model
+
     out = Path(cfg.out_dir)
-    world = load_world(cfg.data_dir)
-    labeler = world.labeler
-    prompts = [p for p in read_prompts(cfg.data_dir, "test")][: cfg.n_prompts]
     texts = [p["prompt"] for p in prompts]
-    sft, ck = load_model(stage_path(out, "sft"), "sft", device=device)
-    tok = checkpoint_tokenizer(ck)
-    rm, _ = load_model(stage_path(out, "rm"), "rm", device=device)
-    corpus = corpus_tokens(cfg.data_dir, tok, tail_frac=0.05)  # the held-out end, as in train_sft.py
-
-    def gen(seed):
-        return torch.Generator(device).manual_seed(seed)
-
-    few_shot = [t for p, r in world.few_shot_examples(cfg.few_shot) for t in tok.pair_ids(p, r)[0]]
-    models = {"base": ("base", ()), "base few-shot": ("base", few_shot), "SFT": ("sft", ()),
-              "PPO": ("ppo", ()), "PPO-ptx": ("ppo_ptx", ()), "PPO β=0": ("ppo_beta0", ()),
-              "PPO, gold reward": ("ppo_gold", ())}
-    sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature, generator=gen(cfg.seed))
     results, samples = {}, {}
     for name, (stage, prefix) in models.items():
         path = out / stage / "ckpt.pt"
@@ -232,8 +211,8 @@ def main(argv=None) -> dict:
             print(f"eval: {name}: no checkpoint at {path}, skipped")
             continue
         model, _ = load_model(path, stage, device=device)
-        ev = gold_eval(model, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature, gen(cfg.seed + 1),
-                       prefix_ids=prefix)
+        ev = gold_eval(model, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature,
+                       torch.Generator(device).manual_seed(cfg.seed + 1), prefix_ids=prefix)
         outs = [(s["response"], s["finished"]) for s in ev["samples"]]
         wr = win_rate(labeler, texts, outs, sft_ref)
         rm_scores = score_texts(rm, tok, texts, outs)
@@ -247,19 +226,60 @@ def main(argv=None) -> dict:
               f"rating {r['rating']:.2f} | correct {r['correct']:.0%} | RM {r['rm_score']:+.2f} | "
               f"KL {r['kl_to_sft'] if r['kl_to_sft'] is not None else float('nan'):.2f} | "
               f"corpus loss {r['corpus_loss']:.3f}", flush=True)
+    return results, samples
 
-    # best-of-n against the RM (Gao et al. 2022): KL_bon = log n − (n − 1)/n
-    bon_texts = texts[: cfg.bon_prompts]
-    many = sample_responses(sft, tok, [p for p in bon_texts for _ in range(cfg.bon_n)], cfg.max_new_tokens,
-                            cfg.temperature, generator=gen(cfg.seed + 2))
-    scores = score_texts(rm, tok, [p for p in bon_texts for _ in range(cfg.bon_n)], many)
+
+def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler, texts: list[str], device: str) -> tuple[list[dict], list]:
+    """Best-of-n against the RM (Gao et al. 2022): the gold rating of the RM's pick among n SFT samples,
+    n = 1, 2, 4, ... bon_n, at KL_bon = log n − (n − 1)/n. Returns the curve and the samples (bon_n per
+    prompt, in order)."""
+    many = sample_responses(sft, tok, [p for p in texts for _ in range(cfg.bon_n)], cfg.max_new_tokens,
+                            cfg.temperature, generator=torch.Generator(device).manual_seed(cfg.seed + 2))
+    scores = score_texts(rm, tok, [p for p in texts for _ in range(cfg.bon_n)], many)
     bon, n = [], 1
     while n <= cfg.bon_n:
-        picks = [max(range(j * cfg.bon_n, j * cfg.bon_n + n), key=lambda i: scores[i]) for j in range(len(bon_texts))]
-        gold = [labeler.judge(bon_texts[j], many[i][0], many[i][1]).rating for j, i in enumerate(picks)]
+        picks = [max(range(j * cfg.bon_n, j * cfg.bon_n + n), key=lambda i: scores[i]) for j in range(len(texts))]
+        gold = [labeler.judge(texts[j], many[i][0], many[i][1]).rating for j, i in enumerate(picks)]
         bon.append({"n": n, "kl": math.log(n) - (n - 1) / n, "gold_rating": sum(gold) / len(gold),
                     "rm_score": sum(scores[i] for i in picks) / len(picks)})
         n *= 2
+    return bon, many
+
+
+def main(argv=None) -> dict:
+    """Evaluate every model of the pipeline against SFT on the test prompts; write out/eval.json."""
+    import json
+    import time
+
+    from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, stage_path
+    from nanorlhf.config import parse_config
+    from nanorlhf.data import corpus_tokens, load_world, read_prompts
+    from nanorlhf.files import atomic_write
+    from nanorlhf.training import setup_device
+
+    cfg = parse_config(EvalConfig, argv, EVAL_PRESETS)
+    device = setup_device(cfg.device)
+    t0 = time.time()
+    out = Path(cfg.out_dir)
+    world = load_world(cfg.data_dir)
+    labeler = world.labeler
+    prompts = [p for p in read_prompts(cfg.data_dir, "test")][: cfg.n_prompts]
+    texts = [p["prompt"] for p in prompts]
+    sft, ck = load_model(stage_path(out, "sft"), "sft", device=device)
+    tok = checkpoint_tokenizer(ck)
+    rm, _ = load_model(stage_path(out, "rm"), "rm", device=device)
+    corpus = corpus_tokens(cfg.data_dir, tok, tail_frac=0.05)  # the held-out end, as in train_sft.py
+
+    few_shot = [t for p, r in world.few_shot_examples(cfg.few_shot) for t in tok.pair_ids(p, r)[0]]
+    models = {"base": ("base", ()), "base few-shot": ("base", few_shot), "SFT": ("sft", ()),
+              "PPO": ("ppo", ()), "PPO-ptx": ("ppo_ptx", ()), "PPO β=0": ("ppo_beta0", ()),
+              "PPO, gold reward": ("ppo_gold", ())}
+    sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature,
+                               generator=torch.Generator(device).manual_seed(cfg.seed))
+    results, samples = compare_with_sft(cfg, models, sft, rm, tok, labeler, prompts, sft_ref, corpus, device)
+
+    bon_texts = texts[: cfg.bon_prompts]
+    bon, many = rm_best_of_n(cfg, sft, rm, tok, labeler, bon_texts, device)
     probe = headroom_probe(labeler, bon_texts, many, sft_ref[: len(bon_texts)], cfg.bon_n)
     best = probe["gold_best_of_n"][-1]
     print(f"eval: headroom: SFT vs SFT ties {probe['sft_vs_sft_ties']:.0%}; gold best-of-{best['n']} of SFT vs SFT "

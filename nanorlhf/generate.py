@@ -3,8 +3,9 @@
 Prompts are left-padded, so every row's next token is at the same column and one forward per step
 serves the whole batch; position ids come from the attention mask, so padding never shifts positions.
 Sampling is ancestral from softmax(logits / temperature), optionally truncated to the top k (PPO
-rollouts keep top_k = 0: truncated sampling biases the KL estimate, see RLHF_DETAILS item 7). A row
-that has emitted EOS gets PAD from then on; generation stops when every row has finished.
+rollouts keep top_k = 0: truncated sampling can drive the mean k1 KL estimate negative, which the policy
+exploits; TRL's docs, "how to train"). A row that has emitted EOS gets PAD from then on; generation stops
+when every row has finished.
 
 Speed (CPU, one PPO rollout of 64 x 48 tokens; tests/test_fast_paths.py pins each against the plain way):
   - the prefill sends only the last prompt position through the last block's queries and MLP and through
@@ -135,7 +136,7 @@ def response_logprobs(model: GPT, tokens, attention_mask, prompt_len: int, tempe
                       fast: bool = True):
     """Log-probs (B, T) (and entropies) of the response tokens tokens[:, P:] under `model` at `temperature`.
 
-    Alignment (RLHF_DETAILS item 4): the hidden state at column t predicts token t + 1, so the response
+    Alignment: the hidden state at column t predicts token t + 1 (a causal LM's shift), so the response
     tokens are scored by hidden states P−1 … P+T−2; prompt positions no loss reads are never sent through
     the output layer. The fused path never materialises the (B, T, V) logits (see logprobs.py).
     The last block runs only at positions P−1… (hidden_states' `first`), the only ones read here.

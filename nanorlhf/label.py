@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from nanorlhf.config import check_config, parse_config, run_main
 from nanorlhf.data import DataError, read_jsonl, read_jsonl_lines
 
 FLAGS = ("fails_instruction", "wrong", "rude", "harmful", "unfinished", "rambling")
@@ -117,52 +119,51 @@ def label_loop(groups: list[dict], out_path, inp=None, out=None, ask_rating: boo
     return written
 
 
+@dataclass
+class LabelConfig:
+    samples: str = "out/rm/comparisons.jsonl"  # groups to rank ({"prompt", "responses"}; rankings hidden)
+    out: str = "data/human_labels.jsonl"  # the rankings are appended here (train_rm.py --human_labels reads it)
+    from_model: str = ""  # instead of --samples: a policy checkpoint to sample K responses from
+    prompts: str = "data/prompts.jsonl"  # prompts to sample for, with --from_model
+    k: int = 4  # responses per prompt (at least 2: a ranking compares)
+    n: int = 20  # prompts to sample when --from_model is given
+    max_new_tokens: int = 48  # longest sampled response, in tokens (with --from_model)
+    rating: bool = True  # also ask for a 1-7 rating and flags
+    seed: int = 0  # seeds the sampling with --from_model
+
+
+def label(argv=None) -> None:
+    """Read the groups (or sample them from --from_model), then rank them in the terminal."""
+    cfg = parse_config(LabelConfig, argv)
+    check_config(cfg, k=(lambda v: v >= 2, "at least 2 (a ranking compares responses)"),
+                 n=(lambda v: v >= 1, "at least 1"), max_new_tokens=(lambda v: v >= 1, "at least 1"))
+    if cfg.from_model:
+        import torch
+
+        from nanorlhf.checkpoint import CheckpointError, checkpoint_tokenizer, load_model
+        from nanorlhf.generate import sample_responses
+
+        model, ckpt = load_model(cfg.from_model)
+        if model.config.head != "lm":
+            raise CheckpointError(f"{cfg.from_model}: a '{ckpt['stage']}' checkpoint ({model.config.head} head), "
+                                  f"expected a policy (lm head), e.g. out/sft/ckpt.pt")
+        tok = checkpoint_tokenizer(ckpt, cfg.from_model)
+        prompts = [p["prompt"] for p in read_jsonl(cfg.prompts, {"prompt": str})][: cfg.n]
+        outs = sample_responses(model, tok, [p for p in prompts for _ in range(cfg.k)], cfg.max_new_tokens,
+                                generator=torch.Generator().manual_seed(cfg.seed))
+        groups = [{"prompt": p, "responses": [r for r, _ in outs[i * cfg.k : (i + 1) * cfg.k]],
+                   "finished": [f for _, f in outs[i * cfg.k : (i + 1) * cfg.k]]} for i, p in enumerate(prompts)]
+    else:
+        groups = []
+        for n, g in read_jsonl_lines(cfg.samples, {"prompt": str, "responses": list}, "python train_rm.py"):
+            if len(g["responses"]) < 2 or not all(isinstance(r, str) for r in g["responses"]):
+                raise DataError(f"{cfg.samples}:{n}: expected 'responses' to be at least 2 strings to rank")
+            groups.append(g)
+    label_loop(groups, cfg.out, ask_rating=cfg.rating)
+
+
 def main(argv=None) -> None:
-    from dataclasses import dataclass
-
-    from nanorlhf.config import check_config, parse_config, run_main
-
-    @dataclass
-    class LabelConfig:
-        samples: str = "out/rm/comparisons.jsonl"  # groups to rank ({"prompt", "responses"}; rankings hidden)
-        out: str = "data/human_labels.jsonl"
-        from_model: str = ""  # instead of --samples: a policy checkpoint to sample K responses from
-        prompts: str = "data/prompts.jsonl"
-        k: int = 4  # responses per prompt (at least 2: a ranking compares)
-        n: int = 20  # prompts to sample when --from_model is given
-        max_new_tokens: int = 48
-        rating: bool = True  # also ask for a 1-7 rating and flags
-        seed: int = 0
-
-    def run():
-        cfg = parse_config(LabelConfig, argv)
-        check_config(cfg, k=(lambda v: v >= 2, "at least 2 (a ranking compares responses)"),
-                     n=(lambda v: v >= 1, "at least 1"), max_new_tokens=(lambda v: v >= 1, "at least 1"))
-        if cfg.from_model:
-            import torch
-
-            from nanorlhf.checkpoint import CheckpointError, checkpoint_tokenizer, load_model
-            from nanorlhf.generate import sample_responses
-
-            model, ckpt = load_model(cfg.from_model)
-            if model.config.head != "lm":
-                raise CheckpointError(f"{cfg.from_model}: a '{ckpt['stage']}' checkpoint ({model.config.head} head), "
-                                      f"expected a policy (lm head), e.g. out/sft/ckpt.pt")
-            tok = checkpoint_tokenizer(ckpt, cfg.from_model)
-            prompts = [p["prompt"] for p in read_jsonl(cfg.prompts, {"prompt": str})][: cfg.n]
-            outs = sample_responses(model, tok, [p for p in prompts for _ in range(cfg.k)], cfg.max_new_tokens,
-                                    generator=torch.Generator().manual_seed(cfg.seed))
-            groups = [{"prompt": p, "responses": [r for r, _ in outs[i * cfg.k : (i + 1) * cfg.k]],
-                       "finished": [f for _, f in outs[i * cfg.k : (i + 1) * cfg.k]]} for i, p in enumerate(prompts)]
-        else:
-            groups = []
-            for n, g in read_jsonl_lines(cfg.samples, {"prompt": str, "responses": list}, "python train_rm.py"):
-                if len(g["responses"]) < 2 or not all(isinstance(r, str) for r in g["responses"]):
-                    raise DataError(f"{cfg.samples}:{n}: expected 'responses' to be at least 2 strings to rank")
-                groups.append(g)
-        label_loop(groups, cfg.out, ask_rating=cfg.rating)
-
-    run_main(run)
+    run_main(lambda: label(argv))
 
 
 if __name__ == "__main__":

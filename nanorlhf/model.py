@@ -305,10 +305,6 @@ class GPT(nn.Module):
         return KVCache(self.config, batch, min(max_len, self.config.block_size), p.device, p.dtype)
 
     # ------------------------------------------------------------------------------------------------
-    def trunk_state_dict(self) -> dict:
-        """Weights shared by every head (everything but `score`)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("score.")}
-
     def load_gpt2_state_dict(self, sd: dict) -> None:
         """Load a Hugging Face GPT-2 state dict (e.g. from a local `pytorch_model.bin` the user has).
 

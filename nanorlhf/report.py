@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from nanorlhf.plots import line_plots
 
@@ -136,16 +137,10 @@ def _breakdown_section(models: dict) -> list[str]:
     return lines
 
 
-def write_report(out_dir) -> str:
-    """out/report.md and its figures from out/eval.json, the PPO histories and the pipeline state."""
+def _figures(out, ev: dict) -> list[str]:
+    """Every PPO run's curves, the win-rate chart and the over-optimisation chart; returns the runs drawn."""
     import json
-    from pathlib import Path
 
-    from nanorlhf.files import atomic_write
-
-    out = Path(out_dir)
-    ev = json.loads((out / "eval.json").read_text())
-    models = ev["models"]
     runs, curves = {}, []
     for run in ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold"):
         h = out / run / "history.json"
@@ -156,13 +151,13 @@ def write_report(out_dir) -> str:
                 runs[run] = [e for e in hist["evals"] if e.get("rm_score") is not None]
             ppo_curves(out / f"{run}_curves.png", run, hist["history"], hist["evals"], "gold" if gold else "model")
             curves.append(run)
-    winrate_chart(out / "winrate.png", models)
+    winrate_chart(out / "winrate.png", ev["models"])
     overoptimisation_chart(out / "overoptimisation.png", runs, ev.get("best_of_n", []))
-    state_path = out / "pipeline_state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    return curves
 
-    lines = ["# nanorlhf report", "", *_summary(models, ev.get("headroom")), "",
-             f"Test prompts: {next(iter(models.values()))['n'] if models else 0}; every model's samples are compared with "
+
+def _results_table(models: dict) -> list[str]:
+    lines = [f"Test prompts: {next(iter(models.values()))['n'] if models else 0}; every model's samples are compared with "
              "the SFT model's by the gold labeler (ties count half). 95% Wilson intervals.", "",
              "![win-rate against SFT](winrate.png)", "",
              "| model | win-rate vs SFT | 95% CI | gold rating (1-7) | correct | EOS | RM score | KL to SFT (nats) | corpus loss |",
@@ -171,21 +166,66 @@ def write_report(out_dir) -> str:
         kl = "—" if r["kl_to_sft"] is None else f"{r['kl_to_sft']:.2f}"
         lines.append(f"| {name} | {r['win_rate']:.1%} | [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | {r['rating']:.2f} | "
                      f"{r['correct']:.0%} | {r['eos_rate']:.0%} | {r['rm_score']:+.2f} | {kl} | {r['corpus_loss']:.3f} |")
-    cats = sorted({c for r in models.values() for c in r["per_category"]})
     lines += ["", "Corpus loss is the pretraining-corpus validation loss: what RLHF costs in language modelling "
               "(the alignment tax; PPO-ptx should pay less)."]
     if any("gold" in name for name in models):
         lines += ["", "*PPO, gold reward* is the same PPO run with the gold labeler itself as the reward "
                   "(`train_ppo.py --reward=gold`): not RLHF -- no one has the gold labeler -- but the ceiling of what a "
                   "better reward model could give this policy in this many iterations."]
-    lines += _figure1_sample(ev["samples"])
-    lines += _headroom_section(ev.get("headroom"), ev.get("best_of_n", []))
-    lines += _breakdown_section(models)
-    lines += ["", "## Gold rating per category", "",
-              "| model | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
+    return lines
+
+
+def _category_section(models: dict) -> list[str]:
+    cats = sorted({c for r in models.values() for c in r["per_category"]})
+    lines = ["", "## Gold rating per category", "",
+             "| model | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
     for name, r in models.items():
         lines.append(f"| {name} | " + " | ".join(f"{r['per_category'].get(c, {}).get('rating', float('nan')):.1f}"
                                                   for c in cats) + " |")
+    return lines
+
+
+def _samples_section(samples: dict) -> list[str]:
+    lines = ["", "## Samples", ""]
+    first = next(iter(samples.values()), [])
+    for i, s in enumerate(first[:4]):
+        lines += [f"**Prompt:** {s['prompt']}", "", "| model | response | rating |", "|---|---|---|"]
+        for name, ss in samples.items():
+            if i < len(ss):
+                resp = ss[i]["response"].replace("|", "\\|").replace("\n", " ")
+                lines.append(f"| {name} | {resp[:200]}{'' if ss[i]['finished'] else ' *(no EOS)*'} | {ss[i]['rating']} |")
+        lines.append("")
+    return lines
+
+
+def _wall_time_section(state: dict) -> list[str]:
+    if not state:
+        return []
+    lines = ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v['wall_s']:.0f} |" for k, v in state.items()]
+    lines.append(f"| total | {sum(v['wall_s'] for v in state.values()):.0f} |")
+    return lines
+
+
+def write_report(out_dir) -> str:
+    """out/report.md and its figures from out/eval.json, the PPO histories and the pipeline state."""
+    import json
+    from pathlib import Path
+
+    from nanorlhf.files import atomic_write
+
+    out = Path(out_dir)
+    ev = json.loads((out / "eval.json").read_text())
+    models = ev["models"]
+    curves = _figures(out, ev)
+    state_path = out / "pipeline_state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+
+    lines = ["# nanorlhf report", "", *_summary(models, ev.get("headroom")), "", *_results_table(models)]
+    lines += _figure1_sample(ev["samples"])
+    lines += _headroom_section(ev.get("headroom"), ev.get("best_of_n", []))
+    lines += _breakdown_section(models)
+    lines += _category_section(models)
     lines += ["", "## PPO runs", ""]
     for run in curves:
         lines.append(f"![{run}]({run}_curves.png)")
@@ -193,32 +233,21 @@ def write_report(out_dir) -> str:
               "Gold rating and reward-model score against √KL to the SFT model, for each PPO run's periodic evaluations "
               "and for best-of-n sampling from SFT (KL = log n − (n−1)/n). With β = 0 the proxy reward keeps rising "
               "while the gold rating stalls or falls: the policy learns what the reward model over-values.", "",
-              "![over-optimisation](overoptimisation.png)", "", "## Samples", ""]
-    first = next(iter(ev["samples"].values()), [])
-    for i, s in enumerate(first[:4]):
-        lines += [f"**Prompt:** {s['prompt']}", "", "| model | response | rating |", "|---|---|---|"]
-        for name, ss in ev["samples"].items():
-            if i < len(ss):
-                resp = ss[i]["response"].replace("|", "\\|").replace("\n", " ")
-                lines.append(f"| {name} | {resp[:200]}{'' if ss[i]['finished'] else ' *(no EOS)*'} | {ss[i]['rating']} |")
-        lines.append("")
-    if state:
-        lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v['wall_s']:.0f} |" for k, v in state.items()]
-        lines.append(f"| total | {sum(v['wall_s'] for v in state.values()):.0f} |")
+              "![over-optimisation](overoptimisation.png)"]
+    lines += _samples_section(ev["samples"])
+    lines += _wall_time_section(state)
     text = "\n".join(lines) + "\n"
     atomic_write(out / "report.md", text)
     return text
 
 
+@dataclass
+class ReportConfig:
+    out_dir: str = "out"  # the pipeline's output: reads eval.json and the PPO histories, writes report.md and figures
+
+
 def main(argv=None) -> None:
-    from dataclasses import dataclass
-
     from nanorlhf.config import parse_config
-
-    @dataclass
-    class ReportConfig:
-        out_dir: str = "out"
 
     cfg = parse_config(ReportConfig, argv)
     write_report(cfg.out_dir)

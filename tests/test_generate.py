@@ -37,7 +37,7 @@ def test_sampled_logprobs_equal_recomputed_at_temperature():
         gen = generate(m, _prompts(), 10, EOS, PAD, temperature=temp, generator=g)
         recomputed = response_logprobs(m, gen.tokens, gen.attention_mask, gen.prompt_len, temp)
         torch.testing.assert_close(recomputed * gen.response_mask, gen.logprobs, atol=1e-5, rtol=1e-5)
-    # and a loop of log_softmax(logits_t)[y_{t+1}] in float64 (alignment, RLHF_DETAILS item 4)
+    # and a loop of log_softmax(logits_t)[y_{t+1}] in float64 (alignment: column t predicts token t + 1)
     logits = m(gen.tokens, gen.attention_mask).double() / 0.7
     P = gen.prompt_len
     for b in range(3):

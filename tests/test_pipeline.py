@@ -103,3 +103,18 @@ def test_current_means_same_inputs_and_same_files(tmp_path, capsys):
     # a file a stage should have written is missing: it runs again
     (tmp_path / "b.txt").unlink()
     assert runs(plan(tmp_path, a="A3")) == ["b"]
+
+
+def test_every_checkpoint_names_the_command_that_makes_it():
+    """checkpoint.MAKERS (the hint of a missing or wrong checkpoint) has every checkpoint the pipeline
+    writes, with the script and the flags the pipeline gives that stage beyond folders, preset and seed."""
+    from nanorlhf.checkpoint import MAKERS
+
+    written = {out.parent.name: st for st in stages(resolve_dirs(PipelineConfig(preset="micro")))
+               for out in st.outputs if out.name == "ckpt.pt"}
+    assert set(MAKERS) == set(written)
+    where = ("--preset=", "--data_dir=", "--out_dir=", "--seed=", "--device=")
+    for name, st in written.items():
+        script, *flags = MAKERS[name].split()[1:]
+        assert script == Path(st.cmd[1]).name, name
+        assert set(flags) == {a for a in st.cmd[2:] if not a.startswith(where)}, name

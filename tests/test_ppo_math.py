@@ -1,5 +1,7 @@
 """Tests for nanorlhf/ppo.py: vectorised PPO math against slow per-row loops and the reference
-numbers of shared/RLHF_DETAILS.md (items 15, 17, 18, 20-23)."""
+numbers of the published implementations: openai/lm-human-preferences as documented in "The N
+Implementation Details of RLHF with PPO" (Huang et al. 2023, "N"), Ziegler et al. 2019, Schulman's
+"Approximating KL Divergence" and "The 37 Implementation Details of PPO" (Huang et al. 2022)."""
 
 import math
 
@@ -29,7 +31,7 @@ def ragged_mask(lengths, T, start=None, dtype=torch.float64):
     return mask
 
 # -----------------------------------------------------------------------------
-# GAE (item 20)
+# GAE (Schulman et al. 2016; gamma 1, lambda 0.95 as in Stiennon et al. 2020)
 
 def ref_gae_row(rewards, values, gamma, lam):
     """One episode (lists of floats): reverse loop with V after the last token = 0."""
@@ -101,7 +103,7 @@ def test_gae_outputs_are_detached():
     assert not adv.requires_grad and not ret.requires_grad
 
 # -----------------------------------------------------------------------------
-# whitening (item 21)
+# whitening (N §9: biased variance over the valid tokens)
 
 N_EXAMPLE = torch.tensor([[1.2, 1.3, 1.4], [1.5, 1.6, 1.7], [1.8, 1.9, 2.0]], dtype=torch.float64)
 
@@ -145,7 +147,7 @@ def test_whiten_shift_mean_false_preserves_mean_and_sets_unit_variance():
     assert w0[m].mean().item() == pytest.approx(0.0, abs=1e-12)
 
 # -----------------------------------------------------------------------------
-# KL-shaped rewards (item 15) and KL estimators (item 17)
+# KL-shaped rewards (InstructGPT §3.5, N §8) and KL estimators (Schulman's k1, k2, k3)
 
 def test_kl_penalty_reference_numbers():
     diffs = torch.tensor([[-0.3315, -0.0426, 0.6351]], dtype=torch.float64)
@@ -221,7 +223,7 @@ def test_kl_estimators_unbiased_monte_carlo():
     assert est["k3"].item() == pytest.approx(true_kl, abs=2e-3)
 
 # -----------------------------------------------------------------------------
-# policy loss (item 22)
+# policy loss (Schulman et al. 2017 eq. 7; 37 details #8)
 
 def test_policy_loss_gradient_zero_exactly_in_clipped_regions():
     eps = 0.2
@@ -305,7 +307,7 @@ def test_policy_loss_ratio_one_at_start():
     assert stats["ratio_mean"].item() == 1 and stats["ratio_max"].item() == 1
 
 # -----------------------------------------------------------------------------
-# value loss (item 23)
+# value loss (N §10: lm-human-preferences' clipped value loss)
 
 def test_value_loss_is_half_mse_inside_the_clip_range():
     g = torch.Generator().manual_seed(9)
@@ -370,10 +372,10 @@ def test_explained_variance():
     assert isinstance(ev, float)
 
 # -----------------------------------------------------------------------------
-# KL controllers (item 18)
+# KL controllers (Ziegler et al. 2019 §2.2)
 
 def test_adaptive_kl_reference_numbers():
-    # RLHF_DETAILS item 18: n_steps/horizon = 512/10^4 (lm-human-preferences launch.py)
+    # n_steps/horizon = 512/10^4 as in lm-human-preferences launch.py
     for kl, beta in [(6.0, 0.15), (12.0, 0.151536), (3.0, 0.148464), (100.0, 0.151536), (0.0, 0.148464)]:
         ctl = AdaptiveKLController(0.15, target=6.0, horizon=10_000)
         ctl.update(kl, n_steps=512)
@@ -399,7 +401,7 @@ def test_adaptive_kl_direction_and_fixed():
 
 
 # -----------------------------------------------------------------------------
-# PPO-ptx (item 26): the update's gradient is the PPO gradient plus gamma times the pretraining one
+# PPO-ptx (InstructGPT eq. 2, App. C.4): the update's gradient is the PPO gradient plus gamma times the pretraining one
 
 def test_ppo_ptx_gradient_is_ppo_plus_gamma_lm():
     """One minibatch, plain SGD at lr 1 and no clipping: the parameter step is minus the gradient, so the
