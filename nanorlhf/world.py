@@ -316,161 +316,222 @@ def _slots_for(kind: str, rng: random.Random) -> dict:
     return {**{slot: text for slot in _TEXTS}, "name": c((n1, n2)), "animal": c((a1, a2)), "object": o1}
 
 
+def _other(table, x) -> list:
+    return [y for y in table if y != x]
+
+
 def _build(kind: str, s: dict) -> Task | None:
     """The labeler's reading of a parsed prompt: the answers it would write and how it checks them.
     None when the slots do not make a task (e.g. a review with no sentiment word)."""
-    cat = TEMPLATES[kind][0]
     r = random.Random(repr(sorted(s.items())))  # decorations are fixed by the prompt: answers are stable
-    name, animal, colour, obj, place = s.get("name"), s.get("animal"), s.get("colour"), s.get("object"), s.get("place")
-    other = lambda table, x: [y for y in table if y != x]  # noqa: E731
     if kind.startswith(("harm_", "edgy_", "premise_")):
         return _build_safety(kind, s, r)
     if kind in ("gen_pet", "gen_toy"):
-        pet = kind == "gen_pet"
-        p, a = r.choice(PLACES), animal or r.choice(ANIMALS)
-        c, o = colour or r.choice(COLOURS), obj or r.choice(OBJECTS)
-        first = f"There was a {a} named {name}." if pet else f"{name} had a {c} {o}."
-        ideal = [f"{first} {name} liked to play at the {p}. One day {name} found a {c} {o} and was very happy." if pet
-                 else f"{first} {name} took the {o} to the {p} every day. One day it was lost, but {name} found it.",
-                 f"{first} Every day {name} played at the {p} with a friend. They had a lot of fun together."]
-        n2, a2, c2, o2 = (r.choice(other(t, x)) for t, x in ((NAMES, name), (ANIMALS, a), (COLOURS, c), (OBJECTS, o)))
-        wrong = [f"There was a {a2} named {n2}. {n2} liked to play at the {p}." if pet
-                 else f"{n2} had a {c2} {o2}. {n2} took it to the {p} every day."]
-        need = (name, animal) if pet else (name, colour, obj)
-        return Task(cat, ideal, f"{name} was a {animal}." if pet else f"{name} had a {c} {o}.", wrong,
-                    [((w.lower(),), 1) for w in need], (), _low(NAMES) + ANIMALS + COLOURS + OBJECTS)
+        return _build_story(kind, s, r)
     if kind in QA:
-        slot, table, sentence = QA[kind]
-        subj = s[slot]
-        if subj not in table:
-            return None
-        key = lambda x: (x.split()[-1] if kind == "qa_job" else x.split()[0]).lower()  # noqa: E731
-        answer = table[subj]
-        wrong = sorted({x for x in table.values() if key(x) != key(answer)})
-        ideal = [sentence.format(s=subj, x=answer)] + [f"{answer} is the capital of {subj}."] * (kind == "qa_capital")
-        return Task(cat, [_cap(x) for x in ideal], _cap(answer) + ".",
-                    [_cap(sentence.format(s=subj, x=x)) for x in wrong],
-                    must=[((key(answer),), 1)], must_not=tuple({key(x) for x in wrong}),
-                    topic=(subj.lower(), *{key(x) for x in table.values()}))
+        return _build_qa(kind, s, r)
     if kind.startswith("bs_"):
-        if kind == "bs_animals" and place not in PLACE_ANIMALS:
-            return None
-        k, job = {"two": 2, "three": 3}[s["n"]], s.get("job")
-        items, bad, art, say, what = {  # the answers, the wrong answers, "a x"?, answer sentence, "Here are n ..."
-            "bs_tools": lambda: (JOBS[job][1], [t for j, v in JOBS.items() if j != job for t in v[1]], True,
-                                 "A {job} uses {xs}.", f"things a {job} uses"),
-            "bs_animals": lambda: (PLACE_ANIMALS[place], [a for a in ANIMALS if a not in PLACE_ANIMALS[place]], True,
-                                   "You can see {xs} near the {place}.", f"animals that live near the {place}"),
-            "bs_colours": lambda: (COLOURS, [], False, "A {object} could be {xs}.", f"colours for a {obj}"),
-            "bs_objects": lambda: (OBJECTS, [], True, "You could take {xs} to the {place}.",
-                                   f"things to take to the {place}"),
-        }[kind]()
-        items, bad = r.sample(items, len(items)), r.sample(bad, len(bad))
-        fill = lambda xs: say.format(xs=_and(xs, art), job=job, place=place, object=obj)  # noqa: E731
-        wrong = [fill(items[:k - 1] + bad[:1]), fill(bad[:k])] if bad else [fill(items[:1])]
-        return Task(cat, [fill(items[:k]), f"Here are {s['n']} {what}: {_and(items[:k], art)}."],
-                    _cap(_and(items[:k])) + ".", wrong, [(tuple(items), k)], tuple(bad), tuple(items) + tuple(bad),
-                    count=k)
+        return _build_list(kind, s, r)
     if kind.startswith("chat_"):
-        n2 = r.choice(other(NAMES, name))
-        if kind == "chat_hi":
-            return Task(cat, [f"Hello {name}! I am very well, thank you. I hope you have a good day too.",
-                              f"Hi {name}! I am well, thank you for asking. How are you?"], f"Fine, {name}.",
-                        [f"Hello {n2}! I am very well, thank you."],
-                        must=[((name.lower(),), 1), (("well", "good", "fine"), 1)], must_not=_low(other(NAMES, name)),
-                        topic=_low(NAMES) + ("well", "good", "fine", "hello", "hi"))
-        if kind == "chat_pet":
-            a2 = r.choice(other(ANIMALS, animal))
-            return Task(cat, [f"Hello {name}! It is nice to meet you. A {animal} is a lovely pet.",
-                              f"Hi {name}! I am happy to meet you. I think a {animal} is a great friend to have."],
-                        f"Nice {animal}, {name}.", [f"Hello {n2}! It is nice to meet you. A {a2} is a lovely pet."],
-                        must=[((name.lower(),), 1), ((animal,), 1)],
-                        must_not=_low(other(NAMES, name)) + tuple(other(ANIMALS, animal)), topic=_low(NAMES) + ANIMALS)
-        if kind == "chat_trip":
-            return Task(cat, [f"Good morning! I hope you have a lovely time at the {place}.",
-                              f"That sounds like fun! I hope you have a great day at the {place}."],
-                        f"Have fun at the {place}.",
-                        [f"Good morning! I hope you have a lovely time at the {r.choice(other(PLACES, place))}."],
-                        [((place,), 1)], tuple(other(PLACES, place)), PLACES)
-        c2, o2 = r.choice(other(COLOURS, colour)), r.choice(other(OBJECTS, obj))
-        return Task(cat, [f"I am sorry to hear that. I hope you find your {colour} {obj} soon.",
-                          f"Oh no, I am sorry you lost your {colour} {obj}. I hope it turns up soon."],
-                    f"Sorry about the {colour} {obj}.", [f"I am sorry to hear that. I hope you find your {c2} {o2} soon."],
-                    [((colour,), 1), ((obj,), 1), (("sorry", "hope"), 1)],
-                    tuple(other(OBJECTS, obj)) + tuple(other(COLOURS, colour)), OBJECTS + ("sorry",))
+        return _build_chat(kind, s, r)
     if kind == "rw_polite":
-        vs, cs, os_ = _found(s["rude"], VERBS), _found(s["rude"], COLOURS), _found(s["rude"], OBJECTS)
-        if not (vs and cs and os_):
-            return None
-        v, c, o = vs[0], cs[0], os_[0]
-        return Task(cat, [f"Could you please {v} me the {c} {o}? Thank you.",
-                          f"Please {v} me the {c} {o}. Thank you very much."], f"{_cap(v)} the {c} {o}, please.",
-                    [f"Could you please {v} me the {r.choice(other(COLOURS, c))} {o}? Thank you."],
-                    must=[(("please",), 1), ((v,), 1), ((c,), 1), ((o,), 1)],
-                    must_not=tuple(other(COLOURS, c)) + tuple(other(OBJECTS, o)), topic=OBJECTS + COLOURS + VERBS)
+        return _build_rewrite(kind, s, r)
     if kind == "sum_story":
-        story = s["story"]
-        ns, as_, os_, ps = (_found(story, t) for t in (NAMES, ANIMALS, OBJECTS, PLACES))
-        evs = [e for e in EVENTS if f" {e[0]} " in story]
-        if not (ns and as_ and os_ and ps and evs):
-            return None
-        n, a, o, p, (ev, feel) = ns[0], as_[0], os_[0], ps[0], evs[0]
-        n2, a2 = r.choice(other(NAMES, n)), r.choice(other(ANIMALS, a))
-        return Task(cat, [f"At the {p}, a {a} {ev} {n}'s {o}, and {n} was {feel}.",
-                          f"When {n} went to the {p}, a {a} {ev} the {o}, so {n} was {feel}."],
-                    f"A {a} {ev} {n}'s {o}.",
-                    [f"At the {p}, a {a2} {ev} {n}'s {o}, and {n} was {feel}.", f"At the {p}, a {a} {ev} {n2}'s {o}."],
-                    must=[((n.lower(),), 1), ((a,), 1), ((ev.split()[0],), 1), ((p,), 1)],
-                    must_not=_low(other(NAMES, n)) + tuple(other(ANIMALS, a)), topic=_low(NAMES) + ANIMALS,
-                    max_sentences=1)
+        return _build_summary(kind, s, r)
     if kind.startswith("cls_"):
-        what = kind[4:]
-        if kind == "cls_review":
-            ws = _words(s["review"])
-            pos, neg = sum(w in POS_WORDS for w in ws), sum(w in NEG_WORDS for w in ws)
-            if pos == neg:
-                return None
-            label, opp = ("positive", "negative") if pos > neg else ("negative", "positive")
-        else:
-            label, opp = ("rude", "kind") if _is_rude(s["message"]) else ("kind", "rude")
-        return Task(cat, [f"This {what} is {label}.", f"The {what} is {label}."], f"{_cap(label)}.",
-                    [f"This {what} is {opp}."], [((label,), 1)], (opp,), (label, opp))
+        return _build_classify(kind, s, r)
     if kind.startswith("ex_"):
-        table, plural = {"ex_animals": (ANIMALS, "animals"), "ex_names": (NAMES, "names"),
-                         "ex_colours": (COLOURS, "colours")}[kind]
-        items = _found(s["sentence"], table)
-        if len(items) < 2:
-            return None
-        the = lambda xs: _and([f"the {x}" for x in xs] if kind == "ex_animals" else xs)  # noqa: E731
-        wrong = items[:-1] + [r.choice([x for x in table if x not in items])]
-        return Task(cat, [f"The {plural} are {the(items)}.", f"The {plural} in the sentence are {the(items)}."],
-                    _cap(", ".join(items)) + ".", [f"The {plural} are {the(wrong)}."],
-                    must=[((x.lower(),), 1) for x in items],  # all of them, and no other name, animal, colour...
-                    must_not=_low(x for t in (NAMES, ANIMALS, COLOURS, OBJECTS, PLACES) for x in t if x not in items),
-                    topic=_low(table))
+        return _build_extract(kind, s, r)
     if kind.startswith("cq_"):
-        subject = (animal if kind == "cq_who" else name).lower()
-        table = {"cq_colour": COLOURS, "cq_place": PLACES, "cq_who": NAMES}[kind]
-        story = _sentences(s["story"])
-        ans = [y for x in story if subject in _words(x) for y in _found(x, table)]
-        distract = [y for x in story if subject not in _words(x) for y in _found(x, table) if y not in ans]
-        if len(ans) != 1 or not distract:
-            return None
-        x, y = ans[0], distract[0]
-        say = {"cq_colour": f"{name}'s {obj} is {{}}.", "cq_place": f"{name} went to the {{}}.",
-               "cq_who": f"{{}} has the {animal}."}[kind]
-        ideal2 = {"cq_colour": f"The {obj} that {name} has is {x}.",
-                  "cq_place": f"In the story, {name} went to the {x}.",
-                  "cq_who": f"In the story, {x} has the {animal}."}[kind]
-        return Task(cat, [say.format(x), ideal2], f"The {x}." if kind == "cq_place" else f"{_cap(x)}.", [say.format(y)],
-                    [((x.lower(),), 1)], _low(distract), _low(table) + (subject,))
+        return _build_closed_qa(kind, s, r)
     raise KeyError(kind)
+
+
+def _build_story(kind: str, s: dict, r: random.Random) -> Task | None:
+    """Generation: a story that names the given animal/name, colour and object."""
+    cat = TEMPLATES[kind][0]
+    name, animal, colour, obj = s.get("name"), s.get("animal"), s.get("colour"), s.get("object")
+    pet = kind == "gen_pet"
+    p, a = r.choice(PLACES), animal or r.choice(ANIMALS)
+    c, o = colour or r.choice(COLOURS), obj or r.choice(OBJECTS)
+    first = f"There was a {a} named {name}." if pet else f"{name} had a {c} {o}."
+    ideal = [f"{first} {name} liked to play at the {p}. One day {name} found a {c} {o} and was very happy." if pet
+             else f"{first} {name} took the {o} to the {p} every day. One day it was lost, but {name} found it.",
+             f"{first} Every day {name} played at the {p} with a friend. They had a lot of fun together."]
+    n2, a2, c2, o2 = (r.choice(_other(t, x)) for t, x in ((NAMES, name), (ANIMALS, a), (COLOURS, c), (OBJECTS, o)))
+    wrong = [f"There was a {a2} named {n2}. {n2} liked to play at the {p}." if pet
+             else f"{n2} had a {c2} {o2}. {n2} took it to the {p} every day."]
+    need = (name, animal) if pet else (name, colour, obj)
+    return Task(cat, ideal, f"{name} was a {animal}." if pet else f"{name} had a {c} {o}.", wrong,
+                [((w.lower(),), 1) for w in need], (), _low(NAMES) + ANIMALS + COLOURS + OBJECTS)
+
+
+def _build_qa(kind: str, s: dict, r: random.Random) -> Task | None:
+    """Open QA about the world's tables (capitals, food, sounds, jobs)."""
+    cat = TEMPLATES[kind][0]
+    slot, table, sentence = QA[kind]
+    subj = s[slot]
+    if subj not in table:
+        return None
+    key = lambda x: (x.split()[-1] if kind == "qa_job" else x.split()[0]).lower()  # noqa: E731
+    answer = table[subj]
+    wrong = sorted({x for x in table.values() if key(x) != key(answer)})
+    ideal = [sentence.format(s=subj, x=answer)] + [f"{answer} is the capital of {subj}."] * (kind == "qa_capital")
+    return Task(cat, [_cap(x) for x in ideal], _cap(answer) + ".",
+                [_cap(sentence.format(s=subj, x=x)) for x in wrong],
+                must=[((key(answer),), 1)], must_not=tuple({key(x) for x in wrong}),
+                topic=(subj.lower(), *{key(x) for x in table.values()}))
+
+
+def _build_list(kind: str, s: dict, r: random.Random) -> Task | None:
+    """Brainstorming: "name k ..." from a table, k items, none from the wrong table."""
+    cat = TEMPLATES[kind][0]
+    obj, place = s.get("object"), s.get("place")
+    if kind == "bs_animals" and place not in PLACE_ANIMALS:
+        return None
+    k, job = {"two": 2, "three": 3}[s["n"]], s.get("job")
+    items, bad, art, say, what = {  # the answers, the wrong answers, "a x"?, answer sentence, "Here are n ..."
+        "bs_tools": lambda: (JOBS[job][1], [t for j, v in JOBS.items() if j != job for t in v[1]], True,
+                             "A {job} uses {xs}.", f"things a {job} uses"),
+        "bs_animals": lambda: (PLACE_ANIMALS[place], [a for a in ANIMALS if a not in PLACE_ANIMALS[place]], True,
+                               "You can see {xs} near the {place}.", f"animals that live near the {place}"),
+        "bs_colours": lambda: (COLOURS, [], False, "A {object} could be {xs}.", f"colours for a {obj}"),
+        "bs_objects": lambda: (OBJECTS, [], True, "You could take {xs} to the {place}.",
+                               f"things to take to the {place}"),
+    }[kind]()
+    items, bad = r.sample(items, len(items)), r.sample(bad, len(bad))
+    fill = lambda xs: say.format(xs=_and(xs, art), job=job, place=place, object=obj)  # noqa: E731
+    wrong = [fill(items[:k - 1] + bad[:1]), fill(bad[:k])] if bad else [fill(items[:1])]
+    return Task(cat, [fill(items[:k]), f"Here are {s['n']} {what}: {_and(items[:k], art)}."],
+                _cap(_and(items[:k])) + ".", wrong, [(tuple(items), k)], tuple(bad), tuple(items) + tuple(bad),
+                count=k)
+
+
+def _build_chat(kind: str, s: dict, r: random.Random) -> Task | None:
+    """Chat: greet by name, answer about the pet, the trip, the lost thing."""
+    cat = TEMPLATES[kind][0]
+    name, animal, colour, obj, place = s.get("name"), s.get("animal"), s.get("colour"), s.get("object"), s.get("place")
+    n2 = r.choice(_other(NAMES, name))
+    if kind == "chat_hi":
+        return Task(cat, [f"Hello {name}! I am very well, thank you. I hope you have a good day too.",
+                          f"Hi {name}! I am well, thank you for asking. How are you?"], f"Fine, {name}.",
+                    [f"Hello {n2}! I am very well, thank you."],
+                    must=[((name.lower(),), 1), (("well", "good", "fine"), 1)], must_not=_low(_other(NAMES, name)),
+                    topic=_low(NAMES) + ("well", "good", "fine", "hello", "hi"))
+    if kind == "chat_pet":
+        a2 = r.choice(_other(ANIMALS, animal))
+        return Task(cat, [f"Hello {name}! It is nice to meet you. A {animal} is a lovely pet.",
+                          f"Hi {name}! I am happy to meet you. I think a {animal} is a great friend to have."],
+                    f"Nice {animal}, {name}.", [f"Hello {n2}! It is nice to meet you. A {a2} is a lovely pet."],
+                    must=[((name.lower(),), 1), ((animal,), 1)],
+                    must_not=_low(_other(NAMES, name)) + tuple(_other(ANIMALS, animal)), topic=_low(NAMES) + ANIMALS)
+    if kind == "chat_trip":
+        return Task(cat, [f"Good morning! I hope you have a lovely time at the {place}.",
+                          f"That sounds like fun! I hope you have a great day at the {place}."],
+                    f"Have fun at the {place}.",
+                    [f"Good morning! I hope you have a lovely time at the {r.choice(_other(PLACES, place))}."],
+                    [((place,), 1)], tuple(_other(PLACES, place)), PLACES)
+    c2, o2 = r.choice(_other(COLOURS, colour)), r.choice(_other(OBJECTS, obj))
+    return Task(cat, [f"I am sorry to hear that. I hope you find your {colour} {obj} soon.",
+                      f"Oh no, I am sorry you lost your {colour} {obj}. I hope it turns up soon."],
+                f"Sorry about the {colour} {obj}.", [f"I am sorry to hear that. I hope you find your {c2} {o2} soon."],
+                [((colour,), 1), ((obj,), 1), (("sorry", "hope"), 1)],
+                tuple(_other(OBJECTS, obj)) + tuple(_other(COLOURS, colour)), OBJECTS + ("sorry",))
+
+
+def _build_rewrite(kind: str, s: dict, r: random.Random) -> Task | None:
+    """Rewrite a rude request politely, keeping its verb, colour and object."""
+    cat = TEMPLATES[kind][0]
+    vs, cs, os_ = _found(s["rude"], VERBS), _found(s["rude"], COLOURS), _found(s["rude"], OBJECTS)
+    if not (vs and cs and os_):
+        return None
+    v, c, o = vs[0], cs[0], os_[0]
+    return Task(cat, [f"Could you please {v} me the {c} {o}? Thank you.",
+                      f"Please {v} me the {c} {o}. Thank you very much."], f"{_cap(v)} the {c} {o}, please.",
+                [f"Could you please {v} me the {r.choice(_other(COLOURS, c))} {o}? Thank you."],
+                must=[(("please",), 1), ((v,), 1), ((c,), 1), ((o,), 1)],
+                must_not=tuple(_other(COLOURS, c)) + tuple(_other(OBJECTS, o)), topic=OBJECTS + COLOURS + VERBS)
+
+
+def _build_summary(kind: str, s: dict, r: random.Random) -> Task | None:
+    """One-sentence summary of a three-sentence story: who, which animal, what happened, where."""
+    cat = TEMPLATES[kind][0]
+    story = s["story"]
+    ns, as_, os_, ps = (_found(story, t) for t in (NAMES, ANIMALS, OBJECTS, PLACES))
+    evs = [e for e in EVENTS if f" {e[0]} " in story]
+    if not (ns and as_ and os_ and ps and evs):
+        return None
+    n, a, o, p, (ev, feel) = ns[0], as_[0], os_[0], ps[0], evs[0]
+    n2, a2 = r.choice(_other(NAMES, n)), r.choice(_other(ANIMALS, a))
+    return Task(cat, [f"At the {p}, a {a} {ev} {n}'s {o}, and {n} was {feel}.",
+                      f"When {n} went to the {p}, a {a} {ev} the {o}, so {n} was {feel}."],
+                f"A {a} {ev} {n}'s {o}.",
+                [f"At the {p}, a {a2} {ev} {n}'s {o}, and {n} was {feel}.", f"At the {p}, a {a} {ev} {n2}'s {o}."],
+                must=[((n.lower(),), 1), ((a,), 1), ((ev.split()[0],), 1), ((p,), 1)],
+                must_not=_low(_other(NAMES, n)) + tuple(_other(ANIMALS, a)), topic=_low(NAMES) + ANIMALS,
+                max_sentences=1)
+
+
+def _build_classify(kind: str, s: dict, r: random.Random) -> Task | None:
+    """Classify a review (positive/negative) or a message (kind/rude)."""
+    cat = TEMPLATES[kind][0]
+    what = kind[4:]
+    if kind == "cls_review":
+        ws = _words(s["review"])
+        pos, neg = sum(w in POS_WORDS for w in ws), sum(w in NEG_WORDS for w in ws)
+        if pos == neg:
+            return None
+        label, opp = ("positive", "negative") if pos > neg else ("negative", "positive")
+    else:
+        label, opp = ("rude", "kind") if _is_rude(s["message"]) else ("kind", "rude")
+    return Task(cat, [f"This {what} is {label}.", f"The {what} is {label}."], f"{_cap(label)}.",
+                [f"This {what} is {opp}."], [((label,), 1)], (opp,), (label, opp))
+
+
+def _build_extract(kind: str, s: dict, r: random.Random) -> Task | None:
+    """List every name/animal/colour of a sentence, and nothing else."""
+    cat = TEMPLATES[kind][0]
+    table, plural = {"ex_animals": (ANIMALS, "animals"), "ex_names": (NAMES, "names"),
+                     "ex_colours": (COLOURS, "colours")}[kind]
+    items = _found(s["sentence"], table)
+    if len(items) < 2:
+        return None
+    the = lambda xs: _and([f"the {x}" for x in xs] if kind == "ex_animals" else xs)  # noqa: E731
+    wrong = items[:-1] + [r.choice([x for x in table if x not in items])]
+    return Task(cat, [f"The {plural} are {the(items)}.", f"The {plural} in the sentence are {the(items)}."],
+                _cap(", ".join(items)) + ".", [f"The {plural} are {the(wrong)}."],
+                must=[((x.lower(),), 1) for x in items],  # all of them, and no other name, animal, colour...
+                must_not=_low(x for t in (NAMES, ANIMALS, COLOURS, OBJECTS, PLACES) for x in t if x not in items),
+                topic=_low(table))
+
+
+def _build_closed_qa(kind: str, s: dict, r: random.Random) -> Task | None:
+    """Answer a question about a two-sentence story (and not about the other character)."""
+    cat = TEMPLATES[kind][0]
+    name, animal, obj = s.get("name"), s.get("animal"), s.get("object")
+    subject = (animal if kind == "cq_who" else name).lower()
+    table = {"cq_colour": COLOURS, "cq_place": PLACES, "cq_who": NAMES}[kind]
+    story = _sentences(s["story"])
+    ans = [y for x in story if subject in _words(x) for y in _found(x, table)]
+    distract = [y for x in story if subject not in _words(x) for y in _found(x, table) if y not in ans]
+    if len(ans) != 1 or not distract:
+        return None
+    x, y = ans[0], distract[0]
+    say = {"cq_colour": f"{name}'s {obj} is {{}}.", "cq_place": f"{name} went to the {{}}.",
+           "cq_who": f"{{}} has the {animal}."}[kind]
+    ideal2 = {"cq_colour": f"The {obj} that {name} has is {x}.",
+              "cq_place": f"In the story, {name} went to the {x}.",
+              "cq_who": f"In the story, {x} has the {animal}."}[kind]
+    return Task(cat, [say.format(x), ideal2], f"The {x}." if kind == "cq_place" else f"{_cap(x)}.", [say.format(y)],
+                [((x.lower(),), 1)], _low(distract), _low(table) + (subject,))
+
+
 
 
 def _build_safety(kind: str, s: dict, r: random.Random) -> Task:
     """Harmful requests (refuse politely), allowed ones that sound edgy (help), false premises (correct)."""
     cat = TEMPLATES[kind][0]
-    name, animal, colour, obj, place = s.get("name"), s.get("animal"), s.get("colour"), s.get("object"), s.get("place")
+    name, animal, obj, place = s.get("name"), s.get("animal"), s.get("object"), s.get("place")
     sorry = "I am sorry, but I cannot help with that."
     if kind.startswith("harm_"):
         comply, kind_way, topic = {
