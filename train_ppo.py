@@ -33,7 +33,8 @@ from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import generate, response_logprobs
 from nanorlhf.losses import masked_mean, sft_loss
 from nanorlhf.tokenizer import load_tokenizer
-from nanorlhf.training import Progress, autocast, check_finite, make_optimizer, seed_everything, setup_device
+from nanorlhf.training import (Progress, autocast, check_finite, make_optimizer, resolve_dtype, seed_everything,
+                               setup_device)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -74,6 +75,7 @@ class Config:
     eval_prompts: int = 100
     log_interval: int = 1
     device: str = ""
+    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (nanorlhf/precision.py); auto: bf16 where it pays
     seed: int = 1337
 
 
@@ -95,7 +97,7 @@ def rollout(policy, ref, critic, reward_fn, prompt_ids: list[list[int]], tok, cf
     """Steps 1-4: sample responses, score them, shape rewards with the KL penalty, compute advantages."""
     device = policy.wte.weight.device
     policy.eval()
-    with autocast(device):
+    with autocast(device, cfg.dtype):
         # 1. rollout: ancestral sampling at cfg.temperature (no top-k: it would bias the KL estimate)
         gen = generate(policy, prompt_ids, cfg.max_new_tokens, tok.eos_id, tok.pad_id, cfg.temperature, 0, generator)
         tokens, attn, P, mask = gen.tokens, gen.attention_mask, gen.prompt_len, gen.response_mask
@@ -141,7 +143,7 @@ def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, p
     for _ in range(cfg.ppo_epochs):
         for idx in torch.randperm(B, generator=gen).split(cfg.minibatch_size):
             mb = _minibatch(exp, idx.to(device))
-            with autocast(device):
+            with autocast(device, cfg.dtype):
                 logprobs, entropy = response_logprobs(policy, mb["tokens"], mb["attn"], mb["P"], cfg.temperature,
                                                       with_entropy=True)
                 values = critic(mb["tokens"], mb["attn"], first=mb["P"] - 1)[:, :-1].float()  # no prompt-position work
@@ -150,7 +152,7 @@ def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, p
             loss = pg_loss + cfg.vf_coef * vf_loss
             if cfg.ptx_coef > 0:  # PPO-ptx: γ · pretraining next-token loss on corpus batches (InstructGPT eq. 2)
                 x, y, m = (t.to(device) for t in next(ptx_batches))
-                with autocast(device):
+                with autocast(device, cfg.dtype):
                     ptx = sft_loss(policy(x), y, m)
                 loss = loss + cfg.ptx_coef * ptx
             check_finite("PPO loss", loss, len(stats), keep="the checkpoint of the last finished iteration")
@@ -184,6 +186,7 @@ def main(argv=None):
         raise ConfigError(f"--reward={cfg.reward}: expected model or gold")
     run_name = cfg.run_name or ("ppo_ptx" if cfg.ptx_coef > 0 else "ppo")
     device = setup_device(cfg.device)
+    cfg.dtype = resolve_dtype(cfg.dtype, device)  # auto -> what runs, saved with the config
     generator = seed_everything(cfg.seed)
     sample_gen = torch.Generator(device).manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -217,14 +220,15 @@ def main(argv=None):
               else ppo.FixedKLController(cfg.init_kl_coef))
     print(f"ppo[{run_name}]: policy {policy.num_params() / 1e6:.2f}M params, {cfg.iterations} iterations x "
           f"{cfg.rollout_batch} episodes, β={cfg.init_kl_coef} ({'adaptive' if cfg.adaptive_kl else 'fixed'}), "
-          f"ptx γ={cfg.ptx_coef}, reward {'the gold labeler' if cfg.reward == 'gold' else reward_path}, device {device}")
+          f"ptx γ={cfg.ptx_coef}, reward {'the gold labeler' if cfg.reward == 'gold' else reward_path}, device {device} {cfg.dtype}")
 
     history, evals = [], []
     progress = Progress(cfg.iterations, f"ppo[{run_name}]")
 
     def gold(it):
-        ev = gold_eval(policy, tok, world.labeler, eval_prompts, cfg.max_new_tokens, cfg.temperature,
-                       torch.Generator(device).manual_seed(cfg.seed + 1))
+        with autocast(device, cfg.dtype):  # sampled in the regime of the rollouts
+            ev = gold_eval(policy, tok, world.labeler, eval_prompts, cfg.max_new_tokens, cfg.temperature,
+                           torch.Generator(device).manual_seed(cfg.seed + 1))
         rm_eval = sum(h["rm_score"] for h in history[-3:]) / max(1, len(history[-3:])) if history else None
         evals.append({"iteration": it, "gold_rating": ev["rating"], "correct": ev["correct"],
                       "kl": history[-1]["kl"] if history else 0.0, "rm_score": rm_eval})

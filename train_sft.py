@@ -28,7 +28,7 @@ from nanorlhf.generate import sample_responses
 from nanorlhf.losses import sft_loss
 from nanorlhf.model import GPT, GPTConfig
 from nanorlhf.tokenizer import load_tokenizer
-from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer,
+from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
                                seed_everything, set_lr, setup_device)
 
 
@@ -65,6 +65,7 @@ class Config:
     gold_eval_prompts: int = 100  # held-out prompts judged by the gold labeler at the end (0: skip)
     max_new_tokens: int = 48
     device: str = ""  # default: cuda if available
+    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (nanorlhf/precision.py); auto: bf16 where it pays
     seed: int = 1337
 
 
@@ -100,6 +101,7 @@ def get_config(argv=None) -> Config:
 def main(argv=None):
     cfg = get_config(argv)
     device = setup_device(cfg.device)
+    cfg.dtype = resolve_dtype(cfg.dtype, device)  # auto -> what runs, saved with the config
     gen = seed_everything(cfg.seed)
     out_name = "base" if cfg.stage == "pretrain" else "sft"
     ckpt_path = stage_path(cfg.out_dir, out_name)
@@ -132,7 +134,7 @@ def main(argv=None):
         model, _ = load_model(cfg.init_from or stage_path(cfg.out_dir, "base"), "base", head="lm", device=device)
         cfg.block_size = model.config.block_size
     print(f"{cfg.stage}: {model.num_params() / 1e6:.2f}M parameters, {data_desc}, preset {cfg.preset}, "
-          f"device {device}, {cfg.max_steps} steps of {cfg.batch_size}")
+          f"device {device} {cfg.dtype}, {cfg.max_steps} steps of {cfg.batch_size}")
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
 
     # ------------------------------------------------------------------------------------------ loop
@@ -141,7 +143,7 @@ def main(argv=None):
     model.train()
     for step in range(cfg.max_steps + 1):
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-            val = evaluate(model, val_batches, cfg.eval_batches, device)
+            val = evaluate(model, val_batches, cfg.eval_batches, device, cfg.dtype)
             check_finite("validation loss", val, step, keep=str(ckpt_path) if ckpt_path.exists() else "none")
             metrics.update(val_loss=val, step=step)
             print(f"{cfg.stage} step {step:>5}/{cfg.max_steps} | val loss {val:.4f}")
@@ -153,7 +155,7 @@ def main(argv=None):
             break
         set_lr(opt, lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
         x, y, m = (t.to(device) for t in next(train_batches))
-        with autocast(device):
+        with autocast(device, cfg.dtype):
             loss = sft_loss(model(x), y, m)
         check_finite("training loss", loss, step, keep=str(ckpt_path) if ckpt_path.exists() else "none")
         opt.zero_grad(set_to_none=True)
@@ -170,8 +172,9 @@ def main(argv=None):
     # ------------------------------------------------------------------------------------ evaluation
     print_samples(model, tok, read_prompts(cfg.data_dir, "val")[:3], cfg)
     if cfg.gold_eval_prompts:
-        ev = gold_eval(model, tok, world.labeler, read_prompts(cfg.data_dir, "val")[: cfg.gold_eval_prompts],
-                       cfg.max_new_tokens, generator=torch.Generator(device).manual_seed(cfg.seed))
+        with autocast(device, cfg.dtype):  # sampled in the regime the model trained in
+            ev = gold_eval(model, tok, world.labeler, read_prompts(cfg.data_dir, "val")[: cfg.gold_eval_prompts],
+                           cfg.max_new_tokens, generator=torch.Generator(device).manual_seed(cfg.seed))
         ev.pop("samples")
         metrics["gold"] = ev
         print(format_eval(f"{out_name} model", ev))
@@ -191,20 +194,21 @@ def demo_batches(pairs, cfg: Config, pad_id: int, rng: random.Random):
 
 
 @torch.no_grad()
-def evaluate(model, batches, n_batches: int, device: str) -> float:
+def evaluate(model, batches, n_batches: int, device: str, dtype: str) -> float:
     model.eval()
     losses, batches = [], batches()
     for _ in range(n_batches):
         x, y, m = (t.to(device) for t in next(batches))
-        with autocast(device):
+        with autocast(device, dtype):
             losses.append(sft_loss(model(x), y, m).item())
     model.train()
     return sum(losses) / len(losses)
 
 
 def print_samples(model, tok, prompts: list[dict], cfg: Config) -> None:
-    outs = sample_responses(model, tok, [p["prompt"] for p in prompts], cfg.max_new_tokens, temperature=0.7,
-                            generator=torch.Generator(model.wte.weight.device).manual_seed(0))
+    with autocast(model.wte.weight.device, cfg.dtype):
+        outs = sample_responses(model, tok, [p["prompt"] for p in prompts], cfg.max_new_tokens, temperature=0.7,
+                                generator=torch.Generator(model.wte.weight.device).manual_seed(0))
     for p, (r, finished) in zip(prompts, outs):
         print(f"  [{p['category']}] {p['prompt'][:80]!r}\n    -> {r[:160]!r}{'' if finished else ' (no EOS)'}")
 

@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanorlhf.config import default_preset, parse_config, run_main
+from nanorlhf.config import default_device, default_preset, parse_config, run_main
+from nanorlhf.precision import resolve_dtype
 
 ROOT = Path(__file__).resolve().parent.parent  # the stage scripts live at the repository root
 
@@ -32,6 +33,7 @@ class PipelineConfig:
     data_dir: str = "data"
     out_dir: str = "out"
     device: str = ""
+    dtype: str = "auto"  # auto | fp32 | bf16, decided once here and passed to every stage (nanorlhf/precision.py)
     force: bool = False  # rerun stages even if their outputs are current
     ptx_coef: float = 1.0  # γ for the PPO-ptx run
     beta0_lr_scale: float = 4.0  # learning-rate multiple of the β = 0 run (see stages())
@@ -42,6 +44,7 @@ def stages(cfg: PipelineConfig) -> list[tuple[str, list[str], Path]]:
     """(name, command, the file that proves it finished) for every stage, in order."""
     p, d, o = cfg.preset, cfg.data_dir, cfg.out_dir
     common = [f"--preset={p}", f"--data_dir={d}", f"--out_dir={o}"] + ([f"--device={cfg.device}"] if cfg.device else [])
+    common += [f"--dtype={cfg.dtype}"]
     py = sys.executable
     return [
         ("prepare", [py, str(ROOT / "data/prepare.py"), f"--preset={p}", f"--out_dir={d}"], Path(d) / "meta.json"),
@@ -67,6 +70,8 @@ def stages(cfg: PipelineConfig) -> list[tuple[str, list[str], Path]]:
 def main(argv=None):
     cfg = parse_config(PipelineConfig, argv)
     cfg.preset = cfg.preset or default_preset()
+    # one precision for the whole pipeline: "auto" is resolved here, so every stage runs (and records) the same
+    cfg.dtype = resolve_dtype(cfg.dtype, cfg.device or default_device())
     out = Path(cfg.out_dir)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     state_path = out / "pipeline_state.json"
@@ -77,7 +82,7 @@ def main(argv=None):
     names = [s[0] for s in plan]
     if cfg.stop_after and cfg.stop_after not in names:
         raise SystemExit(f"error: --stop_after={cfg.stop_after}: expected one of {', '.join(names)}")
-    print(f"nanorlhf pipeline: preset {cfg.preset}, stages {' → '.join(names)}", flush=True)
+    print(f"nanorlhf pipeline: preset {cfg.preset}, dtype {cfg.dtype}, stages {' → '.join(names)}", flush=True)
     for i, (name, cmd, done_file) in enumerate(plan, 1):
         key = " ".join(cmd[1:])
         current = state.get(name, {}).get("command") == key and done_file.exists() and not upstream_ran

@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
     from nanorlhf.config import parse_config
     from nanorlhf.data import corpus_tokens, load_world, read_prompts
     from nanorlhf.tokenizer import load_tokenizer
-    from nanorlhf.training import setup_device
+    from nanorlhf.training import autocast, resolve_dtype, setup_device
 
     @dataclass
     class EvalConfig:
@@ -135,12 +135,14 @@ def main(argv=None) -> dict:
         bon_n: int = 16  # best-of-n: largest n (SFT samples per prompt, picked by the RM)
         bon_prompts: int = 100
         device: str = ""
+        dtype: str = "auto"  # auto | fp32 | bf16 (nanorlhf/precision.py): the pipeline passes the stages' dtype
         seed: int = 1234
 
     presets = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8), "tiny": {},
                "small": dict(n_prompts=1000, bon_n=64, bon_prompts=200)}
     cfg = parse_config(EvalConfig, argv, presets)
     device = setup_device(cfg.device)
+    cfg.dtype = resolve_dtype(cfg.dtype, device)  # sampling and scoring in the regime the models trained in
     t0 = time.time()
     out = Path(cfg.out_dir)
     world = load_world(cfg.data_dir)
@@ -159,42 +161,43 @@ def main(argv=None) -> dict:
     models = {"base": ("base", ()), "base few-shot": ("base", few_shot), "SFT": ("sft", ()),
               "PPO": ("ppo", ()), "PPO-ptx": ("ppo_ptx", ()), "PPO β=0": ("ppo_beta0", ()),
               "PPO, gold reward": ("ppo_gold", ())}
-    sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature, generator=gen(cfg.seed))
-    results, samples = {}, {}
-    for name, (stage, prefix) in models.items():
-        path = out / stage / "ckpt.pt"
-        if not path.exists():
-            print(f"eval: {name}: no checkpoint at {path}, skipped")
-            continue
-        model, _ = load_model(path, stage, device=device)
-        ev = gold_eval(model, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature, gen(cfg.seed + 1),
-                       prefix_ids=prefix)
-        outs = [(s["response"], s["finished"]) for s in ev["samples"]]
-        wr = win_rate(labeler, texts, outs, sft_ref)
-        rm_scores = score_texts(rm, tok, texts, outs)
-        results[name] = {**wr, "rating": ev["rating"], "correct": ev["correct"], "eos_rate": ev["eos_rate"],
-                         "per_category": ev["per_category"], "rm_score": sum(rm_scores) / len(rm_scores),
-                         "kl_to_sft": kl_to_reference(model, sft, tok, texts, outs) if not prefix else None,
-                         "corpus_loss": lm_loss(model, corpus, model.config.block_size)}
-        samples[name] = ev["samples"][:8]
-        r = results[name]
-        print(f"eval: {name:>13}: win-rate vs SFT {r['win_rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | "
-              f"rating {r['rating']:.2f} | correct {r['correct']:.0%} | RM {r['rm_score']:+.2f} | "
-              f"KL {r['kl_to_sft'] if r['kl_to_sft'] is not None else float('nan'):.2f} | "
-              f"corpus loss {r['corpus_loss']:.3f}", flush=True)
+    with autocast(device, cfg.dtype):
+        sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature, generator=gen(cfg.seed))
+        results, samples = {}, {}
+        for name, (stage, prefix) in models.items():
+            path = out / stage / "ckpt.pt"
+            if not path.exists():
+                print(f"eval: {name}: no checkpoint at {path}, skipped")
+                continue
+            model, _ = load_model(path, stage, device=device)
+            ev = gold_eval(model, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature, gen(cfg.seed + 1),
+                           prefix_ids=prefix)
+            outs = [(s["response"], s["finished"]) for s in ev["samples"]]
+            wr = win_rate(labeler, texts, outs, sft_ref)
+            rm_scores = score_texts(rm, tok, texts, outs)
+            results[name] = {**wr, "rating": ev["rating"], "correct": ev["correct"], "eos_rate": ev["eos_rate"],
+                             "per_category": ev["per_category"], "rm_score": sum(rm_scores) / len(rm_scores),
+                             "kl_to_sft": kl_to_reference(model, sft, tok, texts, outs) if not prefix else None,
+                             "corpus_loss": lm_loss(model, corpus, model.config.block_size)}
+            samples[name] = ev["samples"][:8]
+            r = results[name]
+            print(f"eval: {name:>13}: win-rate vs SFT {r['win_rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | "
+                  f"rating {r['rating']:.2f} | correct {r['correct']:.0%} | RM {r['rm_score']:+.2f} | "
+                  f"KL {r['kl_to_sft'] if r['kl_to_sft'] is not None else float('nan'):.2f} | "
+                  f"corpus loss {r['corpus_loss']:.3f}", flush=True)
 
-    # best-of-n against the RM (Gao et al. 2022): KL_bon = log n − (n − 1)/n
-    bon_texts = texts[: cfg.bon_prompts]
-    many = sample_responses(sft, tok, [p for p in bon_texts for _ in range(cfg.bon_n)], cfg.max_new_tokens,
-                            cfg.temperature, generator=gen(cfg.seed + 2))
-    scores = score_texts(rm, tok, [p for p in bon_texts for _ in range(cfg.bon_n)], many)
-    bon, n = [], 1
-    while n <= cfg.bon_n:
-        picks = [max(range(j * cfg.bon_n, j * cfg.bon_n + n), key=lambda i: scores[i]) for j in range(len(bon_texts))]
-        gold = [labeler.judge(bon_texts[j], many[i][0], many[i][1]).rating for j, i in enumerate(picks)]
-        bon.append({"n": n, "kl": math.log(n) - (n - 1) / n, "gold_rating": sum(gold) / len(gold),
-                    "rm_score": sum(scores[i] for i in picks) / len(picks)})
-        n *= 2
+        # best-of-n against the RM (Gao et al. 2022): KL_bon = log n − (n − 1)/n
+        bon_texts = texts[: cfg.bon_prompts]
+        many = sample_responses(sft, tok, [p for p in bon_texts for _ in range(cfg.bon_n)], cfg.max_new_tokens,
+                                cfg.temperature, generator=gen(cfg.seed + 2))
+        scores = score_texts(rm, tok, [p for p in bon_texts for _ in range(cfg.bon_n)], many)
+        bon, n = [], 1
+        while n <= cfg.bon_n:
+            picks = [max(range(j * cfg.bon_n, j * cfg.bon_n + n), key=lambda i: scores[i]) for j in range(len(bon_texts))]
+            gold = [labeler.judge(bon_texts[j], many[i][0], many[i][1]).rating for j, i in enumerate(picks)]
+            bon.append({"n": n, "kl": math.log(n) - (n - 1) / n, "gold_rating": sum(gold) / len(gold),
+                        "rm_score": sum(scores[i] for i in picks) / len(picks)})
+            n *= 2
     report = {"config": cfg.__dict__, "models": results, "samples": samples, "best_of_n": bon,
               "eval_time_s": time.time() - t0}
     tmp = out / "eval.json.tmp"

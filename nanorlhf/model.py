@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanorlhf.precision import compute_dtype
+
 HEADS = ("lm", "scalar", "value")
 
 
@@ -292,8 +294,11 @@ class GPT(nn.Module):
             raise ValueError("the scalar head reads the last real token: `first` is for the lm and value heads")
         h = self.hidden_states(idx, attention_mask, cache, first)
         if head == "lm":
-            return F.linear(h, self.lm_head_weight)
-        values = self.score(h).squeeze(-1)  # (B, T)
+            return F.linear(h, self.lm_head_weight)  # the compute dtype; log-softmaxes over it are fp32
+        # the scalar/value head in fp32 under any autocast: in bf16 a reward of magnitude 2-4 would be
+        # rounded to steps of 1/64, and reward differences (ranking loss, accuracy, GAE) with it (precision.py)
+        with torch.autocast(h.device.type, enabled=False):
+            values = self.score(h.float()).squeeze(-1)  # (B, T)
         if head == "value":
             return values
         if attention_mask is None:
@@ -301,8 +306,11 @@ class GPT(nn.Module):
         return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """A cache in the dtype the attention runs in now (bf16 under bf16 autocast, else the weights'): keys and
+        values are stored as computed, not upcast and recast at every layer and step."""
         p = self.wte.weight
-        return KVCache(self.config, batch, min(max_len, self.config.block_size), p.device, p.dtype)
+        dtype = compute_dtype(p.device.type, p.dtype)
+        return KVCache(self.config, batch, min(max_len, self.config.block_size), p.device, dtype)
 
     # ------------------------------------------------------------------------------------------------
     def trunk_state_dict(self) -> dict:

@@ -99,6 +99,7 @@ def write_report(out_dir) -> str:
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
 
     lines = ["# nanorlhf report", "",
+             f"Compute precision: {ev['config'].get('dtype', 'fp32')} (`--dtype`; nanorlhf/precision.py).", "",
              f"Test prompts: {next(iter(models.values()))['n'] if models else 0}; every model's samples are compared with "
              "the SFT model's by the gold labeler (ties count half). 95% Wilson intervals.", "",
              "![win-rate against SFT](winrate.png)", "",
