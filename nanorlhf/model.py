@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanorlhf.precision import compute_dtype
+from nanorlhf.precision import attention_dtype
 
 HEADS = ("lm", "scalar", "value")
 
@@ -110,11 +110,14 @@ class CausalSelfAttention(nn.Module):
             cache.v[layer, :, :, start : start + T] = v
             k, v = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]
         dropout = self.dropout if self.training else 0.0
-        if attn_mask is None:
-            assert first == 0, "queries from `first` on need an explicit mask (is_causal aligns them top-left)"
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[:, :, first:], dropout_p=dropout)
+        dtype = attention_dtype(x.device.type, self.c_attn.weight.dtype)  # fp32 on the CPU (precision.py)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):  # in `dtype`, whatever autocast would pick
+            if attn_mask is None:
+                assert first == 0, "queries from `first` on need an explicit mask (is_causal aligns them top-left)"
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[:, :, first:], dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T - first, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -306,10 +309,10 @@ class GPT(nn.Module):
         return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        """A cache in the dtype the attention runs in now (bf16 under bf16 autocast, else the weights'): keys and
-        values are stored as computed, not upcast and recast at every layer and step."""
+        """A cache in the dtype attention runs in now (precision.attention_dtype: bf16 under bf16 autocast on a
+        GPU, else the weights'): keys and values are stored once in it, not recast at every layer and step."""
         p = self.wte.weight
-        dtype = compute_dtype(p.device.type, p.dtype)
+        dtype = attention_dtype(p.device.type, p.dtype)
         return KVCache(self.config, batch, min(max_len, self.config.block_size), p.device, dtype)
 
     # ------------------------------------------------------------------------------------------------

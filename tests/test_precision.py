@@ -250,12 +250,27 @@ def test_same_seed_same_bits_in_bf16():
 # ----------------------------------------------------------------------------------------------------------
 # the KV cache and the fast paths under bf16
 
-def test_kv_cache_holds_the_compute_dtype():
-    m = tiny_gpt("lm")
-    assert m.new_cache(2, 16).k.dtype == torch.float32
+def test_cpu_attention_and_kv_cache_in_fp32_under_bf16(monkeypatch):
+    """On the CPU attention runs in fp32 under bf16 autocast (its bf16 flash-attention backward is ~6x slower),
+    and the KV cache holds keys and values in that same dtype, so decoding never recasts the cache."""
+    from nanorlhf import model as model_module
+
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return sdpa(q, k, v, **kw)
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+    m = _scaled(tiny_gpt("lm", vocab=64, block=48, n_layer=2, n_embd=32))
     with autocast("cpu", BF16):
         cache = m.new_cache(2, 16)
-    assert cache.k.dtype == cache.v.dtype == torch.bfloat16
+        assert m(torch.randint(0, 64, (2, 6))).dtype == torch.bfloat16  # the matmuls are bf16 ...
+        generate(m, [[1, 2, 3], [4]], 4, eos_id=-1, pad_id=0, temperature=0)
+    assert seen and set(seen) == {(torch.float32,) * 3}  # ... attention fp32, with and without the cache
+    assert cache.k.dtype == cache.v.dtype == torch.float32
+    assert precision.attention_dtype("cpu", torch.float32) == torch.float32
+    assert m.new_cache(2, 16).k.dtype == torch.float32  # no autocast: the weights' dtype
 
 
 def test_cached_generation_equals_plain_under_bf16():
