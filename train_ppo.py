@@ -11,7 +11,8 @@ One iteration, numbered as in the algorithm box: 1 rollout, 2 score, 3 KL-shaped
 5 K epochs of minibatch updates, 6 log. The maths lives in nanorlhf/ppo.py as small pure functions.
 Models: policy (init SFT), reference (frozen SFT), reward (frozen RM), critic (value-head GPT init from
 the RM, Stiennon et al. 2020). Dropout is off everywhere and the same temperature is used for sampling
-and for every log-prob, so the PPO ratio is exactly 1 before the first update.
+and for every log-prob, so the PPO ratio is 1 before the first update (to 1e-4 in fp32; under --dtype=bf16 the
+sampler's and the update's matmuls may round differently: within 1%, tests/test_precision.py).
 Departures: the KL is per token (k1) as in N+ / TRL; a response that never emits EOS gets its reward
 lowered by `missing_eos_penalty` (newer TRL) rather than replaced; advantages are whitened per batch.
 """

@@ -196,7 +196,8 @@ def bench_generate(p, args, device, cap, dtype):
             for label, t in (("KV cache", results[True]), ("no cache (recompute the prefix)", results[False]))]
     speedup = med(results[False]) / med(results[True])
     rows.append(["speed-up of the cache", "", f"{speedup:.1f}×", "target ≥ 5×"])
-    table(f"generate: sampling throughput, {dtype}", cap, ["", "s per batch", "tokens/s (median)", "tokens/s (best)"], rows,
+    table(f"generate: sampling throughput, {dtype}", cap,
+          ["", "s per batch", "tokens/s (median)", "tokens/s (best)"], rows,
           f"Policy {describe(q['shape'])}; {q['prompts']} prompts of 16-32 random tokens, {q['new']} new tokens "
           "each (no early EOS), temperature 1.0, one batch.")
 
@@ -318,7 +319,8 @@ def bench_ppo(p, args, device, caps: dict):
         phases = dict(zip(PPO_PHASES, zip(*its[dtype])))
         total = [sum(i) for i in its[dtype]]
         medians[dtype] = [med(t) for t in phases.values()] + [med(total)]
-        rows = [[name, f"{med(t):.2f}", f"{min(t):.2f}", f"{100 * med(t) / med(total):.0f}%"] for name, t in phases.items()]
+        rows = [[name, f"{med(t):.2f}", f"{min(t):.2f}", f"{100 * med(t) / med(total):.0f}%"]
+                for name, t in phases.items()]
         rows[-1][0] += (f" ({cfg.ppo_epochs} epochs × {q['prompts'] // cfg.minibatch_size} minibatches of "
                         f"{cfg.minibatch_size})")
         rows.append(["**TOTAL** rollout() + ppo_update()", f"**{med(total):.2f}**", f"{min(total):.2f}", "100%"])

@@ -193,7 +193,8 @@ def main(argv=None) -> dict:
         scores = score_texts(rm, tok, [p for p in bon_texts for _ in range(cfg.bon_n)], many)
         bon, n = [], 1
         while n <= cfg.bon_n:
-            picks = [max(range(j * cfg.bon_n, j * cfg.bon_n + n), key=lambda i: scores[i]) for j in range(len(bon_texts))]
+            picks = [max(range(j * cfg.bon_n, j * cfg.bon_n + n), key=lambda i: scores[i])
+                     for j in range(len(bon_texts))]
             gold = [labeler.judge(bon_texts[j], many[i][0], many[i][1]).rating for j, i in enumerate(picks)]
             bon.append({"n": n, "kl": math.log(n) - (n - 1) / n, "gold_rating": sum(gold) / len(gold),
                         "rm_score": sum(scores[i] for i in picks) / len(picks)})

@@ -160,6 +160,8 @@ def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: 
     """Decoded (response, finished) for each prompt string, via the chat template, in batches.
 
     `prefix_ids` (e.g. few-shot examples in the chat format) are prepended to every prompt's ids.
+    Precision is the caller's: the stages call it inside precision.autocast, so that samples that feed training
+    or evaluation come from the regime the model trains in.
     """
     was_training = model.training
     model.eval()

@@ -22,6 +22,10 @@ positions, so only the last one can skip work). PPO scores the response with pos
 prompt + response sequence: this skips about a third of the last block's work (tests/test_fast_paths.py).
 On the CPU the MLP's GELU is `TanhGELU`: GPT-2's tanh GELU written through a sigmoid, which is faster there.
 
+Precision (nanorlhf/precision.py): weights are fp32; under bf16 autocast the matmuls run in bf16, the residual
+stream and LayerNorms stay fp32, the scalar/value head runs in fp32, and attention and the KV cache run in
+precision.attention_dtype (fp32 on the CPU, the compute dtype on a GPU).
+
 One departure, off by default: `pos_embedding="rope"` replaces `wpe` with rotary position embeddings (Su et
 al. 2021, RoFormer eq. 34: each pair of query/key channels rotated by an angle proportional to the position,
 so q·k depends on relative position only). Why it is here: the tiny preset's 4-layer GPT-2 with learned

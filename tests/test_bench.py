@@ -21,7 +21,8 @@ def test_bench_quick_prints_every_table():
             assert re.search(rf"### {part}.*, {dtype}\n", r.stdout), f"missing table {part!r}, {dtype} in:\n{r.stdout}"
     assert "### ppo: bf16 against fp32" in r.stdout and "| **TOTAL** |" in r.stdout  # the side-by-side ratios
     assert "**TOTAL** rollout() + ppo_update()" in r.stdout
-    assert "`python -m nanorlhf.bench --quick --part=all --threads=1 --profile --dtype=both`" in r.stdout  # exact command
+    # the exact command line
+    assert "`python -m nanorlhf.bench --quick --part=all --threads=1 --profile --dtype=both`" in r.stdout
     # --profile: the profiler's table, then the matmul floor, whose FLOPs were counted (a counter that saw no
     # matmul prints 0) and take less time at the big-matmul rate than the whole update measured
     assert "aten::mm" in r.stdout

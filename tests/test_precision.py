@@ -235,7 +235,8 @@ def test_same_seed_same_bits_in_bf16():
         torch.manual_seed(0)
         policy, ref, critic = _models()
         cfg = _cfg(dtype=BF16)
-        opt_p, opt_c = make_optimizer(policy, cfg.lr, 0.0, eps=1e-5), make_optimizer(critic, cfg.critic_lr, 0.0, eps=1e-5)
+        opt_p = make_optimizer(policy, cfg.lr, 0.0, eps=1e-5)
+        opt_c = make_optimizer(critic, cfg.critic_lr, 0.0, eps=1e-5)
         rng, gen = random.Random(0), torch.Generator().manual_seed(0)
         for _ in range(2):
             exp = rollout(policy, ref, critic, planted_reward, _prompts(32, rng), TOK, cfg, 0.0, gen)
