@@ -11,7 +11,8 @@ One iteration, numbered as in the algorithm box: 1 rollout, 2 score, 3 KL-shaped
 5 K epochs of minibatch updates, 6 log. The maths lives in nanorlhf/ppo.py as small pure functions.
 Models: policy (init SFT), reference (frozen SFT), reward (frozen RM), critic (value-head GPT init from
 the RM, Stiennon et al. 2020). Dropout is off everywhere and the same temperature is used for sampling
-and for every log-prob, so the PPO ratio is exactly 1 before the first update.
+and for every log-prob, so the PPO ratio is 1 before the first update (to 1e-4 in fp32; under --dtype=bf16 the
+sampler's and the update's matmuls may round differently: within 1%, tests/test_precision.py).
 Departures: the KL is per token (k1) as in N+ / TRL; a response that never emits EOS gets its reward
 lowered by `missing_eos_penalty` (newer TRL) rather than replaced; advantages are whitened per batch.
 """
@@ -35,7 +36,8 @@ from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import generate, response_logprobs
 from nanorlhf.losses import masked_mean, sft_loss
 from nanorlhf.files import atomic_write
-from nanorlhf.training import Progress, autocast, check_finite, make_optimizer, seed_everything, setup_device
+from nanorlhf.training import (Progress, autocast, check_finite, make_optimizer, resolve_dtype, seed_everything,
+                               setup_device)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -76,6 +78,7 @@ class Config:
     eval_prompts: int = 100  # held-out prompts of each gold-labeler evaluation
     log_interval: int = 1  # print one line of PPO statistics every N iterations
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
+    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (nanorlhf/precision.py); auto: bf16 where it pays
     seed: int = 1337  # seeds torch, the prompt order and sampling: same seed, same device -> same bits
 
 
@@ -145,7 +148,7 @@ def rollout(policy, ref, critic, reward_fn, prompt_ids: list[list[int]], tok, cf
     """Steps 1-4: sample responses, score them, shape rewards with the KL penalty, compute advantages."""
     device = policy.wte.weight.device
     policy.eval()
-    with autocast(device):
+    with autocast(device, cfg.dtype):
         # 1. rollout: ancestral sampling at cfg.temperature (no top-k: it would bias the KL estimate)
         gen = generate(policy, prompt_ids, cfg.max_new_tokens, tok.eos_id, tok.pad_id, cfg.temperature, 0, generator)
         tokens, attn, P, mask = gen.tokens, gen.attention_mask, gen.prompt_len, gen.response_mask
@@ -180,7 +183,7 @@ def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, p
     for _ in range(cfg.ppo_epochs):
         for idx in torch.randperm(B, generator=gen).split(cfg.minibatch_size):
             mb = _minibatch(exp, idx.to(device))
-            with autocast(device):
+            with autocast(device, cfg.dtype):
                 logprobs, entropy = response_logprobs(policy, mb["tokens"], mb["attn"], mb["P"], cfg.temperature,
                                                       with_entropy=True)
                 values = critic(mb["tokens"], mb["attn"], first=mb["P"] - 1)[:, :-1].float()  # no prompt-position work
@@ -190,7 +193,7 @@ def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, p
             if cfg.ptx_coef > 0:  # PPO-ptx: γ · pretraining next-token loss on corpus batches (InstructGPT eq. 2)
                 ### BEGIN SOLUTION
                 x, y, m = (t.to(device) for t in next(ptx_batches))
-                with autocast(device):
+                with autocast(device, cfg.dtype):
                     ptx = sft_loss(policy(x), y, m)
                 loss = loss + cfg.ptx_coef * ptx
                 ### END SOLUTION
@@ -234,8 +237,9 @@ def gold_evaluation(policy, tok, labeler, prompts: list[dict], cfg: Config, devi
     """The gold labeler's judgement of the policy's samples for held-out prompts, and its row of the
     evaluations: the gold rating beside the latest KL and the RM reward of the last 3 rollouts (the
     axes of the over-optimisation plot)."""
-    ev = gold_eval(policy, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature,
-                   torch.Generator(device).manual_seed(cfg.seed + 1))
+    with autocast(device, cfg.dtype):  # sampled in the regime of the rollouts
+        ev = gold_eval(policy, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature,
+                       torch.Generator(device).manual_seed(cfg.seed + 1))
     rm_eval = sum(h["rm_score"] for h in history[-3:]) / max(1, len(history[-3:])) if history else None
     row = {"iteration": it, "gold_rating": ev["rating"], "correct": ev["correct"],
            "kl": history[-1]["kl"] if history else 0.0, "rm_score": rm_eval}
@@ -258,6 +262,7 @@ def main(argv=None):
     cfg = get_config(argv)
     run_name = cfg.run_name or ("ppo_ptx" if cfg.ptx_coef > 0 else "ppo")
     device = setup_device(cfg.device)
+    cfg.dtype = resolve_dtype(cfg.dtype, device)  # auto -> what runs, saved with the config
     generator = seed_everything(cfg.seed)
     sample_gen = torch.Generator(device).manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -283,7 +288,7 @@ def main(argv=None):
               else ppo.FixedKLController(cfg.init_kl_coef))
     print(f"ppo[{run_name}]: policy {policy.num_params() / 1e6:.2f}M params, {cfg.iterations} iterations x "
           f"{cfg.rollout_batch} episodes, β={cfg.init_kl_coef} ({'adaptive' if cfg.adaptive_kl else 'fixed'}), "
-          f"ptx γ={cfg.ptx_coef}, reward {'the gold labeler' if cfg.reward == 'gold' else reward_path}, device {device}")
+          f"ptx γ={cfg.ptx_coef}, reward {'the gold labeler' if cfg.reward == 'gold' else reward_path}, device {device} {cfg.dtype}")
 
     history, evals = [], []
     progress = Progress(cfg.iterations, f"ppo[{run_name}]")

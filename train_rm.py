@@ -34,8 +34,8 @@ from nanorlhf.eval import score_texts
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import ranking_accuracy, ranking_loss
 from nanorlhf.plots import line_plots
-from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, seed_everything, set_lr,
-                               setup_device)
+from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
+                               seed_everything, set_lr, setup_device)
 from nanorlhf.world import tied_pairs
 
 
@@ -66,6 +66,7 @@ class Config:
     val_frac: float = 0.15  # held-out share of the ranked groups (accuracy, agreement)
     log_interval: int = 10  # print loss and accuracy every N steps
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
+    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (nanorlhf/precision.py); auto: bf16 where it pays
     seed: int = 1337  # seeds torch, sampling, the labeler's noise and the batch order
 
 
@@ -129,8 +130,9 @@ def comparisons(cfg: Config, policy, tok, labeler, device: str) -> list[dict]:
             groups = read_comparisons(comp_path)
             print(f"rm: reusing {len(groups)} ranked groups from {comp_path} (--resample=true to redo)")
         else:
-            groups = collect_comparisons(policy, tok, labeler, read_prompts(cfg.data_dir, "train")[: cfg.n_prompts],
-                                         cfg, torch.Generator(device).manual_seed(cfg.seed))
+            with autocast(device, cfg.dtype):  # sampled in the regime SFT trained in
+                groups = collect_comparisons(policy, tok, labeler, read_prompts(cfg.data_dir, "train")[: cfg.n_prompts],
+                                             cfg, torch.Generator(device).manual_seed(cfg.seed))
             write_jsonl(comp_path, groups)
             n_ties = sum(len(g["ties"]) for g in groups)
             n_pairs = sum(len(g["responses"]) * (len(g["responses"]) - 1) // 2 for g in groups)
@@ -161,21 +163,21 @@ def split(groups: list[dict], cfg: Config, rng: random.Random):
 
 
 # --------------------------------------------------------------------- 2-3. the ranking loss, training
-def rm_step(rm, groups, tok, block, device):
+def rm_step(rm, groups, tok, block, device, dtype):
     tokens, mask, valid, tied = (t.to(device) for t in ranked_sequences(groups, tok, block))
-    with autocast(device):
+    with autocast(device, dtype):
         scores = rm(tokens, mask).float().view(valid.shape)  # (B, K), best first
     correct, pairs = ranking_accuracy(scores.detach(), valid, tied)
     return ranking_loss(scores, valid, tied), (correct / pairs.clamp(min=1)).item()
 
 
 @torch.no_grad()
-def evaluate(rm, groups, tok, block, device, batch_size):
+def evaluate(rm, groups, tok, block, device, batch_size, dtype):
     rm.eval()
     loss_sum, correct, pairs = 0.0, 0.0, 0.0
     for i in range(0, len(groups), batch_size):
         tokens, mask, valid, tied = (t.to(device) for t in ranked_sequences(groups[i : i + batch_size], tok, block))
-        with autocast(device):
+        with autocast(device, dtype):
             scores = rm(tokens, mask).float().view(valid.shape)
         loss_sum += ranking_loss(scores, valid, tied).item() * valid.shape[0]
         c, p = ranking_accuracy(scores, valid, tied)
@@ -201,7 +203,7 @@ def train(rm, train_groups: list[dict], val_groups: list[dict], tok, cfg: Config
         for i in range(steps_per_epoch):
             batch = train_groups[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             set_lr(opt, lr_at(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
-            loss, acc = rm_step(rm, batch, tok, block, device)
+            loss, acc = rm_step(rm, batch, tok, block, device, cfg.dtype)
             check_finite("reward-model loss", loss, step, ckpt_path)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -211,7 +213,7 @@ def train(rm, train_groups: list[dict], val_groups: list[dict], tok, cfg: Config
             history["step"].append(step), history["loss"].append(loss.item()), history["acc"].append(acc)
             if step % cfg.log_interval == 0 or step == max_steps:
                 progress.log(step, loss=loss.item(), acc=acc, lr=opt.param_groups[0]["lr"])
-        val_loss, val_acc = evaluate(rm, val_groups, tok, block, device, cfg.batch_size)
+        val_loss, val_acc = evaluate(rm, val_groups, tok, block, device, cfg.batch_size, cfg.dtype)
         check_finite("held-out reward-model loss", val_loss, f"epoch {epoch + 1}", ckpt_path)
         history["val_step"].append(step), history["val_loss"].append(val_loss), history["val_acc"].append(val_acc)
         print(f"rm epoch {epoch + 1}: held-out loss {val_loss:.4f} | held-out pairwise accuracy {val_acc:.1%}")
@@ -244,7 +246,8 @@ def gold_order(labeler, g: dict) -> dict:
 def normalise(rm, tok, cfg: Config, ckpt_path: Path) -> float:
     """Shift the score's bias so that SFT demonstrations score 0 on average (InstructGPT §3.5); return the shift."""
     demos = read_jsonl(Path(cfg.data_dir) / "sft.jsonl", {"prompt": str, "response": str})[-200:]
-    scores = score_texts(rm, tok, [d["prompt"] for d in demos], [(d["response"], True) for d in demos])
+    with autocast(rm.wte.weight.device, cfg.dtype):  # the regime PPO reads the reward model in
+        scores = score_texts(rm, tok, [d["prompt"] for d in demos], [(d["response"], True) for d in demos])
     bias = sum(scores) / len(scores)
     check_finite("mean reward of the demonstrations (the normalisation shift)", bias, "the end", ckpt_path)
     with torch.no_grad():
@@ -265,6 +268,7 @@ def plot_training(path: Path, history: dict, ceiling: float) -> None:
 def main(argv=None):
     cfg = get_config(argv)
     device = setup_device(cfg.device)
+    cfg.dtype = resolve_dtype(cfg.dtype, device)  # auto -> what runs, saved with the config
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir) / "rm"
     ckpt_path = stage_path(cfg.out_dir, "rm")
@@ -284,7 +288,7 @@ def main(argv=None):
     # 2. the model: the SFT trunk with a fresh scalar head; 3. training
     rm, _ = load_model(sft_path, "sft", head="scalar", device=device)
     print(f"rm: {rm.num_params() / 1e6:.2f}M parameters, {len(train_groups)} train / {len(val_groups)} held-out "
-          f"groups, {cfg.epochs} epoch(s)")
+          f"groups, {cfg.epochs} epoch(s), {cfg.dtype}")
     t0 = time.time()
     history = train(rm, train_groups, val_groups, tok, cfg, rng, device, ckpt_path)
     val_loss, val_acc = history["val_loss"][-1], history["val_acc"][-1]
@@ -292,8 +296,9 @@ def main(argv=None):
     # 4. accuracy vs the labeler's own ceiling
     block = rm.config.block_size
     ceiling = labeler_agreement(labeler, val_groups, random.Random(cfg.seed + 1))
-    gold_acc = evaluate(rm, [gold_order(labeler, g) for g in val_groups], tok, block, device, cfg.batch_size)[1]
-    off_acc = evaluate(rm, val_all, tok, block, device, cfg.batch_size)[1]
+    gold_acc = evaluate(rm, [gold_order(labeler, g) for g in val_groups], tok, block, device, cfg.batch_size,
+                        cfg.dtype)[1]
+    off_acc = evaluate(rm, val_all, tok, block, device, cfg.batch_size, cfg.dtype)[1]
     print(f"rm: held-out pairwise accuracy {val_acc:.1%} | a second labeler agrees with the labels on "
           f"{ceiling:.1%} of the same pairs | vs the gold (noise-free) order: {gold_acc:.1%} | "
           f"with the off-prompt answers: {off_acc:.1%}")

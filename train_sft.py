@@ -28,7 +28,7 @@ from nanorlhf.generate import sample_responses
 from nanorlhf.losses import sft_loss
 from nanorlhf.model import GPT, GPTConfig
 from nanorlhf.tokenizer import load_tokenizer
-from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer,
+from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
                                seed_everything, set_lr, setup_device)
 
 
@@ -65,6 +65,7 @@ class Config:
     gold_eval_prompts: int = 100  # held-out prompts judged by the gold labeler at the end (0: skip)
     max_new_tokens: int = 48  # longest sampled response, in tokens
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
+    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (nanorlhf/precision.py); auto: bf16 where it pays
     seed: int = 1337  # seeds torch, the batch order and sampling: same seed, same device -> same bits
 
 
@@ -162,12 +163,12 @@ def new_model(cfg: Config, tok, device: str) -> GPT:
 
 # ------------------------------------------------------------------------------------------------ loop
 @torch.no_grad()
-def evaluate(model, batches, n_batches: int, device: str) -> float:
+def evaluate(model, batches, n_batches: int, device: str, dtype: str) -> float:
     model.eval()
     losses, batches = [], batches()
     for _ in range(n_batches):
         x, y, m = (t.to(device) for t in next(batches))
-        with autocast(device):
+        with autocast(device, dtype):
             losses.append(sft_loss(model(x), y, m).item())
     model.train()
     return sum(losses) / len(losses)
@@ -182,7 +183,7 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
     model.train()
     for step in range(cfg.max_steps + 1):
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-            val = evaluate(model, val_batches, cfg.eval_batches, device)
+            val = evaluate(model, val_batches, cfg.eval_batches, device, cfg.dtype)
             check_finite("validation loss", val, step, ckpt_path)
             metrics.update(val_loss=val, step=step)
             print(f"{cfg.stage} step {step:>5}/{cfg.max_steps} | val loss {val:.4f}")
@@ -194,7 +195,7 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
             break
         set_lr(opt, lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
         x, y, m = (t.to(device) for t in next(train_batches))
-        with autocast(device):
+        with autocast(device, cfg.dtype):
             loss = sft_loss(model(x), y, m)
         check_finite("training loss", loss, step, ckpt_path)
         opt.zero_grad(set_to_none=True)
@@ -211,8 +212,9 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
 
 # ------------------------------------------------------------------------------------------ evaluation
 def print_samples(model, tok, prompts: list[dict], cfg: Config) -> None:
-    outs = sample_responses(model, tok, [p["prompt"] for p in prompts], cfg.max_new_tokens, temperature=0.7,
-                            generator=torch.Generator(model.wte.weight.device).manual_seed(0))
+    with autocast(model.wte.weight.device, cfg.dtype):
+        outs = sample_responses(model, tok, [p["prompt"] for p in prompts], cfg.max_new_tokens, temperature=0.7,
+                                generator=torch.Generator(model.wte.weight.device).manual_seed(0))
     for p, (r, finished) in zip(prompts, outs):
         print(f"  [{p['category']}] {p['prompt'][:80]!r}\n    -> {r[:160]!r}{'' if finished else ' (no EOS)'}")
 
@@ -231,6 +233,7 @@ def gold_evaluation(model, tok, labeler, cfg: Config, device: str) -> dict:
 def main(argv=None):
     cfg = get_config(argv)
     device = setup_device(cfg.device)
+    cfg.dtype = resolve_dtype(cfg.dtype, device)  # auto -> what runs, saved with the config
     gen = seed_everything(cfg.seed)
     ckpt_path = stage_path(cfg.out_dir, out_name(cfg))
     model, tok, tok_fields = starting_point(cfg, device)
@@ -240,7 +243,7 @@ def main(argv=None):
     if model is None:
         model = new_model(cfg, tok, device)
     print(f"{cfg.stage}: {model.num_params() / 1e6:.2f}M parameters, {data_desc}, preset {cfg.preset}, "
-          f"device {device}, {cfg.max_steps} steps of {cfg.batch_size}")
+          f"device {device} {cfg.dtype}, {cfg.max_steps} steps of {cfg.batch_size}")
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     metrics, train_time = train(model, tok, tok_fields, opt, train_batches, val_batches, cfg, device)
     print_samples(model, tok, read_prompts(cfg.data_dir, "val")[:3], cfg)

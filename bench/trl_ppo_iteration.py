@@ -7,10 +7,14 @@ The current TRL (1.16) has no PPOTrainer; 0.19.1 has one and is the version meas
     python -m venv --system-site-packages /tmp/trlenv && . /tmp/trlenv/bin/activate
     pip install trl==0.19.1 transformers==4.53.3
     python bench/trl_ppo_iteration.py 6          # 6 iterations; the first is the warm-up
+    python bench/trl_ppo_iteration.py 6 bf16     # the same with TRL's bf16=True (CPU bf16 autocast)
+
+bench/vs_trl.py runs this beside `python -m nanorlhf.bench --part=ppo` in one alternating sequence, in fp32
+and in bf16, and prints the ratios.
 
 Shape (as nanorlhf.bench): GPT-2 d=128, 4 layers, 4 heads, vocabulary 4096, context 256; policy, frozen
 reference, reward model and value model all of that shape; 64 prompts of 16-32 random tokens; 48 new
-tokens with no early stop; 4 PPO epochs x 4 minibatches of 16; fp32 on the CPU with 2 threads.
+tokens with no early stop; 4 PPO epochs x 4 minibatches of 16; fp32 (or bf16=True) on the CPU with 2 threads.
 TRL's rollout batch is per_device_train_batch_size x gradient_accumulation_steps (16 x 4 = 64), split into
 num_mini_batches = 4 minibatches of 16, each one forward/backward of 16 rows, as ours. One difference: with
 gradient accumulation 4, TRL steps the optimisers once per 4 minibatches where we step once per
@@ -43,7 +47,7 @@ class IterationClock(TrainerCallback):
         self.stamps.append(time.perf_counter())
 
 
-def main(iterations: int) -> None:
+def main(iterations: int, dtype: str = "fp32") -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     rng = random.Random(0)
@@ -61,7 +65,7 @@ def main(iterations: int) -> None:
                      gradient_accumulation_steps=4, num_mini_batches=4, num_ppo_epochs=4, response_length=48,
                      stop_token=None, temperature=1.0, local_rollout_forward_batch_size=64,
                      total_episodes=64 * iterations, num_sample_generations=0, report_to="none",
-                     save_strategy="no", use_cpu=True, seed=0)
+                     save_strategy="no", use_cpu=True, seed=0, bf16=dtype == "bf16")
     clock = IterationClock()
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
                          train_dataset=data, eval_dataset=data, value_model=value, callbacks=[clock])
@@ -69,10 +73,10 @@ def main(iterations: int) -> None:
     seconds = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
     timed = sorted(seconds[1:])
     print(f"TRL {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, {dtype}")
     print("seconds per iteration (the first is the warm-up):", " ".join(f"{s:.2f}" for s in seconds))
     print(f"median of {len(timed)} after the warm-up: {timed[len(timed) // 2]:.2f} s")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 6)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 6, sys.argv[2] if len(sys.argv) > 2 else "fp32")

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from nanorlhf.config import POSITIVE, check_config, default_preset, one_of, parse_config, run_main
 from nanorlhf.files import WriteError, atomic_write, fingerprint
+from nanorlhf.config import default_device
+from nanorlhf.precision import resolve_dtype
 
 ROOT = Path(__file__).resolve().parent.parent  # the stage scripts live at the repository root
 PRESET_NAMES = ("micro", "tiny", "small")  # every stage script has these presets
@@ -43,6 +45,7 @@ class PipelineConfig:
     data_dir: str = ""  # default: data, or data/seed<S> when --seed is not 0
     out_dir: str = ""  # default: out, or out/seed<S> when --seed is not 0
     device: str = ""  # passed to every stage: cpu | cuda | cuda:N (default: cuda if available)
+    dtype: str = "auto"  # auto | fp32 | bf16: decided once here (nanorlhf/precision.py) and passed to every stage
     force: bool = False  # rerun stages even if their outputs are current
     ptx_coef: float = 1.0  # γ for the PPO-ptx run
     beta0_lr_scale: float = 4.0  # learning-rate multiple of the β = 0 run (see stages())
@@ -74,6 +77,7 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
     p, d, o, s = cfg.preset, cfg.data_dir, cfg.out_dir, cfg.seed
     D, O = Path(d), Path(o)
     common = [f"--preset={p}", f"--data_dir={d}", f"--out_dir={o}"] + ([f"--device={cfg.device}"] if cfg.device else [])
+    common += [f"--dtype={cfg.dtype}"]
     train = [*common, f"--seed={TRAIN_SEED + s}"]
     py, ppo = sys.executable, str(ROOT / "train_ppo.py")
     data = [D / f for f in ("corpus.txt", "sft.jsonl", "prompts.jsonl", "tokenizer.tiktoken", "meta.json")]
@@ -109,11 +113,14 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
 def main(argv=None):
     cfg = resolve_dirs(parse_config(PipelineConfig, argv))
     cfg.preset = cfg.preset or default_preset()
+    check_config(cfg, dtype=one_of("auto", "fp32", "bf16"))
+    # one precision for the whole pipeline: "auto" is resolved here, so every stage runs (and records) the same
+    cfg.dtype = resolve_dtype(cfg.dtype, cfg.device or default_device())
     plan = stages(cfg)
     names = [s.name for s in plan]
     check_config(cfg, preset=one_of(*PRESET_NAMES), ptx_coef=POSITIVE, beta0_lr_scale=POSITIVE,
                  stop_after=(lambda v: v in ("", *names), "one of " + ", ".join(names)))
-    print(f"nanorlhf pipeline: preset {cfg.preset}, seed {cfg.seed} ({cfg.data_dir}/, {cfg.out_dir}/), "
+    print(f"nanorlhf pipeline: preset {cfg.preset}, dtype {cfg.dtype}, seed {cfg.seed} ({cfg.data_dir}/, {cfg.out_dir}/), "
           f"stages {' → '.join(names)}", flush=True)
     t0 = time.time()
     state_path = run_pipeline(plan, Path(cfg.out_dir), cfg.force, cfg.stop_after)

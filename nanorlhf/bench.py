@@ -6,7 +6,14 @@ Stage benchmark: how fast each piece of the pipeline runs on this machine, as ma
     python -m nanorlhf.bench --part=ppo --profile        # ... and torch.profiler's top ops of one iteration,
                                                          #     and the update's matmul floor (see matmul_floor)
     python -m nanorlhf.bench --quick                     # tiny shapes, 1 repeat: a smoke test (< 20 s)
-    python -m nanorlhf.bench --device=cuda               # the same on a GPU (bf16 autocast, as the stages)
+    python -m nanorlhf.bench --device=cuda               # the same on a GPU
+    python -m nanorlhf.bench --part=ppo --dtype=both     # fp32 and bf16 side by side, iterations alternating
+    python -m nanorlhf.bench --part=ppo --dtype=both --profile   # ... and where each one's time goes
+
+--dtype is the stages' flag (nanorlhf/precision.py): auto (default: what the stages would pick on this
+machine) | fp32 | bf16; `both` runs every part in fp32 and in bf16. For the PPO part the two precisions' iterations
+alternate (fp32, bf16, fp32, ...), so that other processes on the machine slow both alike, and a last table
+gives each phase's bf16/fp32 ratio of medians.
 
 Parts (random weights and random token ids: speed does not depend on what the model has learned):
   train     supervised tokens/s, forward + backward + grad clip + AdamW step (train_sft's step) at the
@@ -49,7 +56,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from nanorlhf.generate import generate
 from nanorlhf.losses import ranking_loss, sft_loss
 from nanorlhf.model import GPT, GPTConfig
-from nanorlhf.training import autocast, make_optimizer, setup_device
+from nanorlhf.precision import TORCH_DTYPES
+from nanorlhf.training import autocast, make_optimizer, resolve_dtype, setup_device
 
 PARTS = ("train", "generate", "rm", "ppo")
 # model shapes (GPTConfig fields); TINY/SMALL are the pipeline's presets, PPO the README's PPO benchmark shape
@@ -117,9 +125,9 @@ def machine(device: str) -> str:
     return f"{name} ({os.cpu_count()} logical CPUs)"
 
 
-def caption(args, device: str) -> str:
+def caption(args, device: str, dtype: str) -> str:
     load = f"load avg {os.getloadavg()[0]:.1f} at start · " if hasattr(os, "getloadavg") else ""
-    precision = "bf16 autocast" if device.startswith("cuda") else "fp32"
+    precision = "bf16 autocast" if dtype == "bf16" else "fp32"
     command = "python -m nanorlhf.bench" + (" " + shlex.join(args.argv) if args.argv else "")
     return (f"{machine(device)} · torch {torch.__version__} · {torch.get_num_threads()} threads · {device} {precision}"
             f" · {load}{datetime.datetime.now():%Y-%m-%d %H:%M} · `{command}`")
@@ -141,7 +149,7 @@ def med(times):
 
 
 # ----------------------------------------------------------------------------------------------- parts
-def bench_train(p, args, device, cap):
+def bench_train(p, args, device, cap, dtype):
     rows = []
     for name, shape, batch, steps in p["train"]:
         model = make_model(shape, device).train()
@@ -154,7 +162,7 @@ def bench_train(p, args, device, cap):
 
         def step():
             for _ in range(steps):
-                with autocast(device):
+                with autocast(device, dtype):
                     loss = sft_loss(model(x), y, mask)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -165,12 +173,12 @@ def bench_train(p, args, device, cap):
         toks = steps * batch * T
         rows.append([name, describe(shape), f"{model.num_params() / 1e6:.2f}M", f"{batch} × {T}",
                      f"{1e3 * med(times) / steps:.0f}", f"{toks / med(times):,.0f}", f"{toks / min(times):,.0f}"])
-    table("train: supervised training throughput", cap,
+    table(f"train: supervised training throughput, {dtype}", cap,
           ["preset", "shape", "params", "batch × T", "ms/step", "tokens/s (median)", "tokens/s (best)"], rows,
           "One step = forward + sft_loss + backward + grad-norm clip + AdamW step.")
 
 
-def bench_generate(p, args, device, cap):
+def bench_generate(p, args, device, cap, dtype):
     q = p["gen"]
     model = make_model(q["shape"], device).eval()
     prompts = random_prompts(q["prompts"], q["shape"]["vocab_size"])
@@ -179,7 +187,7 @@ def bench_generate(p, args, device, cap):
     for use_cache in (True, False):
         def run():
             g = torch.Generator(device).manual_seed(0)  # the same samples every repeat
-            with autocast(device):
+            with autocast(device, dtype):
                 gen = generate(model, prompts, q["new"], eos_id=-1, pad_id=0, temperature=1.0, generator=g,
                                use_cache=use_cache)
             assert gen.response.shape[1] == q["new"] and bool(gen.response_mask.all()), "a row stopped early"
@@ -188,12 +196,13 @@ def bench_generate(p, args, device, cap):
             for label, t in (("KV cache", results[True]), ("no cache (recompute the prefix)", results[False]))]
     speedup = med(results[False]) / med(results[True])
     rows.append(["speed-up of the cache", "", f"{speedup:.1f}×", "target ≥ 5×"])
-    table("generate: sampling throughput", cap, ["", "s per batch", "tokens/s (median)", "tokens/s (best)"], rows,
+    table(f"generate: sampling throughput, {dtype}", cap,
+          ["", "s per batch", "tokens/s (median)", "tokens/s (best)"], rows,
           f"Policy {describe(q['shape'])}; {q['prompts']} prompts of 16-32 random tokens, {q['new']} new tokens "
           "each (no early EOS), temperature 1.0, one batch.")
 
 
-def bench_rm(p, args, device, cap):
+def bench_rm(p, args, device, cap, dtype):
     q = p["rm"]
     B, K, T, V = q["groups"], q["K"], q["T"], q["shape"]["vocab_size"]
     rm = make_model(q["shape"], device, head="scalar").train()
@@ -205,7 +214,7 @@ def bench_rm(p, args, device, cap):
     tokens = torch.where(mask.cpu(), tokens, 0).to(device)
 
     def step():
-        with autocast(device):
+        with autocast(device, dtype):
             scores = rm(tokens, mask).float().view(B, K)  # (B, K), best first
         loss = ranking_loss(scores)
         opt.zero_grad(set_to_none=True)
@@ -216,7 +225,7 @@ def bench_rm(p, args, device, cap):
     times = timeit(step, device, args.repeats)
     rows = [[describe(q["shape"]), f"{B} × {K} × ≤{T}", f"{1e3 * med(times):.0f}", f"{B / med(times):,.1f}",
              f"{B / min(times):,.1f}"]]
-    table("rm: reward-model training throughput", cap,
+    table(f"rm: reward-model training throughput, {dtype}", cap,
           ["shape", "groups × K × tokens", "ms/step", "groups/s (median)", "groups/s (best)"], rows,
           "One step = scalar-head forward of all K responses, InstructGPT ranking loss over the C(K,2) pairs, "
           "backward, grad clip, AdamW (train_rm's step).")
@@ -232,12 +241,12 @@ def load_train_ppo():
     return mod
 
 
-def ppo_setup(p, device):
+def ppo_setup(p, device, dtype):
     """Everything one PPO iteration needs, as train_ppo.main builds it: 4 models, 2 optimizers, a batch."""
     tp = load_train_ppo()
     q = p["ppo"]
     cfg = tp.Config(rollout_batch=q["prompts"], max_new_tokens=q["new"], ppo_epochs=q["epochs"],
-                    minibatch_size=q["minibatch"], device=device)
+                    minibatch_size=q["minibatch"], device=device, dtype=dtype)
     policy = make_model(q["shape"], device, "lm", seed=0)
     ref = copy.deepcopy(policy)
     reward_model = make_model(q["shape"], device, "scalar", seed=1)
@@ -290,27 +299,49 @@ def ppo_setup(p, device):
     return q, cfg, policy, iteration
 
 
-def bench_ppo(p, args, device, cap):
-    q, cfg, policy, iteration = ppo_setup(p, device)
-    iteration()  # warm-up
-    its = [iteration() for _ in range(args.repeats)]
-    phases = {
-        "1 generate (policy sampling, KV cache)": [i[0] for i in its],
-        "2-4 score + reference + values (+ KL rewards, GAE)": [i[1] for i in its],
-        f"5 update ({cfg.ppo_epochs} epochs × {q['prompts'] // cfg.minibatch_size} minibatches of "
-        f"{cfg.minibatch_size})": [i[2] for i in its],
-    }
-    total = [sum(i) for i in its]
-    rows = [[name, f"{med(t):.2f}", f"{min(t):.2f}", f"{100 * med(t) / med(total):.0f}%"] for name, t in phases.items()]
-    rows.append(["**TOTAL** rollout() + ppo_update()", f"**{med(total):.2f}**", f"{min(total):.2f}", "100%"])
-    n = policy.num_params() / 1e6
-    table("ppo: one PPO iteration", cap, ["phase", "median s", "best s", "share"], rows,
-          f"Policy {describe(q['shape'])} ({n:.2f}M params); critic (value head), reward model (scalar head) and "
-          f"frozen reference of the same shape; {q['prompts']} prompts of 16-32 random tokens, {q['new']} new tokens "
-          f"(no early EOS). {args.repeats} iterations after 1 warm-up. Target: ≤ 6.5 s median on a 2-core CPU.")
+PPO_PHASES = ("1 generate (policy sampling, KV cache)", "2-4 score + reference + values (+ KL rewards, GAE)",
+              "5 update")
+
+
+def bench_ppo(p, args, device, caps: dict):
+    """One table per precision in `caps` ({dtype: caption}); with two, their iterations alternate and a last
+    table compares them phase by phase."""
+    setups = {dtype: ppo_setup(p, device, dtype) for dtype in caps}
+    for _, _, _, iteration in setups.values():
+        iteration()  # warm-up
+    its = {dtype: [] for dtype in caps}
+    for _ in range(args.repeats):
+        for dtype, (_, _, _, iteration) in setups.items():  # alternating: other processes slow each alike
+            its[dtype].append(iteration())
+    medians = {}
+    for dtype, cap in caps.items():
+        q, cfg, policy, _ = setups[dtype]
+        phases = dict(zip(PPO_PHASES, zip(*its[dtype])))
+        total = [sum(i) for i in its[dtype]]
+        medians[dtype] = [med(t) for t in phases.values()] + [med(total)]
+        rows = [[name, f"{med(t):.2f}", f"{min(t):.2f}", f"{100 * med(t) / med(total):.0f}%"]
+                for name, t in phases.items()]
+        rows[-1][0] += (f" ({cfg.ppo_epochs} epochs × {q['prompts'] // cfg.minibatch_size} minibatches of "
+                        f"{cfg.minibatch_size})")
+        rows.append(["**TOTAL** rollout() + ppo_update()", f"**{med(total):.2f}**", f"{min(total):.2f}", "100%"])
+        n = policy.num_params() / 1e6
+        table(f"ppo: one PPO iteration, {dtype}", cap, ["phase", "median s", "best s", "share"], rows,
+              f"Policy {describe(q['shape'])} ({n:.2f}M params); critic (value head), reward model (scalar head) and "
+              f"frozen reference of the same shape; {q['prompts']} prompts of 16-32 random tokens, {q['new']} new "
+              f"tokens (no early EOS). {args.repeats} iterations after 1 warm-up"
+              f"{', alternating with the other precision' if len(caps) > 1 else ''}. "
+              "Target: ≤ 6.5 s median on a 2-core CPU.")
+    if len(caps) == 2:
+        a, b = caps
+        rows = [[name, f"{ma:.2f}", f"{mb:.2f}", f"{mb / ma:.2f}×"]
+                for name, ma, mb in zip(PPO_PHASES + ("**TOTAL**",), medians[a], medians[b])]
+        table(f"ppo: {b} against {a}", next(iter(caps.values())), ["phase", f"{a} median s", f"{b} median s",
+              f"{b} / {a}"], rows, "Medians of the alternating iterations above (below 1×: the second is faster).")
     if args.profile:
-        profile_ppo(iteration, device)
-        matmul_floor(iteration, device, med([i[2] for i in its]), 256 if args.quick else 2048)
+        for dtype, (_, _, _, iteration) in setups.items():
+            print(f"\n#### profile, {dtype}")
+            profile_ppo(iteration, device)
+            matmul_floor(iteration, device, med([i[2] for i in its[dtype]]), 256 if args.quick else 2048, dtype)
 
 
 def profile_ppo(iteration, device):
@@ -326,27 +357,26 @@ def profile_ppo(iteration, device):
     print(prof.key_averages().table(sort_by=key, row_limit=25))
 
 
-def gemm_rate(device: str, n: int) -> float:
-    """FLOP/s of one n x n x n matmul in the precision the stages compute in (fp32 on the CPU, bf16 autocast on
-    a GPU), the best of 5: about the most this machine's matmul library gets out of it, on an easy shape."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def gemm_rate(device: str, n: int, dtype: str) -> float:
+    """FLOP/s of one n x n x n matmul in precision `dtype` (fp32 or bf16, as the stages compute), the best of 5:
+    about the most this machine's matmul library gets out of it, on an easy shape."""
+    a, b = (torch.randn(n, n, device=device, dtype=TORCH_DTYPES[dtype]) for _ in range(2))
 
     def mm():
-        with autocast(device):
-            a @ b
+        a @ b
     return 2 * n**3 / min(timeit(mm, device, repeats=5))
 
 
-def matmul_floor(iteration, device: str, update_s: float, n: int) -> None:
+def matmul_floor(iteration, device: str, update_s: float, n: int, dtype: str) -> None:
     """How close the update is to its matmuls alone: FLOPs counted by torch.utils.flop_counter over one more
     iteration (matmuls only: the CPU's flash attention is not counted), divided by gemm_rate."""
     flops = {}
     iteration(flops)
-    rate = gemm_rate(device, n)
+    rate = gemm_rate(device, n, dtype)
     floor = flops["update"] / rate
     print(f"\nmatmul floor: the update's matmuls are {flops['update'] / 1e9:.3g} GFLOP (the rollout's "
           f"{flops['rollout'] / 1e9:.3g}; torch.utils.flop_counter, attention not counted); at this machine's rate "
-          f"for one {n}^3 matmul, {rate / 1e9:.0f} GFLOP/s, they take {floor:.3g} s: {100 * floor / update_s:.0f}% "
+          f"for one {n}^3 {dtype} matmul, {rate / 1e9:.0f} GFLOP/s, they take {floor:.3g} s: {100 * floor / update_s:.0f}% "
           f"of the measured update ({update_s:.3g} s median). The rest is attention, elementwise work and "
           f"per-op overhead, plus matmuls at shapes slower than that one.")
 
@@ -359,6 +389,8 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up; the median is reported")
     ap.add_argument("--quick", action="store_true", help="tiny shapes and 1 repeat: a smoke test")
     ap.add_argument("--device", default="", help="cpu | cuda (default: cuda if available)")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "both"),
+                    help="compute precision, as the stages' --dtype; both: fp32 and bf16 side by side")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one PPO iteration (torch.profiler) and print the update's matmul floor")
     args = ap.parse_args(argv)
@@ -372,12 +404,17 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = setup_device(args.device)
-    cap = caption(args, device)
+    dtypes = ("fp32", "bf16") if args.dtype == "both" else (resolve_dtype(args.dtype, device),)
+    caps = {dtype: caption(args, device, dtype) for dtype in dtypes}
     p = plan(args.quick, device.startswith("cuda"))
     parts = PARTS if args.part == "all" else (args.part,)
-    benches = {"train": bench_train, "generate": bench_generate, "rm": bench_rm, "ppo": bench_ppo}
+    benches = {"train": bench_train, "generate": bench_generate, "rm": bench_rm}
     for part in parts:
-        benches[part](p, args, device, cap)
+        if part == "ppo":
+            bench_ppo(p, args, device, caps)
+        else:
+            for dtype, cap in caps.items():
+                benches[part](p, args, device, cap, dtype)
 
 
 if __name__ == "__main__":

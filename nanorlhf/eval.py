@@ -189,6 +189,7 @@ class EvalConfig:
     bon_n: int = 16  # best-of-n: largest n (SFT samples per prompt, picked by the RM)
     bon_prompts: int = 200  # prompts for best-of-n and the headroom probe
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
+    dtype: str = "auto"  # auto | fp32 | bf16 (nanorlhf/precision.py): the pipeline passes the stages' dtype
     seed: int = 1234  # SFT's reference samples use it, every model's samples seed + 1, best-of-n seed + 2
 
 
@@ -255,10 +256,11 @@ def main(argv=None) -> dict:
     from nanorlhf.config import parse_config
     from nanorlhf.data import corpus_tokens, load_world, read_prompts
     from nanorlhf.files import atomic_write
-    from nanorlhf.training import setup_device
+    from nanorlhf.training import autocast, resolve_dtype, setup_device
 
     cfg = parse_config(EvalConfig, argv, EVAL_PRESETS)
     device = setup_device(cfg.device)
+    cfg.dtype = resolve_dtype(cfg.dtype, device)  # sampling and scoring in the regime the models trained in
     t0 = time.time()
     out = Path(cfg.out_dir)
     world = load_world(cfg.data_dir)
@@ -274,12 +276,12 @@ def main(argv=None) -> dict:
     models = {"base": ("base", ()), "base few-shot": ("base", few_shot), "SFT": ("sft", ()),
               "PPO": ("ppo", ()), "PPO-ptx": ("ppo_ptx", ()), "PPO β=0": ("ppo_beta0", ()),
               "PPO, gold reward": ("ppo_gold", ())}
-    sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature,
-                               generator=torch.Generator(device).manual_seed(cfg.seed))
-    results, samples = compare_with_sft(cfg, models, sft, rm, tok, labeler, prompts, sft_ref, corpus, device)
-
-    bon_texts = texts[: cfg.bon_prompts]
-    bon, many = rm_best_of_n(cfg, sft, rm, tok, labeler, bon_texts, device)
+    with autocast(device, cfg.dtype):  # samples from the regime the models trained in
+        sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature,
+                                   generator=torch.Generator(device).manual_seed(cfg.seed))
+        results, samples = compare_with_sft(cfg, models, sft, rm, tok, labeler, prompts, sft_ref, corpus, device)
+        bon_texts = texts[: cfg.bon_prompts]
+        bon, many = rm_best_of_n(cfg, sft, rm, tok, labeler, bon_texts, device)
     probe = headroom_probe(labeler, bon_texts, many, sft_ref[: len(bon_texts)], cfg.bon_n)
     best = probe["gold_best_of_n"][-1]
     print(f"eval: headroom: SFT vs SFT ties {probe['sft_vs_sft_ties']:.0%}; gold best-of-{best['n']} of SFT vs SFT "

@@ -163,6 +163,8 @@ def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: 
     `prefix_ids` (e.g. few-shot examples in the chat format) are prepended to every prompt's ids that they
     fit beside: cutting the prefix mid-example would show the model a broken example, so a prompt too long
     for both gets none (and a prompt too long alone keeps its end).
+    Precision is the caller's: the stages call it inside precision.autocast, so that samples that feed training
+    or evaluation come from the regime the model trains in.
     """
     was_training = model.training
     model.eval()

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from nanorlhf.precision import compute_dtype
+
 
 def _pick_impl(impl, is_cuda):
     impl = impl or os.environ.get("NANORLHF_LOGPROBS") or None
@@ -173,11 +175,8 @@ def linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, mask=N
     N, V = h.shape[0], weight.shape[0]
     if chunk_size is None:
         chunk_size = max(64, 2**27 // V)  # ~2^27 logits (256 MB in bf16) per chunk: 1024 tokens at V = 128k
-    if torch.is_autocast_enabled(h.device.type):
-        dtype = torch.get_autocast_dtype(h.device.type)
-        h, weight = h.to(dtype), weight.to(dtype)
-    elif weight.dtype != h.dtype:
-        h = h.to(weight.dtype)
+    dtype = compute_dtype(h.device.type, weight.dtype)  # the autocast dtype, else the weight's
+    h, weight = h.to(dtype), weight.to(dtype)
     flat_targets, keep = _flat_inputs(targets, mask)
 
     if _pick_impl(impl, h.is_cuda) == "torch":

@@ -22,6 +22,10 @@ positions, so only the last one can skip work). PPO scores the response with pos
 prompt + response sequence: this skips about a third of the last block's work (tests/test_fast_paths.py).
 On the CPU the MLP's GELU is `TanhGELU`: GPT-2's tanh GELU written through a sigmoid, which is faster there.
 
+Precision (nanorlhf/precision.py): weights are fp32; under bf16 autocast the matmuls run in bf16, the residual
+stream and LayerNorms stay fp32, the scalar/value head runs in fp32, and attention and the KV cache run in
+precision.attention_dtype (fp32 on the CPU, the compute dtype on a GPU).
+
 One departure, off by default: `pos_embedding="rope"` replaces `wpe` with rotary position embeddings (Su et
 al. 2021, RoFormer eq. 34: each pair of query/key channels rotated by an angle proportional to the position,
 so q·k depends on relative position only). Why it is here: the tiny preset's 4-layer GPT-2 with learned
@@ -37,6 +41,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from nanorlhf.precision import attention_dtype
 
 HEADS = ("lm", "scalar", "value")
 
@@ -108,11 +114,14 @@ class CausalSelfAttention(nn.Module):
             cache.v[layer, :, :, start : start + T] = v
             k, v = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]
         dropout = self.dropout if self.training else 0.0
-        if attn_mask is None:
-            assert first == 0, "queries from `first` on need an explicit mask (is_causal aligns them top-left)"
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[:, :, first:], dropout_p=dropout)
+        dtype = attention_dtype(x.device.type, self.c_attn.weight.dtype)  # fp32 on the CPU (precision.py)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):  # in `dtype`, whatever autocast would pick
+            if attn_mask is None:
+                assert first == 0, "queries from `first` on need an explicit mask (is_causal aligns them top-left)"
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[:, :, first:], dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T - first, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -292,8 +301,11 @@ class GPT(nn.Module):
             raise ValueError("the scalar head reads the last real token: `first` is for the lm and value heads")
         h = self.hidden_states(idx, attention_mask, cache, first)
         if head == "lm":
-            return F.linear(h, self.lm_head_weight)
-        values = self.score(h).squeeze(-1)  # (B, T)
+            return F.linear(h, self.lm_head_weight)  # the compute dtype; log-softmaxes over it are fp32
+        # the scalar/value head in fp32 under any autocast: in bf16 a reward of magnitude 2-4 would be
+        # rounded to steps of 1/64, and reward differences (ranking loss, accuracy, GAE) with it (precision.py)
+        with torch.autocast(h.device.type, enabled=False):
+            values = self.score(h.float()).squeeze(-1)  # (B, T)
         if head == "value":
             return values
         if attention_mask is None:
@@ -301,8 +313,11 @@ class GPT(nn.Module):
         return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """A cache in the dtype attention runs in now (precision.attention_dtype: bf16 under bf16 autocast on a
+        GPU, else the weights'): keys and values are stored once in it, not recast at every layer and step."""
         p = self.wte.weight
-        return KVCache(self.config, batch, min(max_len, self.config.block_size), p.device, p.dtype)
+        dtype = attention_dtype(p.device.type, p.dtype)
+        return KVCache(self.config, batch, min(max_len, self.config.block_size), p.device, dtype)
 
     # ------------------------------------------------------------------------------------------------
     def load_gpt2_state_dict(self, sd: dict) -> None:

@@ -221,7 +221,9 @@ def write_report(out_dir) -> str:
     state_path = out / "pipeline_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
 
-    lines = ["# nanorlhf report", "", *_summary(models, ev.get("headroom")), "", *_results_table(models)]
+    lines = ["# nanorlhf report", "", *_summary(models, ev.get("headroom")), "",
+             f"Compute precision: {ev['config'].get('dtype', 'fp32')} (`--dtype`; nanorlhf/precision.py).", "",
+             *_results_table(models)]
     lines += _figure1_sample(ev["samples"])
     lines += _headroom_section(ev.get("headroom"), ev.get("best_of_n", []))
     lines += _breakdown_section(models)

@@ -1,9 +1,9 @@
 """Small pieces every training stage shares: optimizer, learning-rate schedule, autocast, seeding,
-the non-finite check, and the one-line progress log."""
+the non-finite check, and the one-line progress log. The precision policy (autocast, --dtype) is
+nanorlhf/precision.py; `autocast` and `resolve_dtype` are re-exported here for the stages."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import sys
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from nanorlhf.config import StageError
+from nanorlhf.precision import autocast, resolve_dtype  # noqa: F401 (the stages import them from here)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -28,17 +29,10 @@ def setup_device(device: str) -> str:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         torch.set_flush_denormal(True)  # denormal floats (tiny gradients late in training) stall CPU maths
-    if device == "cuda":
+    if device.startswith("cuda"):  # any cuda:N: fp32 matmuls in TF32 (precision.py)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device
-
-
-def autocast(device: str):
-    """bf16 autocast on CUDA (weights and optimizer stay fp32); plain fp32 on the CPU."""
-    if str(device).startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8):

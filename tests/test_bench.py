@@ -13,16 +13,20 @@ def test_bench_quick_prints_every_table():
     # one thread: with two OpenMP threads on a busy 2-core machine (other tests, other jobs) the micro
     # shapes spend their time spinning at barriers and the run gets ~50x slower
     r = subprocess.run([sys.executable, "-m", "nanorlhf.bench", "--quick", "--part=all", "--threads=1",
-                        "--profile"], cwd=ROOT,
+                        "--profile", "--dtype=both"], cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"bench failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    for header in ("### train:", "### generate:", "### rm:", "### ppo:"):
-        assert header in r.stdout, f"missing table {header!r} in:\n{r.stdout}"
+    for part in ("train: supervised training throughput", "generate:", "rm:", "ppo: one PPO iteration"):
+        for dtype in ("fp32", "bf16"):  # --dtype=both: every table in each precision
+            assert re.search(rf"### {part}.*, {dtype}\n", r.stdout), f"missing table {part!r}, {dtype} in:\n{r.stdout}"
+    assert "### ppo: bf16 against fp32" in r.stdout and "| **TOTAL** |" in r.stdout  # the side-by-side ratios
     assert "**TOTAL** rollout() + ppo_update()" in r.stdout
-    assert "`python -m nanorlhf.bench --quick --part=all --threads=1 --profile`" in r.stdout  # the exact command line
+    # the exact command line
+    assert "`python -m nanorlhf.bench --quick --part=all --threads=1 --profile --dtype=both`" in r.stdout
     # --profile: the profiler's table, then the matmul floor, whose FLOPs were counted (a counter that saw no
     # matmul prints 0) and take less time at the big-matmul rate than the whole update measured
     assert "aten::mm" in r.stdout
+    assert "#### profile, fp32" in r.stdout and "#### profile, bf16" in r.stdout
     floor = re.search(r"the update's matmuls are ([0-9.e+-]+) GFLOP .* they take ([0-9.e+-]+) s: (\d+)% of the "
                       r"measured update \(([0-9.e+-]+) s median\)", r.stdout)
     assert floor, f"no matmul-floor line in:\n{r.stdout[-3000:]}"

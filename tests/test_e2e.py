@@ -77,6 +77,33 @@ def test_report_has_every_model_row_and_figure(pipeline):
         assert any(c != g["category"] for c, r in sampled if r == g["responses"][3])
 
 
+def test_one_precision_for_every_stage_recorded_and_reported(pipeline):
+    """The pipeline resolves --dtype=auto once and passes it on: every checkpoint records the same dtype."""
+    d, _, _ = pipeline
+    out = d / "out"
+    dtypes = {torch.load(out / s / "ckpt.pt", weights_only=True)["config"]["dtype"]
+              for s in ("base", "sft", "rm", "ppo", "ppo_ptx", "ppo_beta0", "ppo_gold")}
+    assert len(dtypes) == 1 and dtypes <= {"fp32", "bf16"}, dtypes
+    assert json.loads((out / "eval.json").read_text())["config"]["dtype"] in dtypes
+    assert f"Compute precision: {dtypes.pop()}" in (out / "report.md").read_text()
+
+
+def test_rm_and_ppo_stages_run_in_bf16(pipeline, tmp_path):
+    """--dtype=bf16 on a CPU (any CPU: autocast emulates it where the instructions are missing)."""
+    d, _, _ = pipeline
+    common = ["--preset=micro", f"--data_dir={d}/data", f"--out_dir={tmp_path}", "--dtype=bf16",
+              f"--init_from={d}/out/sft/ckpt.pt"]
+    run(["train_rm.py", *common])
+    r = run(["train_ppo.py", *common[:-1], f"--policy_from={d}/out/sft/ckpt.pt"])
+    assert "device cpu bf16" in r.stdout
+    for stage in ("rm", "ppo"):
+        ck = torch.load(tmp_path / stage / "ckpt.pt", weights_only=True)
+        assert ck["config"]["dtype"] == "bf16"
+        assert all(v.dtype != torch.bfloat16 for v in ck["model"].values())  # fp32 weights saved
+    hist = json.loads((tmp_path / "ppo" / "history.json").read_text())["history"]
+    assert all(torch.isfinite(torch.tensor([h["kl"], h["rm_score"], h["pg_loss"]])).all() for h in hist)
+
+
 def _listing(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
@@ -88,6 +115,7 @@ def test_bad_input_one_clear_line_nonzero_exit_nothing_written(pipeline, tmp_pat
     assert r.returncode != 0 and r.stderr.strip() == "error: unknown option --bogus for Config (see --help)"
     # a value a choice field does not know
     for script, arg, want in (("train_ppo.py", "--reward=oracle", "error: --reward=oracle: expected model or gold"),
+                              ("train_rm.py", "--dtype=fp16", "error: --dtype=fp16: expected one of auto, fp32, bf16"),
                               ("train_sft.py", "--pos_embedding=alibi",
                                "error: --pos_embedding=alibi: expected learned or rope")):
         r = run([script, arg, f"--out_dir={tmp_path}/o"], check=False)

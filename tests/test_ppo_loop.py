@@ -29,7 +29,7 @@ def _models(seed=0):
 
 def _cfg(**kw):
     base = dict(rollout_batch=32, max_new_tokens=8, ppo_epochs=2, minibatch_size=16, lr=3e-3, critic_lr=3e-3,
-                init_kl_coef=0.0, missing_eos_penalty=0.0, device="cpu")
+                init_kl_coef=0.0, missing_eos_penalty=0.0, device="cpu", dtype="fp32")  # ratio == 1: fp32 only
     return Config(**{**base, **kw})
 
 
