@@ -3,7 +3,7 @@
     python bench/vs_trl.py --trl_python=/tmp/trlenv/bin/python            # fp32 and bf16, one round
     python bench/vs_trl.py --trl_python=/tmp/trlenv/bin/python --rounds=3 --dtypes=fp32
 
-For each round and each precision it runs `python -m nanorlhf.bench --part=ppo --dtype=D` (median of
+For each round and each precision it runs `python bench/stages.py --part=ppo --dtype=D` (median of
 --repeats iterations after a warm-up) and then `bench/trl_ppo_iteration.py` (TRL's PPOTrainer, bf16=True for
 bf16; median after a warm-up) one after the other, so that whatever else runs on the machine slows both about
 alike, and prints each pair's seconds and the ratio nanorlhf / TRL (target <= 0.5), then the medians over
@@ -42,7 +42,7 @@ def main() -> None:
     results = {d: [] for d in args.dtypes.split(",")}
     for r in range(args.rounds):
         for dtype in results:
-            ours = seconds([sys.executable, "-m", "nanorlhf.bench", "--part=ppo", f"--dtype={dtype}",
+            ours = seconds([sys.executable, str(Path(__file__).resolve().parent / "stages.py"), "--part=ppo", f"--dtype={dtype}",
                             f"--repeats={args.repeats}"],
                            r"\*\*TOTAL\*\* rollout\(\) \+ ppo_update\(\) \| \*\*([0-9.]+)\*\*")
             trl = seconds([args.trl_python, "bench/trl_ppo_iteration.py", str(args.repeats + 1), dtype],

@@ -136,7 +136,7 @@ def _logprobs_bwd_kernel(
 # launch configuration and wrappers
 
 def _fwd_config(V, dtype, device):
-    """(BLOCK_V, num_warps) of the forward kernel, from `python -m nanorlhf.bench_logprobs --tune` on an H100
+    """(BLOCK_V, num_warps) of the forward kernel, from `python bench/logprobs.py --tune` on an H100
     (bench/logprobs_results.md). One row per program, so the tile sets the bytes in flight: bf16 at
     16384 x 32768 ran at 2.58 TB/s with (1024, 4) and 1.95 TB/s with (4096, 8), whose per-lane (m, s, t)
     state costs registers and so resident programs; fp32 ran at 2.9 TB/s with (4096, 8).

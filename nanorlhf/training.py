@@ -42,7 +42,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # fused: one kernel for all parameters instead of ~10 small ops per tensor (measured −0.35 s per PPO
-    # iteration on 2 CPU cores, nanorlhf.bench)
+    # iteration on 2 CPU cores, bench/stages.py)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
 
 

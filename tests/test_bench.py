@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_quick_prints_every_table():
     # one thread: with two OpenMP threads on a busy 2-core machine (other tests, other jobs) the micro
     # shapes spend their time spinning at barriers and the run gets ~50x slower
-    r = subprocess.run([sys.executable, "-m", "nanorlhf.bench", "--quick", "--part=all", "--threads=1",
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "stages.py"), "--quick", "--part=all", "--threads=1",
                         "--profile", "--dtype=both"], cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"bench failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -22,7 +22,7 @@ def test_bench_quick_prints_every_table():
     assert "### ppo: bf16 against fp32" in r.stdout and "| **TOTAL** |" in r.stdout  # the side-by-side ratios
     assert "**TOTAL** rollout() + ppo_update()" in r.stdout
     # the exact command line
-    assert "`python -m nanorlhf.bench --quick --part=all --threads=1 --profile --dtype=both`" in r.stdout
+    assert "`python bench/stages.py --quick --part=all --threads=1 --profile --dtype=both`" in r.stdout
     # --profile: the profiler's table, then the matmul floor, whose FLOPs were counted (a counter that saw no
     # matmul prints 0) and take less time at the big-matmul rate than the whole update measured
     assert "aten::mm" in r.stdout

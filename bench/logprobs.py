@@ -1,12 +1,12 @@
 """
 Benchmark of per-token log-probs: naive PyTorch vs torch.compile vs the fused Triton kernel.
 
-    python -m nanorlhf.bench_logprobs                      # the full grid (GPU, a few minutes)
-    python -m nanorlhf.bench_logprobs --quick              # small shapes; runs on a CPU in < 1 min
-    python -m nanorlhf.bench_logprobs --shapes 16384x32768,4096x128256 --dtype bf16
-    python -m nanorlhf.bench_logprobs --tune               # BLOCK_V / num_warps sweep of both kernels
+    python bench/logprobs.py                      # the full grid (GPU, a few minutes)
+    python bench/logprobs.py --quick              # small shapes; runs on a CPU in < 1 min
+    python bench/logprobs.py --shapes 16384x32768,4096x128256 --dtype bf16
+    python bench/logprobs.py --tune               # BLOCK_V / num_warps sweep of both kernels
 
-Design (shared/KERNEL_NOTES.md): every method runs on the same inputs in one process; times are
+Design (as Liger-Kernel and flash-attention benchmark their cross-entropy kernels): every method runs on the same inputs in one process; times are
 triton.testing.do_bench (which flushes L2) on CUDA and a perf_counter loop on CPU. Effective bandwidth =
 the bytes a perfect kernel must move / time: forward reads the logits once (N V bytes-per-element), forward
 + backward reads them twice and writes the gradient once (3 N V). It is printed against the spec sheet's
@@ -32,6 +32,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))  # run as bench/logprobs.py
 
 from nanorlhf.logprobs import linear_logprobs, token_logprobs
 
@@ -269,7 +271,7 @@ def main():
     name, peak = device_info(cuda)
     print(f"# log-prob benchmark: {name}, {datetime.date.today()}")
     print(f"torch {torch.__version__}" + (f", triton {__import__('triton').__version__}" if cuda else ""))
-    print("command: python -m nanorlhf.bench_logprobs " + " ".join(sys.argv[1:]))
+    print("command: python bench/logprobs.py " + " ".join(sys.argv[1:]))
     read, copy = ceilings(cuda, dev)
     spec = f"{peak:,} GB/s spec; " if peak else ""
     print(f"\nbandwidth: {spec}measured read-only (amax) {read:,.0f} GB/s, copy {copy:,.0f} GB/s"

@@ -1,14 +1,14 @@
 """
 Stage benchmark: how fast each piece of the pipeline runs on this machine, as markdown tables for the README.
 
-    python -m nanorlhf.bench                             # every part (CPU: about 3.5 minutes on 2 cores)
-    python -m nanorlhf.bench --part=ppo --repeats=5      # one PPO iteration at the README's shape
-    python -m nanorlhf.bench --part=ppo --profile        # ... and torch.profiler's top ops of one iteration,
+    python bench/stages.py                             # every part (CPU: about 3.5 minutes on 2 cores)
+    python bench/stages.py --part=ppo --repeats=5      # one PPO iteration at the README's shape
+    python bench/stages.py --part=ppo --profile        # ... and torch.profiler's top ops of one iteration,
                                                          #     and the update's matmul floor (see matmul_floor)
-    python -m nanorlhf.bench --quick                     # tiny shapes, 1 repeat: a smoke test (< 20 s)
-    python -m nanorlhf.bench --device=cuda               # the same on a GPU
-    python -m nanorlhf.bench --part=ppo --dtype=both     # fp32 and bf16 side by side, iterations alternating
-    python -m nanorlhf.bench --part=ppo --dtype=both --profile   # ... and where each one's time goes
+    python bench/stages.py --quick                     # tiny shapes, 1 repeat: a smoke test (< 20 s)
+    python bench/stages.py --device=cuda               # the same on a GPU
+    python bench/stages.py --part=ppo --dtype=both     # fp32 and bf16 side by side, iterations alternating
+    python bench/stages.py --part=ppo --dtype=both --profile   # ... and where each one's time goes
 
 --dtype is the stages' flag (nanorlhf/precision.py): auto (default: what the stages would pick on this
 machine) | fp32 | bf16; `both` runs every part in fp32 and in bf16. For the PPO part the two precisions' iterations
@@ -25,8 +25,8 @@ Parts (random weights and random token ids: speed does not depend on what the mo
             split into 1 generate | 2-4 score, reference, values, rewards, GAE | 5 update
 
 The PPO part must time exactly the code a PPO run executes, so it loads `rollout`, `ppo_update` and `Config`
-from the repository's train_ppo.py by path (importlib; an exception to the rule that the package never
-imports the stage scripts, agreed for this benchmark). To split rollout() without running anything twice, the
+from the repository's train_ppo.py by path (importlib: a private copy, see load_train_ppo; this is a script
+beside the package, which itself never imports a stage script or a benchmark). To split rollout() without running anything twice, the
 private copy of train_ppo loaded here has its `generate` wrapped in a stopwatch; "score" is the rest of
 rollout(). No sampled token can be the EOS (eos_id = -1), so every row generates all its tokens and every
 repeat does the same work. Times are wall clock (perf_counter) around the work, after a device synchronise
@@ -52,6 +52,8 @@ from types import SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package, when run as bench/stages.py
 
 from nanorlhf.generate import generate
 from nanorlhf.losses import ranking_loss, sft_loss
@@ -128,7 +130,7 @@ def machine(device: str) -> str:
 def caption(args, device: str, dtype: str) -> str:
     load = f"load avg {os.getloadavg()[0]:.1f} at start · " if hasattr(os, "getloadavg") else ""
     precision = "bf16 autocast" if dtype == "bf16" else "fp32"
-    command = "python -m nanorlhf.bench" + (" " + shlex.join(args.argv) if args.argv else "")
+    command = "python bench/stages.py" + (" " + shlex.join(args.argv) if args.argv else "")
     return (f"{machine(device)} · torch {torch.__version__} · {torch.get_num_threads()} threads · {device} {precision}"
             f" · {load}{datetime.datetime.now():%Y-%m-%d %H:%M} · `{command}`")
 
@@ -233,7 +235,7 @@ def bench_rm(p, args, device, cap, dtype):
 
 def load_train_ppo():
     """A private copy of the repository's train_ppo.py (the module the PPO stage runs)."""
-    path = Path(__file__).resolve().parent.parent / "train_ppo.py"
+    path = Path(__file__).resolve().parent.parent / "train_ppo.py"  # bench/ sits beside the stage scripts
     spec = importlib.util.spec_from_file_location("nanorlhf_bench_train_ppo", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # @dataclass looks its module up
@@ -383,7 +385,7 @@ def matmul_floor(iteration, device: str, update_s: float, n: int, dtype: str) ->
 
 # ------------------------------------------------------------------------------------------------ main
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m nanorlhf.bench", description=__doc__.split("\n\n")[0].strip())
+    ap = argparse.ArgumentParser(prog="python bench/stages.py", description=__doc__.split("\n\n")[0].strip())
     ap.add_argument("--part", default="all", choices=("all",) + PARTS, help="which benchmark to run")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up; the median is reported")
