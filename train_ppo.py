@@ -76,6 +76,7 @@ class Config:
     reuse_rollout_logprobs: bool = True  # the sampler's log-probs are π_old (no second policy forward)
     eval_interval: int = 10  # gold-labeler evaluation every N iterations (0: only at the end)
     eval_prompts: int = 100  # held-out prompts of each gold-labeler evaluation
+    eval_temperature: float = 0.7  # sampling temperature of those evaluations (eval.py's, so curves and table agree)
     log_interval: int = 1  # print one line of PPO statistics every N iterations
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
     dtype: str = "auto"  # auto | fp32 | bf16: compute precision (nanorlhf/precision.py); auto: bf16 where it pays
@@ -97,7 +98,8 @@ PRESETS = {
 def get_config(argv=None) -> Config:
     cfg = parse_config(Config, argv, PRESETS)
     check_config(cfg, reward=one_of("model", "gold"), iterations=AT_LEAST_1, rollout_batch=AT_LEAST_1,
-                 max_new_tokens=AT_LEAST_1, temperature=POSITIVE, ppo_epochs=AT_LEAST_1, minibatch_size=AT_LEAST_1,
+                 max_new_tokens=AT_LEAST_1, temperature=POSITIVE, eval_temperature=POSITIVE, ppo_epochs=AT_LEAST_1,
+                 minibatch_size=AT_LEAST_1,
                  lr=POSITIVE, lr_scale=POSITIVE, critic_lr=POSITIVE, clip=POSITIVE, value_clip=POSITIVE,
                  vf_coef=NON_NEGATIVE, gamma=(lambda g: 0 < g <= 1, "a number in (0, 1]"), lam=UNIT,
                  init_kl_coef=NON_NEGATIVE, kl_target=POSITIVE, kl_horizon=AT_LEAST_1, ptx_coef=NON_NEGATIVE,
@@ -238,7 +240,7 @@ def gold_evaluation(policy, tok, labeler, prompts: list[dict], cfg: Config, devi
     evaluations: the gold rating beside the latest KL and the RM reward of the last 3 rollouts (the
     axes of the over-optimisation plot)."""
     with autocast(device, cfg.dtype):  # sampled in the regime of the rollouts
-        ev = gold_eval(policy, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature,
+        ev = gold_eval(policy, tok, labeler, prompts, cfg.max_new_tokens, cfg.eval_temperature,
                        torch.Generator(device).manual_seed(cfg.seed + 1))
     rm_eval = sum(h["rm_score"] for h in history[-3:]) / max(1, len(history[-3:])) if history else None
     row = {"iteration": it, "gold_rating": ev["rating"], "correct": ev["correct"],

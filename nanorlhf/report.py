@@ -148,7 +148,10 @@ def _figures(out, ev: dict) -> list[str]:
             hist = json.loads(h.read_text())
             gold = run == "ppo_gold"
             if not gold:  # its rollout reward is the gold utility, not the proxy: no place on the proxy axis
-                runs[run] = [e for e in hist["evals"] if e.get("rm_score") is not None]
+                # iteration 0 is the SFT policy: its proxy reward is that of the first rollouts (before any update)
+                first = hist["history"][0]["rm_score"] if hist["history"] else None
+                runs[run] = [e if e.get("rm_score") is not None else {**e, "rm_score": first} for e in hist["evals"]
+                             if e.get("rm_score") is not None or (e["iteration"] == 0 and first is not None)]
             ppo_curves(out / f"{run}_curves.png", run, hist["history"], hist["evals"], "gold" if gold else "model")
             curves.append(run)
     winrate_chart(out / "winrate.png", ev["models"])

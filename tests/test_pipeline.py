@@ -113,7 +113,7 @@ def test_every_checkpoint_names_the_command_that_makes_it():
     written = {out.parent.name: st for st in stages(resolve_dirs(PipelineConfig(preset="micro")))
                for out in st.outputs if out.name == "ckpt.pt"}
     assert set(MAKERS) == set(written)
-    where = ("--preset=", "--data_dir=", "--out_dir=", "--seed=", "--device=")
+    where = ("--preset=", "--data_dir=", "--out_dir=", "--seed=", "--device=", "--dtype=")
     for name, st in written.items():
         script, *flags = MAKERS[name].split()[1:]
         assert script == Path(st.cmd[1]).name, name
