@@ -255,10 +255,10 @@ def main(argv=None) -> dict:
     from nanorlhf.config import parse_config
     from nanorlhf.data import corpus_tokens, load_world, read_prompts
     from nanorlhf.files import atomic_write
-    from nanorlhf.training import setup_device
+    from nanorlhf import distributed
 
     cfg = parse_config(EvalConfig, argv, EVAL_PRESETS)
-    device = setup_device(cfg.device)
+    device = distributed.init(cfg.device)  # torchrun: sampling is sharded over the ranks (generate.py)
     t0 = time.time()
     out = Path(cfg.out_dir)
     world = load_world(cfg.data_dir)

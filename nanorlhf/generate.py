@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nanorlhf import distributed
 from nanorlhf.data import pad
 from nanorlhf.logprobs import linear_logprobs
 from nanorlhf.model import GPT
@@ -164,6 +165,8 @@ def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: 
     fit beside: cutting the prefix mid-example would show the model a broken example, so a prompt too long
     for both gets none (and a prompt too long alone keeps its end).
     """
+    prompts = distributed.shard(prompts)  # under torchrun each rank samples its block, gathered at the end
+    generator = distributed.rank_generator(generator)
     was_training = model.training
     model.eval()
     pre, budget = list(prefix_ids), model.config.block_size - max_new_tokens
@@ -174,4 +177,4 @@ def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: 
         gen = generate(model, ids, max_new_tokens, tokenizer.eos_id, tokenizer.pad_id, temperature, top_k, generator)
         results.extend(tokenizer.response_text(row) for row in gen.response.tolist())
     model.train(was_training)
-    return results
+    return distributed.gather(results)

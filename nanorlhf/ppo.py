@@ -40,16 +40,17 @@ def masked_var(x, mask, unbiased=False):
     return var
 
 
-def masked_whiten(x, mask, shift_mean=True, eps=1e-8):
+def masked_whiten(x, mask, shift_mean=True, eps=1e-8, moments=None):
     """(x - mean) / sqrt(var + eps), with mean and biased var over valid positions only (N §9).
 
     shift_mean=True: the result has mean 0 and variance 1 over the valid positions (use it for
     advantages). shift_mean=False: the mean is added back, so only the scale changes and the mean is
     preserved (OAI's reward whitening). Masked positions of the output are set to 0.
     Statistics are over the whole tensor given (per batch as in N+; OAI whitened per minibatch:
-    the caller chooses by what it passes in).
+    the caller chooses by what it passes in). `moments`: (mean, var) taken elsewhere, e.g. over every
+    rank's batch (distributed.masked_moments).
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    mean, var = moments if moments is not None else (masked_mean(x, mask), masked_var(x, mask))
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
