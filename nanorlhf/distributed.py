@@ -179,12 +179,10 @@ def sync_grads(*models: torch.nn.Module) -> None:
 
 def masked_moments(x: torch.Tensor, mask: torch.Tensor):
     """(mean, biased variance) of x over the valid positions of every rank's batch: the statistics of
-    ppo.masked_whiten taken over the global batch, so every rank whitens by the same numbers."""
-    from nanorlhf.ppo import masked_var
-    from nanorlhf.losses import masked_mean
-
+    ppo.masked_whiten taken over the global batch, so every rank whitens by the same numbers. None on one
+    process: masked_whiten then takes its own (the same numbers)."""
     if not active():
-        return masked_mean(x, mask), masked_var(x, mask)
+        return None
     m = mask.to(x.dtype)
     x = torch.where(m != 0, x, torch.zeros((), dtype=x.dtype, device=x.device))  # as masked_mean: no NaN leaks
     sums = all_reduce_sum(torch.stack([(x * m).sum(), m.sum()]))

@@ -47,10 +47,11 @@ def masked_whiten(x, mask, shift_mean=True, eps=1e-8, moments=None):
     advantages). shift_mean=False: the mean is added back, so only the scale changes and the mean is
     preserved (OAI's reward whitening). Masked positions of the output are set to 0.
     Statistics are over the whole tensor given (per batch as in N+; OAI whitened per minibatch:
-    the caller chooses by what it passes in). `moments`: (mean, var) taken elsewhere, e.g. over every
-    rank's batch (distributed.masked_moments).
+    the caller chooses by what it passes in).
     """
-    mean, var = moments if moments is not None else (masked_mean(x, mask), masked_var(x, mask))
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    if moments is not None:  # (mean, var) taken elsewhere: over every rank's batch (distributed.masked_moments)
+        mean, var = moments
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
