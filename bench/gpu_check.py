@@ -7,14 +7,15 @@
 
 Steps, each with a wall-time budget (a step past its budget is stopped and recorded as such, so the whole
 check stays under BUDGET_S; the pipeline keeps its finished stages in DIR/out, so a second run of the same
-command resumes where the first stopped):
+command resumes where the first stopped, in out/gpu_check/):
   1. environment   device name, driver, torch/triton versions            -> DIR/environment.log
   2. kernel tests  tests/test_logprobs.py, test_fast_paths.py, test_distributed.py on the GPU
   3. log-prob table  LOGPROB_BENCH: fwd and fwd+bwd at 16k×32k and 16k×128k, bf16, % of HBM bandwidth,
                    vs eager and torch.compile                             -> DIR/logprob_table.log
-  4. pipeline      python -m nanorlhf --preset=small (prepare ... eval, report) -> DIR/out/report.md
+  4. pipeline      python -m nanorlhf --preset=small (prepare ... eval, report) in out/gpu_check/ (git
+                   ignores it: checkpoints are large); its report.md, eval.json and stage times are copied
   5. summary       DIR/summary.md: device, date, every command with its exit code and wall time, the
-                   pipeline's stage wall times and the win-rates vs SFT (from DIR/out/eval.json)
+                   pipeline's stage wall times and the win-rates vs SFT (from its eval.json)
 
 ESTIMATE of the small pipeline on one H100 -- an estimate, not a measurement: no GPU has run it yet.
 Measured here (`python bench/gpu_check.py --estimate`, 2026-12-01, a shared 2-core CPU): FLOPs counted by
@@ -49,6 +50,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,9 +70,10 @@ ENVIRONMENT = ("import torch, triton, platform; c = torch.cuda.is_available(); "
                "print('gpus:', torch.cuda.device_count())")
 
 
-def steps(out: Path, dry: bool, nproc: int) -> list[tuple[str, list[str], int]]:
-    """(name, command, budget in seconds) of each step; --dry-run: the same steps on tiny shapes."""
-    data, runs = out / "data", out / "out"
+def steps(work: Path, dry: bool, nproc: int) -> list[tuple[str, list[str], int]]:
+    """(name, command, budget in seconds) of each step, the pipeline's files under `work`; --dry-run: the
+    same steps on tiny shapes."""
+    data, runs = work / "data", work / "out"
     if dry:
         return [("environment", [PY, "-c", ENVIRONMENT], 60),
                 ("kernel tests", [PY, "-m", "pytest", "-q", KERNEL_TESTS[0], "-k", "dispatch"], 120),
@@ -116,7 +119,7 @@ def pipeline_summary(runs: Path) -> list[str]:
     return lines
 
 
-def write_summary(out: Path, rows: list[dict], dry: bool) -> Path:
+def write_summary(out: Path, work: Path, rows: list[dict], dry: bool) -> Path:
     env = (out / "environment.log").read_text().strip() if (out / "environment.log").exists() else "?"
     lines = [f"# Device check{' (dry run, tiny shapes, not a measurement)' if dry else ''}",
              f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; run with: "
@@ -124,7 +127,10 @@ def write_summary(out: Path, rows: list[dict], dry: bool) -> Path:
              "| step | exit | wall s | budget s | command | log |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['step']} | {r['rc']} | {r['wall_s']} | {r['budget_s']} | `{r['command']}` | {r['log']} |"
               for r in rows]
-    lines += pipeline_summary(out / "out")
+    lines += pipeline_summary(work / "out")
+    for name in ("report.md", "eval.json", "pipeline_state.json"):  # the results, without the checkpoints
+        if (work / "out" / name).exists():
+            shutil.copy(work / "out" / name, out / name)
     path = out / "summary.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -186,7 +192,8 @@ def main(argv=None) -> int:
     out = Path(args.out or (tempfile.mkdtemp(prefix="gpu_check_dry_") if args.dry_run else
                             ROOT / f"bench/results_gpu_{datetime.date.today():%Y%m%d}"))
     out.mkdir(parents=True, exist_ok=True)
-    plan = steps(out, args.dry_run, args.nproc)
+    work = out if args.dry_run else ROOT / "out/gpu_check"
+    plan = steps(work, args.dry_run, args.nproc)
     print(f"device check -> {out} (budget {sum(b for *_, b in plan)} s of {BUDGET_S} s)")
     rows = []
     for name, cmd, budget in plan:
@@ -194,7 +201,7 @@ def main(argv=None) -> int:
         print(f"  {name}: {' '.join(cmd)}", flush=True)
         rows.append(run_step(name, cmd, budget, log))
         print(f"    -> exit {rows[-1]['rc']} in {rows[-1]['wall_s']} s (budget {budget} s)", flush=True)
-    print(f"summary: {write_summary(out, rows, args.dry_run)}")
+    print(f"summary: {write_summary(out, work, rows, args.dry_run)}")
     return 0 if all(r["rc"] == 0 for r in rows) else 1
 
 

@@ -149,9 +149,9 @@ def local_share(count) -> torch.Tensor | float:
     the average over all the ranks' items: the single-process update on the global batch."""
     if not active():
         return 1.0
-    count = torch.as_tensor(count, dtype=torch.float64).detach()
-    total = all_reduce_sum(count.to(device_of_group()))
-    return float(world_size() * count / total.cpu().clamp(min=1))
+    count = torch.as_tensor(count).detach().to("cpu", torch.float64)
+    total = all_reduce_sum(count.to(device_of_group())).cpu()
+    return float(world_size() * count / total.clamp(min=1))
 
 
 def device_of_group() -> str:

@@ -33,11 +33,12 @@ def _flat(model) -> torch.Tensor:
 
 
 def pretrain_args(d: Path, out: str) -> list[str]:
-    return ["--stage=pretrain", "--preset=micro", "--gold_eval_prompts=0", f"--data_dir={d}/data", f"--out_dir={d}/{out}"]
+    return ["--stage=pretrain", "--preset=micro", "--gold_eval_prompts=0", "--device=cpu", f"--data_dir={d}/data",
+            f"--out_dir={d}/{out}"]  # the CPU (gloo) even on a GPU machine: two ranks, perhaps one GPU
 
 
 def ppo_args(d: Path, out: str) -> list[str]:
-    return ["--preset=micro", f"--data_dir={d}/data", f"--out_dir={d}/{out}", f"--policy_from={d}/fake/sft/ckpt.pt",
+    return ["--preset=micro", "--device=cpu", f"--data_dir={d}/data", f"--out_dir={d}/{out}", f"--policy_from={d}/fake/sft/ckpt.pt",
             f"--reward_from={d}/fake/rm/ckpt.pt"]
 
 
