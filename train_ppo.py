@@ -162,7 +162,8 @@ def rollout(policy, ref, critic, reward_fn, prompt_ids: list[list[int]], tok, cf
         rewards = ppo.masked_whiten(rewards, mask, shift_mean=False, moments=distributed.masked_moments(rewards, mask))
     # 4. GAE over response tokens; advantages whitened over the valid tokens of the batch
     advantages, returns = ppo.gae(rewards, values, mask, cfg.gamma, cfg.lam)
-    advantages = ppo.masked_whiten(advantages, mask, moments=distributed.masked_moments(advantages, mask))  # every rank's
+    # (under torchrun: with the mean and variance of every rank's batch, so all whiten alike)
+    advantages = ppo.masked_whiten(advantages, mask, moments=distributed.masked_moments(advantages, mask))
     return dict(tokens=tokens, attn=attn, P=P, mask=mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
                 values=values, returns=returns, advantages=advantages, scores=scores, finished=gen.finished, kl=kl)
 

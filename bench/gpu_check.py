@@ -19,29 +19,31 @@ command resumes where the first stopped, in out/gpu_check/):
 
 ESTIMATE of the small pipeline on one H100 -- an estimate, not a measurement: no GPU has run it yet.
 Measured here (`python bench/gpu_check.py --estimate`, 2026-12-01, a shared 2-core CPU): FLOPs counted by
-torch.utils.flop_counter on meta tensors for the small shapes (6 layers, d 384, context 256, V 1,344,
-11.2M parameters), and the gold labeler's time per judgement:
+torch.utils.flop_counter on meta tensors for the small shapes (6 layers, d 384, context 256, V 1,337 --
+what the BPE of the small data reaches -- 11.2M parameters), and the gold labeler's time per judgement:
   pretraining/SFT step (64 × 256 tokens, fwd+bwd)        1.21 TFLOP × (3,000 + 1,500) steps  =  5.4 PFLOP
   RM step (32 groups × 7 responses × 104 tokens)         1.55 TFLOP × 160 steps              =  0.25 PFLOP
   PPO minibatch (64 × 104 tokens, policy + critic)       0.91 TFLOP × 16 × 200 × 4 runs      = 11.6 PFLOP
   PPO rollout forwards (ref, critic, RM: 256 × 104)      ~1.8 TFLOP × 200 × 4 runs           =  1.4 PFLOP
   one decoding step (batch 256, 56 cached tokens)        0.006 TFLOP: nothing in FLOPs, all launches
-  gold labeler                                           ~1 ms per judgement (985 µs, this loaded CPU)
+  gold labeler                                           1.0-1.4 ms per judgement (3 runs, a loaded CPU)
 Assumed for an H100 SXM (stated, not measured): ~250 TFLOP/s reached by these small d=384 bf16 matmuls
-(a quarter of the dense peak); eager PyTorch at ~10 µs per kernel launch incl. Python, so ~1.5 ms per
-decoding step (~110 launches) and ~5 ms per model fwd+bwd+AdamW step (~350 launches); a step takes the
-larger of its FLOP time and its launch time.
+(a quarter of the dense peak); eager PyTorch at ~10 µs per kernel launch incl. Python, so ~1.5-2 ms per
+decoding step (~110 launches; 512 rows, generate.sample_batch on a GPU) and ~5 ms per model
+fwd+bwd+AdamW step (~350 launches); a step takes the larger of its FLOP time and its launch time.
   training: 4,660 steps × max(4.8 ms FLOPs, 5 ms) + 12,800 PPO minibatches × max(3.6, 2 × 5 ms) ≈ 150 s
-  decoding: RM 36,000 samples / 64 × 48 tokens = 27,000 steps; PPO rollouts 4 × 200 × 48 = 38,400;
-            PPO evaluations 4 × 11 × 7 × 48 = 14,800; evaluation (8,000 + 12,800) / 64 × 48 = 15,600;
-            ≈ 96,000 steps × 1.5 ms                                                           ≈ 145 s
-  labeler: RM 6,000 groups × 7 × ~3 (rank, ties, agreement) + PPO 4 × 11 × 400 + the gold-reward run
-           200 × 256 + evaluation ~35,000 ≈ 230,000 judgements × 1 ms (an upper bound: loaded CPU)  ≈ 230 s
+  decoding: RM 36,000 samples / 512 × 48 tokens = 3,400 steps; PPO rollouts 4 × 200 × 48 = 38,400;
+            PPO evaluations 4 × 11 × 48 = 2,100; evaluation (8,000 + 12,800) / 512 × 48 = 2,000;
+            ≈ 46,000 steps × 1.5-2 ms                                                        ≈  80 s
+  labeler: RM 6,000 groups × 7 × ~2.2 (rank and ties judge each response; the held-out groups again)
+           + PPO 4 × 11 × 400 + the gold-reward run 200 × 256 + evaluation ~35,000
+           ≈ 196,000 judgements × 1.0-1.4 ms (an upper bound: a loaded CPU)               ≈ 200-280 s
   model loading, imports, rollout forwards (11 stage processes)                                 ≈  60 s
-  ≈ 585 s ≈ 10 min by this estimate: more than the 350 s the pipeline step is given below (so the first
-run may stop in PPO; the same command again resumes at the first unfinished stage) and more than the
-8-minute target. What dominates is not the GPU's FLOPs (~75 s) but launches and the Python labeler: the
-way down is larger decoding batches per preset, fewer host syncs, and judging each response once.
+  ≈ 490-570 s ≈ 8-9.5 min by this estimate: at or above the 8-minute target, and more than the 350 s the pipeline step is
+given below (so the first run may stop in PPO; the same command again resumes at the first unfinished
+stage). What dominates is not the GPU's FLOPs (~75 s) but launches and the Python labeler: the way down
+is judging each response once (rank() and ties() judge the same response twice), fewer host syncs in
+the PPO minibatches, and CUDA graphs for decoding.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def steps(work: Path, dry: bool, nproc: int) -> list[tuple[str, list[str], int]]
 def run_step(name: str, cmd: list[str], budget: int, log: Path) -> dict:
     """Run one step with its output in `log`; stop its whole process group past `budget` seconds."""
     t0 = time.time()
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -148,7 +151,7 @@ def estimate() -> None:
             fn()
         return c.get_total_flops() / 1e12
 
-    cfg = dict(vocab_size=1344, block_size=256, n_layer=6, n_head=8, n_embd=384, pos_embedding="rope")
+    cfg = dict(vocab_size=1337, block_size=256, n_layer=6, n_head=8, n_embd=384, pos_embedding="rope")
     with torch.device("meta"):
         lm, scalar, value = (GPT(GPTConfig(**cfg, head=h)) for h in ("lm", "scalar", "value"))
     tokens = lambda b, t: torch.zeros(b, t, dtype=torch.long, device="meta")  # noqa: E731
@@ -160,7 +163,8 @@ def estimate() -> None:
     with torch.no_grad():
         cache = lm.new_cache(256, 104)
         lm(tokens(256, 56), cache=cache)
-        print(f"one decoding step, batch 256 at 56 cached tokens: {flops(lambda: lm(tokens(256, 1), cache=cache)):.4f} TFLOP")
+        step = flops(lambda: lm(tokens(256, 1), cache=cache))
+        print(f"one decoding step, batch 256 at 56 cached tokens: {step:.4f} TFLOP")
     labeler_rate()
 
 

@@ -79,7 +79,7 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
     train = [*common, f"--seed={TRAIN_SEED + s}"]
     py, ppo = sys.executable, str(ROOT / "train_ppo.py")
     # several processes: torchrun starts them (nanorlhf/distributed.py); --standalone picks a free port
-    run = [py] if cfg.nproc == 1 else [py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}"]
+    run = [py] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}"] if cfg.nproc > 1 else [])
     data = [D / f for f in ("corpus.txt", "sft.jsonl", "prompts.jsonl", "tokenizer.tiktoken", "meta.json")]
     ppo_reads = ("prepare", "sft", "rm")  # what every PPO run reads (the gold run too: its critic starts as the RM)
     ppo_runs = ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold")

@@ -13,7 +13,7 @@ from nanorlhf.generate import sample_responses
 
 
 def gold_eval(model, tokenizer, labeler, prompts: list[dict], max_new_tokens: int, temperature: float = 0.7,
-              generator=None, batch_size: int = 64, prefix_ids=()) -> dict:
+              generator=None, batch_size: int = 0, prefix_ids=()) -> dict:
     """Sample one response per held-out prompt and have the gold labeler judge it.
 
     Returns mean 1–7 rating, the fraction judged correct overall and per category, the EOS rate, and the

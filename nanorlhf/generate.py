@@ -156,15 +156,23 @@ def response_logprobs(model: GPT, tokens, attention_mask, prompt_len: int, tempe
                            with_entropy=with_entropy, entropy_grad=entropy_grad, impl=impl, fast=fast)
 
 
+def sample_batch(device) -> int:
+    """Prompts decoded together by default: 64 on a CPU, where a row costs its FLOPs; 512 on a GPU, where
+    one decoding step of a small model is bound by its ~100 kernel launches and more rows come nearly
+    free (the RM's 36,000 samples: 71 batches instead of 563)."""
+    return 512 if torch.device(device).type == "cuda" else 64
+
+
 @torch.no_grad()
 def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-                     top_k: int = 0, batch_size: int = 64, generator=None, prefix_ids=()) -> list[tuple[str, bool]]:
+                     top_k: int = 0, batch_size: int = 0, generator=None, prefix_ids=()) -> list[tuple[str, bool]]:
     """Decoded (response, finished) for each prompt string, via the chat template, in batches.
 
     `prefix_ids` (e.g. few-shot examples in the chat format) are prepended to every prompt's ids that they
     fit beside: cutting the prefix mid-example would show the model a broken example, so a prompt too long
-    for both gets none (and a prompt too long alone keeps its end).
+    for both gets none (and a prompt too long alone keeps its end). batch_size 0: sample_batch(the device).
     """
+    batch_size = batch_size or sample_batch(model.wte.weight.device)
     prompts = distributed.shard(prompts)  # under torchrun each rank samples its block, gathered at the end
     generator = distributed.rank_generator(generator)
     was_training = model.training

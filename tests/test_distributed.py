@@ -38,8 +38,8 @@ def pretrain_args(d: Path, out: str) -> list[str]:
 
 
 def ppo_args(d: Path, out: str) -> list[str]:
-    return ["--preset=micro", "--device=cpu", f"--data_dir={d}/data", f"--out_dir={d}/{out}", f"--policy_from={d}/fake/sft/ckpt.pt",
-            f"--reward_from={d}/fake/rm/ckpt.pt"]
+    return ["--preset=micro", "--device=cpu", f"--data_dir={d}/data", f"--out_dir={d}/{out}",
+            f"--policy_from={d}/fake/sft/ckpt.pt", f"--reward_from={d}/fake/rm/ckpt.pt"]
 
 
 def fixed_experience():
@@ -110,7 +110,8 @@ def _worker(rank: int, d: Path, port: int) -> None:
         wrapped = torch.nn.parallel.DistributedDataParallel(model) if how == "naive_ddp" else model
         opt = make_optimizer(model, 1e-2, 0.0)
         tokens = torch.randint(0, 16, (4, 12), generator=torch.Generator().manual_seed(rank))  # each rank's data
-        loss = -response_logprobs(wrapped.module if how == "naive_ddp" else model, tokens, torch.ones_like(tokens), 4).mean()
+        net = wrapped.module if how == "naive_ddp" else model  # as train_ppo reaches it: around forward()
+        loss = -response_logprobs(net, tokens, torch.ones_like(tokens), 4).mean()
         loss.backward()
         if how == "sync_grads":
             distributed.sync_grads(model)
