@@ -1,7 +1,7 @@
 """torchrun data parallelism on the CPU: 2 gloo processes against 1 process, on micro shapes.
 
-One spawn of two workers (the module fixture) runs every two-process scenario -- the pretraining stage,
-the PPO stage, one PPO update on a fixed experience, one sharded rollout, and a naively DDP-wrapped
+One spawn of two workers (the module fixture) runs every two-process scenario -- the pretraining, RM
+and PPO stages, one PPO update on a fixed experience, one sharded rollout, and a naively DDP-wrapped
 policy -- and saves what each rank saw; the tests compare the ranks with each other and with the same
 work done by this (single) process.
 """
@@ -68,13 +68,14 @@ def _worker(rank: int, d: Path, port: int) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import train_ppo
+    import train_rm
     import train_sft
     from nanorlhf.generate import response_logprobs
 
     writes, real_replace = [], os.replace
     os.replace = lambda src, dst, *a, **k: (writes.append(str(dst)), real_replace(src, dst, *a, **k))[1]
     saved = {}  # the model each rank hands to save_checkpoint (rank 0 writes it; the others do not)
-    for module in (train_sft, train_ppo):
+    for module in (train_sft, train_rm, train_ppo):
         real_save = module.save_checkpoint
         module.save_checkpoint = lambda path, model, *a, _real=real_save, **k: (
             saved.__setitem__(Path(path).parent.name, _flat(model).clone()), _real(path, model, *a, **k))[1]
@@ -82,8 +83,10 @@ def _worker(rank: int, d: Path, port: int) -> None:
     with open(os.devnull, "w") as devnull:
         os.dup2(devnull.fileno(), 1)  # the stages' logs: not needed here
         train_sft.main(pretrain_args(d, "two"))
+        train_rm.main(["--preset=micro", "--device=cpu", f"--data_dir={d}/data", f"--out_dir={d}/two",
+                       f"--init_from={d}/fake/sft/ckpt.pt"])
         metrics = train_ppo.main(ppo_args(d, "two"))
-    res["pretrain"], res["ppo_stage"] = saved["base"], saved["ppo"]
+    res["pretrain"], res["rm"], res["ppo_stage"] = saved["base"], saved["rm"], saved["ppo"]
     res["beta"] = [h["beta"] for h in metrics["history"]]
     res["kl"] = [h["kl"] for h in metrics["history"]]
     res["gold"] = [e["gold_rating"] for e in metrics["evals"]]  # sampled in shards, gathered (generate.py)
@@ -165,6 +168,11 @@ def test_one_ppo_update_on_two_ranks_equals_one_process_on_the_whole_batch(runs)
     torch.testing.assert_close(r0["update"], one, atol=2e-5, rtol=0)
 
 
+def test_rm_stage_on_two_ranks_keeps_them_equal(runs):
+    r0, r1, _ = runs
+    assert torch.equal(r0["rm"], r1["rm"])  # sampled in shards, the same groups ranked, gradients averaged
+
+
 def test_ppo_stage_two_ranks_same_weights_beta_kl_and_evaluations(runs):
     r0, r1, _ = runs
     assert torch.equal(r0["ppo_stage"], r1["ppo_stage"])
@@ -187,7 +195,7 @@ def test_only_rank_0_writes_files(runs):
     r0, r1, _ = runs
     assert r1["writes"] == []
     names = {Path(p).relative_to(Path(p).parents[1]).as_posix() for p in r0["writes"]}
-    assert {"base/ckpt.pt", "ppo/ckpt.pt", "ppo/history.json"} <= names
+    assert {"base/ckpt.pt", "rm/comparisons.jsonl", "rm/ckpt.pt", "ppo/ckpt.pt", "ppo/history.json"} <= names
 
 
 def test_naive_ddp_wrap_leaves_ranks_apart_and_sync_grads_does_not(runs):
