@@ -11,9 +11,13 @@ WORLD_SIZE, LOCAL_RANK). Every rank runs every line of the recipe on the same mo
 - gradients averaged over ranks after every backward (`sync_grads`), weighted by each rank's share of
   the tokens or groups the loss averages over (`local_share`): the update is the one a single process
   would take on the whole global batch, so the weights stay identical on every rank;
-- sampling for RM comparisons and evaluations split across ranks and gathered (`map_sharded`);
+- sampling for RM comparisons and evaluations split across ranks and gathered (`shard`, `gather` in
+  generate.sample_responses); PPO's rollouts are sharded by prompt;
 - the statistics that steer training all-reduced (`masked_moments` for advantage whitening, `average`
   for the iteration's row and the KL that moves β), so every rank makes the same decision;
+- work that is cheap or hard to split done in full on every rank, with the same result: held-out losses,
+  RM scoring and KL in the evaluation, the labeler's rankings, PPO-ptx's corpus batches (the shared
+  generator draws the same ones on every rank: the gradient is right, the work is repeated);
 - rank 0 alone writing: files.atomic_write (every file a stage writes) does nothing on other ranks,
   and their stdout is silenced (errors still reach stderr).
 
@@ -130,11 +134,6 @@ def gather(local: list) -> list:
     return [x for part in parts for x in part]
 
 
-def map_sharded(fn, items: list) -> list:
-    """fn(items) computed with each rank doing its shard: the same list on every rank."""
-    return gather(fn(shard(items))) if active() else fn(items)
-
-
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """The sum over ranks (a new tensor; `t` is left alone)."""
     t = t.detach().clone()
@@ -200,14 +199,3 @@ def average(row: dict, weight: float = 1.0) -> dict:
     t = torch.tensor([row[k] * weight for k in keys] + [weight], dtype=torch.float64, device=device_of_group())
     t = all_reduce_sum(t).cpu()
     return {**row, **{k: float(t[i] / t[-1]) for i, k in enumerate(keys)}}
-
-
-def same_on_all_ranks(t: torch.Tensor) -> bool:
-    """True if `t` has the same bits on every rank (a check for tests and debugging)."""
-    if not active():
-        return True
-    t = t.detach().to(device_of_group()).double()
-    lo, hi = t.clone(), t.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    return bool(torch.equal(lo, hi))

@@ -208,8 +208,16 @@ def test_naive_ddp_wrap_leaves_ranks_apart_and_sync_grads_does_not(runs):
 def test_one_process_helpers_are_no_ops():
     assert not distributed.active() and distributed.world_size() == 1
     items = list(range(5))
-    assert distributed.shard(items) == items and distributed.map_sharded(lambda xs: [2 * x for x in xs], items) == [
-        0, 2, 4, 6, 8]
+    assert distributed.shard(items) == items and distributed.gather(items) == items
     assert distributed.local_share(7) == 1.0 and distributed.rank_seed(3) == 3
     assert distributed.masked_moments(torch.randn(3, 4), torch.ones(3, 4)) is None  # masked_whiten's own
     assert distributed.average({"kl": 0.5, "iteration": 3}, 8) == {"kl": 0.5, "iteration": 3}
+
+
+def test_shards_are_contiguous_blocks_that_concatenate_to_the_whole(monkeypatch):
+    for n in (0, 1, 5, 8):
+        blocks = []
+        for r in range(3):
+            monkeypatch.setenv("RANK", str(r)), monkeypatch.setenv("WORLD_SIZE", "3")
+            blocks.append(distributed.shard(list(range(n))))
+        assert sum(blocks, []) == list(range(n)) and max(map(len, blocks)) - min(map(len, blocks)) <= 1
