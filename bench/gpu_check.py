@@ -77,11 +77,11 @@ def steps(work: Path, dry: bool, nproc: int) -> list[tuple[str, list[str], int]]
     same steps on tiny shapes."""
     data, runs = work / "data", work / "out"
     if dry:
-        return [("environment", [PY, "-c", ENVIRONMENT], 60),
+        return [("environment", [PY, "-c", ENVIRONMENT], 30),
                 ("kernel tests", [PY, "-m", "pytest", "-q", KERNEL_TESTS[0], "-k", "dispatch"], 120),
                 ("log-prob table", [*LOGPROB_BENCH, "--shapes", "64x512", "--dtype", "fp32", "--hidden", "0"], 120),
                 ("pipeline", [PY, "-m", "nanorlhf", "--preset=micro", "--stop_after=pretrain", f"--data_dir={data}",
-                              f"--out_dir={runs}", f"--nproc={nproc}"], 300)]
+                              f"--out_dir={runs}", f"--nproc={nproc}"], 270)]
     return [("environment", [PY, "-c", ENVIRONMENT], 20),
             ("kernel tests", [PY, "-m", "pytest", "-q", *KERNEL_TESTS], 70),
             ("log-prob table", [*LOGPROB_BENCH, "--shapes", "16384x32768,16384x128256", "--dtype", "bf16"], 90),
