@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from nanorlhf import ppo
+from nanorlhf import distributed, ppo
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
                              parse_config, run_main)
@@ -36,8 +36,7 @@ from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import generate, response_logprobs
 from nanorlhf.losses import masked_mean, sft_loss
 from nanorlhf.files import atomic_write
-from nanorlhf.training import (Progress, autocast, check_finite, make_optimizer, resolve_dtype, seed_everything,
-                               setup_device)
+from nanorlhf.training import Progress, autocast, check_finite, make_optimizer, resolve_dtype, seed_everything
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -164,10 +163,11 @@ def rollout(policy, ref, critic, reward_fn, prompt_ids: list[list[int]], tok, cf
     # 3. per-token reward: −β·(log π − log π_ref) at each token, the RM score added at the EOS
     rewards, kl = ppo.kl_penalty_rewards(logprobs, ref_logprobs, scores, mask, kl_coef)
     if cfg.whiten_rewards:
-        rewards = ppo.masked_whiten(rewards, mask, shift_mean=False)
+        rewards = ppo.masked_whiten(rewards, mask, shift_mean=False, moments=distributed.masked_moments(rewards, mask))
     # 4. GAE over response tokens; advantages whitened over the valid tokens of the batch
     advantages, returns = ppo.gae(rewards, values, mask, cfg.gamma, cfg.lam)
-    advantages = ppo.masked_whiten(advantages, mask)
+    # (under torchrun: with the mean and variance of every rank's batch, so all whiten alike)
+    advantages = ppo.masked_whiten(advantages, mask, moments=distributed.masked_moments(advantages, mask))
     return dict(tokens=tokens, attn=attn, P=P, mask=mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
                 values=values, returns=returns, advantages=advantages, scores=scores, finished=gen.finished, kl=kl)
 
@@ -183,7 +183,7 @@ def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, p
     stats = []
     gen = torch.Generator().manual_seed(rng.randrange(2**31) if rng else 0)
     for _ in range(cfg.ppo_epochs):
-        for idx in torch.randperm(B, generator=gen).split(cfg.minibatch_size):
+        for idx in torch.randperm(B, generator=gen).split(cfg.minibatch_size // distributed.world_size()):
             mb = _minibatch(exp, idx.to(device))
             with autocast(device, cfg.dtype):
                 logprobs, entropy = response_logprobs(policy, mb["tokens"], mb["attn"], mb["P"], cfg.temperature,
@@ -191,7 +191,8 @@ def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, p
                 values = critic(mb["tokens"], mb["attn"], first=mb["P"] - 1)[:, :-1].float()  # no prompt-position work
             pg_loss, pg_stats = ppo.policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"], cfg.clip)
             vf_loss, vf_stats = ppo.value_loss(values, mb["values"], mb["returns"], mb["mask"], cfg.value_clip)
-            loss = pg_loss + cfg.vf_coef * vf_loss
+            # weighted by this rank's share of the minibatch's tokens: the ranks' mean is the global token mean
+            loss = (pg_loss + cfg.vf_coef * vf_loss) * distributed.local_share(mb["mask"].sum())
             if cfg.ptx_coef > 0:  # PPO-ptx: γ · pretraining next-token loss on corpus batches (InstructGPT eq. 2)
                 ### BEGIN SOLUTION
                 x, y, m = (t.to(device) for t in next(ptx_batches))
@@ -202,6 +203,7 @@ def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, p
             check_finite("PPO loss", loss, f"iteration {iteration}, minibatch {len(stats) + 1}", ckpt_path)
             opt_policy.zero_grad(set_to_none=True), opt_critic.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.sync_grads(policy, critic)  # by hand: the loss reaches the trunk around forward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
             opt_policy.step(), opt_critic.step()
@@ -263,10 +265,11 @@ def save_run(out: Path, policy, cfg: Config, sft_ckpt: dict, run_name: str, metr
 def main(argv=None):
     cfg = get_config(argv)
     run_name = cfg.run_name or ("ppo_ptx" if cfg.ptx_coef > 0 else "ppo")
-    device = setup_device(cfg.device)
+    device = distributed.init(cfg.device)  # torchrun: join the other ranks (a no-op on one process)
+    distributed.check_divisible(cfg, "rollout_batch", "minibatch_size")
     cfg.dtype = resolve_dtype(cfg.dtype, device)  # auto -> what runs, saved with the config
     generator = seed_everything(cfg.seed)
-    sample_gen = torch.Generator(device).manual_seed(cfg.seed)
+    sample_gen = torch.Generator(device).manual_seed(distributed.rank_seed(cfg.seed))
     rng = random.Random(cfg.seed)
     out = Path(cfg.out_dir) / run_name
     ckpt_path = out / "ckpt.pt"
@@ -297,14 +300,14 @@ def main(argv=None):
     judge = partial(gold_evaluation, policy, tok, world.labeler, eval_prompts, cfg, device, name=f"ppo[{run_name}]")
     evals.append(judge(history, 0)[0])
     for it in range(1, cfg.iterations + 1):
-        idx = [rng.randrange(len(prompt_ids)) for _ in range(cfg.rollout_batch)]
+        idx = distributed.shard([rng.randrange(len(prompt_ids)) for _ in range(cfg.rollout_batch)])  # this rank's
         reward_fn = (model_reward(reward_model) if cfg.reward == "model" else
                      gold_reward(world.labeler, tok, [train_prompts[i]["prompt"] for i in idx]))
         exp = rollout(policy, ref, critic, reward_fn, [prompt_ids[i] for i in idx], tok, cfg, kl_ctl.value,
                       sample_gen)  # steps 1-4
         upd = ppo_update(policy, critic, opt_policy, opt_critic, exp, cfg, ptx_batches, rng, it,
                          ckpt_path)  # step 5
-        row = iteration_row(it, exp, upd, kl_ctl.value)  # step 6
+        row = distributed.average(iteration_row(it, exp, upd, kl_ctl.value), len(idx))  # step 6, every rank's
         history.append(row)
         kl_ctl.update(row["kl"], cfg.rollout_batch)
         if it % cfg.log_interval == 0 or it == cfg.iterations:

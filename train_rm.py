@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from nanorlhf import distributed
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
                              parse_config, run_main)
@@ -35,7 +36,7 @@ from nanorlhf.generate import sample_responses
 from nanorlhf.losses import ranking_accuracy, ranking_loss
 from nanorlhf.plots import line_plots
 from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
-                               seed_everything, set_lr, setup_device)
+                               seed_everything, set_lr)
 from nanorlhf.world import tied_pairs
 
 
@@ -201,12 +202,13 @@ def train(rm, train_groups: list[dict], val_groups: list[dict], tok, cfg: Config
     for epoch in range(cfg.epochs):
         rng.shuffle(train_groups)  # every group is seen exactly once per epoch
         for i in range(steps_per_epoch):
-            batch = train_groups[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            batch = distributed.shard(train_groups[i * cfg.batch_size : (i + 1) * cfg.batch_size])  # this rank's
             set_lr(opt, lr_at(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
             loss, acc = rm_step(rm, batch, tok, block, device, cfg.dtype)
             check_finite("reward-model loss", loss, step, ckpt_path)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * distributed.local_share(len(batch))).backward()  # the mean over every rank's groups
+            distributed.sync_grads(rm)
             torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
@@ -267,7 +269,8 @@ def plot_training(path: Path, history: dict, ceiling: float) -> None:
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None):
     cfg = get_config(argv)
-    device = setup_device(cfg.device)
+    device = distributed.init(cfg.device)  # torchrun: join the other ranks; sampling is sharded in generate.py
+    distributed.check_divisible(cfg, "batch_size")
     cfg.dtype = resolve_dtype(cfg.dtype, device)  # auto -> what runs, saved with the config
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir) / "rm"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from nanorlhf import distributed
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path, tokenizer_record
 from nanorlhf.config import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_config,
                              check_context, one_of, parse_config, run_main)
@@ -29,7 +30,7 @@ from nanorlhf.losses import sft_loss
 from nanorlhf.model import GPT, GPTConfig
 from nanorlhf.tokenizer import load_tokenizer
 from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
-                               seed_everything, set_lr, setup_device)
+                               seed_everything, set_lr)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -194,12 +195,13 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
         if step == cfg.max_steps:
             break
         set_lr(opt, lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
-        x, y, m = (t.to(device) for t in next(train_batches))
+        x, y, m = (distributed.shard(t).to(device) for t in next(train_batches))  # this rank's rows of the batch
         with autocast(device, cfg.dtype):
             loss = sft_loss(model(x), y, m)
         check_finite("training loss", loss, step, ckpt_path)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * distributed.local_share(m.sum())).backward()  # weighted: the mean over every rank's tokens
+        distributed.sync_grads(model)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         tokens_seen += int(m.sum())
@@ -232,7 +234,8 @@ def gold_evaluation(model, tok, labeler, cfg: Config, device: str) -> dict:
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None):
     cfg = get_config(argv)
-    device = setup_device(cfg.device)
+    device = distributed.init(cfg.device)  # torchrun: join the other ranks (a no-op on one process)
+    distributed.check_divisible(cfg, "batch_size")
     cfg.dtype = resolve_dtype(cfg.dtype, device)  # auto -> what runs, saved with the config
     gen = seed_everything(cfg.seed)
     ckpt_path = stage_path(cfg.out_dir, out_name(cfg))

@@ -4,6 +4,7 @@
     python -m nanorlhf --preset=micro --out_dir=/tmp/x --data_dir=/tmp/x/data    # seconds (tests)
     python -m nanorlhf --force=true         # rerun every stage
     python -m nanorlhf --seed=3             # another world and other stage seeds -> data/seed3/, out/seed3/
+    python -m nanorlhf --nproc=8            # each training stage and the evaluation on 8 processes (torchrun)
 
 prepare → pretrain → SFT → RM → PPO → PPO-ptx → PPO with β=0 (the over-optimisation lesson) → PPO with
 the gold labeler as its reward (the ceiling of a better reward model) → evaluation → report. Each stage is its own script run as a subprocess (read them in that order); its output goes to
@@ -29,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanorlhf.config import POSITIVE, check_config, default_preset, one_of, parse_config, run_main
+from nanorlhf.config import AT_LEAST_1, POSITIVE, check_config, default_preset, one_of, parse_config, run_main
 from nanorlhf.files import WriteError, atomic_write, fingerprint
 from nanorlhf.config import default_device
 from nanorlhf.precision import resolve_dtype
@@ -50,6 +51,7 @@ class PipelineConfig:
     ptx_coef: float = 1.0  # γ for the PPO-ptx run
     beta0_lr_scale: float = 4.0  # learning-rate multiple of the β = 0 run (see stages())
     stop_after: str = ""  # run up to and including this stage (e.g. sft)
+    nproc: int = 1  # processes per training/eval stage, via torchrun: one per GPU (NCCL), or gloo on the CPU
 
 
 # The stages' own default seeds; --seed=S adds S to each, so seed 0 reproduces the stages run by hand.
@@ -80,31 +82,33 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
     common += [f"--dtype={cfg.dtype}"]
     train = [*common, f"--seed={TRAIN_SEED + s}"]
     py, ppo = sys.executable, str(ROOT / "train_ppo.py")
+    # several processes: torchrun starts them (nanorlhf/distributed.py); --standalone picks a free port
+    run = [py] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}"] if cfg.nproc > 1 else [])
     data = [D / f for f in ("corpus.txt", "sft.jsonl", "prompts.jsonl", "tokenizer.tiktoken", "meta.json")]
     ppo_reads = ("prepare", "sft", "rm")  # what every PPO run reads (the gold run too: its critic starts as the RM)
     ppo_runs = ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold")
     run_files = lambda name: [O / name / "ckpt.pt", O / name / "history.json"]  # noqa: E731
     return [
         Stage("prepare", [py, str(ROOT / "data/prepare.py"), f"--preset={p}", f"--out_dir={d}", f"--seed={s}"], data),
-        Stage("pretrain", [py, str(ROOT / "train_sft.py"), "--stage=pretrain", *train], [O / "base/ckpt.pt"],
+        Stage("pretrain", [*run, str(ROOT / "train_sft.py"), "--stage=pretrain", *train], [O / "base/ckpt.pt"],
               ("prepare",)),
-        Stage("sft", [py, str(ROOT / "train_sft.py"), "--stage=sft", *train], [O / "sft/ckpt.pt"],
+        Stage("sft", [*run, str(ROOT / "train_sft.py"), "--stage=sft", *train], [O / "sft/ckpt.pt"],
               ("prepare", "pretrain")),
-        Stage("rm", [py, str(ROOT / "train_rm.py"), *train], [O / "rm/comparisons.jsonl", O / "rm/ckpt.pt"],
+        Stage("rm", [*run, str(ROOT / "train_rm.py"), *train], [O / "rm/comparisons.jsonl", O / "rm/ckpt.pt"],
               ("prepare", "sft")),
-        Stage("ppo", [py, ppo, *train], run_files("ppo"), ppo_reads),
-        Stage("ppo_ptx", [py, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
+        Stage("ppo", [*run, ppo, *train], run_files("ppo"), ppo_reads),
+        Stage("ppo_ptx", [*run, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
         # β = 0 with 4× the policy's learning rate: with the off-prompt answers in the RM's data there is no
         # quick hack left, and at the preset's rate the policy stays too close to SFT within the iterations
         # for the proxy reward and the gold rating to part; at 4× they do -- the over-optimisation lesson
         # (the numbers: bench/NOTES.md, "Preset choices").
         # evaluated every 5 iterations: the over-optimisation curve's rise and fall needs the points
-        Stage("ppo_beta0", [py, ppo, *train, "--init_kl_coef=0", "--adaptive_kl=false",
+        Stage("ppo_beta0", [*run, ppo, *train, "--init_kl_coef=0", "--adaptive_kl=false",
                             f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0", "--eval_interval=5"],
               run_files("ppo_beta0"), ppo_reads),
         # the gold labeler as the reward: the ceiling a better reward model could reach (see gold_reward)
-        Stage("ppo_gold", [py, ppo, *train, "--reward=gold", "--run_name=ppo_gold"], run_files("ppo_gold"), ppo_reads),
-        Stage("eval", [py, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}"], [O / "eval.json"],
+        Stage("ppo_gold", [*run, ppo, *train, "--reward=gold", "--run_name=ppo_gold"], run_files("ppo_gold"), ppo_reads),
+        Stage("eval", [*run, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}"], [O / "eval.json"],
               ("prepare", "pretrain", "sft", "rm", *ppo_runs)),
         Stage("report", [py, "-m", "nanorlhf.report", f"--out_dir={o}"], [O / "report.md"], ("rm", *ppo_runs, "eval")),
     ]
@@ -118,7 +122,7 @@ def main(argv=None):
     cfg.dtype = resolve_dtype(cfg.dtype, cfg.device or default_device())
     plan = stages(cfg)
     names = [s.name for s in plan]
-    check_config(cfg, preset=one_of(*PRESET_NAMES), ptx_coef=POSITIVE, beta0_lr_scale=POSITIVE,
+    check_config(cfg, preset=one_of(*PRESET_NAMES), nproc=AT_LEAST_1, ptx_coef=POSITIVE, beta0_lr_scale=POSITIVE,
                  stop_after=(lambda v: v in ("", *names), "one of " + ", ".join(names)))
     print(f"nanorlhf pipeline: preset {cfg.preset}, dtype {cfg.dtype}, seed {cfg.seed} ({cfg.data_dir}/, {cfg.out_dir}/), "
           f"stages {' → '.join(names)}", flush=True)
@@ -142,7 +146,7 @@ def run_pipeline(plan: list[Stage], out: Path, force: bool = False, stop_after: 
         if why is None:
             print(f"[{i}/{len(plan)}] {stage.name}: current, skipped ({stage.outputs[-1]})", flush=True)
         else:
-            cmd = " ".join(Path(c).name if j < 2 else c for j, c in enumerate(stage.cmd))
+            cmd = " ".join(Path(c).name if j == 0 or c.endswith(".py") else c for j, c in enumerate(stage.cmd))
             print(f"[{i}/{len(plan)}] {stage.name} ({why}): {cmd}", flush=True)
             ts = time.time()
             log = out / "logs" / f"{stage.name}.log"
@@ -164,7 +168,7 @@ def run_pipeline(plan: list[Stage], out: Path, force: bool = False, stop_after: 
 
 def _command(stage: Stage) -> list[str]:
     """The command without the interpreter's and the repository's paths (moving either changes nothing)."""
-    return [Path(stage.cmd[1]).name, *stage.cmd[2:]]
+    return [Path(c).name if c.endswith(".py") else c for c in stage.cmd[1:]]
 
 
 def _inputs(stage: Stage, state: dict) -> str:

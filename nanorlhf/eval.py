@@ -13,7 +13,7 @@ from nanorlhf.generate import sample_responses
 
 
 def gold_eval(model, tokenizer, labeler, prompts: list[dict], max_new_tokens: int, temperature: float = 0.7,
-              generator=None, batch_size: int = 64, prefix_ids=()) -> dict:
+              generator=None, batch_size: int = 0, prefix_ids=()) -> dict:
     """Sample one response per held-out prompt and have the gold labeler judge it.
 
     Returns mean 1–7 rating, the fraction judged correct overall and per category, the EOS rate, and the
@@ -256,10 +256,11 @@ def main(argv=None) -> dict:
     from nanorlhf.config import parse_config
     from nanorlhf.data import corpus_tokens, load_world, read_prompts
     from nanorlhf.files import atomic_write
-    from nanorlhf.training import autocast, resolve_dtype, setup_device
+    from nanorlhf import distributed
+    from nanorlhf.training import autocast, resolve_dtype
 
     cfg = parse_config(EvalConfig, argv, EVAL_PRESETS)
-    device = setup_device(cfg.device)
+    device = distributed.init(cfg.device)  # torchrun: sampling is sharded over the ranks (generate.py)
     cfg.dtype = resolve_dtype(cfg.dtype, device)  # sampling and scoring in the regime the models trained in
     t0 = time.time()
     out = Path(cfg.out_dir)

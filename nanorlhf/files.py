@@ -5,6 +5,9 @@ the target (so on the same filesystem), is flushed to disk, and only then rename
 (`os.replace` is atomic on POSIX and Windows). A reader, or the next run after a SIGKILL, a full disk or a
 read-only folder, finds the old file or the new one, never half of one. The temporary file of a writer
 that was killed is removed by the next write of the same file.
+
+Under torchrun only rank 0 writes (see distributed.py): every rank runs the same recipe and holds the
+same weights, so the other ranks' writes would be copies racing for the same path.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class WriteError(StageError, RuntimeError):
 def atomic_write(path, content) -> Path:
     """Replace `path` with `content`: a str (UTF-8), bytes, or a function that writes a given temp path."""
     path = Path(path)
+    if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: rank 0 writes the one copy
+        return path
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

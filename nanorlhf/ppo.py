@@ -40,7 +40,7 @@ def masked_var(x, mask, unbiased=False):
     return var
 
 
-def masked_whiten(x, mask, shift_mean=True, eps=1e-8):
+def masked_whiten(x, mask, shift_mean=True, eps=1e-8, moments=None):
     """(x - mean) / sqrt(var + eps), with mean and biased var over valid positions only (N §9).
 
     shift_mean=True: the result has mean 0 and variance 1 over the valid positions (use it for
@@ -50,6 +50,8 @@ def masked_whiten(x, mask, shift_mean=True, eps=1e-8):
     the caller chooses by what it passes in).
     """
     mean, var = masked_mean(x, mask), masked_var(x, mask)
+    if moments is not None:  # (mean, var) taken elsewhere: over every rank's batch (distributed.masked_moments)
+        mean, var = moments
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -1,0 +1,223 @@
+"""torchrun data parallelism on the CPU: 2 gloo processes against 1 process, on micro shapes.
+
+One spawn of two workers (the module fixture) runs every two-process scenario -- the pretraining, RM
+and PPO stages, one PPO update on a fixed experience, one sharded rollout, and a naively DDP-wrapped
+policy -- and saves what each rank saw; the tests compare the ranks with each other and with the same
+work done by this (single) process.
+"""
+
+import os
+import random
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from nanorlhf import distributed, ppo
+from nanorlhf.checkpoint import load_model, save_checkpoint, tokenizer_record
+from nanorlhf.tokenizer import load_tokenizer
+from nanorlhf.training import make_optimizer
+from tests.helpers import tiny_gpt
+from tests.test_ppo_loop import TOK, _prompts, planted_reward
+
+WORLD = 2
+ROOT = Path(__file__).resolve().parent.parent
+PPO_SHAPE = dict(rollout_batch=8, minibatch_size=8, ppo_epochs=2, max_new_tokens=6, lr=3e-3, critic_lr=3e-3,
+                 init_kl_coef=0.1, missing_eos_penalty=0.0, device="cpu")
+
+
+def _flat(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def pretrain_args(d: Path, out: str) -> list[str]:
+    return ["--stage=pretrain", "--preset=micro", "--gold_eval_prompts=0", "--device=cpu", f"--data_dir={d}/data",
+            f"--out_dir={d}/{out}"]  # the CPU (gloo) even on a GPU machine: two ranks, perhaps one GPU
+
+
+def ppo_args(d: Path, out: str) -> list[str]:
+    return ["--preset=micro", "--device=cpu", f"--data_dir={d}/data", f"--out_dir={d}/{out}",
+            f"--policy_from={d}/fake/sft/ckpt.pt", f"--reward_from={d}/fake/rm/ckpt.pt"]
+
+
+def fixed_experience():
+    """Models and one rollout of 8 prompts: the same on every rank (same seeds, the whole batch)."""
+    from train_ppo import Config, rollout
+
+    policy, ref, critic = (tiny_gpt(h, vocab=16, block=32, n_layer=1, n_embd=32, seed=s)
+                           for h, s in (("lm", 0), ("lm", 0), ("value", 1)))
+    cfg = Config(**PPO_SHAPE)
+    exp = rollout(policy, ref.requires_grad_(False), critic, planted_reward, _prompts(8, random.Random(0)), TOK, cfg,
+                  0.1, torch.Generator().manual_seed(0))
+    return policy, ref, critic, cfg, exp
+
+
+def one_update(policy, critic, cfg, exp) -> torch.Tensor:
+    from train_ppo import ppo_update
+
+    opts = (make_optimizer(policy, cfg.lr, 0.0, eps=1e-5), make_optimizer(critic, cfg.critic_lr, 0.0, eps=1e-5))
+    ppo_update(policy, critic, *opts, exp, cfg, rng=random.Random(0))
+    return torch.cat([_flat(policy), _flat(critic)])
+
+
+# ------------------------------------------------------------------------------- the two-process side
+def _worker(rank: int, d: Path, port: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import train_ppo
+    import train_rm
+    import train_sft
+    from nanorlhf.generate import response_logprobs
+
+    writes, real_replace = [], os.replace
+    os.replace = lambda src, dst, *a, **k: (writes.append(str(dst)), real_replace(src, dst, *a, **k))[1]
+    saved = {}  # the model each rank hands to save_checkpoint (rank 0 writes it; the others do not)
+    for module in (train_sft, train_rm, train_ppo):
+        real_save = module.save_checkpoint
+        module.save_checkpoint = lambda path, model, *a, _real=real_save, **k: (
+            saved.__setitem__(Path(path).parent.name, _flat(model).clone()), _real(path, model, *a, **k))[1]
+    res = {}
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)  # the stages' logs: not needed here
+        train_sft.main(pretrain_args(d, "two"))
+        train_rm.main(["--preset=micro", "--device=cpu", f"--data_dir={d}/data", f"--out_dir={d}/two",
+                       f"--init_from={d}/fake/sft/ckpt.pt"])
+        metrics = train_ppo.main(ppo_args(d, "two"))
+    res["pretrain"], res["rm"], res["ppo_stage"] = saved["base"], saved["rm"], saved["ppo"]
+    res["beta"] = [h["beta"] for h in metrics["history"]]
+    res["kl"] = [h["kl"] for h in metrics["history"]]
+    res["gold"] = [e["gold_rating"] for e in metrics["evals"]]  # sampled in shards, gathered (generate.py)
+    res["writes"] = writes
+
+    # one PPO update: the same experience on both ranks, each updating on its half of the rows
+    policy, ref, critic, cfg, exp = fixed_experience()
+    half = {k: distributed.shard(v) if isinstance(v, torch.Tensor) and v.dim() else v for k, v in exp.items()}
+    res["update"] = one_update(policy, critic, cfg, half)
+
+    # a sharded rollout: record what advantage whitening gets and gives
+    seen = []
+    real_whiten = ppo.masked_whiten
+    ppo.masked_whiten = lambda x, mask, **k: seen.append((x, mask, real_whiten(x, mask, **k))) or seen[-1][2]
+    cfg = train_ppo.Config(**{**PPO_SHAPE, "rollout_batch": 8})
+    train_ppo.rollout(policy, ref, critic, planted_reward, distributed.shard(_prompts(8, random.Random(1))), TOK, cfg,
+                      0.1, torch.Generator().manual_seed(distributed.rank_seed(5)))
+    ppo.masked_whiten = real_whiten
+    res["whiten_in"], res["whiten_mask"], res["whiten_out"] = seen[-1]
+
+    # naive DDP: response_logprobs calls hidden_states, not forward, so DDP's reducer never runs
+    for how in ("naive_ddp", "sync_grads"):
+        model = tiny_gpt("lm", vocab=16, block=32, n_layer=1, n_embd=32, seed=0)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model) if how == "naive_ddp" else model
+        opt = make_optimizer(model, 1e-2, 0.0)
+        tokens = torch.randint(0, 16, (4, 12), generator=torch.Generator().manual_seed(rank))  # each rank's data
+        net = wrapped.module if how == "naive_ddp" else model  # as train_ppo reaches it: around forward()
+        loss = -response_logprobs(net, tokens, torch.ones_like(tokens), 4).mean()
+        loss.backward()
+        if how == "sync_grads":
+            distributed.sync_grads(model)
+        opt.step()
+        res[how] = _flat(model)
+    torch.save(res, d / f"rank{rank}.pt")
+    distributed.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(rank 0's results, rank 1's results, the folder): micro data, fake SFT/RM checkpoints, one spawn."""
+    import runpy
+
+    d = tmp_path_factory.mktemp("ddp")
+    runpy.run_path(str(ROOT / "data/prepare.py"))["main"](["--preset=micro", f"--out_dir={d}/data"])
+    tok_file = str(d / "data/tokenizer.tiktoken")
+    vocab = load_tokenizer(tok_file).vocab_size
+    for stage, head in (("sft", "lm"), ("rm", "scalar")):
+        save_checkpoint(d / f"fake/{stage}/ckpt.pt", tiny_gpt(head, vocab=vocab, block=64, n_layer=1, n_embd=32),
+                        {}, tokenizer_record(tok_file), stage, 1)
+    mp.spawn(_worker, args=(d, _free_port()), nprocs=WORLD, join=True)
+    return (*(torch.load(d / f"rank{r}.pt", weights_only=True) for r in range(WORLD)), d)
+
+
+# ------------------------------------------------------------------------------------------ the tests
+def test_pretraining_on_two_ranks_keeps_them_equal_and_equals_one_process(runs):
+    r0, r1, d = runs
+    assert torch.equal(r0["pretrain"], r1["pretrain"])  # synchronised gradients: the same bits on both ranks
+    import train_sft
+
+    train_sft.main(pretrain_args(d, "one"))
+    one = _flat(load_model(d / "one/base/ckpt.pt", "base")[0])
+    # same global batch of 8 (4 rows per rank): the same 30 AdamW steps, up to the order of float sums
+    torch.testing.assert_close(r0["pretrain"], one, atol=2e-5, rtol=0)
+
+
+def test_one_ppo_update_on_two_ranks_equals_one_process_on_the_whole_batch(runs):
+    r0, r1, _ = runs
+    assert torch.equal(r0["update"], r1["update"])
+    policy, _, critic, cfg, exp = fixed_experience()
+    one = one_update(policy, critic, cfg, exp)
+    start = torch.cat([_flat(m) for m in fixed_experience()[0:3:2]])
+    assert (one - start).abs().max() > 1e-3  # the update moved the weights: a real comparison
+    torch.testing.assert_close(r0["update"], one, atol=2e-5, rtol=0)
+
+
+def test_rm_stage_on_two_ranks_keeps_them_equal(runs):
+    r0, r1, _ = runs
+    assert torch.equal(r0["rm"], r1["rm"])  # sampled in shards, the same groups ranked, gradients averaged
+
+
+def test_ppo_stage_two_ranks_same_weights_beta_kl_and_evaluations(runs):
+    r0, r1, _ = runs
+    assert torch.equal(r0["ppo_stage"], r1["ppo_stage"])
+    assert r0["beta"] == r1["beta"] and r0["kl"] == r1["kl"]  # every rank steers β by the global KL
+    assert len(set(r0["beta"])) == len(r0["beta"])  # β moved each iteration: equal β is not trivially true
+    assert r0["gold"] == r1["gold"]  # the evaluations' sharded samples are gathered: every rank judges all
+
+
+def test_advantages_are_whitened_with_the_statistics_of_every_rank(runs):
+    r0, r1, _ = runs
+    T = max(r["whiten_in"].shape[1] for r in (r0, r1))
+    pad = lambda t: torch.nn.functional.pad(t, (0, T - t.shape[1]))  # noqa: E731
+    x, m, out = (torch.cat([pad(r[k]) for r in (r0, r1)]) for k in ("whiten_in", "whiten_mask", "whiten_out"))
+    torch.testing.assert_close(out, ppo.masked_whiten(x, m), atol=1e-5, rtol=0)  # the one-process whitening
+    local = ppo.masked_whiten(r0["whiten_in"], r0["whiten_mask"])
+    assert (local - r0["whiten_out"]).abs().max() > 1e-3  # per-rank statistics would differ: the test can fail
+
+
+def test_only_rank_0_writes_files(runs):
+    r0, r1, _ = runs
+    assert r1["writes"] == []
+    names = {Path(p).relative_to(Path(p).parents[1]).as_posix() for p in r0["writes"]}
+    assert {"base/ckpt.pt", "rm/comparisons.jsonl", "rm/ckpt.pt", "ppo/ckpt.pt", "ppo/history.json"} <= names
+
+
+def test_naive_ddp_wrap_leaves_ranks_apart_and_sync_grads_does_not(runs):
+    """Why distributed.sync_grads exists: PPO's loss reaches the trunk around forward(), DDP's hook."""
+    r0, r1, _ = runs
+    assert not torch.equal(r0["naive_ddp"], r1["naive_ddp"])
+    assert torch.equal(r0["sync_grads"], r1["sync_grads"])
+
+
+def test_one_process_helpers_are_no_ops():
+    assert not distributed.active() and distributed.world_size() == 1
+    items = list(range(5))
+    assert distributed.shard(items) == items and distributed.gather(items) == items
+    assert distributed.local_share(7) == 1.0 and distributed.rank_seed(3) == 3
+    assert distributed.masked_moments(torch.randn(3, 4), torch.ones(3, 4)) is None  # masked_whiten's own
+    assert distributed.average({"kl": 0.5, "iteration": 3}, 8) == {"kl": 0.5, "iteration": 3}
+
+
+def test_shards_are_contiguous_blocks_that_concatenate_to_the_whole(monkeypatch):
+    for n in (0, 1, 5, 8):
+        blocks = []
+        for r in range(3):
+            monkeypatch.setenv("RANK", str(r)), monkeypatch.setenv("WORLD_SIZE", "3")
+            blocks.append(distributed.shard(list(range(n))))
+        assert sum(blocks, []) == list(range(n)) and max(map(len, blocks)) - min(map(len, blocks)) <= 1
