@@ -86,9 +86,10 @@ PRESETS = {
     "micro": dict(iterations=3, rollout_batch=8, max_new_tokens=12, minibatch_size=4, ppo_epochs=2,
                   eval_interval=0, eval_prompts=8, ptx_batch=2),
     # tiny: 2 PPO epochs (InstructGPT used 1, Stiennon 4) halve the update's time on a 2-core CPU.
-    # β 0.2 / KL target 1.5: at β 0.05 / 4 nats the policy drifts into off-task answers that the 1M-parameter
-    # RM over-scores, and loses to SFT (the numbers: bench/NOTES.md, "Preset choices").
-    "tiny": dict(iterations=40, ppo_epochs=2, lr=5e-5, init_kl_coef=0.2, kl_target=1.5),
+    # β from 0.1 towards a KL of 3 nats, 40 iterations, lr 5e-5: the 1M-parameter RM is over-optimised past
+    # that (more KL, more iterations or a higher lr: more refusals of allowed requests and lower gold
+    # win-rates; the numbers: bench/NOTES.md, "Preset choices").
+    "tiny": dict(iterations=40, ppo_epochs=2, lr=5e-5, init_kl_coef=0.1, kl_target=3.0),
     "small": dict(iterations=200, rollout_batch=256, minibatch_size=64, lr=1e-5, critic_lr=3e-5, eval_interval=20,
                   eval_prompts=400),
 }
