@@ -190,6 +190,7 @@ class EvalConfig:
     bon_prompts: int = 200  # prompts for best-of-n and the headroom probe
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
     dtype: str = "auto"  # auto | fp32 | bf16 (nanorlhf/precision.py): the pipeline passes the stages' dtype
+    runs: str = ""  # more runs to compare with SFT: comma-separated folders under out_dir (train_ppo.py --run_name)
     seed: int = 1234  # SFT's reference samples use it, every model's samples seed + 1, best-of-n seed + 2
 
 
@@ -277,6 +278,7 @@ def main(argv=None) -> dict:
     models = {"base": ("base", ()), "base few-shot": ("base", few_shot), "SFT": ("sft", ()),
               "PPO": ("ppo", ()), "PPO-ptx": ("ppo_ptx", ()), "PPO β=0": ("ppo_beta0", ()),
               "PPO, gold reward": ("ppo_gold", ())}
+    models.update({run: (run, ()) for run in filter(None, cfg.runs.split(","))})  # e.g. a PPO variant of yours
     with autocast(device, cfg.dtype):  # samples from the regime the models trained in
         sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature,
                                    generator=torch.Generator(device).manual_seed(cfg.seed))
