@@ -63,7 +63,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # a script in bench/: the package is one folder up
 PY = sys.executable
-LOGPROB_BENCH = [PY, "-m", "nanorlhf.bench_logprobs"]  # the log-prob benchmark (may move to bench/: change it here)
+LOGPROB_BENCH = [PY, str(Path(__file__).resolve().parent / "logprobs.py")]  # the log-prob benchmark
 BUDGET_S = 9 * 60  # the whole check, on one H100/H200
 KERNEL_TESTS = ["tests/test_logprobs.py", "tests/test_fast_paths.py", "tests/test_distributed.py"]
 ENVIRONMENT = ("import torch, triton, platform; c = torch.cuda.is_available(); "
