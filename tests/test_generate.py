@@ -73,3 +73,33 @@ def test_sampler_frequencies_match_softmax():
     freq = torch.bincount(gen.response[:, 0], minlength=8).float() / 4000
     chi2 = (4000 * (freq - p) ** 2 / p).sum().item()
     assert chi2 < 24.3  # 99.9% quantile of chi-square with 7 degrees of freedom
+
+
+class _Ids:
+    """A stand-in tokenizer: prompts are keys of a table of token ids; responses come back as id tuples."""
+    eos_id, pad_id = EOS, PAD
+
+    def __init__(self, table):
+        self.table = table
+
+    def prompt_ids(self, prompt):
+        return list(self.table[prompt])
+
+    def response_text(self, row):
+        return tuple(row), EOS in row
+
+
+def test_few_shot_prefix_is_used_whole_or_not_at_all():
+    from nanorlhf.generate import sample_responses
+
+    model = tiny_gpt(block=32)  # 32 - 8 new tokens: 24 tokens of context
+    prefix = list(range(20, 30))  # 10 tokens
+    short, long = [1, 2, 3, 4, 5], list(range(1, 21))  # 5 + 10 fit; 20 + 10 do not
+    tok = _Ids({"short": short, "long": long, "short with prefix": prefix + short})
+
+    def run(prompt, pre=()):
+        return sample_responses(model, tok, [prompt], 8, 1.0, generator=torch.Generator().manual_seed(3),
+                                prefix_ids=pre)
+
+    assert run("short", prefix) == run("short with prefix")  # fits: the whole prefix is there
+    assert run("long", prefix) == run("long")  # does not fit: no piece of the prefix (a broken example)
