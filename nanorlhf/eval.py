@@ -219,7 +219,8 @@ def compare_with_sft(cfg: EvalConfig, models: dict, sft, rm, tok, labeler, promp
         wr = win_rate(labeler, texts, outs, sft_ref)
         rm_scores = score_texts(rm, tok, texts, outs)
         results[name] = {**wr, "rating": ev["rating"], "correct": ev["correct"], "eos_rate": ev["eos_rate"],
-                         "per_category": ev["per_category"], "breakdown": ev["breakdown"], "rm_score": sum(rm_scores) / len(rm_scores),
+                         "per_category": ev["per_category"], "breakdown": ev["breakdown"],
+                         "rm_score": sum(rm_scores) / len(rm_scores),
                          "kl_to_sft": kl_to_reference(model, sft, tok, texts, outs) if not prefix else None,
                          "corpus_loss": lm_loss(model, corpus, model.config.block_size)}
         samples[name] = ev["samples"][:8] + [s for s in ev["samples"][8:] if s["writes_instructions"]][:1]
