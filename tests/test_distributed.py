@@ -4,15 +4,22 @@ One spawn of two workers (the module fixture) runs every two-process scenario --
 and PPO stages, one PPO update on a fixed experience, one sharded rollout, and a naively DDP-wrapped
 policy -- and saves what each rank saw; the tests compare the ranks with each other and with the same
 work done by this (single) process.
+
+The ranks meet through a file store in the test's folder rather than torchrun's TCP store: the test is
+about what the stages do on two ranks, not about rendezvous. A sandbox may kill a gloo process in its
+socket layer (a C++ abort, no Python traceback; seen once in CI, never here); such a spawn is tried again,
+each rank's stderr is kept and shown, and if two bare gloo processes cannot even all-reduce on this
+machine the two-process tests are skipped with that stderr, as the GPU tests are without a GPU.
 """
 
+import datetime
 import os
 import random
-import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nanorlhf import distributed, ppo
@@ -32,12 +39,12 @@ def _flat(model) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def pretrain_args(d: Path, out: str) -> list[str]:
+def pretrain_args(d: Path, out) -> list[str]:
     return ["--stage=pretrain", "--preset=micro", "--gold_eval_prompts=0", "--device=cpu", f"--data_dir={d}/data",
             f"--out_dir={d}/{out}"]  # the CPU (gloo) even on a GPU machine: two ranks, perhaps one GPU
 
 
-def ppo_args(d: Path, out: str) -> list[str]:
+def ppo_args(d: Path, out) -> list[str]:
     return ["--preset=micro", "--device=cpu", f"--data_dir={d}/data", f"--out_dir={d}/{out}",
             f"--policy_from={d}/fake/sft/ckpt.pt", f"--reward_from={d}/fake/rm/ckpt.pt"]
 
@@ -63,10 +70,35 @@ def one_update(policy, critic, cfg, exp) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------- the two-process side
-def _worker(rank: int, d: Path, port: int) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+def _join(rank: int, d: Path) -> None:
+    """Become rank `rank` of WORLD: torchrun's variables (what distributed.py reads), a file store, and
+    this rank's stderr in d/rank{rank}.stderr (a C++ abort's message lands there)."""
+    err = open(d / f"rank{rank}.stderr", "w")
+    os.dup2(err.fileno(), 2)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{d}/store", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(minutes=5))  # distributed.init keeps a joined group
+
+
+def _leave() -> None:
+    dist.barrier()  # no rank tears its sockets down while the other still talks to it
+    distributed.close()
+
+
+def _probe(rank: int, folder: Path, d: Path) -> None:
+    """The least two gloo ranks must do: one all-reduce."""
+    _join(rank, folder)
+    t = torch.full((3,), float(rank + 1))
+    dist.all_reduce(t)
+    assert t.tolist() == [3.0] * 3
+    _leave()
+
+
+def _worker(rank: int, folder: Path, d: Path) -> None:
+    """Every two-process scenario on the data and fake checkpoints in d; outputs in folder/two."""
+    _join(rank, folder)
+    two = folder.relative_to(d) / "two"
     import train_ppo
     import train_rm
     import train_sft
@@ -82,10 +114,10 @@ def _worker(rank: int, d: Path, port: int) -> None:
     res = {}
     with open(os.devnull, "w") as devnull:
         os.dup2(devnull.fileno(), 1)  # the stages' logs: not needed here
-        train_sft.main(pretrain_args(d, "two"))
-        train_rm.main(["--preset=micro", "--device=cpu", f"--data_dir={d}/data", f"--out_dir={d}/two",
+        train_sft.main(pretrain_args(d, two))
+        train_rm.main(["--preset=micro", "--device=cpu", f"--data_dir={d}/data", f"--out_dir={d}/{two}",
                        f"--init_from={d}/fake/sft/ckpt.pt"])
-        metrics = train_ppo.main(ppo_args(d, "two"))
+        metrics = train_ppo.main(ppo_args(d, two))
     res["pretrain"], res["rm"], res["ppo_stage"] = saved["base"], saved["rm"], saved["ppo"]
     res["beta"] = [h["beta"] for h in metrics["history"]]
     res["kl"] = [h["kl"] for h in metrics["history"]]
@@ -120,14 +152,29 @@ def _worker(rank: int, d: Path, port: int) -> None:
             distributed.sync_grads(model)
         opt.step()
         res[how] = _flat(model)
-    torch.save(res, d / f"rank{rank}.pt")
-    distributed.close()
+    torch.save(res, folder / f"rank{rank}.pt")
+    _leave()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _spawn(fn, d: Path, name: str, tries: int = 3) -> str:
+    """Run fn(rank, folder, d) on WORLD processes; "" when they all succeed, else the ranks' stderr.
+
+    A rank that raises fails the test at once (its traceback is the cause); a rank killed by a signal
+    is tried again in a fresh folder, up to `tries` times."""
+    errors = []
+    for attempt in range(tries):
+        folder = d / name / f"try{attempt}"
+        folder.mkdir(parents=True)
+        try:
+            mp.spawn(fn, args=(folder, d), nprocs=WORLD, join=True)
+            return ""
+        except mp.ProcessExitedException as e:
+            err = "\n".join(f"rank {r} stderr: " + (folder / f"rank{r}.stderr").read_text()[-2000:]
+                            for r in range(WORLD) if (folder / f"rank{r}.stderr").exists())
+            if e.signal_name is None:
+                pytest.fail(f"{e}\n{err}")
+            errors.append(f"try {attempt}: {e}\n{err}")
+    return "\n".join(errors)
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +189,14 @@ def runs(tmp_path_factory):
     for stage, head in (("sft", "lm"), ("rm", "scalar")):
         save_checkpoint(d / f"fake/{stage}/ckpt.pt", tiny_gpt(head, vocab=vocab, block=64, n_layer=1, n_embd=32),
                         {}, tokenizer_record(tok_file), stage, 1)
-    mp.spawn(_worker, args=(d, _free_port()), nprocs=WORLD, join=True)
-    return (*(torch.load(d / f"rank{r}.pt", weights_only=True) for r in range(WORLD)), d)
+    probe = _spawn(_probe, d, "probe")
+    if probe:
+        pytest.skip(f"two gloo processes cannot all-reduce on this machine:\n{probe}")
+    failed = _spawn(_worker, d, "runs")
+    if failed:
+        pytest.fail(f"the two-process run was killed on every try:\n{failed}")
+    done = next(p for p in sorted((d / "runs").iterdir()) if (p / "rank0.pt").exists())
+    return (*(torch.load(done / f"rank{r}.pt", weights_only=True) for r in range(WORLD)), d)
 
 
 # ------------------------------------------------------------------------------------------ the tests
