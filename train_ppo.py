@@ -31,7 +31,7 @@ from nanorlhf import distributed, ppo
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
                              parse_config, run_main)
-from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts
+from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts, to_device
 from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import generate, response_logprobs
 from nanorlhf.losses import masked_mean, sft_loss
@@ -196,23 +196,29 @@ def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, p
             loss = (pg_loss + cfg.vf_coef * vf_loss) * distributed.local_share(mb["mask"].sum())
             if cfg.ptx_coef > 0:  # PPO-ptx: γ · pretraining next-token loss on corpus batches (InstructGPT eq. 2)
                 ### BEGIN SOLUTION
-                x, y, m = (t.to(device) for t in next(ptx_batches))
+                x, y, m = (to_device(t, device) for t in next(ptx_batches))
                 with autocast(device, cfg.dtype):
                     ptx = sft_loss(policy(x), y, m)
                 loss = loss + cfg.ptx_coef * ptx
                 ### END SOLUTION
-            check_finite("PPO loss", loss, f"iteration {iteration}, minibatch {len(stats) + 1}", ckpt_path)
             opt_policy.zero_grad(set_to_none=True), opt_critic.zero_grad(set_to_none=True)
             loss.backward()
             distributed.sync_grads(policy, critic)  # by hand: the loss reaches the trunk around forward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
             opt_policy.step(), opt_critic.step()
-            stats.append({"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), **{k: v.item() for k, v in pg_stats.items()},
-                          **{k: v.item() for k, v in vf_stats.items()},
-                          "entropy": masked_mean(entropy.float(), mb["mask"]).item(),
-                          "ptx_loss": ptx.item() if cfg.ptx_coef > 0 else 0.0})
-    return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+            row = {"loss": loss, "pg_loss": pg_loss, "vf_loss": vf_loss, **pg_stats, **vf_stats,
+                   "entropy": masked_mean(entropy.float(), mb["mask"]),
+                   "ptx_loss": ptx if cfg.ptx_coef > 0 else loss.new_zeros(())}
+            stats.append(torch.stack([v.detach().float() for v in row.values()]))
+    # Read back once per update, not with an .item() per number per minibatch: each .item() makes the CPU
+    # wait for the GPU to finish everything queued (~16 waits a minibatch). So a NaN is found here, after
+    # the epochs: the weights in memory may then be NaN, but nothing saves them (save_checkpoint refuses
+    # non-finite weights) and the run stops with the minibatch where the loss first blew up.
+    table = torch.stack(stats).tolist()  # (minibatches, columns)
+    for i, values in enumerate(table):
+        check_finite("PPO loss", values[0], f"iteration {iteration}, minibatch {i + 1}", ckpt_path)
+    return {k: sum(values[j] for values in table) / len(table) for j, k in enumerate(row) if k != "loss"}
 
 
 def _minibatch(exp: dict, idx) -> dict:

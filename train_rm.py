@@ -30,7 +30,7 @@ from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoin
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
                              parse_config, run_main)
 from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts,
-                           subgroup, write_jsonl)
+                           subgroup, to_device, write_jsonl)
 from nanorlhf.eval import score_texts
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import ranking_accuracy, ranking_loss
@@ -165,7 +165,7 @@ def split(groups: list[dict], cfg: Config, rng: random.Random):
 
 # --------------------------------------------------------------------- 2-3. the ranking loss, training
 def rm_step(rm, groups, tok, block, device, dtype):
-    tokens, mask, valid, tied = (t.to(device) for t in ranked_sequences(groups, tok, block))
+    tokens, mask, valid, tied = (to_device(t, device) for t in ranked_sequences(groups, tok, block))
     with autocast(device, dtype):
         scores = rm(tokens, mask).float().view(valid.shape)  # (B, K), best first
     correct, pairs = ranking_accuracy(scores.detach(), valid, tied)
@@ -177,7 +177,8 @@ def evaluate(rm, groups, tok, block, device, batch_size, dtype):
     rm.eval()
     loss_sum, correct, pairs = 0.0, 0.0, 0.0
     for i in range(0, len(groups), batch_size):
-        tokens, mask, valid, tied = (t.to(device) for t in ranked_sequences(groups[i : i + batch_size], tok, block))
+        batch = ranked_sequences(groups[i : i + batch_size], tok, block)
+        tokens, mask, valid, tied = (to_device(t, device) for t in batch)
         with autocast(device, dtype):
             scores = rm(tokens, mask).float().view(valid.shape)
         loss_sum += ranking_loss(scores, valid, tied).item() * valid.shape[0]

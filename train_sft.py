@@ -23,7 +23,7 @@ from nanorlhf import distributed
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path, tokenizer_record
 from nanorlhf.config import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_config,
                              check_context, one_of, parse_config, run_main)
-from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_jsonl, read_prompts, sft_batch
+from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_jsonl, read_prompts, sft_batch, to_device
 from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import sft_loss
@@ -168,7 +168,7 @@ def evaluate(model, batches, n_batches: int, device: str, dtype: str) -> float:
     model.eval()
     losses, batches = [], batches()
     for _ in range(n_batches):
-        x, y, m = (t.to(device) for t in next(batches))
+        x, y, m = (to_device(t, device) for t in next(batches))
         with autocast(device, dtype):
             losses.append(sft_loss(model(x), y, m).item())
     model.train()
@@ -195,7 +195,7 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
         if step == cfg.max_steps:
             break
         set_lr(opt, lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
-        x, y, m = (distributed.shard(t).to(device) for t in next(train_batches))  # this rank's rows of the batch
+        x, y, m = (to_device(distributed.shard(t), device) for t in next(train_batches))  # this rank's rows
         with autocast(device, cfg.dtype):
             loss = sft_loss(model(x), y, m)
         check_finite("training loss", loss, step, ckpt_path)

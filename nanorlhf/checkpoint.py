@@ -149,7 +149,8 @@ def load_model(path, stage: str | None = None, head: str | None = None, device="
     trunk is loaded and a new head is initialised (e.g. the reward model from the SFT model), except
     scalar <-> value, which share the `score` layer (the critic starts as the reward model)."""
     ckpt = load_checkpoint(path, stage, tokenizer)
-    cfg = GPTConfig(**ckpt["model_config"])
+    # a checkpoint from before the vocabulary padding (no vocab_multiple) has exactly vocab_size rows
+    cfg = GPTConfig(**{"vocab_multiple": 1, **ckpt["model_config"]})
     src_head = cfg.head
     if head is not None:
         cfg.head = head

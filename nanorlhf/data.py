@@ -81,6 +81,15 @@ def read_text(path, maker: str = PREPARE) -> str:
     return decode_utf8(path.read_bytes(), path)
 
 
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """`t` (a batch made on the CPU) on `device`. Bound for a GPU it goes through pinned (page-locked) memory
+    with non_blocking=True: the copy is queued behind the GPU's work instead of the CPU waiting for it, and
+    a pageable copy would first be staged through a pinned buffer anyway. On the CPU: `t` itself."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def pad(seqs: list[list[int]], value: int, left: bool = False, length: int | None = None) -> torch.Tensor:
     """(B, L) long tensor of `seqs` padded with `value` on the right (or the left) to `length`."""
     L = max(len(s) for s in seqs) if length is None else length

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from nanorlhf.data import to_device
 from nanorlhf.generate import sample_responses
 
 
@@ -137,7 +138,7 @@ def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]], batch
     device = rm.wte.weight.device
     scores = []
     for _, tokens, mask in text_batches(tok, prompts, outs, rm.config.block_size, batch_size):
-        scores += rm.eval()(tokens.to(device), mask.to(device)).float().tolist()
+        scores += rm.eval()(to_device(tokens, device), to_device(mask, device)).float().tolist()
     return scores
 
 
@@ -150,7 +151,7 @@ def kl_to_reference(model, ref, tok, prompts: list[str], outs: list[tuple[str, b
     device = model.wte.weight.device
     total = 0.0
     for i, tokens, mask in text_batches(tok, prompts, outs, model.config.block_size, batch_size):
-        tokens, mask = tokens.to(device), mask.to(device)
+        tokens, mask = to_device(tokens, device), to_device(mask, device)
         plen = torch.tensor([len(tok.prompt_ids(p)) for p in prompts[i : i + batch_size]], device=device)
         # the prompt lengths differ per row (right padding): score every position, keep response ones
         pos = torch.arange(tokens.shape[1], device=device)
@@ -172,7 +173,7 @@ def lm_loss(model, tokens: torch.Tensor, block_size: int, n_batches: int = 10, b
     model.eval()
     losses = []
     for _ in range(n_batches):
-        x, y, m = (t.to(device) for t in next(batches))
+        x, y, m = (to_device(t, device) for t in next(batches))
         losses.append(sft_loss(model(x), y, m).item())
     return sum(losses) / len(losses)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from nanorlhf import distributed
-from nanorlhf.data import pad
+from nanorlhf.data import pad, to_device
 from nanorlhf.logprobs import linear_logprobs
 from nanorlhf.model import GPT
 
@@ -51,7 +51,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     """
     device = model.wte.weight.device
     B = len(prompts)
-    idx = pad(prompts, pad_id, left=True).to(device)  # (B, P)
+    idx = to_device(pad(prompts, pad_id, left=True), device)  # (B, P)
     P = idx.shape[1]
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     mask = torch.arange(P, device=device).unsqueeze(0) >= (P - lengths).unsqueeze(1)  # (B, P)
@@ -59,7 +59,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     if use_cache:
         cache = model.new_cache(B, P + max_new_tokens)
         h = model.hidden_states(idx, mask, cache, first=P - 1)[:, -1]  # (B, d): the last position predicts
-        logits = F.linear(h, model.lm_head_weight)  # (B, V), not (B, P, V): no other position is sampled from
+        logits = model.lm_logits(h)  # (B, V), not (B, P, V): no other position is sampled from
     else:
         logits = model(idx, mask)[:, -1]  # (B, V) of the full (B, P, V): the plain way
     done = torch.zeros(B, dtype=torch.bool, device=device)

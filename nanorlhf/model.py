@@ -59,6 +59,17 @@ class GPTConfig:
     head: str = "lm"  # "lm" | "scalar" | "value"
     pos_embedding: str = "learned"  # "learned" (GPT-2's wpe) | "rope" (rotary, see the module docstring)
     rope_base: float = 10000.0  # θ of RoFormer: channel pair i turns by position · θ^(−2i/head_dim)
+    vocab_multiple: int = 64  # embedding/output rows padded up to a multiple of this (see `padded_vocab`)
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of `wte`: vocab_size rounded up to a multiple of vocab_multiple. Why: a GPU runs the output
+        layer's matmul (and a bf16 row of logits needs 16-byte alignment) far better at a multiple of 64 than
+        at, say, our BPE's 1,337 tokens (nanoGPT pads GPT-2's 50,257 to 50,304 for the same reason). The
+        tokenizer keeps its ids; the padded rows are never an input, and their logits are cut off before
+        anything samples or scores them (`lm_logits`, `lm_head_weight`)."""
+        m = self.vocab_multiple
+        return -(-self.vocab_size // m) * m
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,7 +216,13 @@ class GPT(nn.Module):
         if cfg.pos_embedding == "rope" and (cfg.n_embd // cfg.n_head) % 2:
             raise ValueError(f"rotary positions need an even head size, got {cfg.n_embd // cfg.n_head}")
         self.config = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        if cfg.vocab_multiple < 1:
+            raise ValueError(f"vocab_multiple must be at least 1, got {cfg.vocab_multiple}")
+        # the padded rows draw no random numbers (here or in _init_weights): a seed gives the same weights
+        # as it would an unpadded model, whose nn.Embedding(vocab_size, d) drew vocab_size x d normals here
+        wte = torch.zeros(cfg.padded_vocab, cfg.n_embd)
+        nn.init.normal_(wte[: cfg.vocab_size])
+        self.wte = nn.Embedding(cfg.padded_vocab, cfg.n_embd, _weight=wte)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_embedding == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
@@ -225,7 +242,10 @@ class GPT(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            # wte: only the real tokens' rows are drawn (the same draws as an unpadded model); padding is 0
+            rows = self.config.vocab_size if m is self.wte else m.num_embeddings
+            nn.init.normal_(m.weight[:rows], mean=0.0, std=0.02)
+            nn.init.zeros_(m.weight[rows:])
 
     def reset_head(self):
         """Reward/value head init: weight N(0, 1/√(d+1)), bias 0 (lm-human-preferences; Stiennon et al.)."""
@@ -233,12 +253,21 @@ class GPT(nn.Module):
         nn.init.zeros_(self.score.bias)
 
     def num_params(self) -> int:
-        """Parameters counted once (tied embeddings), learned position embeddings included."""
-        return sum(p.numel() for p in self.parameters())
+        """Parameters counted once (tied embeddings), learned position embeddings included, the padded
+        embedding rows not (no token reads them and no logit of theirs is used: they never learn)."""
+        padding = (self.config.padded_vocab - self.config.vocab_size) * self.config.n_embd
+        return sum(p.numel() for p in self.parameters()) - padding
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
-        return self.wte.weight  # tied input/output embeddings, as GPT-2
+        """The output layer's rows of real tokens (V, d): tied to the input embedding, as GPT-2. The fused
+        log-prob paths take it (logprobs.py), so they never see a padded row."""
+        return self.wte.weight[: self.config.vocab_size]
+
+    def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) of hidden states h (..., d): the matmul over all padded_vocab rows (the aligned
+        shape), then the padded columns cut off, so they are never sampled or scored."""
+        return F.linear(h, self.wte.weight)[..., : self.config.vocab_size]
 
     # ------------------------------------------------------------------------------------------------
     def hidden_states(self, idx, attention_mask=None, cache: KVCache | None = None, first: int = 0) -> torch.Tensor:
@@ -301,7 +330,7 @@ class GPT(nn.Module):
             raise ValueError("the scalar head reads the last real token: `first` is for the lm and value heads")
         h = self.hidden_states(idx, attention_mask, cache, first)
         if head == "lm":
-            return F.linear(h, self.lm_head_weight)  # the compute dtype; log-softmaxes over it are fp32
+            return self.lm_logits(h)  # the compute dtype; log-softmaxes over it are fp32
         # the scalar/value head in fp32 under any autocast: in bf16 a reward of magnitude 2-4 would be
         # rounded to steps of 1/64, and reward differences (ranking loss, accuracy, GAE) with it (precision.py)
         with torch.autocast(h.device.type, enabled=False):
@@ -336,6 +365,8 @@ class GPT(nn.Module):
                 raise KeyError(f"GPT-2 weight {k} has no counterpart in this model")
             if any(name.endswith(s) for s in ("c_attn.weight", "c_proj.weight", "c_fc.weight")):
                 v = v.t()
+            if name == "wte.weight" and v.shape[0] == self.config.vocab_size:  # GPT-2's 50,257 rows, then padding
+                v = torch.cat([v, v.new_zeros(own[name].shape[0] - v.shape[0], v.shape[1])])
             if own[name].shape != v.shape:
                 raise ValueError(f"{k}: shape {tuple(v.shape)} != model's {tuple(own[name].shape)}")
             own[name].copy_(v)

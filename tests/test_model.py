@@ -148,3 +148,58 @@ def test_rope_model_has_no_position_table_and_refuses_gpt2_weights():
     cache.next_pos[:] = 7  # as if 7 tokens came before, but none is attended to (their keys are masked)
     cache.length = 0
     torch.testing.assert_close(rope(x, torch.ones(1, 6), cache), rope(x), atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- the padded vocabulary
+def _loud_padding(vocab=50):
+    """An lm model whose padded rows would win every softmax if anything read them: ln_f outputs the
+    all-ones vector, the real rows are small, the padded ones 10 per channel (logit 160 against ~0)."""
+    m = tiny_gpt("lm", vocab=vocab)
+    assert m.wte.weight.shape[0] == 64 and m.config.padded_vocab == 64  # 50 padded to a multiple of 64
+    assert torch.equal(m.wte.weight[vocab:], torch.zeros(64 - vocab, 16))  # padding starts at 0
+    with torch.no_grad():
+        m.ln_f.weight.zero_(), m.ln_f.bias.fill_(1.0)
+        m.wte.weight[vocab:] = 10.0
+    return m
+
+
+def test_padded_logits_are_never_returned_sampled_or_scored():
+    from nanorlhf.generate import generate, response_logprobs
+
+    m = _loud_padding()
+    x = torch.randint(0, 50, (3, 10))
+    logits = m(x)
+    assert logits.shape == (3, 10, 50)  # the real vocabulary only
+    torch.testing.assert_close(logits, torch.nn.functional.linear(torch.ones(3, 10, 16), m.wte.weight[:50]))
+    gen = generate(m, [[1, 2, 3]] * 8, 12, eos_id=49, pad_id=0, generator=torch.Generator().manual_seed(0))
+    assert gen.response.max() < 50  # a padded id would be drawn every time if its logit were in the softmax
+    lp = response_logprobs(m, gen.tokens, gen.attention_mask, gen.prompt_len)
+    full = torch.log_softmax(m(gen.tokens, gen.attention_mask).float(), -1)[:, gen.prompt_len - 1 : -1]
+    want = full.gather(-1, gen.tokens[:, gen.prompt_len :, None]).squeeze(-1) * gen.response_mask
+    torch.testing.assert_close(lp * gen.response_mask, want, atol=1e-5, rtol=0)
+    assert lp.min() > -10  # scored over the real vocabulary: with the padding in, every log-prob is about -160
+    torch.testing.assert_close(gen.logprobs, want, atol=1e-5, rtol=0)  # the sampler's own log-probs, too
+
+
+def test_padding_keeps_the_unpadded_models_init_and_outputs():
+    torch.manual_seed(0)
+    padded = tiny_gpt("lm", vocab=50)
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(**{**padded.config.to_dict(), "vocab_multiple": 1}))
+    assert plain.wte.weight.shape[0] == 50 and torch.equal(padded.wte.weight[:50], plain.wte.weight)
+    assert padded.num_params() == plain.num_params()  # the padded rows are not parameters anyone learns
+    x = torch.randint(0, 50, (2, 9))
+    torch.testing.assert_close(padded(x), plain(x), atol=1e-6, rtol=0)
+
+
+def test_checkpoint_from_before_the_padding_loads(tmp_path):
+    from nanorlhf.checkpoint import load_model, save_checkpoint, tokenizer_record
+
+    old = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_embd=16, vocab_multiple=1))
+    save_checkpoint(tmp_path / "ckpt.pt", old, {}, tokenizer_record("gpt2"), "sft", 1)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    del ckpt["model_config"]["vocab_multiple"]  # as the checkpoints written before the field existed
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    model, _ = load_model(tmp_path / "ckpt.pt", "sft")
+    x = torch.randint(0, 50, (2, 9))
+    assert model.wte.weight.shape == (50, 16) and torch.equal(model(x), old(x))
