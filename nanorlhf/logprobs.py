@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from nanorlhf.precision import compute_dtype
+from nanorlhf.precision import autocast_off, compute_dtype
 
 
 def _pick_impl(impl, is_cuda):
@@ -204,7 +204,7 @@ def linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, mask=N
         entropy = torch.cat([ent for _, ent in outs]) if with_entropy else None
     else:
         from nanorlhf import kernels
-        with torch.autocast(h.device.type, enabled=False):
+        with autocast_off(h.device.type):
             logp, entropy = kernels.LinearLogprobs.apply(h, weight, flat_targets, keep, float(temperature),
                                                          chunk_size)
     if with_entropy:

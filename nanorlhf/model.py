@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanorlhf.precision import attention_dtype
+from nanorlhf.precision import attention_dtype, autocast_off
 
 HEADS = ("lm", "scalar", "value")
 
@@ -127,7 +127,7 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         dtype = attention_dtype(x.device.type, self.c_attn.weight.dtype)  # fp32 on the CPU (precision.py)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        with torch.autocast(x.device.type, enabled=False):  # in `dtype`, whatever autocast would pick
+        with autocast_off(x.device.type):  # in `dtype`, whatever autocast would pick
             if attn_mask is None:
                 assert first == 0, "queries from `first` on need an explicit mask (is_causal aligns them top-left)"
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
@@ -333,7 +333,7 @@ class GPT(nn.Module):
             return self.lm_logits(h)  # the compute dtype; log-softmaxes over it are fp32
         # the scalar/value head in fp32 under any autocast: in bf16 a reward of magnitude 2-4 would be
         # rounded to steps of 1/64, and reward differences (ranking loss, accuracy, GAE) with it (precision.py)
-        with torch.autocast(h.device.type, enabled=False):
+        with autocast_off(h.device.type):
             values = self.score(h.float()).squeeze(-1)  # (B, T)
         if head == "value":
             return values

@@ -115,9 +115,18 @@ def autocast(device: str, dtype: str):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
+def autocast_off(device_type: str):
+    """A region where autocast is off (fp32 heads, attention in its own dtype). The meta device, on which
+    bench/gpu_check.py counts FLOPs, has no autocast to turn off."""
+    if device_type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
 def compute_dtype(device_type: str, default: torch.dtype) -> torch.dtype:
-    """The dtype matmuls on `device_type` run in right now: autocast's, if it is on, else `default`."""
-    if torch.is_autocast_enabled(device_type):
+    """The dtype matmuls on `device_type` run in right now: autocast's, if it is on, else `default`.
+    A device without autocast (the meta device of bench/gpu_check.py's FLOP count) runs in `default`."""
+    if device_type != "meta" and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return default
 

@@ -26,3 +26,13 @@ def test_dry_run_lists_times_and_summarises_every_step(tmp_path):
         assert f"| {name} | 0 | " in summary  # each step ran and exited 0, with its wall time
     assert "| pretrain |" in summary and "dry run" in summary  # the pipeline's stage times; not a measurement
     assert "| N × V |" in (tmp_path / "logprob_table.log").read_text()  # the benchmark printed its table
+
+
+def test_the_estimate_counts_flops_on_meta_tensors(capsys, monkeypatch):
+    """The numbers behind the docstring's estimate; the model must run on the meta device (no autocast)."""
+    monkeypatch.setitem(CHECK["estimate"].__globals__, "labeler_rate", lambda: None)  # it prepares a world
+    CHECK["estimate"]()
+    out = capsys.readouterr().out
+    assert "small: 11.2M parameters" in out
+    step = float(out.split("pretraining/SFT step, 64 × 256, fwd+bwd: ")[1].split()[0])
+    assert 1.10 < step < 1.35  # 6 × 11.2M parameters × 16,384 tokens = 1.10 TFLOP, plus attention's share
