@@ -124,7 +124,7 @@ class LabelConfig:
     samples: str = "out/rm/comparisons.jsonl"  # groups to rank ({"prompt", "responses"}; rankings hidden)
     out: str = "data/human_labels.jsonl"  # the rankings are appended here (train_rm.py --human_labels reads it)
     from_model: str = ""  # instead of --samples: a policy checkpoint to sample K responses from
-    prompts: str = "data/prompts.jsonl"  # prompts to sample for, with --from_model
+    prompts: str = "data/prompts.jsonl"  # prompts to sample for, with --from_model (the "train" split's)
     k: int = 4  # responses per prompt (at least 2: a ranking compares)
     n: int = 20  # prompts to sample when --from_model is given
     max_new_tokens: int = 48  # longest sampled response, in tokens (with --from_model)
@@ -148,7 +148,9 @@ def label(argv=None) -> None:
             raise CheckpointError(f"{cfg.from_model}: a '{ckpt['stage']}' checkpoint ({model.config.head} head), "
                                   f"expected a policy (lm head), e.g. out/sft/ckpt.pt")
         tok = checkpoint_tokenizer(ckpt, cfg.from_model)
-        prompts = [p["prompt"] for p in read_jsonl(cfg.prompts, {"prompt": str})][: cfg.n]
+        # training prompts only: the val and test splits stay unseen by the reward model (eval judges on test)
+        rows = read_jsonl(cfg.prompts, {"prompt": str})
+        prompts = [p["prompt"] for p in rows if p.get("split", "train") == "train"][: cfg.n]
         outs = sample_responses(model, tok, [p for p in prompts for _ in range(cfg.k)], cfg.max_new_tokens,
                                 generator=torch.Generator().manual_seed(cfg.seed))
         groups = [{"prompt": p, "responses": [r for r, _ in outs[i * cfg.k : (i + 1) * cfg.k]],

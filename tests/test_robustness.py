@@ -296,6 +296,18 @@ def test_rankings_must_be_whole_numbers_named_by_file_line(tmp_path):
             read_comparisons(p)
 
 
+def test_label_from_model_samples_training_prompts_only(made, tmp_path, monkeypatch):
+    rows = [json.loads(line) for line in (made / "data/prompts.jsonl").read_text().splitlines()]
+    held_out = [r for r in rows if r["split"] != "train"]
+    train = [r for r in rows if r["split"] == "train"]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out + train))  # held out first
+    seen = []
+    monkeypatch.setattr(label, "label_loop", lambda groups, *a, **k: seen.extend(groups))
+    label.main([f"--from_model={made}/out/sft/ckpt.pt", f"--prompts={tmp_path}/p.jsonl", "--n=3", "--k=2",
+                "--max_new_tokens=4"])
+    assert [g["prompt"] for g in seen] == [r["prompt"] for r in train[:3]]
+
+
 def test_label_refuses_k_1_and_shows_control_bytes_escaped(made, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         label.main([f"--from_model={made}/out/sft/ckpt.pt", f"--prompts={made}/data/prompts.jsonl", "--k=1"])
