@@ -25,12 +25,18 @@ timing as well as the flags: the flag says the instruction exists, not that it i
 threads, 2048^3 matmuls: an AMD EPYC (Zen 4) runs bf16 at 2.4x its fp32 rate (411 vs 173 GFLOP/s, issue 15);
 an Intel Xeon (family 6 model 207) with avx512_bf16 but without AMX runs it at 0.55x (85 vs 155 GFLOP/s),
 where bf16 autocast would make every stage slower.
+
+`NANORLHF_BF16_SPEEDUP=<x>` in the environment stands in for the timing (and the flags: bf16 autocast runs
+on any CPU, only its speed differs), so a test can make "auto" pick either way on any machine: the tests
+set 1.0 (fp32, tests/conftest.py) and one test sets 4.0 to run the whole micro pipeline in bf16.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import os
 import time
 
 import torch
@@ -39,6 +45,7 @@ DTYPES = ("auto", "fp32", "bf16")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16, x86 AMX, aarch64 BF16
 BF16_MIN_SPEEDUP = 1.25  # bf16 matmul / fp32 matmul rate at which auto picks bf16 on the CPU
+SPEEDUP_ENV = "NANORLHF_BF16_SPEEDUP"  # stands in for the measured bf16/fp32 rate (tests; see the docstring)
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
@@ -82,12 +89,29 @@ def auto_dtype(device: str) -> tuple[str, str]:
         return "fp32", "the GPU has no bf16"
     if str(device) != "cpu":
         return "fp32", f"no bf16 policy for device {device}"
+    given = os.environ.get(SPEEDUP_ENV)
+    if given is not None:
+        speedup = _given_speedup(given)
+        why = f"{SPEEDUP_ENV}={given} stands in for the timing: a bf16 matmul runs at {speedup:.2f}x the fp32 rate"
+        return ("bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"), why
     flags = sorted(set(CPU_BF16_FLAGS) & cpu_flags())
     if not flags:
         return "fp32", "the CPU has no bf16 matmul instructions"
     speedup = cpu_bf16_speedup()
     why = f"the CPU has {'/'.join(flags)}; a bf16 matmul runs at {speedup:.2f}x the fp32 rate"
     return ("bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"), why
+
+
+def _given_speedup(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        from nanorlhf.config import ConfigError
+
+        raise ConfigError(f"{SPEEDUP_ENV}={text}: expected a number > 0 (the bf16/fp32 matmul rate), or unset it")
+    return value
 
 
 def resolve_dtype(dtype: str, device: str, log=print) -> str:

@@ -65,6 +65,7 @@ def test_cpu_flags_of_x86_and_aarch64():
     ({"amx_bf16"}, 8.0, "bf16"),
 ])
 def test_auto_on_cpu_needs_the_flag_and_a_faster_bf16_matmul(monkeypatch, flags, speedup, expected):
+    monkeypatch.delenv(precision.SPEEDUP_ENV)  # the tests' stand-in (conftest.py): here the real decision
     monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
 
     def timing():
@@ -76,6 +77,28 @@ def test_auto_on_cpu_needs_the_flag_and_a_faster_bf16_matmul(monkeypatch, flags,
     assert len(lines) == 1 and f"precision: {expected} on cpu" in lines[0]
     if speedup is not None:
         assert f"{speedup:.2f}x" in lines[0]  # the log says why
+
+
+@pytest.mark.parametrize("given, expected", [("1.0", "fp32"), ("4", "bf16"), ("1.25", "bf16")])
+def test_the_speedup_given_in_the_environment_replaces_flags_and_timing(monkeypatch, given, expected):
+    monkeypatch.setenv(precision.SPEEDUP_ENV, given)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: set())  # even a CPU without bf16 instructions
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("timed a matmul"))
+    lines = []
+    assert resolve_dtype("auto", "cpu", log=lines.append) == expected
+    assert f"{precision.SPEEDUP_ENV}={given}" in lines[0]
+
+
+@pytest.mark.parametrize("given", ["fast", "0", "-2", "nan", "inf"])
+def test_a_bad_speedup_in_the_environment_is_one_line(monkeypatch, given):
+    monkeypatch.setenv(precision.SPEEDUP_ENV, given)
+    with pytest.raises(ConfigError, match=f"{precision.SPEEDUP_ENV}={given}: expected a number > 0"):
+        resolve_dtype("auto", "cpu")
+
+
+def test_the_tests_pin_auto_to_fp32():
+    """conftest.py: every test (and every stage a test starts) runs fp32 under --dtype=auto."""
+    assert resolve_dtype("auto", "cpu", log=None) == "fp32"
 
 
 def test_explicit_dtype_is_kept_and_a_bad_one_is_a_config_error():

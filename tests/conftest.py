@@ -1,0 +1,9 @@
+"""Precision is explicit in every test: `--dtype=auto` picks fp32 in every test and every process a test
+starts, whatever this machine's bf16 speed (a CPU with AMX would pick bf16 and miss fp32 tolerances).
+Tests of the bf16 path say bf16 themselves, or set NANORLHF_BF16_SPEEDUP to make auto pick it."""
+
+import os
+
+from nanorlhf.precision import SPEEDUP_ENV
+
+os.environ[SPEEDUP_ENV] = "1.0"  # fp32 (below BF16_MIN_SPEEDUP): inherited by the stages the tests start
