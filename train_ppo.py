@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed, ppo
-from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path, trained_dtype
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
                              parse_config, run_main)
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts, to_device
@@ -249,8 +249,7 @@ def gold_evaluation(policy, tok, labeler, prompts: list[dict], cfg: Config, devi
     evaluations: the gold rating beside the latest KL and the RM reward of the last 3 rollouts (the
     axes of the over-optimisation plot)."""
     with autocast(device, cfg.dtype):  # sampled in the regime of the rollouts
-        ev = gold_eval(policy, tok, labeler, prompts, cfg.max_new_tokens, cfg.eval_temperature,
-                       torch.Generator(device).manual_seed(cfg.seed + 1))
+        ev = gold_eval(policy, tok, labeler, prompts, cfg.max_new_tokens, cfg.eval_temperature, cfg.seed + 1)
     rm_eval = sum(h["rm_score"] for h in history[-3:]) / max(1, len(history[-3:])) if history else None
     row = {"iteration": it, "gold_rating": ev["rating"], "correct": ev["correct"],
            "kl": history[-1]["kl"] if history else 0.0, "rm_score": rm_eval}
@@ -274,7 +273,10 @@ def main(argv=None):
     run_name = cfg.run_name or ("ppo_ptx" if cfg.ptx_coef > 0 else "ppo")
     device = distributed.init(cfg.device)  # torchrun: join the other ranks (a no-op on one process)
     distributed.check_divisible(cfg, "rollout_batch", "minibatch_size")
-    cfg.dtype = resolve_dtype(cfg.dtype, device)  # auto -> what runs, saved with the config
+    policy_path = cfg.policy_from or stage_path(cfg.out_dir, "sft")
+    reward_path = cfg.reward_from or stage_path(cfg.out_dir, "rm")
+    # auto -> what runs (the policy's own dtype if it records one), saved with the config
+    cfg.dtype = resolve_dtype(cfg.dtype, device, trained_in=trained_dtype(policy_path))
     generator = seed_everything(cfg.seed)
     sample_gen = torch.Generator(device).manual_seed(distributed.rank_seed(cfg.seed))
     rng = random.Random(cfg.seed)
@@ -282,8 +284,6 @@ def main(argv=None):
     ckpt_path = out / "ckpt.pt"
     world = load_world(cfg.data_dir)
 
-    policy_path = cfg.policy_from or stage_path(cfg.out_dir, "sft")
-    reward_path = cfg.reward_from or stage_path(cfg.out_dir, "rm")
     policy, ref, reward_model, critic, sft_ckpt, tok = load_models(policy_path, reward_path, cfg.data_dir, device)
     check_context(cfg, policy.config.block_size)
     train_prompts = read_prompts(cfg.data_dir, "train")
@@ -327,8 +327,8 @@ def main(argv=None):
                             {"history": history, "evals": evals})
     row, final = judge(history, cfg.iterations)
     evals.append(row)
-    metrics = {"history": history, "evals": evals, "final_gold": {k: v for k, v in final.items() if k != "samples"},
-               "train_time_s": progress.elapsed()}
+    # no wall time in the checkpoint: the same command writes the same bits (the pipeline's state has the times)
+    metrics = {"history": history, "evals": evals, "final_gold": {k: v for k, v in final.items() if k != "samples"}}
     save_run(out, policy, cfg, sft_ckpt, run_name, metrics)
     print(f"ppo[{run_name}]: done in {progress.elapsed():.0f}s, saved {ckpt_path}")
     return metrics

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed
-from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path, trained_dtype
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
                              parse_config, run_main)
 from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts,
@@ -93,7 +93,7 @@ def get_config(argv=None) -> Config:
 
 
 # ---------------------------------------------------------------------------- 1. comparison collection
-def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config, generator) -> list[dict]:
+def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config) -> list[dict]:
     """K samples per prompt from the SFT policy (one batched KV-cache generation), ranked by the labeler,
     who also marks the pairs it finds equally good (ties): the loss and the accuracy skip those.
 
@@ -106,7 +106,7 @@ def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config, 
     2020; Bai et al. 2022, "iterated online RLHF") closes such holes; an answer to another prompt is the
     cheapest stand-in. Held-out accuracy is reported on the K samples only."""
     texts = [p["prompt"] for p in prompts for _ in range(cfg.k)]
-    outs = sample_responses(policy, tok, texts, cfg.max_new_tokens, cfg.temperature, generator=generator)
+    outs = sample_responses(policy, tok, texts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed)
     rng = random.Random(cfg.seed)
     others_of = {c: [i for i, q in enumerate(prompts) if q["category"] != c] for c in {p["category"] for p in prompts}}
     groups = []
@@ -133,7 +133,7 @@ def comparisons(cfg: Config, policy, tok, labeler, device: str) -> list[dict]:
         else:
             with autocast(device, cfg.dtype):  # sampled in the regime SFT trained in
                 groups = collect_comparisons(policy, tok, labeler, read_prompts(cfg.data_dir, "train")[: cfg.n_prompts],
-                                             cfg, torch.Generator(device).manual_seed(cfg.seed))
+                                             cfg)
             write_jsonl(comp_path, groups)
             n_ties = sum(len(g["ties"]) for g in groups)
             n_pairs = sum(len(g["responses"]) * (len(g["responses"]) - 1) // 2 for g in groups)
@@ -272,11 +272,12 @@ def main(argv=None):
     cfg = get_config(argv)
     device = distributed.init(cfg.device)  # torchrun: join the other ranks; sampling is sharded in generate.py
     distributed.check_divisible(cfg, "batch_size")
-    cfg.dtype = resolve_dtype(cfg.dtype, device)  # auto -> what runs, saved with the config
+    sft_path = cfg.init_from or stage_path(cfg.out_dir, "sft")
+    # auto -> what runs (the SFT model's own dtype if it records one), saved with the config
+    cfg.dtype = resolve_dtype(cfg.dtype, device, trained_in=trained_dtype(sft_path))
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir) / "rm"
     ckpt_path = stage_path(cfg.out_dir, "rm")
-    sft_path = cfg.init_from or stage_path(cfg.out_dir, "sft")
     labeler = load_world(cfg.data_dir).labeler
 
     # 1. comparison collection: K samples of the SFT policy per prompt, ranked
@@ -312,8 +313,7 @@ def main(argv=None):
 
     metrics = {"val_acc": val_acc, "val_loss": val_loss, "labeler_agreement": ceiling, "gold_order_acc": gold_acc,
                "val_acc_with_off_prompt": off_acc,
-               "n_train_groups": len(train_groups), "n_val_groups": len(val_groups), "norm_shift": shift,
-               "train_time_s": time.time() - t0}
+               "n_train_groups": len(train_groups), "n_val_groups": len(val_groups), "norm_shift": shift}
     save_checkpoint(ckpt_path, rm, asdict(cfg), sft_ckpt, "rm", history["step"][-1], metrics)
     plot_training(out / "rm_training.png", history, ceiling)
     print(f"rm: done in {time.time() - t0:.0f}s, saved {ckpt_path} and {out / 'rm_training.png'}")

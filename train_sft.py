@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed
-from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path, tokenizer_record
+from nanorlhf.checkpoint import (checkpoint_tokenizer, load_model, save_checkpoint, stage_path, tokenizer_record,
+                                 trained_dtype)
 from nanorlhf.config import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_config,
                              check_context, one_of, parse_config, run_main)
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_jsonl, read_prompts, sft_batch, to_device
@@ -216,7 +217,7 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
 def print_samples(model, tok, prompts: list[dict], cfg: Config) -> None:
     with autocast(model.wte.weight.device, cfg.dtype):
         outs = sample_responses(model, tok, [p["prompt"] for p in prompts], cfg.max_new_tokens, temperature=0.7,
-                                generator=torch.Generator(model.wte.weight.device).manual_seed(0))
+                                seed=0)
     for p, (r, finished) in zip(prompts, outs):
         print(f"  [{p['category']}] {p['prompt'][:80]!r}\n    -> {r[:160]!r}{'' if finished else ' (no EOS)'}")
 
@@ -225,7 +226,7 @@ def gold_evaluation(model, tok, labeler, cfg: Config, device: str) -> dict:
     """The gold labeler's judgement of one sample per held-out prompt: the base model should not follow
     instructions (a low rating), the SFT model should (clearly higher)."""
     ev = gold_eval(model, tok, labeler, read_prompts(cfg.data_dir, "val")[: cfg.gold_eval_prompts],
-                   cfg.max_new_tokens, generator=torch.Generator(device).manual_seed(cfg.seed))
+                   cfg.max_new_tokens, seed=cfg.seed)
     ev.pop("samples")
     print(format_eval(f"{out_name(cfg)} model", ev))
     return ev
@@ -236,7 +237,9 @@ def main(argv=None):
     cfg = get_config(argv)
     device = distributed.init(cfg.device)  # torchrun: join the other ranks (a no-op on one process)
     distributed.check_divisible(cfg, "batch_size")
-    cfg.dtype = resolve_dtype(cfg.dtype, device)  # auto -> what runs, saved with the config
+    # auto -> what runs (SFT: the base model's own dtype, if it records one), saved with the config
+    start = trained_dtype(cfg.init_from or stage_path(cfg.out_dir, "base")) if cfg.stage == "sft" else None
+    cfg.dtype = resolve_dtype(cfg.dtype, device, trained_in=start)
     gen = seed_everything(cfg.seed)
     ckpt_path = stage_path(cfg.out_dir, out_name(cfg))
     model, tok, tok_fields = starting_point(cfg, device)
@@ -252,7 +255,6 @@ def main(argv=None):
     print_samples(model, tok, read_prompts(cfg.data_dir, "val")[:3], cfg)
     if cfg.gold_eval_prompts:
         metrics["gold"] = gold_evaluation(model, tok, world.labeler, cfg, device)
-    metrics["train_time_s"] = train_time
     save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), cfg.max_steps, metrics)
     print(f"{cfg.stage}: done in {train_time:.0f}s, saved {ckpt_path}")
     return metrics

@@ -143,6 +143,16 @@ def load_checkpoint(path, stage: str | None = None, tokenizer: str | None = None
     return ckpt
 
 
+def trained_dtype(path) -> tuple[str, str] | None:
+    """(the dtype `path` was trained in, path), for precision.resolve_dtype; None if it cannot tell (a missing
+    or unreadable file is reported by the load that follows, with its own message)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return str(ckpt["config"]["dtype"]), str(path)
+    except Exception:
+        return None
+
+
 def load_model(path, stage: str | None = None, head: str | None = None, device="cpu",
                tokenizer: str | None = None) -> tuple[GPT, dict]:
     """Rebuild a GPT from a checkpoint (checked as in load_checkpoint). `head` switches the head: the

@@ -14,7 +14,7 @@ from nanorlhf.generate import sample_responses
 
 
 def gold_eval(model, tokenizer, labeler, prompts: list[dict], max_new_tokens: int, temperature: float = 0.7,
-              generator=None, batch_size: int = 0, prefix_ids=()) -> dict:
+              seed: int = 0, batch_size: int = 0, prefix_ids=()) -> dict:
     """Sample one response per held-out prompt and have the gold labeler judge it.
 
     Returns mean 1–7 rating, the fraction judged correct overall and per category, the EOS rate, and the
@@ -22,7 +22,7 @@ def gold_eval(model, tokenizer, labeler, prompts: list[dict], max_new_tokens: in
     """
     texts = [p["prompt"] for p in prompts]
     outs = sample_responses(model, tokenizer, texts, max_new_tokens, temperature, batch_size=batch_size,
-                            generator=generator, prefix_ids=prefix_ids)
+                            seed=seed, prefix_ids=prefix_ids)
     judgements = [labeler.judge(p, r, finished=f) for p, (r, f) in zip(texts, outs)]
     by_cat = collections.defaultdict(list)
     for p, j in zip(prompts, judgements):
@@ -214,8 +214,8 @@ def compare_with_sft(cfg: EvalConfig, models: dict, sft, rm, tok, labeler, promp
             print(f"eval: {name}: no checkpoint at {path}, skipped")
             continue
         model, _ = load_model(path, stage, device=device)
-        ev = gold_eval(model, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature,
-                       torch.Generator(device).manual_seed(cfg.seed + 1), prefix_ids=prefix)
+        ev = gold_eval(model, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed + 1,
+                       prefix_ids=prefix)
         outs = [(s["response"], s["finished"]) for s in ev["samples"]]
         wr = win_rate(labeler, texts, outs, sft_ref)
         rm_scores = score_texts(rm, tok, texts, outs)
@@ -238,7 +238,7 @@ def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler, texts: list[str], devic
     n = 1, 2, 4, ... bon_n, at KL_bon = log n − (n − 1)/n. Returns the curve and the samples (bon_n per
     prompt, in order)."""
     many = sample_responses(sft, tok, [p for p in texts for _ in range(cfg.bon_n)], cfg.max_new_tokens,
-                            cfg.temperature, generator=torch.Generator(device).manual_seed(cfg.seed + 2))
+                            cfg.temperature, seed=cfg.seed + 2)
     scores = score_texts(rm, tok, [p for p in texts for _ in range(cfg.bon_n)], many)
     bon, n = [], 1
     while n <= cfg.bon_n:
@@ -255,7 +255,7 @@ def main(argv=None) -> dict:
     import json
     import time
 
-    from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, stage_path
+    from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, stage_path, trained_dtype
     from nanorlhf.config import parse_config
     from nanorlhf.data import corpus_tokens, load_world, read_prompts
     from nanorlhf.files import atomic_write
@@ -264,7 +264,8 @@ def main(argv=None) -> dict:
 
     cfg = parse_config(EvalConfig, argv, EVAL_PRESETS)
     device = distributed.init(cfg.device)  # torchrun: sampling is sharded over the ranks (generate.py)
-    cfg.dtype = resolve_dtype(cfg.dtype, device)  # sampling and scoring in the regime the models trained in
+    # sampling and scoring in the regime the models trained in: auto reads it from the SFT checkpoint
+    cfg.dtype = resolve_dtype(cfg.dtype, device, trained_in=trained_dtype(stage_path(cfg.out_dir, "sft")))
     t0 = time.time()
     out = Path(cfg.out_dir)
     world = load_world(cfg.data_dir)
@@ -283,7 +284,7 @@ def main(argv=None) -> dict:
     models.update({run: (run, ()) for run in filter(None, cfg.runs.split(","))})  # e.g. a PPO variant of yours
     with autocast(device, cfg.dtype):  # samples from the regime the models trained in
         sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature,
-                                   generator=torch.Generator(device).manual_seed(cfg.seed))
+                                   seed=cfg.seed)
         results, samples = compare_with_sft(cfg, models, sft, rm, tok, labeler, prompts, sft_ref, corpus, device)
         bon_texts = texts[: cfg.bon_prompts]
         bon, many = rm_best_of_n(cfg, sft, rm, tok, labeler, bon_texts, device)
@@ -291,8 +292,7 @@ def main(argv=None) -> dict:
     best = probe["gold_best_of_n"][-1]
     print(f"eval: headroom: SFT vs SFT ties {probe['sft_vs_sft_ties']:.0%}; gold best-of-{best['n']} of SFT vs SFT "
           f"{best['win_rate']:.1%} [{best['ci_low']:.1%}, {best['ci_high']:.1%}] on {len(bon_texts)} prompts", flush=True)
-    report = {"config": cfg.__dict__, "models": results, "samples": samples, "best_of_n": bon, "headroom": probe,
-              "eval_time_s": time.time() - t0}
+    report = {"config": cfg.__dict__, "models": results, "samples": samples, "best_of_n": bon, "headroom": probe}
     atomic_write(out / "eval.json", json.dumps(report, indent=1, ensure_ascii=False))
     print(f"eval: done in {time.time() - t0:.0f}s -> {out / 'eval.json'}")
     return report

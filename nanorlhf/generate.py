@@ -44,9 +44,11 @@ class Generation:
 @torch.no_grad()
 def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
              temperature: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None,
-             use_cache: bool = True) -> Generation:
+             use_cache: bool = True, row_seeds: list[int] | None = None) -> Generation:
     """Sample up to `max_new_tokens` for each prompt (lists of token ids). temperature 0 = greedy.
 
+    The randomness: one uniform per row and step, from `generator`, or with `row_seeds` from each row's own
+    stream (row_uniforms), so that a row's response does not depend on the batch or process it is in.
     use_cache=False recomputes the whole prefix every step (for the benchmark and the equality test).
     """
     device = model.wte.weight.device
@@ -56,6 +58,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     mask = torch.arange(P, device=device).unsqueeze(0) >= (P - lengths).unsqueeze(1)  # (B, P)
     max_new_tokens = min(max_new_tokens, model.config.block_size - P)
+    uniforms = row_uniforms(row_seeds, max_new_tokens).to(device) if row_seeds is not None else None
     if use_cache:
         cache = model.new_cache(B, P + max_new_tokens)
         h = model.hidden_states(idx, mask, cache, first=P - 1)[:, -1]  # (B, d): the last position predicts
@@ -65,7 +68,9 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out, logps = [], []
     for t in range(max_new_tokens):
-        nxt, logp = _sample(logits.float(), temperature, top_k, generator)
+        u = (uniforms[:, t : t + 1] if uniforms is not None else
+             torch.rand(B, 1, generator=generator, dtype=torch.float64, device=device))
+        nxt, logp = _sample(logits.float(), temperature, top_k, u)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         out.append(nxt)
         logps.append(torch.where(done, torch.zeros_like(logp), logp))
@@ -93,8 +98,21 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     return gen
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_k: int, generator):
-    """One token per row from softmax(logits / T) (top-k truncated if top_k > 0), and its log-prob."""
+def row_uniforms(seeds: list[int], n: int) -> torch.Tensor:
+    """(B, n) float64 uniforms in [0, 1) on the CPU, row b drawn from its own generator seeded seeds[b]."""
+    rows = [torch.rand(n, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds]
+    return torch.stack(rows) if rows else torch.zeros(0, n, dtype=torch.float64)
+
+
+def row_seed(seed: int, index: int) -> int:
+    """The sampling seed of item `index` of a list sampled with `seed` (a multiplicative hash, so that
+    neighbouring seeds and indices give unrelated streams)."""
+    return (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) % 2**63
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int, u: torch.Tensor):
+    """One token per row from softmax(logits / T) (top-k truncated if top_k > 0), and its log-prob;
+    u: (B, 1) uniforms in [0, 1), one per row."""
     if temperature == 0:
         nxt = logits.argmax(-1)
         return nxt, torch.zeros_like(nxt, dtype=torch.float)
@@ -104,21 +122,24 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int, generator):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     logp_all = F.log_softmax(logits, dim=-1)  # (B, V)
-    nxt = sample_inverse_cdf(logp_all.exp(), generator)
+    nxt = sample_inverse_cdf(logp_all.exp(), u=u)
     return nxt, logp_all.gather(1, nxt.unsqueeze(1)).squeeze(1)
 
 
-def sample_inverse_cdf(probs: torch.Tensor, generator=None) -> torch.Tensor:
+def sample_inverse_cdf(probs: torch.Tensor, generator=None, u: torch.Tensor | None = None) -> torch.Tensor:
     """One index per row of `probs` (B, V), drawn with probability probs[b, i] / sum_j probs[b, j].
 
     Inverse-CDF sampling: with cdf_i = p_0 + ... + p_i and u ~ Uniform[0, cdf_last), the index is the first
     i with cdf_i > u, which happens with probability (cdf_i - cdf_(i-1)) / cdf_last = p_i / sum p. One
-    uniform per row from `generator` (torch.multinomial's exponential race draws V of them). The sum runs in
+    uniform per row, given (`u`, (B, 1) in [0, 1)) or from `generator` (torch.multinomial's exponential
+    race draws V of them). The sum runs in
     float64 so that every interval is p_i to ~1e-16, even for tiny p_i. A zero-probability token has an empty
     interval (cdf_i = cdf_(i-1)) and is never drawn; u < cdf_last (rand < 1), so the index stays < V.
     """
     cdf = probs.double().cumsum(-1)  # (B, V)
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    if u is None:
+        u = torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
+    u = u.to(cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
@@ -165,8 +186,11 @@ def sample_batch(device) -> int:
 
 @torch.no_grad()
 def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-                     top_k: int = 0, batch_size: int = 0, generator=None, prefix_ids=()) -> list[tuple[str, bool]]:
+                     top_k: int = 0, batch_size: int = 0, seed: int = 0, prefix_ids=()) -> list[tuple[str, bool]]:
     """Decoded (response, finished) for each prompt string, via the chat template, in batches.
+
+    Prompt i is sampled from its own random stream, row_seed(seed, i): its response is the same whatever
+    the batch size and however many processes share the list (evaluations agree across machines).
 
     `prefix_ids` (e.g. few-shot examples in the chat format) are prepended to every prompt's ids that they
     fit beside: cutting the prefix mid-example would show the model a broken example, so a prompt too long
@@ -175,8 +199,8 @@ def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: 
     or evaluation come from the regime the model trains in.
     """
     batch_size = batch_size or sample_batch(model.wte.weight.device)
-    prompts = distributed.shard(prompts)  # under torchrun each rank samples its block, gathered at the end
-    generator = distributed.rank_generator(generator)
+    index = distributed.shard(range(len(prompts)))  # under torchrun each rank samples its block, gathered at the end
+    prompts = distributed.shard(prompts)
     was_training = model.training
     model.eval()
     pre, budget = list(prefix_ids), model.config.block_size - max_new_tokens
@@ -184,7 +208,9 @@ def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: 
     for i in range(0, len(prompts), batch_size):
         ids = [tokenizer.prompt_ids(p) for p in prompts[i : i + batch_size]]
         ids = [pre + x if len(pre) + len(x) <= budget else x[-budget:] for x in ids]
-        gen = generate(model, ids, max_new_tokens, tokenizer.eos_id, tokenizer.pad_id, temperature, top_k, generator)
+        seeds = [row_seed(seed, j) for j in index[i : i + batch_size]]
+        gen = generate(model, ids, max_new_tokens, tokenizer.eos_id, tokenizer.pad_id, temperature, top_k,
+                       row_seeds=seeds)
         results.extend(tokenizer.response_text(row) for row in gen.response.tolist())
     model.train(was_training)
     return distributed.gather(results)

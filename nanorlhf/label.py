@@ -138,8 +138,6 @@ def label(argv=None) -> None:
     check_config(cfg, k=(lambda v: v >= 2, "at least 2 (a ranking compares responses)"),
                  n=(lambda v: v >= 1, "at least 1"), max_new_tokens=(lambda v: v >= 1, "at least 1"))
     if cfg.from_model:
-        import torch
-
         from nanorlhf.checkpoint import CheckpointError, checkpoint_tokenizer, load_model
         from nanorlhf.generate import sample_responses
 
@@ -152,7 +150,7 @@ def label(argv=None) -> None:
         rows = read_jsonl(cfg.prompts, {"prompt": str})
         prompts = [p["prompt"] for p in rows if p.get("split", "train") == "train"][: cfg.n]
         outs = sample_responses(model, tok, [p for p in prompts for _ in range(cfg.k)], cfg.max_new_tokens,
-                                generator=torch.Generator().manual_seed(cfg.seed))
+                                seed=cfg.seed)
         groups = [{"prompt": p, "responses": [r for r, _ in outs[i * cfg.k : (i + 1) * cfg.k]],
                    "finished": [f for _, f in outs[i * cfg.k : (i + 1) * cfg.k]]} for i, p in enumerate(prompts)]
     else:

@@ -114,14 +114,21 @@ def _given_speedup(text: str) -> float:
     return value
 
 
-def resolve_dtype(dtype: str, device: str, log=print) -> str:
-    """--dtype as given ("fp32" | "bf16"), or what "auto" picks on `device`; `log` gets one line saying why."""
+def resolve_dtype(dtype: str, device: str, log=print, trained_in: tuple[str, str] | None = None) -> str:
+    """--dtype as given ("fp32" | "bf16"), or what "auto" picks on `device`; `log` gets one line saying why.
+
+    `trained_in`: (dtype, checkpoint) of the model a stage starts from. "auto" then keeps that dtype instead of
+    timing a matmul again: a stage or an evaluation run by hand on existing checkpoints works in the regime they
+    were trained in (a timing can come out either way on a noisy machine, and bf16 and fp32 samples differ)."""
     if dtype not in DTYPES:
         from nanorlhf.config import ConfigError
 
         raise ConfigError(f"--dtype={dtype}: expected one of {', '.join(DTYPES)}")
     if dtype == "auto":
-        dtype, why = auto_dtype(device)
+        if trained_in and trained_in[0] in TORCH_DTYPES:
+            dtype, why = trained_in[0], f"the dtype {trained_in[1]} was trained in; --dtype=fp32|bf16 overrides"
+        else:
+            dtype, why = auto_dtype(device)
         if log:
             log(f"precision: {dtype} on {device} (--dtype=auto: {why})")
     return dtype
@@ -161,3 +168,22 @@ def attention_dtype(device_type: str, default: torch.dtype) -> torch.dtype:
     if device_type == "cpu":
         return default
     return compute_dtype(device_type, default)
+
+
+def machine_report(device: str = "cpu") -> str:
+    """What this machine is, as far as precision goes: the CPU model and its bf16 flags, torch and its thread
+    count, and what --dtype=auto picks on `device` and why (`python -m nanorlhf.precision`; CI prints it)."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    flags = sorted(cpu_flags() & {*CPU_BF16_FLAGS, "amx_tile", "avx512f", "avx2"})
+    dtype, why = auto_dtype(device)
+    return (f"machine: {model} | flags {' '.join(flags) or 'none of avx2/avx512/bf16/amx'} | torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads | --dtype=auto picks {dtype} on {device}: {why}")
+
+
+if __name__ == "__main__":
+    print(machine_report())

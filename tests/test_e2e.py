@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,38 @@ def test_rm_and_ppo_stages_run_in_fp32_when_told(pipeline, tmp_path):
         assert ck["config"]["dtype"] == "fp32"
     hist = json.loads((tmp_path / "ppo" / "history.json").read_text())["history"]
     assert all(torch.isfinite(torch.tensor([h["kl"], h["rm_score"], h["pg_loss"]])).all() for h in hist)
+
+
+def test_a_stage_rerun_by_hand_writes_the_same_bits_and_leaves_later_stages_current(pipeline):
+    """Checkpoints are a function of their inputs (no wall time in them): the pipeline's own command for SFT,
+    run again by hand, writes a byte-identical file, so RM, PPO, eval and report stay current."""
+    d, _, _ = pipeline
+    out = d / "out"
+    before = {p: p.read_bytes() for p in sorted(out.rglob("ckpt.pt"))}
+    state = json.loads((out / "pipeline_state.json").read_text())
+    run(state["sft"]["command"])  # ["train_sft.py", "--stage=sft", "--preset=micro", ..., "--dtype=bf16", ...]
+    assert (out / "sft/ckpt.pt").read_bytes() == before[out / "sft/ckpt.pt"]
+    again = run(["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={out}"], env=BF16_ENV).stdout
+    assert again.count("current, skipped") == 10, again
+    assert {p: p.read_bytes() for p in sorted(out.rglob("ckpt.pt"))} == before
+
+
+def test_eval_by_hand_is_the_same_whatever_runs_adds_and_whatever_the_machine_would_pick(pipeline, tmp_path):
+    """`python -m nanorlhf.eval` on the pipeline's checkpoints: auto keeps the precision they were trained in
+    (bf16 here, though a timing would now pick fp32), and a run added with --runs changes no other row."""
+    d, _, _ = pipeline
+    out = tmp_path / "out"
+    shutil.copytree(d / "out", out)
+    ck = torch.load(out / "ppo/ckpt.pt", weights_only=True)
+    (out / "ppo_again").mkdir()
+    torch.save({**ck, "stage": "ppo_again"}, out / "ppo_again/ckpt.pt")  # the PPO policy under another run name
+    r = run(["-m", "nanorlhf.eval", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={out}", "--runs=ppo_again"])
+    assert f"precision: bf16 on cpu (--dtype=auto: the dtype {out / 'sft/ckpt.pt'} was trained in" in r.stdout
+    old, new = (json.loads((o / "eval.json").read_text()) for o in (d / "out", out))
+    assert new["config"]["dtype"] == "bf16"
+    assert {k: new["models"][k] for k in old["models"]} == old["models"]
+    assert new["models"]["ppo_again"] == new["models"]["PPO"]  # the same checkpoint and seeds: the same row
+    assert (new["best_of_n"], new["headroom"]) == (old["best_of_n"], old["headroom"])
 
 
 def _listing(path):

@@ -246,7 +246,8 @@ def test_sample_follows_softmax_at_temperature_with_top_k():
             z = z.masked_fill(z < z.topk(top_k).values[-1], float("-inf"))
         probs = torch.softmax(z.double(), -1)
         n = 200_000
-        nxt, logp = _sample(logits.expand(n, -1), temperature, top_k, torch.Generator().manual_seed(1))
+        u = torch.rand(n, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        nxt, logp = _sample(logits.expand(n, -1), temperature, top_k, u)
         counts = torch.bincount(nxt, minlength=len(logits)).double()
         assert (counts[probs == 0] == 0).all()
         assert _chi_square(counts, probs, n) < CHI2_999[dof]

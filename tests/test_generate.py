@@ -98,8 +98,26 @@ def test_few_shot_prefix_is_used_whole_or_not_at_all():
     tok = _Ids({"short": short, "long": long, "short with prefix": prefix + short})
 
     def run(prompt, pre=()):
-        return sample_responses(model, tok, [prompt], 8, 1.0, generator=torch.Generator().manual_seed(3),
-                                prefix_ids=pre)
+        return sample_responses(model, tok, [prompt], 8, 1.0, seed=3, prefix_ids=pre)
 
     assert run("short", prefix) == run("short with prefix")  # fits: the whole prefix is there
     assert run("long", prefix) == run("long")  # does not fit: no piece of the prefix (a broken example)
+
+
+def test_each_prompt_samples_from_its_own_stream_whatever_the_batch_and_the_process(monkeypatch):
+    """sample_responses seeds prompt i with row_seed(seed, i): the same responses with any batch size, and a
+    rank of a two-process run samples exactly its block of the one-process list (the eval's promise)."""
+    from nanorlhf.generate import sample_responses
+
+    model = tiny_gpt(block=32)
+    names = {f"p{i}": [1 + i, 2 + 2 * i, 3][: 1 + i % 3] for i in range(6)}
+    tok = _Ids(names)
+    prompts = list(names)
+    whole = sample_responses(model, tok, prompts, 8, 1.0, seed=5, batch_size=6)
+    assert sample_responses(model, tok, prompts, 8, 1.0, seed=5, batch_size=4) == whole
+    assert sample_responses(model, tok, prompts, 8, 1.0, seed=5, batch_size=1) == whole
+    assert len(set(whole)) > 3  # the rows are sampled, not all alike
+    assert sample_responses(model, tok, prompts, 8, 1.0, seed=6, batch_size=6) != whole
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # not initialised: gather gives this rank's block back
+    assert sample_responses(model, tok, prompts, 8, 1.0, seed=5) == whole[3:]

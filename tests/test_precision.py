@@ -96,6 +96,20 @@ def test_a_bad_speedup_in_the_environment_is_one_line(monkeypatch, given):
         resolve_dtype("auto", "cpu")
 
 
+def test_auto_keeps_the_dtype_the_starting_checkpoint_was_trained_in(monkeypatch):
+    monkeypatch.setattr(precision, "auto_dtype", lambda device: pytest.fail("timed instead of reading the checkpoint"))
+    lines = []
+    assert resolve_dtype("auto", "cpu", lines.append, trained_in=("bf16", "out/sft/ckpt.pt")) == "bf16"
+    assert "the dtype out/sft/ckpt.pt was trained in" in lines[0]
+    assert resolve_dtype("fp32", "cpu", None, trained_in=("bf16", "out/sft/ckpt.pt")) == "fp32"  # a flag wins
+
+
+def test_machine_report_names_the_cpu_threads_and_the_pick():
+    line = precision.machine_report()
+    assert line.startswith("machine: ") and f"{torch.get_num_threads()} threads" in line
+    assert "--dtype=auto picks fp32 on cpu: NANORLHF_BF16_SPEEDUP=1.0" in line  # conftest.py's stand-in
+
+
 def test_the_tests_pin_auto_to_fp32():
     """conftest.py: every test (and every stage a test starts) runs fp32 under --dtype=auto."""
     assert resolve_dtype("auto", "cpu", log=None) == "fp32"
