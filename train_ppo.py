@@ -19,6 +19,7 @@ lowered by `missing_eos_penalty` (newer TRL) rather than replaced; advantages ar
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -28,7 +29,8 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed, ppo
-from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path, trained_dtype
+from nanorlhf.checkpoint import (checkpoint_tokenizer, load_model, load_policy, save_checkpoint, stage_path,
+                                 trained_dtype)
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
                              parse_config, run_main)
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts, to_device
@@ -48,6 +50,7 @@ class Config:
     run_name: str = ""  # output folder under out_dir (default: ppo, or ppo_ptx when ptx_coef > 0)
     policy_from: str = ""  # default out_dir/sft/ckpt.pt (also the frozen reference)
     reward_from: str = ""  # default out_dir/rm/ckpt.pt (also the critic's initialisation)
+    continue_from: str = ""  # start the policy from this PPO checkpoint (iterated RLHF's other choice); ref stays SFT
     reward: str = "model"  # model | gold: score with the gold labeler itself, a perfect reward model (see gold_reward)
     iterations: int = 60  # PPO iterations: rollout, score, update
     rollout_batch: int = 64  # prompts per iteration (episodes)
@@ -109,13 +112,14 @@ def get_config(argv=None) -> Config:
 
 
 # ---------------------------------------------------------------------------------------------- models
-def load_models(policy_path: str, reward_path: str, data_dir: str, device: str):
-    """The four models: the policy (init SFT), the frozen reference (SFT) and reward model (RM), and the
-    critic (a value head on the RM's trunk, Stiennon et al. 2020). Both checkpoints must use the data's
-    tokenizer. Returns them, the SFT checkpoint (PPO's checkpoints carry its tokenizer) and the tokenizer."""
+def load_models(policy_path: str, reward_path: str, data_dir: str, device: str, continue_from: str = ""):
+    """The four models: the policy (init SFT, or a PPO policy to continue), the frozen reference (SFT) and
+    reward model (RM), and the critic (a value head on the RM's trunk, Stiennon et al. 2020). Every checkpoint
+    must use the data's tokenizer. Returns them, the SFT checkpoint (PPO's checkpoints carry its tokenizer)
+    and the tokenizer."""
     tok_file = str(Path(data_dir) / "tokenizer.tiktoken")  # the data's: both models must use it
-    policy, sft_ckpt = load_model(policy_path, "sft", device=device, tokenizer=tok_file)
-    ref, _ = load_model(policy_path, "sft", device=device)
+    ref, sft_ckpt = load_model(policy_path, "sft", device=device, tokenizer=tok_file)
+    policy = load_policy(continue_from, device, tok_file)[0] if continue_from else copy.deepcopy(ref)
     reward_model, _ = load_model(reward_path, "rm", device=device, tokenizer=tok_file)
     critic, _ = load_model(reward_path, "rm", head="value", device=device)
     for m in (ref, reward_model):
@@ -284,7 +288,8 @@ def main(argv=None):
     ckpt_path = out / "ckpt.pt"
     world = load_world(cfg.data_dir)
 
-    policy, ref, reward_model, critic, sft_ckpt, tok = load_models(policy_path, reward_path, cfg.data_dir, device)
+    policy, ref, reward_model, critic, sft_ckpt, tok = load_models(policy_path, reward_path, cfg.data_dir, device,
+                                                                   cfg.continue_from)
     check_context(cfg, policy.config.block_size)
     train_prompts = read_prompts(cfg.data_dir, "train")
     eval_prompts = read_prompts(cfg.data_dir, "val")[: cfg.eval_prompts]

@@ -4,6 +4,8 @@
     python train_rm.py --resample=true         # sample and rank again instead of reusing comparisons.jsonl
     python train_rm.py --labels=both --human_labels=data/human_labels.jsonl   # add your own rankings
                                                # (made with: python -m nanorlhf.label)
+    python train_rm.py --round=2 --sample_from=out/ppo/ckpt.pt --pool=out/rm/comparisons.jsonl --run_name=rm_r2
+                                               # iterated RLHF: rank the PPO policy's samples, train on both rounds
 
 "A prompt and several model outputs are sampled. A labeler ranks the outputs from best to worst. This
 data is used to train our reward model." The reward model is the SFT GPT with its LM head swapped for a
@@ -14,10 +16,17 @@ pairs. One epoch by default: InstructGPT found more epochs overfit. Pairs the la
 good (ties) carry no preference and are skipped. At the end a bias is set so that SFT demonstrations
 score 0 on average (InstructGPT §3.5/App. C). Held-out pairwise accuracy (on the K samples' pairs that
 are not ties) is reported beside a second labeler's agreement on the same pairs.
+
+Iterated RLHF (Stiennon et al. 2020; Bai et al. 2022; Llama 2): a reward model is right only near the samples
+it was trained on, and PPO moves away from them. Round r > 1 ranks the round-(r-1) PPO policy's samples
+(--sample_from) for training prompts no earlier round used, adds them to every earlier round's groups
+(--pool), and trains a fresh reward model from SFT on all of them. Each group records its round.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -26,18 +35,20 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed
-from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path, trained_dtype
+from nanorlhf.checkpoint import (checkpoint_tokenizer, load_checkpoint, load_model, load_policy, save_checkpoint,
+                                 stage_path, trained_dtype)
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
                              parse_config, run_main)
 from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts,
                            subgroup, to_device, write_jsonl)
 from nanorlhf.eval import score_texts
+from nanorlhf.evaluation import ranking_eval, rm_accuracy
+from nanorlhf.files import atomic_write, fingerprint
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import ranking_accuracy, ranking_loss
 from nanorlhf.plots import line_plots
 from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
                                seed_everything, set_lr)
-from nanorlhf.world import tied_pairs
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -47,7 +58,11 @@ class Config:
     data_dir: str = "data"  # where data/prepare.py wrote the prompts, demonstrations and tokenizer
     out_dir: str = "out"  # reads out_dir/sft; writes out_dir/rm/ (checkpoint, comparisons.jsonl, training plot)
     init_from: str = ""  # SFT checkpoint (default out_dir/sft/ckpt.pt)
+    run_name: str = "rm"  # output folder under out_dir (the pipeline's later rounds: rm_r2, rm_r3, ...)
     # comparison collection
+    sample_from: str = ""  # the policy whose samples are ranked (default: init_from, the SFT model)
+    round: int = 1  # the round recorded on the new groups (1: the SFT model's samples)
+    pool: str = ""  # an earlier round's comparisons.jsonl: trained on too, and its prompts not sampled again
     n_prompts: int = 1200  # training prompts to sample for
     k: int = 4  # responses per prompt (InstructGPT: 4-9)
     off_prompt: int = 1  # + responses the policy wrote for other prompts, ranked with the K (see collect_comparisons)
@@ -88,26 +103,24 @@ def get_config(argv=None) -> Config:
                  temperature=POSITIVE, max_new_tokens=AT_LEAST_1, epochs=AT_LEAST_1, batch_size=AT_LEAST_1,
                  lr=POSITIVE, min_lr_frac=UNIT, warmup_steps=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
                  grad_clip=POSITIVE, val_frac=(lambda v: 0 < v < 1, "a fraction in (0, 1)"),
-                 log_interval=AT_LEAST_1)
+                 log_interval=AT_LEAST_1, round=AT_LEAST_1)
     return cfg
 
 
 # ---------------------------------------------------------------------------- 1. comparison collection
 def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config) -> list[dict]:
-    """K samples per prompt from the SFT policy (one batched KV-cache generation), ranked by the labeler,
+    """K samples per prompt from the policy (one batched KV-cache generation), ranked by the labeler,
     who also marks the pairs it finds equally good (ties): the loss and the accuracy skip those.
 
     Each group also gets `cfg.off_prompt` responses the policy wrote for *other* prompts, of another
     category, listed in the record's "off_prompt". Why: the SFT model almost always answers the question
     it was asked, so K samples of it never show the reward model an answer to the wrong question -- and a
     reward model that never saw one scores "This review is negative." as highly under a chat prompt as
-    under a review. PPO found exactly that hole (measured: a fifth of its answers went off task, gold
-    win-rate flat). Collecting comparisons of the RL policy's own samples and retraining (Stiennon et al.
-    2020; Bai et al. 2022, "iterated online RLHF") closes such holes; an answer to another prompt is the
-    cheapest stand-in. Held-out accuracy is reported on the K samples only."""
+    under a review. Held-out accuracy is reported on the K samples only."""
+    seed = cfg.seed + 7919 * (cfg.round - 1)  # each round its own noise (round 1: the seed itself)
     texts = [p["prompt"] for p in prompts for _ in range(cfg.k)]
-    outs = sample_responses(policy, tok, texts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed)
-    rng = random.Random(cfg.seed)
+    outs = sample_responses(policy, tok, texts, cfg.max_new_tokens, cfg.temperature, seed=seed)
+    rng = random.Random(seed)
     others_of = {c: [i for i, q in enumerate(prompts) if q["category"] != c] for c in {p["category"] for p in prompts}}
     groups = []
     for j, p in enumerate(prompts):
@@ -117,28 +130,56 @@ def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config) 
         ranking = labeler.rank(p["prompt"], texts_j, rng, finished=finished)
         groups.append({"prompt": p["prompt"], "category": p["category"], "responses": texts_j,
                        "finished": finished, "ranking": ranking, "ties": labeler.ties(p["prompt"], texts_j, finished),
-                       "off_prompt": list(range(cfg.k, len(resp)))})
+                       "off_prompt": list(range(cfg.k, len(resp))), "round": cfg.round})
     return groups
 
 
-def comparisons(cfg: Config, policy, tok, labeler, device: str) -> list[dict]:
-    """Step 1's ranked groups: the simulated labeler's (reused from comparisons.jsonl unless --resample,
-    else sampled and ranked now) and, with --labels=human or both, a person's (python -m nanorlhf.label)."""
-    comp_path = Path(cfg.out_dir) / "rm" / "comparisons.jsonl"
+def recipe(cfg: Config, sample_path) -> dict:
+    """What the new groups of comparisons.jsonl are made from: reused only while this is unchanged."""
+    return {"sample_from": fingerprint([sample_path]), "pool": fingerprint([cfg.pool]) if cfg.pool else "",
+            **{k: getattr(cfg, k) for k in ("round", "n_prompts", "k", "off_prompt", "temperature",
+                                            "max_new_tokens", "seed", "data_dir")}}
+
+
+def _recorded(path: Path):
+    """The recipe a comparisons file was made with, or None (never recorded, or unreadable: sample again)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def comparisons(cfg: Config, sample_path, tok, labeler, device: str) -> list[dict]:
+    """Step 1's ranked groups: every earlier round's (--pool), the simulated labeler's of this round (reused
+    from comparisons.jsonl if made by the same recipe, unless --resample; else sampled from `sample_path`
+    and ranked now), and with --labels=human or both, a person's (python -m nanorlhf.label)."""
+    out = Path(cfg.out_dir) / cfg.run_name
+    comp_path, recipe_path = out / "comparisons.jsonl", out / "comparisons.recipe.json"
     groups = []
     if cfg.labels in ("simulated", "both"):
-        if comp_path.exists() and not cfg.resample:
+        want = recipe(cfg, sample_path)
+        if comp_path.exists() and not cfg.resample and _recorded(recipe_path) == want:
             groups = read_comparisons(comp_path)
             print(f"rm: reusing {len(groups)} ranked groups from {comp_path} (--resample=true to redo)")
         else:
-            with autocast(device, cfg.dtype):  # sampled in the regime SFT trained in
-                groups = collect_comparisons(policy, tok, labeler, read_prompts(cfg.data_dir, "train")[: cfg.n_prompts],
-                                             cfg)
+            pool = read_comparisons(cfg.pool, "the earlier round's python train_rm.py") if cfg.pool else []
+            used = {g["prompt"] for g in pool}
+            prompts = [p for p in read_prompts(cfg.data_dir, "train") if p["prompt"] not in used][: cfg.n_prompts]
+            if len(prompts) < 2:
+                raise DataError(f"{Path(cfg.data_dir) / 'prompts.jsonl'}: {len(prompts)} training prompt(s) that "
+                                f"no earlier round used (expected --n_prompts={cfg.n_prompts}; prepare more with "
+                                f"data/prepare.py --n_train_prompts)")
+            policy, _ = load_policy(sample_path, device, tokenizer=str(Path(cfg.data_dir) / "tokenizer.tiktoken"))
+            with autocast(device, cfg.dtype):  # sampled in the regime the policy trained in
+                new = collect_comparisons(policy, tok, labeler, prompts, cfg)
+            groups = pool + new
             write_jsonl(comp_path, groups)
-            n_ties = sum(len(g["ties"]) for g in groups)
-            n_pairs = sum(len(g["responses"]) * (len(g["responses"]) - 1) // 2 for g in groups)
-            print(f"rm: wrote {len(groups)} groups of {cfg.k} samples + {cfg.off_prompt} off-prompt, ranked, to "
-                  f"{comp_path} ({n_ties / n_pairs:.0%} of the pairs are ties)")
+            atomic_write(recipe_path, json.dumps(want, indent=1))
+            n_ties = sum(len(g["ties"]) for g in new)
+            n_pairs = sum(len(g["responses"]) * (len(g["responses"]) - 1) // 2 for g in new)
+            print(f"rm: round {cfg.round}: {len(new)} groups of {cfg.k} samples of {sample_path} + {cfg.off_prompt} "
+                  f"off-prompt, ranked ({n_ties / max(1, n_pairs):.0%} of the pairs are ties), with {len(pool)} "
+                  f"groups of earlier rounds -> {comp_path}")
     if cfg.labels in ("human", "both"):
         human = [{**g, "human": True} for g in read_comparisons(cfg.human_labels, "python -m nanorlhf.label")]
         print(f"rm: {len(human)} human-ranked groups from {cfg.human_labels}")
@@ -152,14 +193,21 @@ def sampled_only(g: dict) -> dict:
     return subgroup(g, [i for i in range(len(g["responses"])) if i not in off]) if off else g
 
 
+def held_out(prompt: str, val_frac: float) -> bool:
+    """Whether a prompt's groups are held out: decided by the prompt alone (a hash), so that a group held out
+    in round 1 stays held out when later rounds pool it, and every round's reward model is measured on
+    groups it never trained on."""
+    return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 16**8 < val_frac
+
+
 def split(groups: list[dict], cfg: Config, rng: random.Random):
-    """(training groups, held-out groups on their K samples, held-out groups whole), in a shuffled order."""
-    rng.shuffle(groups)
-    n_val = max(1, int(len(groups) * cfg.val_frac))
-    train_groups, val_groups = groups[n_val:], groups[:n_val]
-    if not train_groups:
-        raise DataError(f"{len(groups)} ranked group(s): none left for training after the held-out "
-                        f"{cfg.val_frac:.0%} (expected at least 2 groups; raise --n_prompts)")
+    """(training groups in a shuffled order, held-out groups on their K samples, held-out groups whole)."""
+    val_groups = [g for g in groups if held_out(g["prompt"], cfg.val_frac)]
+    train_groups = [g for g in groups if not held_out(g["prompt"], cfg.val_frac)]
+    rng.shuffle(train_groups)
+    if not train_groups or not val_groups:
+        raise DataError(f"{len(groups)} ranked group(s): {len(train_groups)} for training and {len(val_groups)} "
+                        f"held out (--val_frac={cfg.val_frac}); expected both (raise --n_prompts)")
     return train_groups, [sampled_only(g) for g in val_groups], val_groups  # accuracy: on the K samples
 
 
@@ -170,22 +218,6 @@ def rm_step(rm, groups, tok, block, device, dtype):
         scores = rm(tokens, mask).float().view(valid.shape)  # (B, K), best first
     correct, pairs = ranking_accuracy(scores.detach(), valid, tied)
     return ranking_loss(scores, valid, tied), (correct / pairs.clamp(min=1)).item()
-
-
-@torch.no_grad()
-def evaluate(rm, groups, tok, block, device, batch_size, dtype):
-    rm.eval()
-    loss_sum, correct, pairs = 0.0, 0.0, 0.0
-    for i in range(0, len(groups), batch_size):
-        batch = ranked_sequences(groups[i : i + batch_size], tok, block)
-        tokens, mask, valid, tied = (to_device(t, device) for t in batch)
-        with autocast(device, dtype):
-            scores = rm(tokens, mask).float().view(valid.shape)
-        loss_sum += ranking_loss(scores, valid, tied).item() * valid.shape[0]
-        c, p = ranking_accuracy(scores, valid, tied)
-        correct, pairs = correct + c.item(), pairs + p.item()
-    rm.train()
-    return loss_sum / max(1, len(groups)), correct / max(1.0, pairs)
 
 
 def train(rm, train_groups: list[dict], val_groups: list[dict], tok, cfg: Config, rng: random.Random, device: str,
@@ -216,33 +248,11 @@ def train(rm, train_groups: list[dict], val_groups: list[dict], tok, cfg: Config
             history["step"].append(step), history["loss"].append(loss.item()), history["acc"].append(acc)
             if step % cfg.log_interval == 0 or step == max_steps:
                 progress.log(step, loss=loss.item(), acc=acc, lr=opt.param_groups[0]["lr"])
-        val_loss, val_acc = evaluate(rm, val_groups, tok, block, device, cfg.batch_size, cfg.dtype)
+        val_loss, val_acc = ranking_eval(rm, val_groups, tok, device, cfg.batch_size, cfg.dtype)
         check_finite("held-out reward-model loss", val_loss, f"epoch {epoch + 1}", ckpt_path)
         history["val_step"].append(step), history["val_loss"].append(val_loss), history["val_acc"].append(val_acc)
         print(f"rm epoch {epoch + 1}: held-out loss {val_loss:.4f} | held-out pairwise accuracy {val_acc:.1%}")
     return history
-
-
-# ------------------------------------------------------------ 4. accuracy vs the labeler's own ceiling
-def labeler_agreement(labeler, groups, rng) -> float:
-    """How often a fresh, independent ranking by the labeler agrees with the recorded one, pair by pair
-    over the pairs the accuracy counts (not ties): how well a second labeler would score on these labels."""
-    agree = total = 0
-    for g in groups:
-        if g.get("human"):
-            continue  # a person's ranking: the simulated labeler is no second opinion on it
-        a, n = labeler.agreement_counts(g["prompt"], g["responses"], g["ranking"], rng, g.get("finished"),
-                                        g.get("ties", []))
-        agree, total = agree + a, total + n
-    return agree / max(1, total)
-
-
-def gold_order(labeler, g: dict) -> dict:
-    """The same group ranked by the noise-free gold utility, with gold ties (within TIE_EPS, as in the
-    win-rates) left out: does the reward model order responses the way the gold labeler does?"""
-    fin = g.get("finished") or [True] * len(g["responses"])
-    util = [labeler.judge(g["prompt"], r, finished=f).utility for r, f in zip(g["responses"], fin)]
-    return {**g, "ranking": sorted(range(len(util)), key=lambda i: -util[i]), "ties": tied_pairs(util)}
 
 
 # ---------------------------------------------------------------------------------------- 5. normalise
@@ -276,17 +286,15 @@ def main(argv=None):
     # auto -> what runs (the SFT model's own dtype if it records one), saved with the config
     cfg.dtype = resolve_dtype(cfg.dtype, device, trained_in=trained_dtype(sft_path))
     seed_everything(cfg.seed)
-    out = Path(cfg.out_dir) / "rm"
-    ckpt_path = stage_path(cfg.out_dir, "rm")
+    out = Path(cfg.out_dir) / cfg.run_name
+    ckpt_path = out / "ckpt.pt"
     labeler = load_world(cfg.data_dir).labeler
 
-    # 1. comparison collection: K samples of the SFT policy per prompt, ranked
-    policy, sft_ckpt = load_model(sft_path, "sft", device=device,
-                                  tokenizer=str(Path(cfg.data_dir) / "tokenizer.tiktoken"))
-    check_context(cfg, policy.config.block_size)
+    # 1. comparison collection: K samples per prompt of the SFT policy (round 1) or of the latest one, ranked
+    sft_ckpt = load_checkpoint(sft_path, "sft", tokenizer=str(Path(cfg.data_dir) / "tokenizer.tiktoken"))
+    check_context(cfg, sft_ckpt["model_config"]["block_size"])
     tok = checkpoint_tokenizer(sft_ckpt, sft_path)
-    groups = comparisons(cfg, policy, tok, labeler, device)
-    del policy
+    groups = comparisons(cfg, cfg.sample_from or sft_path, tok, labeler, device)
     rng = random.Random(cfg.seed)
     train_groups, val_groups, val_all = split(groups, cfg, rng)
 
@@ -299,22 +307,27 @@ def main(argv=None):
     val_loss, val_acc = history["val_loss"][-1], history["val_acc"][-1]
 
     # 4. accuracy vs the labeler's own ceiling
-    block = rm.config.block_size
-    ceiling = labeler_agreement(labeler, val_groups, random.Random(cfg.seed + 1))
-    gold_acc = evaluate(rm, [gold_order(labeler, g) for g in val_groups], tok, block, device, cfg.batch_size,
-                        cfg.dtype)[1]
-    off_acc = evaluate(rm, val_all, tok, block, device, cfg.batch_size, cfg.dtype)[1]
+    acc = rm_accuracy(rm, labeler, val_groups, tok, device, cfg.batch_size, cfg.dtype, random.Random(cfg.seed + 1))
+    ceiling, gold_acc = acc["labeler_agreement"], acc["gold_order_acc"]
+    off_acc = ranking_eval(rm, val_all, tok, device, cfg.batch_size, cfg.dtype)[1]
     print(f"rm: held-out pairwise accuracy {val_acc:.1%} | a second labeler agrees with the labels on "
           f"{ceiling:.1%} of the same pairs | vs the gold (noise-free) order: {gold_acc:.1%} | "
           f"with the off-prompt answers: {off_acc:.1%}")
+    # each round's held-out groups apart: the samples of the SFT model (round 1) and of each later policy
+    by_round = {}
+    for r in sorted({g.get("round", 1) for g in val_groups}):
+        gs = [g for g in val_groups if g.get("round", 1) == r]
+        by_round[str(r)] = rm_accuracy(rm, labeler, gs, tok, device, cfg.batch_size, cfg.dtype, random.Random(r))
+        print(f"rm: held-out groups of round {r} ({len(gs)}, {'SFT' if r == 1 else 'policy'} samples): pairwise "
+              f"accuracy {by_round[str(r)]['acc']:.1%} | vs the gold order {by_round[str(r)]['gold_order_acc']:.1%}")
 
     # 5. normalise: SFT demonstrations score 0 on average
     shift = normalise(rm, tok, cfg, ckpt_path)
 
     metrics = {"val_acc": val_acc, "val_loss": val_loss, "labeler_agreement": ceiling, "gold_order_acc": gold_acc,
-               "val_acc_with_off_prompt": off_acc,
+               "val_acc_with_off_prompt": off_acc, "by_round": by_round,
                "n_train_groups": len(train_groups), "n_val_groups": len(val_groups), "norm_shift": shift}
-    save_checkpoint(ckpt_path, rm, asdict(cfg), sft_ckpt, "rm", history["step"][-1], metrics)
+    save_checkpoint(ckpt_path, rm, asdict(cfg), sft_ckpt, "rm", history["step"][-1], metrics)  # every round: a "rm"
     plot_training(out / "rm_training.png", history, ceiling)
     print(f"rm: done in {time.time() - t0:.0f}s, saved {ckpt_path} and {out / 'rm_training.png'}")
     return metrics

@@ -6,8 +6,11 @@
     python -m nanorlhf --seed=3             # another world and other stage seeds -> data/seed3/, out/seed3/
     python -m nanorlhf --nproc=8            # each training stage and the evaluation on 8 processes (torchrun)
 
-prepare → pretrain → SFT → RM → PPO → PPO-ptx → PPO with β=0 (the over-optimisation lesson) → PPO with
-the gold labeler as its reward (the ceiling of a better reward model) → evaluation → report. Each stage is its own script run as a subprocess (read them in that order); its output goes to
+prepare → pretrain → SFT → RM → PPO, in rounds (iterated RLHF: each round ranks the latest PPO policy's
+samples, retrains the RM on every round's comparisons, and runs PPO again from SFT) → PPO-ptx → PPO with
+β=0 (the over-optimisation lesson) → PPO with the gold labeler as its reward (the ceiling of a better
+reward model) → evaluation → report. The last round writes out/rm and out/ppo; round r before it
+out/rm_r<r> and out/ppo_r<r>. Each stage is its own script run as a subprocess (read them in that order); its output goes to
 the terminal and to out/logs/<stage>.log. A failing stage stops the pipeline with its name, exit code and
 last lines.
 
@@ -34,6 +37,7 @@ from nanorlhf.config import AT_LEAST_1, POSITIVE, check_config, default_preset, 
 from nanorlhf.files import WriteError, atomic_write, fingerprint
 from nanorlhf.config import default_device
 from nanorlhf.precision import resolve_dtype
+from nanorlhf.runs import round_runs
 
 ROOT = Path(__file__).resolve().parent.parent  # the stage scripts live at the repository root
 PRESET_NAMES = ("micro", "tiny", "small")  # every stage script has these presets
@@ -48,6 +52,8 @@ class PipelineConfig:
     device: str = ""  # passed to every stage: cpu | cuda | cuda:N (default: cuda if available)
     dtype: str = "auto"  # auto | fp32 | bf16: decided once here (nanorlhf/precision.py) and passed to every stage
     force: bool = False  # rerun stages even if their outputs are current
+    rounds: int = 0  # rounds of comparisons -> RM -> PPO (iterated RLHF); 0: the preset's (micro 2, tiny 2, small 2)
+    round_init: str = "sft"  # sft | previous: each round's PPO starts from SFT, or from the previous round's policy
     ptx_coef: float = 1.0  # γ for the PPO-ptx run
     beta0_lr_scale: float = 4.0  # learning-rate multiple of the β = 0 run (see stages())
     stop_after: str = ""  # run up to and including this stage (e.g. sft)
@@ -56,6 +62,7 @@ class PipelineConfig:
 
 # The stages' own default seeds; --seed=S adds S to each, so seed 0 reproduces the stages run by hand.
 TRAIN_SEED, EVAL_SEED = 1337, 1234
+ROUNDS = {"micro": 2, "tiny": 2, "small": 2}  # --rounds=0: the preset's number of iterated-RLHF rounds
 
 
 def resolve_dirs(cfg: PipelineConfig) -> PipelineConfig:
@@ -86,17 +93,30 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
     run = [py] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}"] if cfg.nproc > 1 else [])
     data = [D / f for f in ("corpus.txt", "sft.jsonl", "prompts.jsonl", "tokenizer.tiktoken", "meta.json")]
     ppo_reads = ("prepare", "sft", "rm")  # what every PPO run reads (the gold run too: its critic starts as the RM)
-    ppo_runs = ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold")
     run_files = lambda name: [O / name / "ckpt.pt", O / name / "history.json"]  # noqa: E731
-    return [
+    plan = [
         Stage("prepare", [py, str(ROOT / "data/prepare.py"), f"--preset={p}", f"--out_dir={d}", f"--seed={s}"], data),
         Stage("pretrain", [*run, str(ROOT / "train_sft.py"), "--stage=pretrain", *train], [O / "base/ckpt.pt"],
               ("prepare",)),
         Stage("sft", [*run, str(ROOT / "train_sft.py"), "--stage=sft", *train], [O / "sft/ckpt.pt"],
               ("prepare", "pretrain")),
-        Stage("rm", [*run, str(ROOT / "train_rm.py"), *train], [O / "rm/comparisons.jsonl", O / "rm/ckpt.pt"],
-              ("prepare", "sft")),
-        Stage("ppo", [*run, ppo, *train], run_files("ppo"), ppo_reads),
+    ]
+    # iterated RLHF: round r ranks the samples of round r-1's policy (round 1: SFT's), pools every round's
+    # comparisons, trains a reward model, and runs PPO against it
+    prev = None
+    for r in range(1, cfg.rounds + 1):
+        rm, ppo_run = round_runs(r, cfg.rounds)
+        later = [f"--round={r}", f"--sample_from={O / prev[1] / 'ckpt.pt'}",
+                 f"--pool={O / prev[0] / 'comparisons.jsonl'}"] if prev else []
+        start = [f"--continue_from={O / prev[1] / 'ckpt.pt'}"] if prev and cfg.round_init == "previous" else []
+        plan += [Stage(rm, [*run, str(ROOT / "train_rm.py"), *train, f"--run_name={rm}", *later],
+                       [O / rm / "comparisons.jsonl", O / rm / "ckpt.pt"], ("prepare", "sft", *(prev or ()))),
+                 Stage(ppo_run, [*run, ppo, *train, f"--run_name={ppo_run}", f"--reward_from={O / rm / 'ckpt.pt'}",
+                                 *start], run_files(ppo_run), ("prepare", "sft", rm, *(prev[1:] if start else ())))]
+        prev = (rm, ppo_run)
+    ppo_runs = ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold")
+    earlier = [n for r in range(1, cfg.rounds) for n in round_runs(r, cfg.rounds)]
+    return plan + [
         Stage("ppo_ptx", [*run, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
         # β = 0 with 4× the policy's learning rate: with the off-prompt answers in the RM's data there is no
         # quick hack left, and at the preset's rate the policy stays too close to SFT within the iterations
@@ -108,15 +128,19 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
               run_files("ppo_beta0"), ppo_reads),
         # the gold labeler as the reward: the ceiling a better reward model could reach (see gold_reward)
         Stage("ppo_gold", [*run, ppo, *train, "--reward=gold", "--run_name=ppo_gold"], run_files("ppo_gold"), ppo_reads),
-        Stage("eval", [*run, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}"], [O / "eval.json"],
-              ("prepare", "pretrain", "sft", "rm", *ppo_runs)),
-        Stage("report", [py, "-m", "nanorlhf.report", f"--out_dir={o}"], [O / "report.md"], ("rm", *ppo_runs, "eval")),
+        Stage("eval", [*run, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}", f"--rounds={cfg.rounds}"],
+              [O / "eval.json"], ("prepare", "pretrain", "sft", "rm", *ppo_runs, *earlier)),
+        Stage("report", [py, "-m", "nanorlhf.report", f"--out_dir={o}"], [O / "report.md"],
+              ("rm", *ppo_runs, *earlier, "eval")),
     ]
 
 
 def main(argv=None):
     cfg = resolve_dirs(parse_config(PipelineConfig, argv))
     cfg.preset = cfg.preset or default_preset()
+    check_config(cfg, preset=one_of(*PRESET_NAMES), rounds=(lambda r: r >= 0, "a whole number >= 0 (0: the preset's)"),
+                 round_init=one_of("sft", "previous"))
+    cfg.rounds = cfg.rounds or ROUNDS[cfg.preset]
     check_config(cfg, dtype=one_of("auto", "fp32", "bf16"))
     # one precision for the whole pipeline: "auto" is resolved here, so every stage runs (and records) the same
     cfg.dtype = resolve_dtype(cfg.dtype, cfg.device or default_device())

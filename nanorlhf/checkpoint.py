@@ -173,3 +173,12 @@ def load_model(path, stage: str | None = None, head: str | None = None, device="
     else:
         model.load_state_dict(state)
     return model.to(device), ckpt
+
+
+def load_policy(path, device="cpu", tokenizer: str | None = None) -> tuple[GPT, dict]:
+    """A policy (LM head) from any stage's checkpoint: SFT, a PPO run, DPO; a reward model is refused."""
+    model, ckpt = load_model(path, device=device, tokenizer=tokenizer)
+    if model.config.head != "lm":
+        raise CheckpointError(f"{path}: a '{ckpt['stage']}' checkpoint ({model.config.head} head), expected a "
+                              f"policy (lm head), e.g. out/sft/ckpt.pt or out/ppo/ckpt.pt")
+    return model, ckpt

@@ -122,12 +122,44 @@ def wilson_interval(wins: float, n: int, z: float = 1.959964) -> tuple[float, fl
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def preferences(labeler, prompts: list[str], a: list[tuple[str, bool]], b: list[tuple[str, bool]]) -> list[float]:
+    """For each prompt: 1 if the gold labeler prefers response a to b, 0.5 for a tie, 0 if it prefers b."""
+    return [labeler.prefer(p, ra, rb, finished=(fa, fb)) for p, (ra, fa), (rb, fb) in zip(prompts, a, b)]
+
+
 def win_rate(labeler, prompts: list[str], a: list[tuple[str, bool]], b: list[tuple[str, bool]]) -> dict:
     """How often the gold labeler prefers response a to b for the same prompt (ties count half), with
     a 95% Wilson interval: InstructGPT Figure 1's y-axis, with b the SFT model's responses."""
-    wins = [labeler.prefer(p, ra, rb, finished=(fa, fb)) for p, (ra, fa), (rb, fb) in zip(prompts, a, b)]
+    return summarise(preferences(labeler, prompts, a, b))
+
+
+def summarise(wins: list[float]) -> dict:
     lo, hi = wilson_interval(sum(wins), len(wins))
     return {"win_rate": sum(wins) / len(wins), "ci_low": lo, "ci_high": hi, "n": len(wins)}
+
+
+# The kinds of prompt a policy can win on without new skills (the world's axes, see world.py), in the order
+# a prompt is assigned to one: the report's "where the win comes from" table.
+KINDS = (("request for harm", lambda t: t is not None and t.refuse is True),
+         ("allowed, sounds edgy", lambda t: t is not None and t.refuse is False),
+         ("false premise", lambda t: t is not None and bool(t.false_premise)),
+         ("with a constraint", lambda t: t is not None and t.constraint is not None),
+         ("plain", lambda t: True))
+
+
+def prompt_kind(prompt: str) -> str:
+    from nanorlhf.world import parse_task
+
+    task = parse_task(prompt)
+    return next(name for name, test in KINDS if test(task))
+
+
+def by_kind(prompts: list[str], wins: list[float]) -> dict:
+    """{kind: [won, tied, lost]} of one model's preferences against SFT, by the kind of prompt."""
+    out = {name: [0, 0, 0] for name, _ in KINDS}
+    for p, w in zip(prompts, wins):
+        out[prompt_kind(p)][0 if w == 1 else 1 if w == 0.5 else 2] += 1
+    return out
 
 
 @torch.no_grad()
@@ -189,13 +221,16 @@ class EvalConfig:
     few_shot: int = 2  # demonstrations in the base model's few-shot prompt
     bon_n: int = 16  # best-of-n: largest n (SFT samples per prompt, picked by the RM)
     bon_prompts: int = 200  # prompts for best-of-n and the headroom probe
+    rounds: int = 1  # iterated-RLHF rounds the pipeline ran (its --rounds): a PPO row and an RM check per round
+    shift_prompts: int = 200  # val prompts of the RM check: K samples of SFT and of each round's policy, ranked
+    shift_k: int = 4  # samples per prompt of the RM check
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
     dtype: str = "auto"  # auto | fp32 | bf16 (nanorlhf/precision.py): the pipeline passes the stages' dtype
     runs: str = ""  # more runs to compare with SFT: comma-separated folders under out_dir (train_ppo.py --run_name)
-    seed: int = 1234  # SFT's reference samples use it, every model's samples seed + 1, best-of-n seed + 2
+    seed: int = 1234  # SFT's reference samples use it, every model's seed + 1, best-of-n seed + 2, RM check seed + 3
 
 
-EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8), "tiny": {},
+EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8, shift_prompts=8), "tiny": {},
                 "small": dict(n_prompts=1000, bon_n=64, bon_prompts=200)}
 
 
@@ -217,9 +252,9 @@ def compare_with_sft(cfg: EvalConfig, models: dict, sft, rm, tok, labeler, promp
         ev = gold_eval(model, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed + 1,
                        prefix_ids=prefix)
         outs = [(s["response"], s["finished"]) for s in ev["samples"]]
-        wr = win_rate(labeler, texts, outs, sft_ref)
+        wins = preferences(labeler, texts, outs, sft_ref)
         rm_scores = score_texts(rm, tok, texts, outs)
-        results[name] = {**wr, "rating": ev["rating"], "correct": ev["correct"], "eos_rate": ev["eos_rate"],
+        results[name] = {**summarise(wins), "by_kind": by_kind(texts, wins), "rating": ev["rating"], "correct": ev["correct"], "eos_rate": ev["eos_rate"],
                          "per_category": ev["per_category"], "breakdown": ev["breakdown"],
                          "rm_score": sum(rm_scores) / len(rm_scores),
                          "kl_to_sft": kl_to_reference(model, sft, tok, texts, outs) if not prefix else None,
@@ -250,6 +285,44 @@ def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler, texts: list[str], devic
     return bon, many
 
 
+def reward_model_shift(cfg: EvalConfig, sft, tok, labeler, device: str) -> list[dict]:
+    """Does each round's reward model order the samples of the policy it trained as well as SFT's? For round r:
+    RM_r's pairwise accuracy (against the labeler's noisy ranking and against the gold order) on K fresh samples
+    per val prompt (never trained on) of SFT and of PPO_r, beside a second labeler's agreement on the same pairs.
+    The gap is the distribution shift iterated RLHF closes (Gao et al. 2022; Stiennon et al. 2020)."""
+    import random
+
+    from nanorlhf.checkpoint import load_model, load_policy, stage_path
+    from nanorlhf.data import read_prompts
+    from nanorlhf.evaluation import ranked_groups, rm_accuracy
+    from nanorlhf.runs import round_runs
+
+    prompts = [p["prompt"] for p in read_prompts(cfg.data_dir, "val")][: cfg.shift_prompts]
+    texts = [p for p in prompts for _ in range(cfg.shift_k)]
+
+    def groups_of(model, name):
+        outs = sample_responses(model, tok, texts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed + 3)
+        return ranked_groups(labeler, prompts, outs, cfg.shift_k, random.Random(f"{cfg.seed}:{name}"))
+
+    sft_groups, rows = groups_of(sft, "sft"), []
+    for r in range(1, cfg.rounds + 1):
+        rm_name, ppo_name = round_runs(r, cfg.rounds)
+        if not (stage_path(cfg.out_dir, rm_name).exists() and stage_path(cfg.out_dir, ppo_name).exists()):
+            print(f"eval: reward model check of round {r}: no {rm_name} or {ppo_name} checkpoint, skipped")
+            continue
+        rm = load_model(stage_path(cfg.out_dir, rm_name), "rm", device=device)[0]
+        policy_groups = groups_of(load_policy(stage_path(cfg.out_dir, ppo_name), device)[0], ppo_name)
+        row = {"round": r, "rm": rm_name, "ppo": ppo_name}
+        for name, gs in (("sft", sft_groups), ("policy", policy_groups)):
+            row[name] = rm_accuracy(rm, labeler, gs, tok, device, 64, cfg.dtype, random.Random(cfg.seed + r))
+        rows.append(row)
+        print(f"eval: round {r}: {rm_name} orders SFT's samples {row['sft']['gold_order_acc']:.1%} like the gold "
+              f"labeler ({row['sft']['acc']:.1%} like the noisy one, which a second labeler matches on "
+              f"{row['sft']['labeler_agreement']:.1%}); {ppo_name}'s samples {row['policy']['gold_order_acc']:.1%} "
+              f"({row['policy']['acc']:.1%}, second labeler {row['policy']['labeler_agreement']:.1%})", flush=True)
+    return rows
+
+
 def main(argv=None) -> dict:
     """Evaluate every model of the pipeline against SFT on the test prompts; write out/eval.json."""
     import json
@@ -260,6 +333,7 @@ def main(argv=None) -> dict:
     from nanorlhf.data import corpus_tokens, load_world, read_prompts
     from nanorlhf.files import atomic_write
     from nanorlhf import distributed
+    from nanorlhf.runs import policy_rows
     from nanorlhf.training import autocast, resolve_dtype
 
     cfg = parse_config(EvalConfig, argv, EVAL_PRESETS)
@@ -279,8 +353,7 @@ def main(argv=None) -> dict:
 
     few_shot = [t for p, r in world.few_shot_examples(cfg.few_shot) for t in tok.pair_ids(p, r)[0]]
     models = {"base": ("base", ()), "base few-shot": ("base", few_shot), "SFT": ("sft", ()),
-              "PPO": ("ppo", ()), "PPO-ptx": ("ppo_ptx", ()), "PPO β=0": ("ppo_beta0", ()),
-              "PPO, gold reward": ("ppo_gold", ())}
+              **{name: (run, ()) for name, run in policy_rows(cfg.rounds).items()}}
     models.update({run: (run, ()) for run in filter(None, cfg.runs.split(","))})  # e.g. a PPO variant of yours
     with autocast(device, cfg.dtype):  # samples from the regime the models trained in
         sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature,
@@ -288,11 +361,13 @@ def main(argv=None) -> dict:
         results, samples = compare_with_sft(cfg, models, sft, rm, tok, labeler, prompts, sft_ref, corpus, device)
         bon_texts = texts[: cfg.bon_prompts]
         bon, many = rm_best_of_n(cfg, sft, rm, tok, labeler, bon_texts, device)
+        shift = reward_model_shift(cfg, sft, tok, labeler, device)
     probe = headroom_probe(labeler, bon_texts, many, sft_ref[: len(bon_texts)], cfg.bon_n)
     best = probe["gold_best_of_n"][-1]
     print(f"eval: headroom: SFT vs SFT ties {probe['sft_vs_sft_ties']:.0%}; gold best-of-{best['n']} of SFT vs SFT "
           f"{best['win_rate']:.1%} [{best['ci_low']:.1%}, {best['ci_high']:.1%}] on {len(bon_texts)} prompts", flush=True)
-    report = {"config": cfg.__dict__, "models": results, "samples": samples, "best_of_n": bon, "headroom": probe}
+    report = {"config": cfg.__dict__, "models": results, "samples": samples, "best_of_n": bon, "headroom": probe,
+              "rm_shift": shift}
     atomic_write(out / "eval.json", json.dumps(report, indent=1, ensure_ascii=False))
     print(f"eval: done in {time.time() - t0:.0f}s -> {out / 'eval.json'}")
     return report

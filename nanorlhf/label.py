@@ -138,13 +138,10 @@ def label(argv=None) -> None:
     check_config(cfg, k=(lambda v: v >= 2, "at least 2 (a ranking compares responses)"),
                  n=(lambda v: v >= 1, "at least 1"), max_new_tokens=(lambda v: v >= 1, "at least 1"))
     if cfg.from_model:
-        from nanorlhf.checkpoint import CheckpointError, checkpoint_tokenizer, load_model
+        from nanorlhf.checkpoint import checkpoint_tokenizer, load_policy
         from nanorlhf.generate import sample_responses
 
-        model, ckpt = load_model(cfg.from_model)
-        if model.config.head != "lm":
-            raise CheckpointError(f"{cfg.from_model}: a '{ckpt['stage']}' checkpoint ({model.config.head} head), "
-                                  f"expected a policy (lm head), e.g. out/sft/ckpt.pt")
+        model, ckpt = load_policy(cfg.from_model)
         tok = checkpoint_tokenizer(ckpt, cfg.from_model)
         # training prompts only: the val and test splits stay unseen by the reward model (eval judges on test)
         rows = read_jsonl(cfg.prompts, {"prompt": str})

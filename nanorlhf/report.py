@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from nanorlhf.plots import line_plots
+from nanorlhf.runs import policy_rows, ppo_label
 
 
 def ppo_curves(path, run_name: str, history: list[dict], evals: list[dict], reward: str = "model") -> None:
@@ -137,12 +138,55 @@ def _breakdown_section(models: dict) -> list[str]:
     return lines
 
 
+def _rounds_section(ev: dict) -> list[str]:
+    """Iterated RLHF, round by round: how well each round's reward model orders the samples of SFT and of the
+    policy PPO trained against it, and how that policy fares against SFT."""
+    shift, models = ev.get("rm_shift") or [], ev["models"]
+    if not shift:
+        return []
+    rounds = ev["config"].get("rounds", 1)
+    lines = ["", "## Iterated RLHF: a reward model that keeps up with the policy", "",
+             "Each round ranks the latest policy's samples, trains a reward model on every round's comparisons and "
+             "runs PPO again. Below, each round's reward model orders fresh samples (4 per val prompt, never trained "
+             "on) of SFT and of the policy it trained; *gold order*: against the noise-free gold labeler; *labeler*: "
+             "against one noisy ranking, beside how often a second noisy labeler agrees with it (the ceiling).", "",
+             "| round | reward model | on SFT's samples: gold order / labeler (2nd labeler) | on its policy's "
+             "samples: gold order / labeler (2nd labeler) | gap (gold order) | its PPO: win-rate vs SFT |",
+             "|---|---|---|---|---|---|"]
+    for row in shift:
+        s, p = row["sft"], row["policy"]
+        m = models.get(ppo_label(row["round"], rounds), {})
+        wr = f"{m['win_rate']:.1%} [{m['ci_low']:.1%}, {m['ci_high']:.1%}]" if m else "—"
+        lines.append(f"| {row['round']} | {row['rm']} | {s['gold_order_acc']:.1%} / {s['acc']:.1%} "
+                     f"({s['labeler_agreement']:.1%}) | {p['gold_order_acc']:.1%} / {p['acc']:.1%} "
+                     f"({p['labeler_agreement']:.1%}) | {(s['gold_order_acc'] - p['gold_order_acc']) * 100:+.1f} "
+                     f"points | {wr} |")
+    return lines
+
+
+def _kinds_section(models: dict) -> list[str]:
+    """Where the win comes from: each model against SFT, by the kind of prompt."""
+    from nanorlhf.eval import KINDS
+
+    names = [n for n in models if "by_kind" in models[n] and n not in ("SFT", "base", "base few-shot")]
+    if not names:
+        return []
+    lines = ["", "## Where the win comes from", "",
+             "Each model's sample against SFT's on the same test prompt, by the kind of prompt: won / tied / lost.", "",
+             "| kind of prompt (n) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for kind, _ in KINDS:
+        n = sum(models[names[0]]["by_kind"][kind])
+        cells = ["/".join(str(c) for c in models[m]["by_kind"][kind]) for m in names]
+        lines.append(f"| {kind} ({n}) | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _figures(out, ev: dict) -> list[str]:
     """Every PPO run's curves, the win-rate chart and the over-optimisation chart; returns the runs drawn."""
     import json
 
     runs, curves = {}, []
-    for run in ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold"):
+    for run in policy_rows(ev["config"].get("rounds", 1)).values():
         h = out / run / "history.json"
         if h.exists():
             hist = json.loads(h.read_text())
@@ -229,6 +273,8 @@ def write_report(out_dir) -> str:
              *_results_table(models)]
     lines += _figure1_sample(ev["samples"])
     lines += _headroom_section(ev.get("headroom"), ev.get("best_of_n", []))
+    lines += _rounds_section(ev)
+    lines += _kinds_section(models)
     lines += _breakdown_section(models)
     lines += _category_section(models)
     lines += ["", "## PPO runs", ""]

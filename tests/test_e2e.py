@@ -10,29 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanorlhf.precision import SPEEDUP_ENV
-
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-BF16_ENV = {**ENV, SPEEDUP_ENV: "4.0"}  # --dtype=auto measures bf16 4x faster: the pipeline picks bf16
-
-
-def run(args, cwd=None, check=True, env=ENV):
-    r = subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """Run the micro pipeline as if interrupted after SFT, then rerun it to the end. `auto` is made to pick
-    bf16 here (the other tests run fp32), so every CI exercises the bf16 path of every stage end to end."""
-    d = tmp_path_factory.mktemp("pipe")
-    args = ["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={d}/out"]
-    first = run([*args, "--stop_after=sft"], env=BF16_ENV)
-    second = run(args, env=BF16_ENV)
-    return d, first.stdout, second.stdout
+from tests.helpers import BF16_ENV, ROOT, run  # the `pipeline` fixture: conftest.py
 
 
 def test_prepare_pretrain_sft_write_their_files(pipeline):
@@ -47,17 +25,17 @@ def test_prepare_pretrain_sft_write_their_files(pipeline):
         assert ck["metrics"]["val_loss"] > 0 and "gold" in ck["metrics"]
     base = torch.load(d / "out/base/ckpt.pt", weights_only=True)
     assert base["config"]["stage"] == "pretrain"
-    assert "[4/10] rm" not in first and "[5/10] ppo" not in first  # stopped after sft
+    assert "[4/12] rm_r1" not in first and "[5/12] ppo_r1" not in first  # stopped after sft
 
 
 def test_resume_skips_finished_stages(pipeline):
     d, _, second = pipeline
     for stage in ("prepare", "pretrain", "sft"):
         assert f"{stage}: current, skipped" in second
-    for stage in ("rm", "ppo", "ppo_gold", "eval", "report"):
+    for stage in ("rm_r1", "ppo_r1", "rm", "ppo", "ppo_gold", "eval", "report"):
         assert f"{stage}: done in" in second
     third = run(["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={d}/out"], env=BF16_ENV).stdout
-    assert third.count("current, skipped") == 10
+    assert third.count("current, skipped") == 12
 
 
 def test_report_has_every_model_row_and_figure(pipeline):
@@ -88,7 +66,7 @@ def test_one_precision_for_every_stage_recorded_and_reported(pipeline):
     d, first, _ = pipeline
     out = d / "out"
     assert "precision: bf16 on cpu (--dtype=auto: NANORLHF_BF16_SPEEDUP=4.0" in first
-    for s in ("base", "sft", "rm", "ppo", "ppo_ptx", "ppo_beta0", "ppo_gold"):
+    for s in ("base", "sft", "rm_r1", "ppo_r1", "rm", "ppo", "ppo_ptx", "ppo_beta0", "ppo_gold"):
         ck = torch.load(out / s / "ckpt.pt", weights_only=True)
         assert ck["config"]["dtype"] == "bf16", s
         assert all(v.dtype == torch.float32 for v in ck["model"].values() if v.is_floating_point()), s
@@ -121,7 +99,7 @@ def test_a_stage_rerun_by_hand_writes_the_same_bits_and_leaves_later_stages_curr
     run(state["sft"]["command"])  # ["train_sft.py", "--stage=sft", "--preset=micro", ..., "--dtype=bf16", ...]
     assert (out / "sft/ckpt.pt").read_bytes() == before[out / "sft/ckpt.pt"]
     again = run(["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={out}"], env=BF16_ENV).stdout
-    assert again.count("current, skipped") == 10, again
+    assert again.count("current, skipped") == 12, again
     assert {p: p.read_bytes() for p in sorted(out.rglob("ckpt.pt"))} == before
 
 
