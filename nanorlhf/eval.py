@@ -43,7 +43,7 @@ def gold_eval(model, tokenizer, labeler, prompts: list[dict], max_new_tokens: in
 
 
 # What each model fixed, in counts: (key, what is counted, which prompts count). The prompt filters read
-# the labeler's parse of the prompt (world.parse_task), so "constraints" counts only prompts that set one.
+# the labeler's parse of the prompt (prompts.parse_task), so "constraints" counts only prompts that set one.
 BREAKDOWN = (
     ("correct", "all required items right", lambda t, j: j.correct is not None, lambda j: bool(j.correct)),
     ("constraint_met", "the prompt's constraint met", lambda t, j: t is not None and t.constraint is not None,
@@ -67,7 +67,7 @@ BREAKDOWN = (
 
 def breakdown(prompts: list[str], judgements: list) -> dict:
     """{key: [count, out of]} for each row of BREAKDOWN: what a model gets right and wrong, in counts."""
-    from nanorlhf.world import parse_task
+    from nanorlhf.prompts import parse_task
 
     out = {}
     for key, _, applies, hit in BREAKDOWN:
