@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import collections
+import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from nanorlhf.data import to_device
-from nanorlhf.generate import sample_responses
+from nanorlhf import distributed
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, stage_path
+from nanorlhf.config import parse_config, run_main
+from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts, text_batches, to_device
+from nanorlhf.files import atomic_write
+from nanorlhf.generate import response_logprobs, sample_responses
+from nanorlhf.losses import sft_loss
+from nanorlhf.prompts import parse_task
+from nanorlhf.training import autocast, resolve_dtype
 
 
 def gold_eval(model, tokenizer, labeler, prompts: list[dict], max_new_tokens: int, temperature: float = 0.7,
@@ -67,8 +76,6 @@ BREAKDOWN = (
 
 def breakdown(prompts: list[str], judgements: list) -> dict:
     """{key: [count, out of]} for each row of BREAKDOWN: what a model gets right and wrong, in counts."""
-    from nanorlhf.prompts import parse_task
-
     out = {}
     for key, _, applies, hit in BREAKDOWN:
         rows = [j for p, j in zip(prompts, judgements) if applies(parse_task(p), j)]
@@ -133,8 +140,6 @@ def win_rate(labeler, prompts: list[str], a: list[tuple[str, bool]], b: list[tup
 @torch.no_grad()
 def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]], batch_size: int = 64) -> list[float]:
     """Reward-model scores of (prompt, response) texts, read at the EOS (no EOS for unfinished ones)."""
-    from nanorlhf.data import text_batches
-
     device = rm.wte.weight.device
     scores = []
     for _, tokens, mask in text_batches(tok, prompts, outs, rm.config.block_size, batch_size):
@@ -145,9 +150,6 @@ def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]], batch
 @torch.no_grad()
 def kl_to_reference(model, ref, tok, prompts: list[str], outs: list[tuple[str, bool]], batch_size: int = 64) -> float:
     """Monte-Carlo KL(π || π_SFT) per response: mean over the model's own samples of Σ_t log π − log π_SFT."""
-    from nanorlhf.data import text_batches
-    from nanorlhf.generate import response_logprobs
-
     device = model.wte.weight.device
     total = 0.0
     for i, tokens, mask in text_batches(tok, prompts, outs, model.config.block_size, batch_size):
@@ -165,9 +167,6 @@ def kl_to_reference(model, ref, tok, prompts: list[str], outs: list[tuple[str, b
 @torch.no_grad()
 def lm_loss(model, tokens: torch.Tensor, block_size: int, n_batches: int = 10, batch_size: int = 16) -> float:
     """Next-token loss on fixed windows of a token stream: the alignment-tax measure (corpus val loss)."""
-    from nanorlhf.data import lm_batches
-    from nanorlhf.losses import sft_loss
-
     device = model.wte.weight.device
     batches = lm_batches(tokens, batch_size, block_size, torch.Generator().manual_seed(0))
     model.eval()
@@ -203,8 +202,6 @@ def compare_with_sft(cfg: EvalConfig, models: dict, sft, rm, tok, labeler, promp
                      sft_ref: list[tuple[str, bool]], corpus, device: str) -> tuple[dict, dict]:
     """Each model whose checkpoint exists, judged against SFT's samples `sft_ref` on the same prompts:
     win-rate, gold rating, RM score, KL to SFT, corpus loss. Returns (results, a few samples) by name."""
-    from nanorlhf.checkpoint import load_model
-
     out = Path(cfg.out_dir)
     texts = [p["prompt"] for p in prompts]
     results, samples = {}, {}
@@ -252,16 +249,6 @@ def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler, texts: list[str], devic
 
 def main(argv=None) -> dict:
     """Evaluate every model of the pipeline against SFT on the test prompts; write out/eval.json."""
-    import json
-    import time
-
-    from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, stage_path
-    from nanorlhf.config import parse_config
-    from nanorlhf.data import corpus_tokens, load_world, read_prompts
-    from nanorlhf.files import atomic_write
-    from nanorlhf import distributed
-    from nanorlhf.training import autocast, resolve_dtype
-
     cfg = parse_config(EvalConfig, argv, EVAL_PRESETS)
     device = distributed.init(cfg.device)  # torchrun: sampling is sharded over the ranks (generate.py)
     cfg.dtype = resolve_dtype(cfg.dtype, device)  # sampling and scoring in the regime the models trained in
@@ -299,6 +286,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from nanorlhf.config import run_main
-
     run_main(main)

@@ -20,8 +20,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from nanorlhf.checkpoint import CheckpointError, checkpoint_tokenizer, load_model
 from nanorlhf.config import check_config, parse_config, run_main
 from nanorlhf.data import DataError, read_jsonl, read_jsonl_lines
+from nanorlhf.generate import sample_responses
 
 FLAGS = ("fails_instruction", "wrong", "rude", "harmful", "unfinished", "rambling")
 
@@ -138,11 +142,6 @@ def label(argv=None) -> None:
     check_config(cfg, k=(lambda v: v >= 2, "at least 2 (a ranking compares responses)"),
                  n=(lambda v: v >= 1, "at least 1"), max_new_tokens=(lambda v: v >= 1, "at least 1"))
     if cfg.from_model:
-        import torch
-
-        from nanorlhf.checkpoint import CheckpointError, checkpoint_tokenizer, load_model
-        from nanorlhf.generate import sample_responses
-
         model, ckpt = load_model(cfg.from_model)
         if model.config.head != "lm":
             raise CheckpointError(f"{cfg.from_model}: a '{ckpt['stage']}' checkpoint ({model.config.head} head), "

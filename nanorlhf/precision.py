@@ -41,6 +41,8 @@ import time
 
 import torch
 
+from nanorlhf.config import ConfigError
+
 DTYPES = ("auto", "fp32", "bf16")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16, x86 AMX, aarch64 BF16
@@ -108,8 +110,6 @@ def _given_speedup(text: str) -> float:
     except ValueError:
         value = float("nan")
     if not (math.isfinite(value) and value > 0):
-        from nanorlhf.config import ConfigError
-
         raise ConfigError(f"{SPEEDUP_ENV}={text}: expected a number > 0 (the bf16/fp32 matmul rate), or unset it")
     return value
 
@@ -117,8 +117,6 @@ def _given_speedup(text: str) -> float:
 def resolve_dtype(dtype: str, device: str, log=print) -> str:
     """--dtype as given ("fp32" | "bf16"), or what "auto" picks on `device`; `log` gets one line saying why."""
     if dtype not in DTYPES:
-        from nanorlhf.config import ConfigError
-
         raise ConfigError(f"--dtype={dtype}: expected one of {', '.join(DTYPES)}")
     if dtype == "auto":
         dtype, why = auto_dtype(device)
