@@ -117,7 +117,7 @@ def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config, 
         utilities = labeler.ranking_utilities(p["prompt"], texts_j, finished)  # each response judged once
         groups.append({"prompt": p["prompt"], "category": p["category"], "responses": texts_j, "finished": finished,
                        "ranking": labeler.rank(p["prompt"], texts_j, rng, utilities=utilities),
-                       "ties": labeler.ties(p["prompt"], texts_j, utilities=utilities),
+                       "ties": tied_pairs(utilities),
                        "off_prompt": list(range(cfg.k, len(resp)))})
     return groups
 

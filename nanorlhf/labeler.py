@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 
 from nanorlhf.corpus import internet
-from nanorlhf.prompts import SHORT_WORDS, make_prompt, parse_task
-from nanorlhf.tasks import TEMPLATES, Task
+from nanorlhf.prompts import SHORT_WORDS, instruction_like, make_prompt, parse_task
+from nanorlhf.tasks import Task
 from nanorlhf.words import (ANIMALS, CAPITALS, COLOURS, COUNTRIES, FILLERS, JOBS, NAMES, NEGATIONS, OBJECTS, PLACES,
                             RUDE_REMARKS, SOUNDS, is_rude, sentences_of, words_of, wordset)
 
@@ -103,18 +103,6 @@ class Judgement:
 
 # ------------------------------------------------------------------------------------------------------
 # The checks behind the form
-
-# Sentence openers of instructions ("write a", "what is", "list", ...): an answer that contains one is
-# writing more instructions, as a base model continuing a list of questions does.
-_OPENERS = sorted({" ".join(words_of(re.split(r"[{\n]", t)[0])[:2]) for c, ts in TEMPLATES.values() if c != "chat"
-                   for t in ts} - {""} | {"questions for", "homework", "quiz", "practice questions"})
-_OPENER_RE = re.compile(r"(?:^|[.!?:\n]\s*)(?:%s)\b" % "|".join(map(re.escape, _OPENERS)), re.I)
-
-
-def instruction_like(text: str) -> bool:
-    """Numbered list items or instruction openers: the base model's "more questions" failure."""
-    return bool(re.search(r"(?:^|\s)\d+[.)]\s", text) or _OPENER_RE.search(text.strip()))
-
 
 # The labeler knows the world's English: the word pairs (entities replaced by their type) of its texts.
 # A response whose word pairs mostly never occur there is word salad, whatever keywords it contains.
@@ -273,7 +261,7 @@ class Labeler:
         return self.judge(prompt, response, finished).utility + bias
 
     def ranking_utilities(self, prompt: str, responses: list[str], finished: list[bool] | None = None) -> list[float]:
-        """ranking_utility of each response: judge each once, then hand the list to rank() and ties()."""
+        """ranking_utility of each response, each judged once: for rank(utilities=) and tied_pairs()."""
         finished = finished or [True] * len(responses)
         return [self.ranking_utility(prompt, r, f) for r, f in zip(responses, finished)]
 
@@ -286,12 +274,11 @@ class Labeler:
         keys = [x / self.temperature - math.log(-math.log(rng.random() or 1e-12)) for x in u]
         return sorted(range(len(responses)), key=lambda i: -keys[i])
 
-    def ties(self, prompt: str, responses: list[str], finished: list[bool] | None = None,
-             utilities: list[float] | None = None) -> list[list[int]]:
+    def ties(self, prompt: str, responses: list[str], finished: list[bool] | None = None) -> list[list[int]]:
         """Pairs [i, j] (i < j) the labeler finds equally good: ranking utilities within TIE_EPS, the same
         margin `prefer` calls a tie. A ranking orders them anyway (rank() always returns a total order),
         but that order is a coin flip, so comparisons.jsonl records them and the reward model skips them."""
-        return tied_pairs(self.ranking_utilities(prompt, responses, finished) if utilities is None else utilities)
+        return tied_pairs(self.ranking_utilities(prompt, responses, finished))
 
     def prefer(self, prompt: str, a: str, b: str, rng: random.Random | None = None,
                finished: tuple[bool, bool] = (True, True)) -> float:

@@ -1,5 +1,6 @@
-"""Prompts: writing one from a template (`make_prompt`), reading one back (`parse_task`), the
-constraints a prompt may end with, and which pool (demo, train, val, test) a prompt falls in.
+"""Prompts: writing one from a template (`make_prompt`), reading one back (`parse_task`), spotting
+one inside an answer (`instruction_like`), the constraints a prompt may end with, and which pool
+(demo, train, val, test) a prompt falls in.
 
 The labeler reads a prompt back with the same templates that wrote it, so it can judge any (prompt,
 response) strings, whoever wrote them. Standard library only.
@@ -15,7 +16,7 @@ import re
 from nanorlhf.tasks import CATEGORIES, KINDS, TEMPLATES, Task, build_task
 from nanorlhf.words import (ANIMALS, CAPITALS, COLOURS, COUNTRIES, EVENTS, JOBS, NAMES, NEGATIVE, OBJECTS,
                             PLACE_ANIMALS, PLACES, POSITIVE, SOUNDS, VERBS, articles, cap, distinct, pick,
-                            sentences_of, stable_unit)
+                            sentences_of, stable_unit, words_of)
 
 # Explicit constraints a prompt may end with (CONSTRAINT_RATE of the prompts of eligible kinds): the
 # labeler checks each; sloppy labelers ignore them, so SFT meets them only sometimes.
@@ -117,7 +118,7 @@ def prompt_in(seed: int, pools: tuple[str, ...], rng: random.Random, category: s
 
 
 # ------------------------------------------------------------------------------------------------------
-# Reading a prompt back, with the templates that wrote it
+# Reading prompts back, with the templates that wrote them
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -151,6 +152,18 @@ def parse_task(prompt: str) -> Task | None:
             if task is not None:
                 return dataclasses.replace(task, constraint=constraint) if constraint else task
     return None
+
+
+# Sentence openers of instructions ("write a", "what is", "list", ...): an answer that contains one is
+# writing more instructions, as a base model continuing a list of questions does.
+_OPENERS = sorted({" ".join(words_of(re.split(r"[{\n]", t)[0])[:2]) for c, ts in TEMPLATES.values() if c != "chat"
+                   for t in ts} - {""} | {"questions for", "homework", "quiz", "practice questions"})
+_OPENER_RE = re.compile(r"(?:^|[.!?:\n]\s*)(?:%s)\b" % "|".join(map(re.escape, _OPENERS)), re.I)
+
+
+def instruction_like(text: str) -> bool:
+    """Numbered list items or instruction openers: the base model's "more questions" failure."""
+    return bool(re.search(r"(?:^|\s)\d+[.)]\s", text) or _OPENER_RE.search(text.strip()))
 
 
 # ------------------------------------------------------------------------------------------------------
