@@ -38,6 +38,7 @@ from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import generate, response_logprobs
 from nanorlhf.losses import masked_mean, sft_loss
 from nanorlhf.files import atomic_write
+from nanorlhf.report import ppo_curves
 from nanorlhf.training import Progress, autocast, check_finite, make_optimizer, resolve_dtype, seed_everything
 
 
@@ -266,8 +267,6 @@ def save_run(out: Path, policy, cfg: Config, sft_ckpt: dict, run_name: str, metr
     save_checkpoint(out / "ckpt.pt", policy, asdict(cfg), sft_ckpt, run_name, cfg.iterations, metrics)
     atomic_write(out / "history.json", json.dumps({"history": metrics["history"], "evals": metrics["evals"]},
                                                   indent=0))
-    from nanorlhf.report import ppo_curves
-
     ppo_curves(out / "ppo_curves.png", run_name, metrics["history"], metrics["evals"], cfg.reward)
 
 

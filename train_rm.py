@@ -49,6 +49,7 @@ from nanorlhf.losses import ranking_accuracy, ranking_loss
 from nanorlhf.plots import line_plots
 from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
                                seed_everything, set_lr)
+from nanorlhf.labeler import tied_pairs
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -127,9 +128,10 @@ def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config) 
         resp, others = outs[j * cfg.k : (j + 1) * cfg.k], others_of[p["category"]]
         resp += [outs[i * cfg.k + rng.randrange(cfg.k)] for i in rng.sample(others, min(cfg.off_prompt, len(others)))]
         texts_j, finished = [r for r, _ in resp], [f for _, f in resp]
-        ranking = labeler.rank(p["prompt"], texts_j, rng, finished=finished)
-        groups.append({"prompt": p["prompt"], "category": p["category"], "responses": texts_j,
-                       "finished": finished, "ranking": ranking, "ties": labeler.ties(p["prompt"], texts_j, finished),
+        utilities = labeler.ranking_utilities(p["prompt"], texts_j, finished)  # each response judged once
+        groups.append({"prompt": p["prompt"], "category": p["category"], "responses": texts_j, "finished": finished,
+                       "ranking": labeler.rank(p["prompt"], texts_j, rng, utilities=utilities),
+                       "ties": tied_pairs(utilities),
                        "off_prompt": list(range(cfg.k, len(resp))), "round": cfg.round})
     return groups
 

@@ -13,6 +13,7 @@ instructions (low rating); the SFT model should (clearly higher).
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,8 +88,6 @@ SFT_OVERRIDES = {
 
 
 def get_config(argv=None) -> Config:
-    import sys
-
     argv = sys.argv[1:] if argv is None else argv
     stage = next((a.split("=", 1)[1] for a in argv if a.startswith("--stage=")), Config.stage)
     if stage not in ("pretrain", "sft"):

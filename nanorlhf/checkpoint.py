@@ -22,6 +22,8 @@ import torch
 from nanorlhf.config import StageError
 from nanorlhf.files import atomic_write
 from nanorlhf.model import GPT, GPTConfig
+from nanorlhf.tokenizer import Tokenizer, load_ranks, load_tokenizer, parse_ranks, ranks_text
+from nanorlhf.training import NonFiniteError
 
 # Which command creates each stage's checkpoint (as the pipeline runs it), for the "missing" and "wrong
 # checkpoint" errors; another PPO run name is made by train_ppo.py --run_name=<name>.
@@ -50,8 +52,6 @@ def tokenizer_record(spec: str) -> dict:
     """The checkpoint fields that tie it to the tokenizer `spec` (a ranks file, or "gpt2")."""
     if spec == "gpt2":
         return {"tokenizer": "gpt2", "tokenizer_ranks": "", "tokenizer_sha256": "gpt2"}
-    from nanorlhf.tokenizer import load_ranks, ranks_text
-
     text = ranks_text(load_ranks(spec))  # validated, and in one canonical form
     return {"tokenizer": str(spec), "tokenizer_ranks": text,
             "tokenizer_sha256": hashlib.sha256(text.encode()).hexdigest()}
@@ -59,8 +59,6 @@ def tokenizer_record(spec: str) -> dict:
 
 def checkpoint_tokenizer(ckpt: dict, path="checkpoint"):
     """The Tokenizer a checkpoint was trained with, rebuilt from the ranks it carries."""
-    from nanorlhf.tokenizer import Tokenizer, load_tokenizer, parse_ranks
-
     if ckpt["tokenizer_sha256"] == "gpt2":
         return load_tokenizer("gpt2")
     return Tokenizer.from_ranks(parse_ranks(ckpt["tokenizer_ranks"], path), Path(ckpt["tokenizer"]).stem)
@@ -72,8 +70,6 @@ def save_checkpoint(path, model: GPT, config: dict, tokenizer: dict, stage: str,
     `tokenizer` is tokenizer_record(spec) or the same fields of the checkpoint the model started from.
     Refused (the previous file is kept): a model with a NaN/inf weight, a NaN/inf top-level metric (the
     numbers that judge the model, e.g. the held-out loss), or one no training step has touched."""
-    from nanorlhf.training import NonFiniteError
-
     path = Path(path)
     kept = f"{path} is kept as it was" if path.exists() else f"nothing was written to {path}"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -10,25 +10,11 @@ from pathlib import Path
 
 import torch
 
-from nanorlhf.config import StageError
-
-
-class DataError(StageError, ValueError):
-    """Bad input data: the message names the file and line and what was expected."""
-
+from nanorlhf.files import DataError, atomic_write, decode_utf8  # DataError: every stage imports it from here
+from nanorlhf.tokenizer import EOT
+from nanorlhf.world import World
 
 PREPARE = "python data/prepare.py"  # what makes every file in data_dir
-
-
-def decode_utf8(data: bytes, path) -> str:
-    """`data` as UTF-8 text; a bad byte is an error naming the file, line and column."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(f"{path}:{line}: byte 0x{data[e.start]:02x} at column {col} is not UTF-8 text "
-                        f"(expected a UTF-8 file)") from None
 
 
 def read_jsonl_lines(path, required: dict[str, type] | tuple = (), maker: str = PREPARE) -> list[tuple[int, dict]]:
@@ -66,8 +52,6 @@ def read_jsonl(path, required: dict[str, type] | tuple = (), maker: str = PREPAR
 
 def write_jsonl(path, rows) -> None:
     """Replace `path` with one JSON object per row, atomically; never with an empty file."""
-    from nanorlhf.files import atomic_write
-
     if not rows:
         kept = "the previous file is kept" if Path(path).exists() else "no file made"
         raise DataError(f"{path}: not written: no records to write ({kept})")
@@ -133,8 +117,6 @@ def lm_batches(tokens: torch.Tensor, batch_size: int, block_size: int, generator
 
 def load_world(data_dir):
     """The World (and so the gold labeler) that `data/prepare.py` generated the data from."""
-    from nanorlhf.world import World
-
     path = Path(data_dir) / "meta.json"
     if not path.exists():
         raise DataError(f"{path}: file not found (run: python data/prepare.py --out_dir={data_dir})")
@@ -244,8 +226,6 @@ def corpus_tokens(data_dir, tok, tail_frac: float = 1.0) -> torch.Tensor:
     tail_frac < 1 keeps only the last fraction of documents (the held-out end used for evaluation).
     One definition for pretraining, PPO-ptx and the alignment-tax measure, so they see the same text.
     """
-    from nanorlhf.tokenizer import EOT
-
     path = Path(data_dir) / "corpus.txt"
     docs = [d.strip() for d in read_text(path).split(EOT) if d.strip()]
     if not docs:

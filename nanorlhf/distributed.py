@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 
 from nanorlhf.config import ConfigError
+from nanorlhf.training import setup_device
 
 
 def rank() -> int:
@@ -73,8 +74,6 @@ def init(device: str = "") -> str:
 
     NCCL on CUDA (one GPU per process: cuda:LOCAL_RANK), gloo on the CPU. One process: only
     training.setup_device(device)."""
-    from nanorlhf.training import setup_device
-
     if world_size() == 1:
         return setup_device(device)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import collections
+import json
 import math
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from nanorlhf.data import to_device
-from nanorlhf.generate import sample_responses
+from nanorlhf import distributed
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, load_policy, stage_path, trained_dtype
+from nanorlhf.config import parse_config, run_main
+from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts, text_batches, to_device
+from nanorlhf.evaluation import ranked_groups, rm_accuracy
+from nanorlhf.files import atomic_write
+from nanorlhf.generate import response_logprobs, sample_responses
+from nanorlhf.losses import sft_loss
+from nanorlhf.prompts import parse_task
+from nanorlhf.runs import policy_rows, round_runs
+from nanorlhf.training import autocast, resolve_dtype
 
 
 def gold_eval(model, tokenizer, labeler, prompts: list[dict], max_new_tokens: int, temperature: float = 0.7,
@@ -43,7 +55,7 @@ def gold_eval(model, tokenizer, labeler, prompts: list[dict], max_new_tokens: in
 
 
 # What each model fixed, in counts: (key, what is counted, which prompts count). The prompt filters read
-# the labeler's parse of the prompt (world.parse_task), so "constraints" counts only prompts that set one.
+# the labeler's parse of the prompt (prompts.parse_task), so "constraints" counts only prompts that set one.
 BREAKDOWN = (
     ("correct", "all required items right", lambda t, j: j.correct is not None, lambda j: bool(j.correct)),
     ("constraint_met", "the prompt's constraint met", lambda t, j: t is not None and t.constraint is not None,
@@ -67,8 +79,6 @@ BREAKDOWN = (
 
 def breakdown(prompts: list[str], judgements: list) -> dict:
     """{key: [count, out of]} for each row of BREAKDOWN: what a model gets right and wrong, in counts."""
-    from nanorlhf.world import parse_task
-
     out = {}
     for key, _, applies, hit in BREAKDOWN:
         rows = [j for p, j in zip(prompts, judgements) if applies(parse_task(p), j)]
@@ -148,8 +158,6 @@ KINDS = (("request for harm", lambda t: t is not None and t.refuse is True),
 
 
 def prompt_kind(prompt: str) -> str:
-    from nanorlhf.world import parse_task
-
     task = parse_task(prompt)
     return next(name for name, test in KINDS if test(task))
 
@@ -165,8 +173,6 @@ def by_kind(prompts: list[str], wins: list[float]) -> dict:
 @torch.no_grad()
 def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]], batch_size: int = 64) -> list[float]:
     """Reward-model scores of (prompt, response) texts, read at the EOS (no EOS for unfinished ones)."""
-    from nanorlhf.data import text_batches
-
     device = rm.wte.weight.device
     scores = []
     for _, tokens, mask in text_batches(tok, prompts, outs, rm.config.block_size, batch_size):
@@ -177,9 +183,6 @@ def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]], batch
 @torch.no_grad()
 def kl_to_reference(model, ref, tok, prompts: list[str], outs: list[tuple[str, bool]], batch_size: int = 64) -> float:
     """Monte-Carlo KL(π || π_SFT) per response: mean over the model's own samples of Σ_t log π − log π_SFT."""
-    from nanorlhf.data import text_batches
-    from nanorlhf.generate import response_logprobs
-
     device = model.wte.weight.device
     total = 0.0
     for i, tokens, mask in text_batches(tok, prompts, outs, model.config.block_size, batch_size):
@@ -197,9 +200,6 @@ def kl_to_reference(model, ref, tok, prompts: list[str], outs: list[tuple[str, b
 @torch.no_grad()
 def lm_loss(model, tokens: torch.Tensor, block_size: int, n_batches: int = 10, batch_size: int = 16) -> float:
     """Next-token loss on fixed windows of a token stream: the alignment-tax measure (corpus val loss)."""
-    from nanorlhf.data import lm_batches
-    from nanorlhf.losses import sft_loss
-
     device = model.wte.weight.device
     batches = lm_batches(tokens, batch_size, block_size, torch.Generator().manual_seed(0))
     model.eval()
@@ -238,8 +238,6 @@ def compare_with_sft(cfg: EvalConfig, models: dict, sft, rm, tok, labeler, promp
                      sft_ref: list[tuple[str, bool]], corpus, device: str) -> tuple[dict, dict]:
     """Each model whose checkpoint exists, judged against SFT's samples `sft_ref` on the same prompts:
     win-rate, gold rating, RM score, KL to SFT, corpus loss. Returns (results, a few samples) by name."""
-    from nanorlhf.checkpoint import load_model
-
     out = Path(cfg.out_dir)
     texts = [p["prompt"] for p in prompts]
     results, samples = {}, {}
@@ -290,13 +288,6 @@ def reward_model_shift(cfg: EvalConfig, sft, tok, labeler, device: str) -> list[
     RM_r's pairwise accuracy (against the labeler's noisy ranking and against the gold order) on K fresh samples
     per val prompt (never trained on) of SFT and of PPO_r, beside a second labeler's agreement on the same pairs.
     The gap is the distribution shift iterated RLHF closes (Gao et al. 2022; Stiennon et al. 2020)."""
-    import random
-
-    from nanorlhf.checkpoint import load_model, load_policy, stage_path
-    from nanorlhf.data import read_prompts
-    from nanorlhf.evaluation import ranked_groups, rm_accuracy
-    from nanorlhf.runs import round_runs
-
     prompts = [p["prompt"] for p in read_prompts(cfg.data_dir, "val")][: cfg.shift_prompts]
     texts = [p for p in prompts for _ in range(cfg.shift_k)]
 
@@ -325,17 +316,6 @@ def reward_model_shift(cfg: EvalConfig, sft, tok, labeler, device: str) -> list[
 
 def main(argv=None) -> dict:
     """Evaluate every model of the pipeline against SFT on the test prompts; write out/eval.json."""
-    import json
-    import time
-
-    from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, stage_path, trained_dtype
-    from nanorlhf.config import parse_config
-    from nanorlhf.data import corpus_tokens, load_world, read_prompts
-    from nanorlhf.files import atomic_write
-    from nanorlhf import distributed
-    from nanorlhf.runs import policy_rows
-    from nanorlhf.training import autocast, resolve_dtype
-
     cfg = parse_config(EvalConfig, argv, EVAL_PRESETS)
     device = distributed.init(cfg.device)  # torchrun: sampling is sharded over the ranks (generate.py)
     # sampling and scoring in the regime the models trained in: auto reads it from the SFT checkpoint
@@ -374,6 +354,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from nanorlhf.config import run_main
-
     run_main(main)

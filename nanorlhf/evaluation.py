@@ -12,7 +12,7 @@ import torch
 from nanorlhf.data import ranked_sequences, to_device
 from nanorlhf.losses import ranking_accuracy, ranking_loss
 from nanorlhf.precision import autocast
-from nanorlhf.world import tied_pairs
+from nanorlhf.labeler import tied_pairs
 
 
 @torch.no_grad()

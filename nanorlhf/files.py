@@ -1,4 +1,5 @@
-"""Writing files so that nothing is lost, and fingerprints of what was written.
+"""Writing files so that nothing is lost, reading text with an error that names the bad byte, and
+fingerprints of what was written.
 
 Every file a stage writes goes through `atomic_write`: the new content goes to a temporary file next to
 the target (so on the same filesystem), is flushed to disk, and only then renamed over the target
@@ -23,6 +24,21 @@ from nanorlhf.config import StageError
 
 class WriteError(StageError, RuntimeError):
     """A file could not be written (full disk, read-only folder); the previous file is kept."""
+
+
+class DataError(StageError, ValueError):
+    """Bad input data: the message names the file and line and what was expected."""
+
+
+def decode_utf8(data: bytes, path) -> str:
+    """`data` as UTF-8 text; a bad byte is an error naming the file, line and column."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}:{line}: byte 0x{data[e.start]:02x} at column {col} is not UTF-8 text "
+                        f"(expected a UTF-8 file)") from None
 
 
 def atomic_write(path, content) -> Path:

@@ -20,8 +20,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_policy
 from nanorlhf.config import check_config, parse_config, run_main
 from nanorlhf.data import DataError, read_jsonl, read_jsonl_lines
+from nanorlhf.generate import sample_responses
 
 FLAGS = ("fails_instruction", "wrong", "rude", "harmful", "unfinished", "rambling")
 
@@ -138,9 +141,6 @@ def label(argv=None) -> None:
     check_config(cfg, k=(lambda v: v >= 2, "at least 2 (a ranking compares responses)"),
                  n=(lambda v: v >= 1, "at least 1"), max_new_tokens=(lambda v: v >= 1, "at least 1"))
     if cfg.from_model:
-        from nanorlhf.checkpoint import checkpoint_tokenizer, load_policy
-        from nanorlhf.generate import sample_responses
-
         model, ckpt = load_policy(cfg.from_model)
         tok = checkpoint_tokenizer(ckpt, cfg.from_model)
         # training prompts only: the val and test splits stay unseen by the reward model (eval judges on test)

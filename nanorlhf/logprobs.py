@@ -203,7 +203,7 @@ def linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, mask=N
         logp = torch.cat([lp for lp, _ in outs])
         entropy = torch.cat([ent for _, ent in outs]) if with_entropy else None
     else:
-        from nanorlhf import kernels
+        from nanorlhf import kernels  # imports triton: only now, never at package import
         with autocast_off(h.device.type):
             logp, entropy = kernels.LinearLogprobs.apply(h, weight, flat_targets, keep, float(temperature),
                                                          chunk_size)

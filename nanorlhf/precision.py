@@ -41,6 +41,8 @@ import time
 
 import torch
 
+from nanorlhf.config import ConfigError
+
 DTYPES = ("auto", "fp32", "bf16")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16, x86 AMX, aarch64 BF16
@@ -108,8 +110,6 @@ def _given_speedup(text: str) -> float:
     except ValueError:
         value = float("nan")
     if not (math.isfinite(value) and value > 0):
-        from nanorlhf.config import ConfigError
-
         raise ConfigError(f"{SPEEDUP_ENV}={text}: expected a number > 0 (the bf16/fp32 matmul rate), or unset it")
     return value
 
@@ -121,8 +121,6 @@ def resolve_dtype(dtype: str, device: str, log=print, trained_in: tuple[str, str
     timing a matmul again: a stage or an evaluation run by hand on existing checkpoints works in the regime they
     were trained in (a timing can come out either way on a noisy machine, and bf16 and fp32 samples differ)."""
     if dtype not in DTYPES:
-        from nanorlhf.config import ConfigError
-
         raise ConfigError(f"--dtype={dtype}: expected one of {', '.join(DTYPES)}")
     if dtype == "auto":
         if trained_in and trained_in[0] in TORCH_DTYPES:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
-from nanorlhf.plots import line_plots
+from nanorlhf.config import parse_config, run_main
+from nanorlhf.eval import BREAKDOWN, KINDS, learned
+from nanorlhf.files import atomic_write
+from nanorlhf.plots import line_plots, save
 from nanorlhf.runs import policy_rows, ppo_label
+
+import matplotlib.pyplot as plt  # noqa: E402 (after nanorlhf.plots, which picks the Agg backend)
 
 
 def ppo_curves(path, run_name: str, history: list[dict], evals: list[dict], reward: str = "model") -> None:
@@ -29,10 +36,6 @@ def sqrt_kl(kl: float) -> float:
 
 def winrate_chart(path, models: dict) -> None:
     """InstructGPT Figure 1 in miniature: win-rate against SFT with 95% CIs, one bar per model."""
-    import matplotlib.pyplot as plt
-
-    from nanorlhf.plots import save
-
     names = list(models)
     rates = [models[n]["win_rate"] * 100 for n in names]
     err = [[(models[n]["win_rate"] - models[n]["ci_low"]) * 100 for n in names],
@@ -53,10 +56,6 @@ def winrate_chart(path, models: dict) -> None:
 
 def overoptimisation_chart(path, runs: dict, best_of_n: list[dict]) -> None:
     """Gold rating and RM reward against √KL (Gao et al. 2022): PPO runs' evaluations and best-of-n."""
-    import matplotlib.pyplot as plt
-
-    from nanorlhf.plots import save
-
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, evals in runs.items():
         evals = sorted(evals, key=lambda e: e["kl"])  # a curve along KL, as in Gao et al.'s Figure 1
@@ -80,8 +79,6 @@ def overoptimisation_chart(path, runs: dict, best_of_n: list[dict]) -> None:
 
 def _summary(models: dict, headroom: dict | None) -> list[str]:
     """The report's first paragraph: the headline and, in words, what PPO learned that SFT did not."""
-    from nanorlhf.eval import learned
-
     if "PPO" not in models:
         return []
     r = models["PPO"]
@@ -125,8 +122,6 @@ def _headroom_section(headroom: dict | None, best_of_n: list[dict]) -> list[str]
 
 
 def _breakdown_section(models: dict) -> list[str]:
-    from nanorlhf.eval import BREAKDOWN
-
     names = [n for n in models if "breakdown" in models[n]]
     if not names:
         return []
@@ -166,8 +161,6 @@ def _rounds_section(ev: dict) -> list[str]:
 
 def _kinds_section(models: dict) -> list[str]:
     """Where the win comes from: each model against SFT, by the kind of prompt."""
-    from nanorlhf.eval import KINDS
-
     names = [n for n in models if "by_kind" in models[n] and n not in ("SFT", "base", "base few-shot")]
     if not names:
         return []
@@ -183,8 +176,6 @@ def _kinds_section(models: dict) -> list[str]:
 
 def _figures(out, ev: dict) -> list[str]:
     """Every PPO run's curves, the win-rate chart and the over-optimisation chart; returns the runs drawn."""
-    import json
-
     runs, curves = {}, []
     for run in policy_rows(ev["config"].get("rounds", 1)).values():
         h = out / run / "history.json"
@@ -256,11 +247,6 @@ def _wall_time_section(state: dict) -> list[str]:
 
 def write_report(out_dir) -> str:
     """out/report.md and its figures from out/eval.json, the PPO histories and the pipeline state."""
-    import json
-    from pathlib import Path
-
-    from nanorlhf.files import atomic_write
-
     out = Path(out_dir)
     ev = json.loads((out / "eval.json").read_text())
     models = ev["models"]
@@ -298,14 +284,10 @@ class ReportConfig:
 
 
 def main(argv=None) -> None:
-    from nanorlhf.config import parse_config
-
     cfg = parse_config(ReportConfig, argv)
     write_report(cfg.out_dir)
     print(f"report: wrote {cfg.out_dir}/report.md and its figures")
 
 
 if __name__ == "__main__":
-    from nanorlhf.config import run_main
-
     run_main(main)

@@ -25,6 +25,7 @@ import regex  # installed with tiktoken; supports \p{L} like tiktoken's own (Rus
 import tiktoken
 
 from nanorlhf.config import StageError
+from nanorlhf.files import atomic_write, decode_utf8
 
 # GPT-2's pre-tokenisation pattern (the same one tiktoken's "gpt2" encoding uses).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -100,15 +101,11 @@ def ranks_text(ranks: dict[bytes, int]) -> str:
 
 def save_ranks(ranks: dict[bytes, int], path: str | os.PathLike) -> None:
     """Write ranks in tiktoken's format, atomically."""
-    from nanorlhf.files import atomic_write
-
     atomic_write(path, ranks_text(ranks))
 
 
 def load_ranks(path: str | os.PathLike) -> dict[bytes, int]:
     """Read a tiktoken ranks file; a bad line is an error naming the file and line."""
-    from nanorlhf.data import decode_utf8
-
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:

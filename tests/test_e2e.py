@@ -1,16 +1,11 @@
 """Micro end-to-end runs of the stage scripts and the one-command pipeline (seconds each, on the CPU)."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 import torch
 
-from tests.helpers import BF16_ENV, ROOT, run  # the `pipeline` fixture: conftest.py
+from tests.helpers import BF16_ENV, run  # the `pipeline` fixture: conftest.py
 
 
 def test_prepare_pretrain_sft_write_their_files(pipeline):

@@ -65,7 +65,8 @@ def test_second_labeler_agreement_leaves_out_human_rankings():
     person's ranking (read with --labels=both) must not count, whatever keys its file carries."""
     import random
 
-    from nanorlhf.world import World, parse_task
+    from nanorlhf.prompts import parse_task
+    from nanorlhf.world import World
     from train_rm import labeler_agreement
 
     world = World(0)

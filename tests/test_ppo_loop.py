@@ -89,7 +89,8 @@ def test_kl_penalty_holds_policy_near_reference():
 
 def test_gold_reward_scores_each_response_against_its_own_prompt():
     """--reward=gold: row i of the rollout is judged against prompt i, in rating units centred on 4."""
-    from nanorlhf.world import World, parse_task
+    from nanorlhf.prompts import parse_task
+    from nanorlhf.world import World
 
     world = World(0)
     prompts = [p["prompt"] for p in world.prompts(3, "val")]

@@ -1,6 +1,6 @@
 """The synthetic world and its gold labeler: a specification, seconds on a CPU.
 
-The answers below are written by hand, not by world.py, so the labeler is checked against a reader's
+The answers below are written by hand, not by the world's modules, so the labeler is checked against a reader's
 judgement rather than against itself."""
 
 import math
@@ -9,7 +9,10 @@ import re
 
 import pytest
 
-from nanorlhf.world import CATEGORIES, CONSTRAINTS, FAVOURITE_WORD, QUALITIES, Labeler, World, parse_task
+from nanorlhf.labeler import FAVOURITE_WORD, Labeler
+from nanorlhf.prompts import CONSTRAINTS, parse_task
+from nanorlhf.tasks import CATEGORIES
+from nanorlhf.world import QUALITIES, World
 
 WORLD = World(seed=0)
 LABELER = WORLD.labeler
@@ -182,7 +185,7 @@ def test_prefer_is_the_gold_comparison():
     assert LABELER.prefer(prompt, good, bads[0]) == 1.0 and LABELER.prefer(prompt, bads[0], good) == 0.0
     rng = random.Random(0)
     assert sum(LABELER.prefer(prompt, good, bads[0], rng) for _ in range(200)) > 190
-    assert isinstance(Labeler(WORLD).judge(prompt, good).utility, float)
+    assert isinstance(Labeler().judge(prompt, good).utility, float)
 
 
 def test_few_shot_examples_are_ideal_and_from_different_categories():
