@@ -37,7 +37,7 @@ from nanorlhf.config import AT_LEAST_1, POSITIVE, check_config, default_preset, 
 from nanorlhf.files import WriteError, atomic_write, fingerprint
 from nanorlhf.config import default_device
 from nanorlhf.precision import resolve_dtype
-from nanorlhf.runs import round_runs
+from nanorlhf.runs import ROUNDS, round_runs
 
 ROOT = Path(__file__).resolve().parent.parent  # the stage scripts live at the repository root
 PRESET_NAMES = ("micro", "tiny", "small")  # every stage script has these presets
@@ -62,7 +62,6 @@ class PipelineConfig:
 
 # The stages' own default seeds; --seed=S adds S to each, so seed 0 reproduces the stages run by hand.
 TRAIN_SEED, EVAL_SEED = 1337, 1234
-ROUNDS = {"micro": 2, "tiny": 2, "small": 2}  # --rounds=0: the preset's number of iterated-RLHF rounds
 
 
 def resolve_dirs(cfg: PipelineConfig) -> PipelineConfig:
@@ -103,9 +102,9 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
     ]
     # iterated RLHF: round r ranks the samples of round r-1's policy (round 1: SFT's), pools every round's
     # comparisons, trains a reward model, and runs PPO against it
-    prev = None
-    for r in range(1, cfg.rounds + 1):
-        rm, ppo_run = round_runs(r, cfg.rounds)
+    prev, rounds = None, cfg.rounds or ROUNDS[p]
+    for r in range(1, rounds + 1):
+        rm, ppo_run = round_runs(r, rounds)
         later = [f"--round={r}", f"--sample_from={O / prev[1] / 'ckpt.pt'}",
                  f"--pool={O / prev[0] / 'comparisons.jsonl'}"] if prev else []
         start = [f"--continue_from={O / prev[1] / 'ckpt.pt'}"] if prev and cfg.round_init == "previous" else []
@@ -115,7 +114,7 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
                                  *start], run_files(ppo_run), ("prepare", "sft", rm, *(prev[1:] if start else ())))]
         prev = (rm, ppo_run)
     ppo_runs = ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold")
-    earlier = [n for r in range(1, cfg.rounds) for n in round_runs(r, cfg.rounds)]
+    earlier = [n for r in range(1, rounds) for n in round_runs(r, rounds)]
     return plan + [
         Stage("ppo_ptx", [*run, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
         # β = 0 with 4× the policy's learning rate: with the off-prompt answers in the RM's data there is no
@@ -128,7 +127,7 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
               run_files("ppo_beta0"), ppo_reads),
         # the gold labeler as the reward: the ceiling a better reward model could reach (see gold_reward)
         Stage("ppo_gold", [*run, ppo, *train, "--reward=gold", "--run_name=ppo_gold"], run_files("ppo_gold"), ppo_reads),
-        Stage("eval", [*run, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}", f"--rounds={cfg.rounds}"],
+        Stage("eval", [*run, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}", f"--rounds={rounds}"],
               [O / "eval.json"], ("prepare", "pretrain", "sft", "rm", *ppo_runs, *earlier)),
         Stage("report", [py, "-m", "nanorlhf.report", f"--out_dir={o}"], [O / "report.md"],
               ("rm", *ppo_runs, *earlier, "eval")),

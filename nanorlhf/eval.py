@@ -21,7 +21,7 @@ from nanorlhf.files import atomic_write
 from nanorlhf.generate import response_logprobs, sample_responses
 from nanorlhf.losses import sft_loss
 from nanorlhf.prompts import parse_task
-from nanorlhf.runs import policy_rows, round_runs
+from nanorlhf.runs import ROUNDS, policy_rows, round_runs
 from nanorlhf.training import autocast, resolve_dtype
 
 
@@ -221,7 +221,7 @@ class EvalConfig:
     few_shot: int = 2  # demonstrations in the base model's few-shot prompt
     bon_n: int = 16  # best-of-n: largest n (SFT samples per prompt, picked by the RM)
     bon_prompts: int = 200  # prompts for best-of-n and the headroom probe
-    rounds: int = 1  # iterated-RLHF rounds the pipeline ran (its --rounds): a PPO row and an RM check per round
+    rounds: int = 0  # iterated-RLHF rounds the pipeline ran (its --rounds; 0: the preset's): a PPO row and RM check each
     shift_prompts: int = 200  # val prompts of the RM check: K samples of SFT and of each round's policy, ranked
     shift_k: int = 4  # samples per prompt of the RM check
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
@@ -317,6 +317,7 @@ def reward_model_shift(cfg: EvalConfig, sft, tok, labeler, device: str) -> list[
 def main(argv=None) -> dict:
     """Evaluate every model of the pipeline against SFT on the test prompts; write out/eval.json."""
     cfg = parse_config(EvalConfig, argv, EVAL_PRESETS)
+    cfg.rounds = cfg.rounds or ROUNDS[cfg.preset]
     device = distributed.init(cfg.device)  # torchrun: sampling is sharded over the ranks (generate.py)
     # sampling and scoring in the regime the models trained in: auto reads it from the SFT checkpoint
     cfg.dtype = resolve_dtype(cfg.dtype, device, trained_in=trained_dtype(stage_path(cfg.out_dir, "sft")))

@@ -4,6 +4,7 @@ the report name it. Iterated RLHF adds a reward model and a PPO run per round: t
 
 from __future__ import annotations
 
+ROUNDS = {"micro": 2, "tiny": 2, "small": 2}  # each preset's number of iterated-RLHF rounds (--rounds=0)
 PPO_CONTROLS = {"PPO-ptx": "ppo_ptx", "PPO β=0": "ppo_beta0", "PPO, gold reward": "ppo_gold"}
 
 

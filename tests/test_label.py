@@ -67,7 +67,7 @@ def test_second_labeler_agreement_leaves_out_human_rankings():
 
     from nanorlhf.prompts import parse_task
     from nanorlhf.world import World
-    from train_rm import labeler_agreement
+    from nanorlhf.evaluation import labeler_agreement
 
     world = World(0)
     prompt = world.prompts(1, "val")[0]["prompt"]

@@ -76,7 +76,7 @@ def test_the_reward_model_check_uses_val_prompts_that_no_round_trained_on(pipeli
     d, _, _ = pipeline
     seen = []
     real = evaluation.ranked_groups
-    monkeypatch.setattr(evaluation, "ranked_groups", lambda labeler, prompts, *a: seen.append(prompts) or
+    monkeypatch.setattr(evaluation_stage, "ranked_groups", lambda labeler, prompts, *a: seen.append(prompts) or
                         real(labeler, prompts, *a))
     cfg = evaluation_stage.EvalConfig(preset="micro", data_dir=str(d / "data"), out_dir=str(d / "out"), rounds=2,
                                       shift_prompts=8, max_new_tokens=12, dtype="fp32")
