@@ -28,14 +28,15 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed, ppo
-from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
+from nanorlhf.checkpoint import (CheckpointError, check_run_name, checkpoint_tokenizer, load_model, save_checkpoint,
+                                 stage_path)
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
                              parse_config, run_main)
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts, to_device
 from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import generate, response_logprobs
 from nanorlhf.losses import masked_mean, sft_loss
-from nanorlhf.files import atomic_write
+from nanorlhf.files import atomic_write, lock_folder, with_locks
 from nanorlhf.training import Progress, autocast, check_finite, make_optimizer, resolve_dtype, seed_everything
 
 
@@ -105,6 +106,8 @@ def get_config(argv=None) -> Config:
                  init_kl_coef=NON_NEGATIVE, kl_target=POSITIVE, kl_horizon=AT_LEAST_1, ptx_coef=NON_NEGATIVE,
                  ptx_batch=AT_LEAST_1, grad_clip=POSITIVE, eval_interval=NON_NEGATIVE, eval_prompts=AT_LEAST_1,
                  log_interval=AT_LEAST_1)
+    if cfg.run_name:  # never the folder of a stage PPO reads (sft, rm) or of any other stage
+        check_run_name("run_name", cfg.run_name)
     return cfg
 
 
@@ -117,6 +120,10 @@ def load_models(policy_path: str, reward_path: str, data_dir: str, device: str):
     policy, sft_ckpt = load_model(policy_path, "sft", device=device, tokenizer=tok_file)
     ref, _ = load_model(policy_path, "sft", device=device)
     reward_model, _ = load_model(reward_path, "rm", device=device, tokenizer=tok_file)
+    if reward_model.config.block_size < policy.config.block_size:  # it scores the policy's whole sequences
+        raise CheckpointError(f"{reward_path}: a reward model with a {reward_model.config.block_size}-token "
+                              f"context, shorter than the policy's {policy.config.block_size} ({policy_path}); "
+                              f"expected one trained from that policy (python train_rm.py)")
     critic, _ = load_model(reward_path, "rm", head="value", device=device)
     for m in (ref, reward_model):
         m.eval().requires_grad_(False)
@@ -259,8 +266,10 @@ def gold_evaluation(policy, tok, labeler, prompts: list[dict], cfg: Config, devi
 
 
 def save_run(out: Path, policy, cfg: Config, sft_ckpt: dict, run_name: str, metrics: dict) -> None:
-    """The final checkpoint, the history as json and the run's curves."""
-    save_checkpoint(out / "ckpt.pt", policy, asdict(cfg), sft_ckpt, run_name, cfg.iterations, metrics)
+    """The final checkpoint, the history as json and the run's curves. The previous run's history goes as
+    the checkpoint is replaced: stopped in between, the folder holds no history rather than another run's."""
+    save_checkpoint(out / "ckpt.pt", policy, asdict(cfg), sft_ckpt, run_name, cfg.iterations, metrics,
+                    describing=[out / "history.json"])
     atomic_write(out / "history.json", json.dumps({"history": metrics["history"], "evals": metrics["evals"]},
                                                   indent=0))
     from nanorlhf.report import ppo_curves
@@ -269,6 +278,7 @@ def save_run(out: Path, policy, cfg: Config, sft_ckpt: dict, run_name: str, metr
 
 
 # ------------------------------------------------------------------------------------------------ main
+@with_locks
 def main(argv=None):
     cfg = get_config(argv)
     run_name = cfg.run_name or ("ppo_ptx" if cfg.ptx_coef > 0 else "ppo")
@@ -280,6 +290,7 @@ def main(argv=None):
     rng = random.Random(cfg.seed)
     out = Path(cfg.out_dir) / run_name
     ckpt_path = out / "ckpt.pt"
+    lock_folder(out)  # one writer: a second run on the same folder is refused
     world = load_world(cfg.data_dir)
 
     policy_path = cfg.policy_from or stage_path(cfg.out_dir, "sft")
@@ -323,8 +334,8 @@ def main(argv=None):
                          vf_loss=row["vf_loss"], ev=row["explained_var"], len=row["resp_len"], eos=row["eos_rate"])
         if cfg.eval_interval and it % cfg.eval_interval == 0 and it < cfg.iterations:
             evals.append(judge(history, it)[0])
-            save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, run_name, it,
-                            {"history": history, "evals": evals})
+            save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, run_name, it,  # in progress: beside ckpt.pt
+                            {"history": history, "evals": evals}, finished=False)
     row, final = judge(history, cfg.iterations)
     evals.append(row)
     metrics = {"history": history, "evals": evals, "final_gold": {k: v for k, v in final.items() if k != "samples"},

@@ -27,16 +27,17 @@ import torch
 
 from nanorlhf import distributed
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
-from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
-                             parse_config, run_main)
+from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_config, check_context,
+                             one_of, parse_config, run_main)
 from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts,
                            subgroup, to_device, write_jsonl)
 from nanorlhf.eval import score_texts
+from nanorlhf.files import lock_folder, with_locks
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import ranking_accuracy, ranking_loss
 from nanorlhf.plots import line_plots
-from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
-                               seed_everything, set_lr)
+from nanorlhf.training import (Progress, autocast, check_finite, check_learnable, lr_at, make_optimizer,
+                               resolve_dtype, seed_everything, set_lr)
 from nanorlhf.world import tied_pairs
 
 
@@ -129,6 +130,7 @@ def comparisons(cfg: Config, policy, tok, labeler, device: str) -> list[dict]:
     if cfg.labels in ("simulated", "both"):
         if comp_path.exists() and not cfg.resample:
             groups = read_comparisons(comp_path)
+            check_reuse(groups, cfg, comp_path)
             print(f"rm: reusing {len(groups)} ranked groups from {comp_path} (--resample=true to redo)")
         else:
             with autocast(device, cfg.dtype):  # sampled in the regime SFT trained in
@@ -146,6 +148,20 @@ def comparisons(cfg: Config, policy, tok, labeler, device: str) -> list[dict]:
     return groups
 
 
+def check_reuse(groups: list[dict], cfg: Config, path: Path) -> None:
+    """Reused comparisons must be what the flags would sample now: one group per prompt, each of K samples
+    and `off_prompt` answers to other prompts. Otherwise the checkpoint would record a K (or a number of
+    prompts) its reward model never saw."""
+    n_prompts = min(cfg.n_prompts, len(read_prompts(cfg.data_dir, "train")))
+    for flag, want, got in (("k", cfg.k, {len(g["responses"]) - len(g.get("off_prompt", [])) for g in groups}),
+                            ("off_prompt", cfg.off_prompt, {len(g.get("off_prompt", [])) for g in groups}),
+                            ("n_prompts", n_prompts, {len(groups)})):
+        if got != {want}:
+            made = " or ".join(map(str, sorted(got)))
+            raise ConfigError(f"--{flag}={getattr(cfg, flag)}: {path} was made with --{flag}={made} (reusing it "
+                              f"would train on those); give --{flag}={made}, or --resample=true to sample again")
+
+
 def sampled_only(g: dict) -> dict:
     """A group without its off-prompt responses: the K samples the accuracy is measured on."""
     off = set(g.get("off_prompt", ()))
@@ -160,7 +176,21 @@ def split(groups: list[dict], cfg: Config, rng: random.Random):
     if not train_groups:
         raise DataError(f"{len(groups)} ranked group(s): none left for training after the held-out "
                         f"{cfg.val_frac:.0%} (expected at least 2 groups; raise --n_prompts)")
-    return train_groups, [sampled_only(g) for g in val_groups], val_groups  # accuracy: on the K samples
+    val_groups, val_all = [sampled_only(g) for g in val_groups], val_groups  # accuracy: on the K samples
+    files = ((Path(cfg.out_dir) / "rm" / "comparisons.jsonl", cfg.labels != "human"),
+             (cfg.human_labels, cfg.labels != "simulated"))
+    sources = " and ".join(str(p) for p, used in files if used)
+    for part, name in ((train_groups, "training"), (val_groups, "held-out")):
+        check_learnable(sum(preferences(g) for g in part), f"{sources}: the {len(part)} {name} group(s) rank no "
+                        "pair of responses apart, every pair is a tie (expected rankings that prefer one "
+                        "response to another)", stage_path(cfg.out_dir, "rm"))
+    return train_groups, val_groups, val_all
+
+
+def preferences(g: dict) -> int:
+    """The pairs of a group's responses that are not ties: what the ranking loss and the accuracy count."""
+    n = len(g["responses"])
+    return n * (n - 1) // 2 - len({tuple(sorted(t)) for t in g.get("ties", [])})
 
 
 # --------------------------------------------------------------------- 2-3. the ranking loss, training
@@ -268,6 +298,7 @@ def plot_training(path: Path, history: dict, ceiling: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ main
+@with_locks
 def main(argv=None):
     cfg = get_config(argv)
     device = distributed.init(cfg.device)  # torchrun: join the other ranks; sampling is sharded in generate.py
@@ -276,6 +307,7 @@ def main(argv=None):
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir) / "rm"
     ckpt_path = stage_path(cfg.out_dir, "rm")
+    lock_folder(out)  # one writer: a second run on the same folder is refused
     sft_path = cfg.init_from or stage_path(cfg.out_dir, "sft")
     labeler = load_world(cfg.data_dir).labeler
 

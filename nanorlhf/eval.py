@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from nanorlhf.data import to_device
+from nanorlhf.files import with_locks
 from nanorlhf.generate import sample_responses
 
 
@@ -197,6 +198,32 @@ class EvalConfig:
 
 EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8), "tiny": {},
                 "small": dict(n_prompts=1000, bon_n=64, bon_prompts=200)}
+# The table's rows: {row name: the stage (folder under out_dir) whose checkpoint it samples}; --runs adds more.
+ROWS = {"base": "base", "base few-shot": "base", "SFT": "sft", "PPO": "ppo", "PPO-ptx": "ppo_ptx",
+        "PPO β=0": "ppo_beta0", "PPO, gold reward": "ppo_gold"}
+
+
+def check_eval_config(cfg: EvalConfig) -> list[str]:
+    """Every flag before any work (check_config), and the runs of --runs, which are returned: each a PPO
+    run's folder under out_dir with a finished policy checkpoint of that name, none a row the table has
+    already (it would replace that row) or named twice. A run asked for by name that is missing is an
+    error, not a row left out."""
+    from nanorlhf.checkpoint import check_run_name, load_checkpoint, maker
+    from nanorlhf.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, ConfigError, check_config
+
+    check_config(cfg, n_prompts=AT_LEAST_1, max_new_tokens=AT_LEAST_1, temperature=POSITIVE,
+                 few_shot=NON_NEGATIVE, bon_n=AT_LEAST_1, bon_prompts=AT_LEAST_1)
+    runs = cfg.runs.split(",") if cfg.runs else []
+    for i, run in enumerate(runs):
+        check_run_name("runs", run)
+        if run in ROWS or run in ROWS.values() or run in runs[:i]:
+            raise ConfigError(f"--runs={cfg.runs}: {run!r} is a row of the table already; expected other runs "
+                              f"(folders under --out_dir made by: python train_ppo.py --run_name=<name>)")
+        path = Path(cfg.out_dir) / run / "ckpt.pt"
+        if not path.exists():
+            raise ConfigError(f"--runs={cfg.runs}: no checkpoint at {path} (make it with: {maker(run)})")
+        load_checkpoint(path, run)  # a finished policy of that run
+    return runs
 
 
 def compare_with_sft(cfg: EvalConfig, models: dict, sft, rm, tok, labeler, prompts: list[dict],
@@ -250,19 +277,22 @@ def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler, texts: list[str], devic
     return bon, many
 
 
+@with_locks
 def main(argv=None) -> dict:
     """Evaluate every model of the pipeline against SFT on the test prompts; write out/eval.json."""
     import json
     import time
 
     from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, stage_path
-    from nanorlhf.config import parse_config
+    from nanorlhf.config import check_context, parse_config
     from nanorlhf.data import corpus_tokens, load_world, read_prompts
-    from nanorlhf.files import atomic_write
+    from nanorlhf.files import atomic_write, lock_folder
     from nanorlhf import distributed
     from nanorlhf.training import autocast, resolve_dtype
 
     cfg = parse_config(EvalConfig, argv, EVAL_PRESETS)
+    runs = check_eval_config(cfg)
+    lock_folder(cfg.out_dir)  # one writer: eval.json and the reading of every stage's checkpoint
     device = distributed.init(cfg.device)  # torchrun: sampling is sharded over the ranks (generate.py)
     cfg.dtype = resolve_dtype(cfg.dtype, device)  # sampling and scoring in the regime the models trained in
     t0 = time.time()
@@ -272,15 +302,14 @@ def main(argv=None) -> dict:
     prompts = [p for p in read_prompts(cfg.data_dir, "test")][: cfg.n_prompts]
     texts = [p["prompt"] for p in prompts]
     sft, ck = load_model(stage_path(out, "sft"), "sft", device=device)
+    check_context(cfg, sft.config.block_size)
     tok = checkpoint_tokenizer(ck)
     rm, _ = load_model(stage_path(out, "rm"), "rm", device=device)
     corpus = corpus_tokens(cfg.data_dir, tok, tail_frac=0.05)  # the held-out end, as in train_sft.py
 
     few_shot = [t for p, r in world.few_shot_examples(cfg.few_shot) for t in tok.pair_ids(p, r)[0]]
-    models = {"base": ("base", ()), "base few-shot": ("base", few_shot), "SFT": ("sft", ()),
-              "PPO": ("ppo", ()), "PPO-ptx": ("ppo_ptx", ()), "PPO β=0": ("ppo_beta0", ()),
-              "PPO, gold reward": ("ppo_gold", ())}
-    models.update({run: (run, ()) for run in filter(None, cfg.runs.split(","))})  # e.g. a PPO variant of yours
+    models = {name: (stage, few_shot if name == "base few-shot" else ()) for name, stage in ROWS.items()}
+    models.update({run: (run, ()) for run in runs})  # e.g. a PPO variant of yours
     with autocast(device, cfg.dtype):  # samples from the regime the models trained in
         sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature,
                                    generator=torch.Generator(device).manual_seed(cfg.seed))

@@ -107,13 +107,13 @@ def save_ranks(ranks: dict[bytes, int], path: str | os.PathLike) -> None:
 
 def load_ranks(path: str | os.PathLike) -> dict[bytes, int]:
     """Read a tiktoken ranks file; a bad line is an error naming the file and line."""
-    from nanorlhf.data import decode_utf8
+    from nanorlhf.data import DataError, read_text
 
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: tokenizer file not found (run: python data/prepare.py)") from None
-    return parse_ranks(decode_utf8(data, path), path)
+        text = read_text(path, "python data/prepare.py")
+    except DataError as e:  # missing, a folder, not UTF-8: a tokenizer error like the others
+        raise TokenizerError(str(e)) from None
+    return parse_ranks(text, path)
 
 
 def parse_ranks(text: str, source) -> dict[bytes, int]:
@@ -129,6 +129,11 @@ def parse_ranks(text: str, source) -> dict[bytes, int]:
             raise TokenizerError(f"{source}:{n}: expected '<base64 token> <rank>', got {line[:60]!r}") from None
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise TokenizerError(f"{source}: ranks must be 0..{len(ranks) - 1} without gaps or repeats")
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:  # byte-level BPE: any text must be encodable, byte by byte at worst
+        raise TokenizerError(f"{source}: {len(missing)} of the 256 single bytes have no rank (the file is "
+                             f"{'empty' if not ranks else 'incomplete'}; expected every byte, then the merges; "
+                             f"make it with: python data/prepare.py)")
     return ranks
 
 

@@ -4,6 +4,17 @@ Tests of the bf16 path say bf16 themselves, or set NANORLHF_BF16_SPEEDUP to make
 
 import os
 
+import pytest
+
 from nanorlhf.precision import SPEEDUP_ENV
 
 os.environ[SPEEDUP_ENV] = "1.0"  # fp32 (below BF16_MIN_SPEEDUP): inherited by the stages the tests start
+
+
+@pytest.fixture(scope="session")
+def made(tmp_path_factory):
+    """data/, out/base, out/sft, out/rm of micro models of a few steps, made once for the test modules that
+    break copies of them (tests/test_robustness.py's `copy_of`)."""
+    from tests.test_robustness import make
+
+    return make(tmp_path_factory.mktemp("made"))
