@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed, ppo
-from nanorlhf.checkpoint import (checkpoint_tokenizer, load_model, load_policy, save_checkpoint, stage_path,
-                                 trained_dtype)
+from nanorlhf.checkpoint import (CheckpointError, check_run_name, checkpoint_tokenizer, load_model, load_policy,
+                                 save_checkpoint, stage_path, trained_dtype)
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
                              parse_config, run_main)
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts, to_device
 from nanorlhf.eval import format_eval, gold_eval
 from nanorlhf.generate import generate, response_logprobs
 from nanorlhf.losses import masked_mean, sft_loss
-from nanorlhf.files import atomic_write
+from nanorlhf.files import atomic_write, lock_folder, with_locks
 from nanorlhf.report import ppo_curves
 from nanorlhf.training import Progress, autocast, check_finite, make_optimizer, resolve_dtype, seed_everything
 
@@ -109,6 +109,8 @@ def get_config(argv=None) -> Config:
                  init_kl_coef=NON_NEGATIVE, kl_target=POSITIVE, kl_horizon=AT_LEAST_1, ptx_coef=NON_NEGATIVE,
                  ptx_batch=AT_LEAST_1, grad_clip=POSITIVE, eval_interval=NON_NEGATIVE, eval_prompts=AT_LEAST_1,
                  log_interval=AT_LEAST_1)
+    if cfg.run_name:  # never the folder of a stage PPO reads (sft, rm) or of any other stage
+        check_run_name("run_name", cfg.run_name)
     return cfg
 
 
@@ -122,6 +124,10 @@ def load_models(policy_path: str, reward_path: str, data_dir: str, device: str, 
     ref, sft_ckpt = load_model(policy_path, "sft", device=device, tokenizer=tok_file)
     policy = load_policy(continue_from, device, tok_file)[0] if continue_from else copy.deepcopy(ref)
     reward_model, _ = load_model(reward_path, "rm", device=device, tokenizer=tok_file)
+    if reward_model.config.block_size < policy.config.block_size:  # it scores the policy's whole sequences
+        raise CheckpointError(f"{reward_path}: a reward model with a {reward_model.config.block_size}-token "
+                              f"context, shorter than the policy's {policy.config.block_size} ({policy_path}); "
+                              f"expected one trained from that policy (python train_rm.py)")
     critic, _ = load_model(reward_path, "rm", head="value", device=device)
     for m in (ref, reward_model):
         m.eval().requires_grad_(False)
@@ -263,14 +269,17 @@ def gold_evaluation(policy, tok, labeler, prompts: list[dict], cfg: Config, devi
 
 
 def save_run(out: Path, policy, cfg: Config, sft_ckpt: dict, run_name: str, metrics: dict) -> None:
-    """The final checkpoint, the history as json and the run's curves."""
-    save_checkpoint(out / "ckpt.pt", policy, asdict(cfg), sft_ckpt, run_name, cfg.iterations, metrics)
+    """The final checkpoint, the history as json and the run's curves. The previous run's history goes as
+    the checkpoint is replaced: stopped in between, the folder holds no history rather than another run's."""
+    save_checkpoint(out / "ckpt.pt", policy, asdict(cfg), sft_ckpt, run_name, cfg.iterations, metrics,
+                    describing=[out / "history.json"])
     atomic_write(out / "history.json", json.dumps({"history": metrics["history"], "evals": metrics["evals"]},
                                                   indent=0))
     ppo_curves(out / "ppo_curves.png", run_name, metrics["history"], metrics["evals"], cfg.reward)
 
 
 # ------------------------------------------------------------------------------------------------ main
+@with_locks
 def main(argv=None):
     cfg = get_config(argv)
     run_name = cfg.run_name or ("ppo_ptx" if cfg.ptx_coef > 0 else "ppo")
@@ -285,6 +294,7 @@ def main(argv=None):
     rng = random.Random(cfg.seed)
     out = Path(cfg.out_dir) / run_name
     ckpt_path = out / "ckpt.pt"
+    lock_folder(out)  # one writer: a second run on the same folder is refused
     world = load_world(cfg.data_dir)
 
     policy, ref, reward_model, critic, sft_ckpt, tok = load_models(policy_path, reward_path, cfg.data_dir, device,
@@ -327,8 +337,8 @@ def main(argv=None):
                          vf_loss=row["vf_loss"], ev=row["explained_var"], len=row["resp_len"], eos=row["eos_rate"])
         if cfg.eval_interval and it % cfg.eval_interval == 0 and it < cfg.iterations:
             evals.append(judge(history, it)[0])
-            save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, run_name, it,
-                            {"history": history, "evals": evals})
+            save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, run_name, it,  # in progress: beside ckpt.pt
+                            {"history": history, "evals": evals}, finished=False)
     row, final = judge(history, cfg.iterations)
     evals.append(row)
     # no wall time in the checkpoint: the same command writes the same bits (the pipeline's state has the times)

@@ -36,19 +36,19 @@ import torch
 
 from nanorlhf import distributed
 from nanorlhf.checkpoint import (checkpoint_tokenizer, load_checkpoint, load_model, load_policy, save_checkpoint,
-                                 stage_path, trained_dtype)
-from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
-                             parse_config, run_main)
+                                 stage_path, trained_dtype, weights_fingerprint)
+from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context,
+                             one_of, parse_config, run_main)
 from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts,
                            subgroup, to_device, write_jsonl)
 from nanorlhf.eval import score_texts
 from nanorlhf.evaluation import ranking_eval, rm_accuracy
-from nanorlhf.files import atomic_write, fingerprint
+from nanorlhf.files import atomic_write, fingerprint, lock_folder, with_locks
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import ranking_accuracy, ranking_loss
 from nanorlhf.plots import line_plots
-from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
-                               seed_everything, set_lr)
+from nanorlhf.training import (Progress, autocast, check_finite, check_learnable, lr_at, make_optimizer,
+                               resolve_dtype, seed_everything, set_lr)
 from nanorlhf.labeler import tied_pairs
 
 
@@ -137,10 +137,12 @@ def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config) 
 
 
 def recipe(cfg: Config, sample_path) -> dict:
-    """What the new groups of comparisons.jsonl are made from: reused only while this is unchanged."""
-    return {"sample_from": fingerprint([sample_path]), "pool": fingerprint([cfg.pool]) if cfg.pool else "",
+    """What comparisons.jsonl is made from (the weights sampled, the earlier rounds' groups, the prompts and
+    the flags of sampling): it is reused only while this is unchanged, wherever the files were moved."""
+    return {"sample_from": weights_fingerprint(sample_path), "pool": fingerprint([cfg.pool]) if cfg.pool else "",
+            "prompts": fingerprint([Path(cfg.data_dir) / "prompts.jsonl"]),
             **{k: getattr(cfg, k) for k in ("round", "n_prompts", "k", "off_prompt", "temperature",
-                                            "max_new_tokens", "seed", "data_dir")}}
+                                            "max_new_tokens", "seed")}}
 
 
 def _recorded(path: Path):
@@ -159,11 +161,14 @@ def comparisons(cfg: Config, sample_path, tok, labeler, device: str) -> list[dic
     comp_path, recipe_path = out / "comparisons.jsonl", out / "comparisons.recipe.json"
     groups = []
     if cfg.labels in ("simulated", "both"):
-        want = recipe(cfg, sample_path)
-        if comp_path.exists() and not cfg.resample and _recorded(recipe_path) == want:
+        want, made = recipe(cfg, sample_path), _recorded(recipe_path)
+        if comp_path.exists() and not cfg.resample and made == want:
             groups = read_comparisons(comp_path)
             print(f"rm: reusing {len(groups)} ranked groups from {comp_path} (--resample=true to redo)")
         else:
+            if comp_path.exists() and not cfg.resample:  # e.g. --k=100 where the file has K = 3: never reused
+                changed = sorted(k for k in want if not isinstance(made, dict) or made.get(k) != want[k])
+                print(f"rm: {comp_path} was made from other inputs ({', '.join(changed)} differ): sampling again")
             pool = read_comparisons(cfg.pool, "the earlier round's python train_rm.py") if cfg.pool else []
             used = {g["prompt"] for g in pool}
             prompts = [p for p in read_prompts(cfg.data_dir, "train") if p["prompt"] not in used][: cfg.n_prompts]
@@ -210,7 +215,21 @@ def split(groups: list[dict], cfg: Config, rng: random.Random):
     if not train_groups or not val_groups:
         raise DataError(f"{len(groups)} ranked group(s): {len(train_groups)} for training and {len(val_groups)} "
                         f"held out (--val_frac={cfg.val_frac}); expected both (raise --n_prompts)")
-    return train_groups, [sampled_only(g) for g in val_groups], val_groups  # accuracy: on the K samples
+    val_groups, val_all = [sampled_only(g) for g in val_groups], val_groups  # accuracy: on the K samples
+    files = ((Path(cfg.out_dir) / cfg.run_name / "comparisons.jsonl", cfg.labels != "human"),
+             (cfg.human_labels, cfg.labels != "simulated"))
+    sources = " and ".join(str(p) for p, used in files if used)
+    for part, name in ((train_groups, "training"), (val_groups, "held-out")):
+        check_learnable(sum(preferences(g) for g in part), f"{sources}: the {len(part)} {name} group(s) rank no "
+                        "pair of responses apart, every pair is a tie (expected rankings that prefer one "
+                        "response to another)", Path(cfg.out_dir) / cfg.run_name / "ckpt.pt")
+    return train_groups, val_groups, val_all
+
+
+def preferences(g: dict) -> int:
+    """The pairs of a group's responses that are not ties: what the ranking loss and the accuracy count."""
+    n = len(g["responses"])
+    return n * (n - 1) // 2 - len({tuple(sorted(t)) for t in g.get("ties", [])})
 
 
 # --------------------------------------------------------------------- 2-3. the ranking loss, training
@@ -280,6 +299,7 @@ def plot_training(path: Path, history: dict, ceiling: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ main
+@with_locks
 def main(argv=None):
     cfg = get_config(argv)
     device = distributed.init(cfg.device)  # torchrun: join the other ranks; sampling is sharded in generate.py
@@ -290,6 +310,7 @@ def main(argv=None):
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir) / cfg.run_name
     ckpt_path = out / "ckpt.pt"
+    lock_folder(out)  # one writer: a second run on the same folder is refused
     labeler = load_world(cfg.data_dir).labeler
 
     # 1. comparison collection: K samples per prompt of the SFT policy (round 1) or of the latest one, ranked

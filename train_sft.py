@@ -27,12 +27,13 @@ from nanorlhf.config import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT,
                              check_context, one_of, parse_config, run_main)
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_jsonl, read_prompts, sft_batch, to_device
 from nanorlhf.eval import format_eval, gold_eval
+from nanorlhf.files import lock_folder, with_locks
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import sft_loss
 from nanorlhf.model import GPT, GPTConfig
 from nanorlhf.tokenizer import load_tokenizer
-from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
-                               seed_everything, set_lr)
+from nanorlhf.training import (Progress, autocast, check_finite, check_learnable, lr_at, make_optimizer,
+                               resolve_dtype, seed_everything, set_lr)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -137,7 +138,8 @@ def demo_batches(pairs, cfg: Config, pad_id: int, rng: random.Random):
 def batches(cfg: Config, tok, gen: torch.Generator):
     """(training batches, a function that gives the same held-out batches at every call, a description).
     Pretraining: random windows of the corpus, its end held out. SFT: demonstrations with a loss mask that
-    is 1 exactly on the response tokens, the last ones held out."""
+    is 1 exactly on the response tokens, the last ones held out; either part without a response token
+    in the model's context (every prompt too long, or too few demonstrations) is refused."""
     if cfg.stage == "pretrain":
         tokens = corpus_tokens(cfg.data_dir, tok)
         n_val = max(cfg.block_size + 2, int(len(tokens) * cfg.val_frac))
@@ -146,9 +148,15 @@ def batches(cfg: Config, tok, gen: torch.Generator):
         val_batches = lambda: lm_batches(tokens[-n_val:], cfg.batch_size, cfg.block_size,  # noqa: E731
                                          torch.Generator().manual_seed(0))  # the same batches at every eval
         return train_batches, val_batches, f"{len(tokens):,} corpus tokens"
-    demos = read_jsonl(Path(cfg.data_dir) / "sft.jsonl", {"prompt": str, "response": str})
+    path = Path(cfg.data_dir) / "sft.jsonl"
+    demos = read_jsonl(path, {"prompt": str, "response": str})
     pairs = [tok.pair_ids(d["prompt"], d["response"]) for d in demos]
     n_val = max(1, int(len(pairs) * cfg.val_frac))
+    for part, name in ((pairs[:-n_val], "training"), (pairs[-n_val:], "held-out")):
+        loss_tokens = sum(sum(mask[1 : cfg.block_size + 1]) for _, mask in part)  # what sft_batch keeps
+        check_learnable(loss_tokens, f"{path}: {len(part)} {name} demonstration(s) of {len(pairs)}, with no "
+                        f"response token within the model's {cfg.block_size}-token context (expected at least "
+                        "2 demonstrations whose prompts fit the context)", stage_path(cfg.out_dir, out_name(cfg)))
     train_batches = demo_batches(pairs[:-n_val], cfg, tok.pad_id, random.Random(cfg.seed))
     val_batches = lambda: demo_batches(pairs[-n_val:], cfg, tok.pad_id, random.Random(0))  # noqa: E731
     return train_batches, val_batches, f"{len(pairs):,} demonstrations"
@@ -188,8 +196,9 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
             check_finite("validation loss", val, step, ckpt_path)
             metrics.update(val_loss=val, step=step)
             print(f"{cfg.stage} step {step:>5}/{cfg.max_steps} | val loss {val:.4f}")
-            if step > 0:
-                save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), step, metrics)
+            if step > 0 and step < cfg.max_steps:  # in progress: beside the finished checkpoint, never over it
+                save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), step, metrics,
+                                finished=False)
         if cfg.sample_interval and step % cfg.sample_interval == 0 and step > 0:
             print_samples(model, tok, read_prompts(cfg.data_dir, "val")[:2], cfg)
         if step == cfg.max_steps:
@@ -232,6 +241,7 @@ def gold_evaluation(model, tok, labeler, cfg: Config, device: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ main
+@with_locks
 def main(argv=None):
     cfg = get_config(argv)
     device = distributed.init(cfg.device)  # torchrun: join the other ranks (a no-op on one process)
@@ -241,6 +251,7 @@ def main(argv=None):
     cfg.dtype = resolve_dtype(cfg.dtype, device, trained_in=start)
     gen = seed_everything(cfg.seed)
     ckpt_path = stage_path(cfg.out_dir, out_name(cfg))
+    lock_folder(ckpt_path.parent)  # one writer: a second run on the same folder is refused
     model, tok, tok_fields = starting_point(cfg, device)
     check_context(cfg, cfg.block_size)
     world = load_world(cfg.data_dir)

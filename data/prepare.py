@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from nanorlhf.config import AT_LEAST_1, UNIT, check_config, parse_config, run_main  # noqa: E402
 from nanorlhf.data import write_jsonl  # noqa: E402
-from nanorlhf.files import atomic_write  # noqa: E402
+from nanorlhf.files import atomic_write, lock_folder, with_locks  # noqa: E402
 from nanorlhf.tokenizer import EOT, SPECIALS, save_ranks, train_bpe  # noqa: E402
 from nanorlhf.world import World  # noqa: E402
 
@@ -52,6 +52,7 @@ PRESETS = {
 }
 
 
+@with_locks
 def main(argv=None):
     cfg = parse_config(PrepareConfig, argv, PRESETS)
     check_config(cfg, sloppy_frac=UNIT, n_corpus=AT_LEAST_1, n_demos=AT_LEAST_1, n_train_prompts=AT_LEAST_1,
@@ -59,8 +60,7 @@ def main(argv=None):
                  vocab_size=(lambda v: v >= 256 + len(SPECIALS), f"at least {256 + len(SPECIALS)} (256 bytes + "
                                                                  f"{len(SPECIALS)} special tokens)"))
     t0 = time.time()
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = lock_folder(cfg.out_dir)  # made if needed (a file there is one line); one writer at a time
     world = World(seed=cfg.seed, sloppy_frac=cfg.sloppy_frac)
 
     docs = world.corpus(cfg.n_corpus)

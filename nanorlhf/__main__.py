@@ -20,6 +20,11 @@ outputs of the stages it reads, the data included) and a SHA-256 of the files it
 both still match: a stage rerun by hand with other flags (or stopped halfway) changed its files, so it
 runs again, and so does whatever read them; a stage that reruns and writes the same bits leaves the
 stages after it current. A failed stage leaves every record as it was, so the next run resumes there.
+
+While it runs, the pipeline holds the lock of every folder its stages write (files.lock_folder): a second
+pipeline, or a stage run by hand, on the same folders is refused, naming this one. Its stages hold them
+through it. Ctrl-C or SIGTERM stops the running stage with the pipeline (and a stage is sent SIGTERM if
+the pipeline dies any other way), so no stage goes on writing behind a pipeline that is gone.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanorlhf.config import AT_LEAST_1, POSITIVE, check_config, default_preset, one_of, parse_config, run_main
-from nanorlhf.files import WriteError, atomic_write, fingerprint
+from nanorlhf.data import DataError, read_state
+from nanorlhf.files import LOCK_ENV, atomic_write, fingerprint, lock_folder, lock_token, make_folder, with_locks
 from nanorlhf.config import default_device
 from nanorlhf.precision import resolve_dtype
 from nanorlhf.runs import ROUNDS, round_runs
@@ -155,14 +162,21 @@ def main(argv=None):
           f"report: {Path(cfg.out_dir) / 'report.md'}", flush=True)
 
 
+@with_locks
 def run_pipeline(plan: list[Stage], out: Path, force: bool = False, stop_after: str = "") -> Path:
-    """Run the stages of `plan` that are not current (all with `force`), in order; return the state file."""
-    try:
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WriteError(f"{out / 'logs'}: cannot create it ({e.strerror})") from None
+    """Run the stages of `plan` that are not current (all with `force`), in order, holding the lock of
+    every folder they write; return the state file."""
+    for folder in [out, *sorted({p.parent for stage in plan for p in stage.outputs} - {out})]:
+        lock_folder(folder)
+    make_folder(out / "logs")
     state_path = out / "pipeline_state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    try:
+        state = read_state(state_path)
+    except DataError as e:
+        if not force:
+            raise
+        print(f"pipeline: {e}; --force=true: every stage runs and the records are written anew", flush=True)
+        state = {}
     for i, stage in enumerate(plan, 1):
         inputs = _inputs(stage, state)
         why = "--force=true" if force else _why_not_current(stage, state.get(stage.name), inputs)
@@ -173,7 +187,11 @@ def run_pipeline(plan: list[Stage], out: Path, force: bool = False, stop_after: 
             print(f"[{i}/{len(plan)}] {stage.name} ({why}): {cmd}", flush=True)
             ts = time.time()
             log = out / "logs" / f"{stage.name}.log"
-            rc, tail = _run(stage.cmd, log)
+            try:
+                rc, tail = _run(stage.cmd, log)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(f"stopped the pipeline and its stage '{stage.name}' (its log: {log}); "
+                                        "rerun the same command to resume: finished stages are skipped") from None
             missing = [str(p) for p in stage.outputs if not p.exists()]
             if rc != 0 or missing:
                 cause = f"exit {rc}" if rc != 0 else f"exit 0 without writing {', '.join(missing)}"
@@ -215,18 +233,53 @@ def _why_not_current(stage: Stage, record: dict | None, inputs: str) -> str | No
 
 
 def _run(cmd: list[str], log_path: Path) -> tuple[int, str]:
-    """Run a stage, streaming its output to the terminal and to its log; return (exit code, last lines)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    """Run a stage, streaming its output to the terminal and to its log; return (exit code, last lines).
+    The stage runs in a process group of its own, which the pipeline stops if it is itself stopped."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           LOCK_ENV: " ".join(filter(None, (os.environ.get(LOCK_ENV), lock_token())))}  # it writes in our folders
     lines: list[str] = []
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=os.getcwd())
-        for line in proc.stdout:
-            sys.stdout.write("    " + line)
-            sys.stdout.flush()
-            log.write(line)
-            lines = (lines + [line.rstrip()])[-8:]
-        rc = proc.wait()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                cwd=os.getcwd(), start_new_session=True, preexec_fn=_end_with_parent())
+        try:
+            for line in proc.stdout:
+                sys.stdout.write("    " + line)
+                sys.stdout.flush()
+                log.write(line)
+                lines = (lines + [line.rstrip()])[-8:]
+            rc = proc.wait()
+        except BaseException:  # Ctrl-C, SIGTERM (run_main turns it into KeyboardInterrupt), a broken pipe
+            _stop(proc)
+            raise
     return rc, "\n".join("    " + s for s in lines)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a stage and whatever it started (torchrun's workers): SIGTERM to its process group (a stage exits
+    with one line, run_main), SIGKILL if it has not ended 10 s later."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _end_with_parent():
+    """A function the stage's process runs before its command: on Linux, ask the kernel for SIGTERM when the
+    pipeline dies, even by SIGKILL, which no handler of the pipeline sees (prctl PR_SET_PDEATHSIG). The
+    library call is looked up here, in the pipeline: after fork the child only makes the system call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 if __name__ == "__main__":

@@ -8,19 +8,25 @@ loading stage reads its data with: data regenerated under a trained model is an 
 
 Written atomically (files.atomic_write), never with non-finite weights or metrics and never before a
 training step was taken, and loaded with `torch.load(weights_only=True)`, which unpickles only tensors
-and plain containers (never arbitrary code).
+and plain containers (never arbitrary code). A checkpoint records whether its run finished: the saves a
+stage makes while it trains go to `ckpt.partial.pt` beside the finished `ckpt.pt` (partial_path), so a
+run stopped halfway never replaces a finished model with an intermediate one, and no stage loads a
+checkpoint that did not finish. A checkpoint's model_config is checked against GPTConfig and its weights
+before a model is built from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
+import re
 from pathlib import Path
 
 import torch
 
-from nanorlhf.config import StageError
-from nanorlhf.files import atomic_write
+from nanorlhf.config import ConfigError, StageError
+from nanorlhf.files import atomic_write, kept, remove_file
 from nanorlhf.model import GPT, GPTConfig
 from nanorlhf.tokenizer import Tokenizer, load_ranks, load_tokenizer, parse_ranks, ranks_text
 from nanorlhf.training import NonFiniteError
@@ -38,6 +44,7 @@ MAKERS = {
     "ppo_gold": "python train_ppo.py --reward=gold --run_name=ppo_gold",
 }
 HEADS = {"rm": "scalar"}  # the head each stage's checkpoint has; every other stage writes a policy ("lm")
+OTHER_FOLDERS = {"logs": "the pipeline's stage logs"}  # folders under out_dir that hold no checkpoint
 
 
 class CheckpointError(StageError, RuntimeError):
@@ -46,6 +53,32 @@ class CheckpointError(StageError, RuntimeError):
 
 def maker(stage: str) -> str:
     return MAKERS.get(stage, f"python train_ppo.py --run_name={stage}")
+
+
+def reserved_folders() -> dict[str, str]:
+    """{folder under out_dir: whose it is} for the folders a PPO run may not take: every stage's checkpoint
+    folder the pipeline makes with another script than train_ppo.py (base, sft, rm; any stage added to
+    MAKERS joins them), and the pipeline's own folders."""
+    own = {s: f"the folder of the checkpoint made by {cmd}" for s, cmd in MAKERS.items()
+           if cmd.split()[1] != "train_ppo.py"}
+    return {**own, **OTHER_FOLDERS}
+
+
+def check_run_name(flag: str, name: str) -> None:
+    """A run's name is a folder under out_dir of its own: letters, digits, _ and - (no path, no file name
+    of the pipeline's: eval.json, report.md), and not a folder another stage writes."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise ConfigError(f"--{flag}={name}: expected a run name of letters, digits, _ and - (a folder under "
+                          f"--out_dir), got {name!r}")
+    if name in reserved_folders():
+        raise ConfigError(f"--{flag}={name}: expected a PPO run's own name; {name!r} is "
+                          f"{reserved_folders()[name]}")
+
+
+def partial_path(path) -> Path:
+    """Where the in-progress saves of the checkpoint `path` go: `ckpt.partial.pt` beside `ckpt.pt`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
 def tokenizer_record(spec: str) -> dict:
@@ -64,23 +97,28 @@ def checkpoint_tokenizer(ckpt: dict, path="checkpoint"):
     return Tokenizer.from_ranks(parse_ranks(ckpt["tokenizer_ranks"], path), Path(ckpt["tokenizer"]).stem)
 
 
-def save_checkpoint(path, model: GPT, config: dict, tokenizer: dict, stage: str, step: int, metrics=None):
+def save_checkpoint(path, model: GPT, config: dict, tokenizer: dict, stage: str, step: int, metrics=None,
+                    finished: bool = True, describing=()):
     """Save `model` (unwrapped) and everything needed to rebuild and check it, atomically.
 
     `tokenizer` is tokenizer_record(spec) or the same fields of the checkpoint the model started from.
-    Refused (the previous file is kept): a model with a NaN/inf weight, a NaN/inf top-level metric (the
-    numbers that judge the model, e.g. the held-out loss), or one no training step has touched."""
-    path = Path(path)
-    kept = f"{path} is kept as it was" if path.exists() else f"nothing was written to {path}"
+    `finished=False`: a save while training, written to partial_path(path); the finished save replaces
+    `path` and removes it. `describing`: files beside `path` that describe the checkpoint it replaces (a
+    PPO run's history.json), removed once the new one is written and just before it takes the old one's
+    place, so a run stopped before writing them anew leaves none rather than another run's. Refused (the
+    previous files are kept): a model with a NaN/inf weight, a NaN/inf top-level metric (the numbers that
+    judge the model, e.g. the held-out loss), or one no training step has touched."""
+    path = Path(path) if finished else partial_path(path)
+    kept_ = kept(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise NonFiniteError(f"not saving: weight {bad[0]} has NaN/inf values; {kept}")
+        raise NonFiniteError(f"not saving: weight {bad[0]} has NaN/inf values; {kept_}")
     bad = [k for k, v in (metrics or {}).items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
-        raise NonFiniteError(f"not saving: metric {bad[0]} = {metrics[bad[0]]}; {kept}")
+        raise NonFiniteError(f"not saving: metric {bad[0]} = {metrics[bad[0]]}; {kept_}")
     if step < 1:
-        raise CheckpointError(f"not saving: no training step was taken (step {step}); {kept}")
+        raise CheckpointError(f"not saving: no training step was taken (step {step}); {kept_}")
     ckpt = {
         "model_config": model.config.to_dict(),
         "config": _plain(config),
@@ -89,8 +127,11 @@ def save_checkpoint(path, model: GPT, config: dict, tokenizer: dict, stage: str,
         **{k: tokenizer[k] for k in ("tokenizer", "tokenizer_ranks", "tokenizer_sha256")},
         "step": step,
         "metrics": _plain(metrics or {}),
+        "finished": finished,
     }
-    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    atomic_write(path, lambda tmp: (torch.save(ckpt, tmp), *map(remove_file, describing)))
+    if finished:
+        remove_file(partial_path(path))  # the finished run's in-progress saves are history
 
 
 def _plain(x):
@@ -126,6 +167,10 @@ def load_checkpoint(path, stage: str | None = None, tokenizer: str | None = None
     if not isinstance(ckpt, dict) or not {"model_config", "model", "stage", "tokenizer_sha256"} <= set(ckpt):
         raise CheckpointError(f"{path}: a checkpoint without its stage and tokenizer (written by an older "
                               f"version?); {remake}")
+    if ckpt.get("finished") is False:  # (older checkpoints, without the field, were all finished ones)
+        raise CheckpointError(f"{path}: an unfinished checkpoint (saved at step {ckpt.get('step')} while its "
+                              f"run trained); expected a finished one: {remake}")
+    check_model_config(ckpt, path, remake)
     got, got_head = ckpt["stage"], ckpt["model_config"].get("head")
     if stage is not None and (got != stage or got_head != HEADS.get(stage, "lm")):
         raise CheckpointError(f"{path}: a '{got}' checkpoint ({got_head} head), expected '{stage}' "
@@ -149,6 +194,37 @@ def trained_dtype(path) -> tuple[str, str] | None:
         return None
 
 
+def check_model_config(ckpt: dict, path, remake: str) -> None:
+    """The checkpoint's model_config is GPTConfig's fields with values of their types, and describes its
+    weights (width, depth, vocabulary rows): a mismatch is one line before any model is built."""
+    mc = ckpt["model_config"]
+    if not isinstance(mc, dict):
+        raise CheckpointError(f"{path}: model_config is a {type(mc).__name__}, expected a dict of GPTConfig "
+                              f"fields; {remake}")
+    fields = {f.name: type(f.default) for f in dataclasses.fields(GPTConfig)}
+    unknown = sorted(set(mc) - set(fields))
+    if unknown:
+        raise CheckpointError(f"{path}: model_config has unknown field(s) {unknown} (written by a newer "
+                              f"version?); expected only GPTConfig's {sorted(fields)}")
+    for k, v in mc.items():
+        want = (int, float) if fields[k] is float else fields[k]
+        if not isinstance(v, want) or (isinstance(v, bool) and fields[k] is not bool):
+            raise CheckpointError(f"{path}: model_config {k}={v!r}, expected a {fields[k].__name__}; {remake}")
+    sizes = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple")
+    small = [k for k in sizes if mc.get(k, 1) < 1]
+    if small:
+        raise CheckpointError(f"{path}: model_config {small[0]}={mc[small[0]]}, expected at least 1; {remake}")
+    state = ckpt["model"]
+    cfg = GPTConfig(**{"vocab_multiple": 1, **mc})
+    n_layer = len({k.split(".")[1] for k in state if k.startswith("h.")}) if isinstance(state, dict) else None
+    wte = state.get("wte.weight") if isinstance(state, dict) else None
+    shape = tuple(wte.shape) if isinstance(wte, torch.Tensor) else None
+    if n_layer != cfg.n_layer or shape != (cfg.padded_vocab, cfg.n_embd):
+        raise CheckpointError(f"{path}: model_config (n_layer={cfg.n_layer}, n_embd={cfg.n_embd}, "
+                              f"vocab {cfg.padded_vocab}) does not describe its weights ({n_layer} blocks, "
+                              f"embedding {shape}); {remake}")
+
+
 def load_model(path, stage: str | None = None, head: str | None = None, device="cpu",
                tokenizer: str | None = None) -> tuple[GPT, dict]:
     """Rebuild a GPT from a checkpoint (checked as in load_checkpoint). `head` switches the head: the
@@ -160,15 +236,31 @@ def load_model(path, stage: str | None = None, head: str | None = None, device="
     src_head = cfg.head
     if head is not None:
         cfg.head = head
-    model = GPT(cfg)
     state = ckpt["model"]
-    if cfg.head != src_head and not {cfg.head, src_head} <= {"scalar", "value"}:
-        state = {k: v for k, v in state.items() if not k.startswith("score.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        assert all(k.startswith("score.") for k in missing) and not unexpected, (missing, unexpected)
-    else:
-        model.load_state_dict(state)
+    try:
+        model = GPT(cfg)
+        if cfg.head != src_head and not {cfg.head, src_head} <= {"scalar", "value"}:
+            state = {k: v for k, v in state.items() if not k.startswith("score.")}
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if not all(k.startswith("score.") for k in missing) or unexpected:
+                raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        else:
+            model.load_state_dict(state)
+    except (RuntimeError, ValueError, AssertionError, ZeroDivisionError) as e:  # a config its weights do not fit
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: its weights do not fit its model_config ({reason[:200]}); remake it "
+                              "with the stage that wrote it") from None
     return model.to(device), ckpt
+
+
+def weights_fingerprint(path) -> str:
+    """SHA-256 of a checkpoint's weights alone (not of the paths in its config): the same model wherever the
+    file lies."""
+    state = load_checkpoint(path)["model"]
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode() + b"\0" + state[k].contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_policy(path, device="cpu", tokenizer: str | None = None) -> tuple[GPT, dict]:

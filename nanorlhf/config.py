@@ -9,8 +9,11 @@ error that names it, and so is a flag given twice. No `exec` of config files (na
 `field(metadata={"help": ...})`), its default, and the values the presets give it; a comment on a line
 of its own titles the fields below it. So a config field is documented once, where it is defined.
 
-Each stage checks its whole config in one place, `check_config(cfg, **rules)`, before any work: every
-bad value is one line `--name=value: expected ...` and exit 2, instead of a traceback halfway through.
+Each entry point checks its whole config in one place, `check_config(cfg, **rules)`, before any work: every
+bad value is one line `--name=value: expected ...` and exit 2, instead of a traceback halfway through. Besides
+the stage's own rules it checks what holds for every config: numbers are finite (`--lr=inf` passes "> 0"),
+a seed is one NumPy accepts, and the device exists. An integer field takes only a whole number (`2.5e0`
+is an error, not 2), at parsing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import io
+import math
+import signal
 import sys
 import textwrap
 import tokenize
@@ -48,8 +53,24 @@ def default_preset() -> str:
     return "small" if _cuda_available() else "tiny"
 
 
+def _whole(text: str) -> int:
+    """An integer flag's value: `300`, or a float that is a whole number (`3e2`); ValueError otherwise
+    (`2.5e0` is not silently 2, and `1e999` is no number at all)."""
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)
+        if not number.is_integer():  # also inf and nan
+            raise ValueError(text) from None
+        return int(number)
+
+
 def _convert(name: str, text: str, typ: Any) -> Any:
     typ = typ if isinstance(typ, type) else str(typ)
+    optional = "None" in str(typ) or "Optional" in str(typ)  # e.g. `int | None`
+    whole = typ in (int, "int") or (optional and "int" in str(typ))
+    if optional and text.lower() == "none":
+        return None
     try:
         if typ in (bool, "bool"):
             low = text.lower()
@@ -58,21 +79,13 @@ def _convert(name: str, text: str, typ: Any) -> Any:
             if low in ("0", "false", "no", "off"):
                 return False
             raise ValueError(text)
-        if typ in (int, "int"):
-            return int(float(text)) if "e" in text.lower() else int(text)
-        if typ in (float, "float"):
+        if whole:
+            return _whole(text)
+        if typ in (float, "float") or (optional and "float" in str(typ)):
             return float(text)
-        if typ in (str, "str"):
-            return text
-        if "None" in str(typ) or "Optional" in str(typ):  # e.g. `int | None`
-            if text.lower() == "none":
-                return None
-            for inner in (int, float):
-                if inner.__name__ in str(typ):
-                    return inner(text)
-            return text
     except ValueError:
-        raise ConfigError(f"--{name}={text}: expected a value of type {getattr(typ, '__name__', typ)}") from None
+        expected = "a whole number" if whole else f"a value of type {getattr(typ, '__name__', typ)}"
+        raise ConfigError(f"--{name}={text}: expected {expected}") from None
     return text
 
 
@@ -203,9 +216,21 @@ def one_of(*choices):
     return (lambda v: v in choices, " or ".join(map(str, choices)))
 
 
+# np.random.seed takes [0, 2^32); the stages add offsets to a seed (the pipeline 1337, eval up to 2, each
+# rank 100,003), so seeds stop at 2^31 - 1, which leaves room for them
+SEED = (lambda v: 0 <= v < 2**31, f"a whole number from 0 to {2**31 - 1}")
+
+
 def check_config(cfg, **rules) -> None:
-    """Check each named field against its (test, expected) rule, and `device` (if the config has one)
-    against the machine: the first bad value is a ConfigError `--name=value: expected ...`."""
+    """Check every number of `cfg` is finite, each named field against its (test, expected) rule, `seed`
+    (if the config has one) against SEED, and `device` against the machine: the first bad value is a
+    ConfigError `--name=value: expected ...`. Every entry point calls it before any work."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{f.name}={value}: expected a finite number")
+    if hasattr(cfg, "seed") and "seed" not in rules:
+        rules = {"seed": SEED, **rules}
     for name, (ok, expected) in rules.items():
         value = getattr(cfg, name)
         if not ok(value):
@@ -237,10 +262,23 @@ def device_problem(device: str) -> str | None:
     return "cpu or cuda[:N]"
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (`kill`, a parent stopping its stage) ends the run as Ctrl-C does
+
+
 def run_main(main) -> None:
-    """Run a stage's main(); turn expected errors into one clear line and exit 2."""
+    """Run an entry point's main(); turn expected errors into one clear line and exit 2, and Ctrl-C or
+    SIGTERM into one line and exit 130 (the shell's code for an interrupt) instead of a traceback. An
+    interrupted stage leaves whole files only (files.atomic_write): what it replaces is kept as it was."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as e:
+        why = str(e) or "stopped before the end; every file it had not replaced yet is kept as it was"
+        print(f"interrupted (Ctrl-C or SIGTERM): {why}", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)

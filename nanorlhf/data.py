@@ -1,5 +1,10 @@
 """Reading data files with clear errors, and turning token lists into padded batches.
 
+Every file a stage reads goes through `read_bytes` (a missing file names the command that makes it) and
+then `decode_utf8`; every JSON file (a stage's results or state: eval.json, history.json, meta.json,
+pipeline_state.json) through `read_json`, every JSONL file through `read_jsonl_lines`: a bad one is one
+line naming the file and line and what was expected.
+
 Mask convention everywhere: 1 = this token counts.
 """
 
@@ -10,22 +15,47 @@ from pathlib import Path
 
 import torch
 
-from nanorlhf.files import DataError, atomic_write, decode_utf8  # DataError: every stage imports it from here
+from nanorlhf import files
+from nanorlhf.files import DataError, atomic_write, decode_utf8, read_bytes  # DataError: the stages import it here
 from nanorlhf.tokenizer import EOT
 from nanorlhf.world import World
 
 PREPARE = "python data/prepare.py"  # what makes every file in data_dir
 
 
+def check_keys(row: dict, required: dict, where: str) -> None:
+    """`row` has the `required` keys, each of its type (a bool is no number); else one line naming `where`."""
+    for key, typ in required.items():
+        if key not in row:
+            raise DataError(f"{where}: missing key {key!r} (expected keys {sorted(required)})")
+        if not isinstance(row[key], typ) or (typ in (int, float, (int, float)) and isinstance(row[key], bool)):
+            name = " or ".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
+            raise DataError(f"{where}: {key!r} must be {name}, got {type(row[key]).__name__}")
+
+
+def read_json(path, maker: str, required: dict | None = None) -> dict:
+    """The JSON object in the file `path`, with the `required` keys of the given types: the one reader of
+    every JSON file. A missing, truncated or malformed file is one line naming the file (and the line
+    where its JSON breaks) and `maker`, the command that makes it again."""
+    path = Path(path)
+    try:
+        obj = json.loads(decode_utf8(read_bytes(path, maker), path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); remake it "
+                        f"with: {maker}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}; remake it with: {maker}")
+    check_keys(obj, required or {}, str(path))
+    return obj
+
+
 def read_jsonl_lines(path, required: dict[str, type] | tuple = (), maker: str = PREPARE) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line of a jsonl file, checking that each is a JSON
     object with the `required` keys/types. `maker` is the command that makes the file, for the errors."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found (make it with: {maker})")
     req = required if isinstance(required, dict) else {k: object for k in required}
     rows = []
-    for n, line in enumerate(decode_utf8(path.read_bytes(), path).split("\n"), 1):
+    for n, line in enumerate(decode_utf8(read_bytes(path, maker), path).split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -34,11 +64,7 @@ def read_jsonl_lines(path, required: dict[str, type] | tuple = (), maker: str = 
             raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); expected one object per line") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-        for key, typ in req.items():
-            if key not in row:
-                raise DataError(f"{path}:{n}: missing key {key!r} (expected keys {sorted(req)})")
-            if not isinstance(row[key], typ):
-                raise DataError(f"{path}:{n}: {key!r} must be {typ.__name__}, got {type(row[key]).__name__}")
+        check_keys(row, req, f"{path}:{n}")
         rows.append((n, row))
     if not rows:
         raise DataError(f"{path}: no records, the file is empty (make it with: {maker})")
@@ -59,10 +85,7 @@ def write_jsonl(path, rows) -> None:
 
 
 def read_text(path, maker: str = PREPARE) -> str:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found (make it with: {maker})")
-    return decode_utf8(path.read_bytes(), path)
+    return files.read_text(path, maker)
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -117,20 +140,19 @@ def lm_batches(tokens: torch.Tensor, batch_size: int, block_size: int, generator
 
 def load_world(data_dir):
     """The World (and so the gold labeler) that `data/prepare.py` generated the data from."""
-    path = Path(data_dir) / "meta.json"
-    if not path.exists():
-        raise DataError(f"{path}: file not found (run: python data/prepare.py --out_dir={data_dir})")
-    text = decode_utf8(path.read_bytes(), path)
-    try:
-        meta = json.loads(text)
-        return World(seed=int(meta["seed"]), sloppy_frac=float(meta["sloppy_frac"]))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{path}: expected JSON with 'seed' and 'sloppy_frac' ({type(e).__name__}: {e})") from None
+    meta = read_json(Path(data_dir) / "meta.json", f"python data/prepare.py --out_dir={data_dir}",
+                     {"seed": int, "sloppy_frac": (int, float)})
+    return World(seed=meta["seed"], sloppy_frac=float(meta["sloppy_frac"]))
 
 
 def read_prompts(data_dir, split: str) -> list[dict]:
-    rows = read_jsonl(Path(data_dir) / "prompts.jsonl", {"prompt": str, "category": str, "split": str})
-    return [r for r in rows if r["split"] == split]
+    """The prompts of one split (train, val or test); a split with none is an error, not an empty list."""
+    path = Path(data_dir) / "prompts.jsonl"
+    rows = [r for r in read_jsonl(path, {"prompt": str, "category": str, "split": str}) if r["split"] == split]
+    if not rows:
+        raise DataError(f"{path}: no prompts of the '{split}' split (expected train, val and test prompts; "
+                        f"make them with: {PREPARE})")
+    return rows
 
 
 def _indices(xs, n: int) -> bool:
@@ -243,3 +265,17 @@ def text_batches(tok, prompts: list[str], outs: list[tuple[str, bool]], block_si
                   for p, (r, f) in zip(prompts[i : i + batch_size], outs[i : i + batch_size])]
         tokens, mask, _, _ = ranked_sequences(groups, tok, block_size)
         yield i, tokens, mask
+
+
+def read_state(path) -> dict:
+    """The pipeline's records {stage: record} in `path` ({} before any stage finished); a file that is
+    not such records is one line naming it and the line where its JSON breaks."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    state = read_json(path, "python -m nanorlhf --force=true")
+    for name, record in state.items():
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: the record of '{name}' is a {type(record).__name__}, expected an object; "
+                            f"remake it with: python -m nanorlhf --force=true")
+    return state

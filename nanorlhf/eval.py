@@ -13,11 +13,13 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed
-from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, load_policy, stage_path, trained_dtype
-from nanorlhf.config import parse_config, run_main
+from nanorlhf.checkpoint import (check_run_name, checkpoint_tokenizer, load_checkpoint, load_model, load_policy, maker,
+                                 stage_path, trained_dtype)
+from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, ConfigError, check_config, check_context, parse_config,
+                             run_main)
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts, text_batches, to_device
 from nanorlhf.evaluation import ranked_groups, rm_accuracy
-from nanorlhf.files import atomic_write
+from nanorlhf.files import atomic_write, lock_folder, with_locks
 from nanorlhf.generate import response_logprobs, sample_responses
 from nanorlhf.losses import sft_loss
 from nanorlhf.prompts import parse_task
@@ -232,6 +234,31 @@ class EvalConfig:
 
 EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8, shift_prompts=8), "tiny": {},
                 "small": dict(n_prompts=1000, bon_n=64, bon_prompts=200)}
+def rows(rounds: int) -> dict[str, str]:
+    """The table's rows: {row name: the stage (folder under out_dir) whose checkpoint it samples}; --runs
+    adds more."""
+    return {"base": "base", "base few-shot": "base", "SFT": "sft", **policy_rows(rounds)}
+
+
+def check_eval_config(cfg: EvalConfig) -> list[str]:
+    """Every flag before any work (check_config), and the runs of --runs, which are returned: each a PPO
+    run's folder under out_dir with a finished policy checkpoint of that name, none a row the table has
+    already (it would replace that row) or named twice. A run asked for by name that is missing is an
+    error, not a row left out."""
+    check_config(cfg, n_prompts=AT_LEAST_1, max_new_tokens=AT_LEAST_1, temperature=POSITIVE,
+                 few_shot=NON_NEGATIVE, bon_n=AT_LEAST_1, bon_prompts=AT_LEAST_1, rounds=AT_LEAST_1,
+                 shift_prompts=AT_LEAST_1, shift_k=(lambda k: k >= 2, "at least 2 (a ranking compares responses)"))
+    runs, table = (cfg.runs.split(",") if cfg.runs else []), rows(cfg.rounds)
+    for i, run in enumerate(runs):
+        check_run_name("runs", run)
+        if run in table or run in table.values() or run in runs[:i]:
+            raise ConfigError(f"--runs={cfg.runs}: {run!r} is a row of the table already; expected other runs "
+                              f"(folders under --out_dir made by: python train_ppo.py --run_name=<name>)")
+        path = Path(cfg.out_dir) / run / "ckpt.pt"
+        if not path.exists():
+            raise ConfigError(f"--runs={cfg.runs}: no checkpoint at {path} (make it with: {maker(run)})")
+        load_checkpoint(path, run)  # a finished policy of that run
+    return runs
 
 
 def compare_with_sft(cfg: EvalConfig, models: dict, sft, rm, tok, labeler, prompts: list[dict],
@@ -314,10 +341,13 @@ def reward_model_shift(cfg: EvalConfig, sft, tok, labeler, device: str) -> list[
     return rows
 
 
+@with_locks
 def main(argv=None) -> dict:
     """Evaluate every model of the pipeline against SFT on the test prompts; write out/eval.json."""
     cfg = parse_config(EvalConfig, argv, EVAL_PRESETS)
     cfg.rounds = cfg.rounds or ROUNDS[cfg.preset]
+    runs = check_eval_config(cfg)
+    lock_folder(cfg.out_dir)  # one writer: eval.json and the reading of every stage's checkpoint
     device = distributed.init(cfg.device)  # torchrun: sampling is sharded over the ranks (generate.py)
     # sampling and scoring in the regime the models trained in: auto reads it from the SFT checkpoint
     cfg.dtype = resolve_dtype(cfg.dtype, device, trained_in=trained_dtype(stage_path(cfg.out_dir, "sft")))
@@ -328,14 +358,14 @@ def main(argv=None) -> dict:
     prompts = [p for p in read_prompts(cfg.data_dir, "test")][: cfg.n_prompts]
     texts = [p["prompt"] for p in prompts]
     sft, ck = load_model(stage_path(out, "sft"), "sft", device=device)
+    check_context(cfg, sft.config.block_size)
     tok = checkpoint_tokenizer(ck)
     rm, _ = load_model(stage_path(out, "rm"), "rm", device=device)
     corpus = corpus_tokens(cfg.data_dir, tok, tail_frac=0.05)  # the held-out end, as in train_sft.py
 
     few_shot = [t for p, r in world.few_shot_examples(cfg.few_shot) for t in tok.pair_ids(p, r)[0]]
-    models = {"base": ("base", ()), "base few-shot": ("base", few_shot), "SFT": ("sft", ()),
-              **{name: (run, ()) for name, run in policy_rows(cfg.rounds).items()}}
-    models.update({run: (run, ()) for run in filter(None, cfg.runs.split(","))})  # e.g. a PPO variant of yours
+    models = {name: (stage, few_shot if name == "base few-shot" else ()) for name, stage in rows(cfg.rounds).items()}
+    models.update({run: (run, ()) for run in runs})  # e.g. a PPO variant of yours
     with autocast(device, cfg.dtype):  # samples from the regime the models trained in
         sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature,
                                    seed=cfg.seed)

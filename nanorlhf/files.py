@@ -9,17 +9,33 @@ that was killed is removed by the next write of the same file.
 
 Under torchrun only rank 0 writes (see distributed.py): every rank runs the same recipe and holds the
 same weights, so the other ranks' writes would be copies racing for the same path.
+
+One writer per output folder: every stage (and the pipeline, for every folder its stages write) takes the
+folder's lock, `lock_folder`, before any work. Two runs on the same folders would otherwise both "succeed",
+each file being whichever wrote it last. The lock is a file in the folder naming its holder (pid, command,
+start time) and held with flock(2): the kernel lets go of it when the holder dies, however it dies, so a
+lock file left by a killed run is taken over (with a message), never waited on. The stages the pipeline
+starts hold their folders through its lock (the token in NANORLHF_LOCKS).
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
+import json
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 
 from nanorlhf.config import StageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; folders are made but not locked
+    fcntl = None
 
 
 class WriteError(StageError, RuntimeError):
@@ -40,15 +56,64 @@ def decode_utf8(data: bytes, path) -> str:
         raise DataError(f"{path}:{line}: byte 0x{data[e.start]:02x} at column {col} is not UTF-8 text "
                         f"(expected a UTF-8 file)") from None
 
+def read_bytes(path, maker: str) -> bytes:
+    """The bytes of the file `path`; missing, a folder or unreadable is one line (`maker`: the command
+    that makes the file)."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found (make it with: {maker})") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder, expected a file (made by: {maker})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+
+
+def read_text(path, maker: str) -> str:
+    """The UTF-8 text of the file `path` (read_bytes, then decode_utf8)."""
+    return decode_utf8(read_bytes(path, maker), path)
+
+
+class FolderBusy(StageError, RuntimeError):
+    """Another live process holds the output folder's lock."""
+
+
+def _main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # torchrun's other ranks: rank 0 writes (and locks) for all
+
+
+def kept(path) -> str:
+    """What a refused or failed write leaves at `path`, for the end of its message."""
+    return f"{path} is kept as it was" if Path(path).exists() else f"nothing was written to {path}"
+
+
+def make_folder(folder) -> list[Path]:
+    """Create `folder` and its missing parents; return the ones created (innermost last). A folder that is a
+    file, lies under a file or cannot be made (read-only, sysfs) is one line naming it."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.is_dir()][::-1]
+    for p in missing:
+        if p.exists() or p.is_symlink():
+            raise WriteError(f"{folder}: could not write it ({p} is a file, expected a folder); nothing was written")
+        try:
+            p.mkdir()
+        except FileExistsError:  # made by another process just now
+            continue
+        except OSError as e:
+            raise WriteError(f"{folder}: could not write it (cannot create {p}: {e.strerror}); nothing was "
+                             "written") from None
+    return missing
+
 
 def atomic_write(path, content) -> Path:
     """Replace `path` with `content`: a str (UTF-8), bytes, or a function that writes a given temp path."""
     path = Path(path)
-    if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: rank 0 writes the one copy
+    if not _main_rank():
         return path
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    make_folder(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path)
         if callable(content):
             content(tmp)
@@ -61,12 +126,18 @@ def atomic_write(path, content) -> Path:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         if path.parent.exists():
             reason += f"; {shutil.disk_usage(path.parent).free / 1e6:.0f} MB free there"
-        kept = "the previous file is kept" if path.exists() else "nothing was written"
-        raise WriteError(f"{path}: could not write it ({reason}); {kept}") from None
+        left = "the previous file is kept" if path.exists() else "nothing was written"
+        raise WriteError(f"{path}: could not write it ({reason}); {left}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def remove_file(path) -> None:
+    """Delete `path` if it is there (rank 0's job under torchrun, as every write)."""
+    if _main_rank():
+        Path(path).unlink(missing_ok=True)
 
 
 def remove_stale_temps(path: Path) -> None:
@@ -98,3 +169,114 @@ def fingerprint(paths) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------ one writer per folder
+LOCK_NAME = ".nanorlhf.lock"
+LOCK_ENV = "NANORLHF_LOCKS"  # tokens of the locks held for this process by the one that started it
+_held: dict[Path, tuple[int, Path, list[Path]] | None] = {}  # folder -> (fd, lock file, folders made) or None
+_token = f"{os.getpid()}-{time.time_ns()}"
+
+
+def lock_token() -> str:
+    """This process's lock token: put in LOCK_ENV, it lets the processes it starts write to its folders."""
+    return _token
+
+
+def _holder(path: Path) -> dict:
+    """What a lock file says about its holder ({} if it says nothing readable)."""
+    from nanorlhf.data import DataError, read_json
+
+    try:
+        return read_json(path, "a running stage")
+    except DataError:
+        return {}
+
+
+def _describe(holder: dict) -> str:
+    return (f"pid {holder.get('pid', '?')} ({holder.get('command', 'an unknown command')}, started "
+            f"{holder.get('started', 'at an unknown time')})")
+
+
+def lock_folder(folder) -> Path:
+    """Make `folder` this process's until the entry point (decorated with `with_locks`) returns: create it
+    if needed and take its lock. Another live holder is an error naming it (FolderBusy); the lock of a dead
+    one is taken over with a message; a lock held for us by the process that started us (the pipeline) is
+    ours already. Taking a folder twice is a no-op."""
+    folder = Path(folder)
+    key = folder.resolve()
+    if key in _held or not _main_rank():
+        return folder
+    made = make_folder(folder)
+    if fcntl is None:
+        _held[key] = None
+        return folder
+    path = folder / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            _remove_made(made)
+            raise WriteError(f"{path}: could not write it ({e.strerror}); nothing was written") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = _holder(path)
+            if holder.get("token") in os.environ.get(LOCK_ENV, "").split():
+                _held[key] = None  # our parent's: it holds the folder for us
+                return folder
+            raise FolderBusy(f"{folder} is in use by {_describe(holder)}: wait for it to finish or stop it "
+                             f"(its lock: {path}); nothing was written") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # its holder removed the file between our open and our lock: take the new one
+    previous = _holder(path)
+    if previous:
+        print(f"{folder}: taking over the lock of {_describe(previous)}, which is no longer running",
+              file=sys.stderr, flush=True)
+    command = " ".join(" ".join(getattr(sys, "orig_argv", sys.argv)).split())  # one line, whatever the argv
+    record = {"pid": os.getpid(), "command": command[:300], "token": _token,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(record).encode(), 0)
+    _held[key] = (fd, path, made)
+    return folder
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Remove the folders a lock made, if nothing was put in them (innermost first)."""
+    for p in reversed(made):
+        try:
+            p.rmdir()
+        except OSError:
+            break
+
+
+def release_folders(keep: int = 0) -> None:
+    """Let go of the folders this process locked, all but the first `keep` taken: each lock file is
+    removed (before its lock is released, so no one takes a lock on a file about to vanish), and a folder
+    the lock made is removed again if it stayed empty."""
+    for key in list(_held)[keep:]:
+        entry = _held.pop(key)
+        if entry is not None:
+            fd, path, made = entry
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            _remove_made(made)
+
+
+def with_locks(main):
+    """Decorate an entry point's main(): every folder it locks is released when it returns or raises."""
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        held = len(_held)
+        try:
+            return main(*args, **kwargs)
+        finally:
+            release_folders(held)
+    return run

@@ -24,6 +24,7 @@ from pathlib import Path
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_policy
 from nanorlhf.config import check_config, parse_config, run_main
 from nanorlhf.data import DataError, read_jsonl, read_jsonl_lines
+from nanorlhf.files import make_folder
 from nanorlhf.generate import sample_responses
 
 FLAGS = ("fails_instruction", "wrong", "rude", "harmful", "unfinished", "rambling")
@@ -97,7 +98,7 @@ def label_loop(groups: list[dict], out_path, inp=None, out=None, ask_rating: boo
     todo = [g for g in groups if _key(g) not in done]
     out.write(f"{len(done)} groups already labeled in {out_path}; {len(todo)} to go. 'q' quits (answers are saved).\n")
     written = 0
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out_path.parent)
     try:
         for n, g in enumerate(todo, 1):
             k = len(g["responses"])
@@ -139,7 +140,9 @@ def label(argv=None) -> None:
     """Read the groups (or sample them from --from_model), then rank them in the terminal."""
     cfg = parse_config(LabelConfig, argv)
     check_config(cfg, k=(lambda v: v >= 2, "at least 2 (a ranking compares responses)"),
-                 n=(lambda v: v >= 1, "at least 1"), max_new_tokens=(lambda v: v >= 1, "at least 1"))
+                 n=(lambda v: v >= 1, "at least 1"), max_new_tokens=(lambda v: v >= 1, "at least 1"),
+                 out=(lambda v: not Path(v).is_dir(), "the file the rankings are appended to, not a folder"))
+    make_folder(Path(cfg.out).parent)  # before any sampling: an --out under a file is one line
     if cfg.from_model:
         model, ckpt = load_policy(cfg.from_model)
         tok = checkpoint_tokenizer(ckpt, cfg.from_model)

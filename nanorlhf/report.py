@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanorlhf.config import parse_config, run_main
+from nanorlhf.checkpoint import maker
+from nanorlhf.config import check_config, parse_config, run_main
+from nanorlhf.data import DataError, check_keys, read_json, read_state
 from nanorlhf.eval import BREAKDOWN, KINDS, learned
-from nanorlhf.files import atomic_write
+from nanorlhf.files import atomic_write, lock_folder, with_locks
 from nanorlhf.plots import line_plots, save
 from nanorlhf.runs import policy_rows, ppo_label
 
@@ -174,21 +175,43 @@ def _kinds_section(models: dict) -> list[str]:
     return lines
 
 
+NUMBER = (int, float)
+MODEL_KEYS = {"n": int, "win_rate": NUMBER, "ci_low": NUMBER, "ci_high": NUMBER, "rating": NUMBER, "correct": NUMBER,
+              "eos_rate": NUMBER, "rm_score": NUMBER, "corpus_loss": NUMBER, "per_category": dict}
+HISTORY_KEYS = {"iteration": int, "rm_score": NUMBER, "kl": NUMBER, "kl_k3": NUMBER, "entropy": NUMBER}
+EVALS_KEYS = {"iteration": int, "gold_rating": NUMBER, "kl": NUMBER}
+
+
+def read_results(path, maker: str, required: dict, rows: dict) -> dict:
+    """A results file (eval.json, a PPO run's history.json) through the one JSON reader, with the keys the
+    report reads: `required` at the top, and for each {key: row keys} of `rows`, every row under it (the
+    entries of a list or of a dict). A file not of that form is one line naming it."""
+    obj = read_json(path, maker, required)
+    for key, keys in rows.items():
+        items = obj[key].items() if isinstance(obj[key], dict) else enumerate(obj[key])
+        for name, row in items:
+            where = f"{path}: {key} {name!r}"
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected an object, got {type(row).__name__}; remake it with: {maker}")
+            check_keys(row, keys, where)
+    return obj
+
+
 def _figures(out, ev: dict) -> list[str]:
     """Every PPO run's curves, the win-rate chart and the over-optimisation chart; returns the runs drawn."""
     runs, curves = {}, []
-    for run in policy_rows(ev["config"].get("rounds", 1)).values():
-        h = out / run / "history.json"
-        if h.exists():
-            hist = json.loads(h.read_text())
-            gold = run == "ppo_gold"
-            if not gold:  # its rollout reward is the gold utility, not the proxy: no place on the proxy axis
-                # iteration 0 is the SFT policy: its proxy reward is that of the first rollouts (before any update)
-                first = hist["history"][0]["rm_score"] if hist["history"] else None
-                runs[run] = [e if e.get("rm_score") is not None else {**e, "rm_score": first} for e in hist["evals"]
-                             if e.get("rm_score") is not None or (e["iteration"] == 0 and first is not None)]
-            ppo_curves(out / f"{run}_curves.png", run, hist["history"], hist["evals"], "gold" if gold else "model")
-            curves.append(run)
+    histories = {run: read_results(out / run / "history.json", maker(run), {"history": list, "evals": list},
+                                   {"history": HISTORY_KEYS, "evals": EVALS_KEYS})
+                 for run in policy_rows(ev["config"].get("rounds", 1)).values() if (out / run / "history.json").exists()}
+    for run, hist in histories.items():
+        gold = run == "ppo_gold"
+        if not gold:  # its rollout reward is the gold utility, not the proxy: no place on the proxy axis
+            # iteration 0 is the SFT policy: its proxy reward is that of the first rollouts (before any update)
+            first = hist["history"][0]["rm_score"] if hist["history"] else None
+            runs[run] = [e if e.get("rm_score") is not None else {**e, "rm_score": first} for e in hist["evals"]
+                         if e.get("rm_score") is not None or (e["iteration"] == 0 and first is not None)]
+        ppo_curves(out / f"{run}_curves.png", run, hist["history"], hist["evals"], "gold" if gold else "model")
+        curves.append(run)
     winrate_chart(out / "winrate.png", ev["models"])
     overoptimisation_chart(out / "overoptimisation.png", runs, ev.get("best_of_n", []))
     return curves
@@ -248,11 +271,11 @@ def _wall_time_section(state: dict) -> list[str]:
 def write_report(out_dir) -> str:
     """out/report.md and its figures from out/eval.json, the PPO histories and the pipeline state."""
     out = Path(out_dir)
-    ev = json.loads((out / "eval.json").read_text())
+    ev = read_results(out / "eval.json", "python -m nanorlhf.eval", {"config": dict, "models": dict, "samples": dict},
+                      {"models": MODEL_KEYS})
     models = ev["models"]
+    state = read_state(out / "pipeline_state.json")
     curves = _figures(out, ev)
-    state_path = out / "pipeline_state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
 
     lines = ["# nanorlhf report", "", *_summary(models, ev.get("headroom")), "",
              f"Compute precision: {ev['config'].get('dtype', 'fp32')} (`--dtype`; nanorlhf/precision.py).", "",
@@ -283,8 +306,11 @@ class ReportConfig:
     out_dir: str = "out"  # the pipeline's output: reads eval.json and the PPO histories, writes report.md and figures
 
 
+@with_locks
 def main(argv=None) -> None:
     cfg = parse_config(ReportConfig, argv)
+    check_config(cfg)
+    lock_folder(cfg.out_dir)  # one writer: report.md and the figures
     write_report(cfg.out_dir)
     print(f"report: wrote {cfg.out_dir}/report.md and its figures")
 

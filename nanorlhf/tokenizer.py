@@ -25,7 +25,7 @@ import regex  # installed with tiktoken; supports \p{L} like tiktoken's own (Rus
 import tiktoken
 
 from nanorlhf.config import StageError
-from nanorlhf.files import atomic_write, decode_utf8
+from nanorlhf.files import DataError, atomic_write, read_text
 
 # GPT-2's pre-tokenisation pattern (the same one tiktoken's "gpt2" encoding uses).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -107,10 +107,10 @@ def save_ranks(ranks: dict[bytes, int], path: str | os.PathLike) -> None:
 def load_ranks(path: str | os.PathLike) -> dict[bytes, int]:
     """Read a tiktoken ranks file; a bad line is an error naming the file and line."""
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: tokenizer file not found (run: python data/prepare.py)") from None
-    return parse_ranks(decode_utf8(data, path), path)
+        text = read_text(path, "python data/prepare.py")
+    except DataError as e:  # missing, a folder, not UTF-8: a tokenizer error like the others
+        raise TokenizerError(str(e)) from None
+    return parse_ranks(text, path)
 
 
 def parse_ranks(text: str, source) -> dict[bytes, int]:
@@ -126,6 +126,11 @@ def parse_ranks(text: str, source) -> dict[bytes, int]:
             raise TokenizerError(f"{source}:{n}: expected '<base64 token> <rank>', got {line[:60]!r}") from None
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise TokenizerError(f"{source}: ranks must be 0..{len(ranks) - 1} without gaps or repeats")
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:  # byte-level BPE: any text must be encodable, byte by byte at worst
+        raise TokenizerError(f"{source}: {len(missing)} of the 256 single bytes have no rank (the file is "
+                             f"{'empty' if not ranks else 'incomplete'}; expected every byte, then the merges; "
+                             f"make it with: python data/prepare.py)")
     return ranks
 
 

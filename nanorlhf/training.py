@@ -1,5 +1,5 @@
 """Small pieces every training stage shares: optimizer, learning-rate schedule, autocast, seeding,
-the non-finite check, and the one-line progress log. The precision policy (autocast, --dtype) is
+the non-finite and nothing-to-learn checks, and the one-line progress log. The precision policy (autocast, --dtype) is
 nanorlhf/precision.py; `autocast` and `resolve_dtype` are re-exported here for the stages."""
 
 from __future__ import annotations
@@ -63,14 +63,30 @@ class NonFiniteError(StageError, RuntimeError):
     pass
 
 
+def check_learnable(count: int, what: str, ckpt_path) -> None:
+    """Refuse to train on data that holds nothing to learn from (or to measure on): `count` of them (loss
+    tokens, preferences that are not ties) is 0. Trained on it, a stage would replace `ckpt_path` with a
+    model no example has touched and report a loss of 0 or an accuracy of 0% as if they meant something.
+    `what` names the file and says what is missing and what was expected."""
+    if count < 1:
+        from nanorlhf.data import DataError
+        from nanorlhf.files import kept
+
+        raise DataError(f"{what}: nothing to learn from; not training, {kept(ckpt_path)}")
+
+
 def check_finite(name: str, value: torch.Tensor | float, where: int | str, ckpt_path) -> None:
     """Stop training on NaN/inf; the message says what blew up, where (`where`: a step number or a
     phrase), and whether a good checkpoint is left at `ckpt_path` (saves refuse non-finite weights)."""
     v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
     if not math.isfinite(v):
         where = f"step {where}" if isinstance(where, int) else where
+        from nanorlhf.checkpoint import partial_path
+
         kept = (f"Last good checkpoint kept: {ckpt_path}" if Path(ckpt_path).exists() else
                 f"No checkpoint was written ({ckpt_path} does not exist)")
+        if partial_path(ckpt_path).exists():
+            kept += f"; latest in-progress save: {partial_path(ckpt_path)}"
         raise NonFiniteError(f"{name} became {v} at {where}; stopping. {kept}")
 
 

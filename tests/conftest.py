@@ -28,3 +28,11 @@ def pipeline(tmp_path_factory):
     first = run([*args, "--stop_after=sft"], env=BF16_ENV)
     second = run(args, env=BF16_ENV)
     return d, first.stdout, second.stdout
+
+@pytest.fixture(scope="session")
+def made(tmp_path_factory):
+    """data/, out/base, out/sft, out/rm of micro models of a few steps, made once for the test modules that
+    break copies of them (tests/test_robustness.py's `copy_of`)."""
+    from tests.test_robustness import make
+
+    return make(tmp_path_factory.mktemp("made"))

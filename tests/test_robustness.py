@@ -45,11 +45,6 @@ def make(d: Path, relative: bool = False) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    return make(tmp_path_factory.mktemp("made"))
-
-
 def copy_of(made: Path, dst: Path, *stages: str) -> Path:
     """A copy of the data and of the named stages' folders, to break things in."""
     for rel in ("data", *(f"out/{s}" for s in stages)):
