@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed
-from nanorlhf.checkpoint import (checkpoint_tokenizer, load_checkpoint, load_model, load_policy, save_checkpoint,
-                                 stage_path, trained_dtype, weights_fingerprint)
+from nanorlhf.checkpoint import (check_rm_name, checkpoint_tokenizer, load_checkpoint, load_model, load_policy,
+                                 save_checkpoint, stage_path, trained_dtype, weights_fingerprint)
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context,
                              one_of, parse_config, run_main)
-from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts,
+from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_json, read_jsonl, read_prompts,
                            subgroup, to_device, write_jsonl)
 from nanorlhf.eval import score_texts
 from nanorlhf.evaluation import ranking_eval, rm_accuracy
@@ -105,6 +105,7 @@ def get_config(argv=None) -> Config:
                  lr=POSITIVE, min_lr_frac=UNIT, warmup_steps=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
                  grad_clip=POSITIVE, val_frac=(lambda v: 0 < v < 1, "a fraction in (0, 1)"),
                  log_interval=AT_LEAST_1, round=AT_LEAST_1)
+    check_rm_name(cfg.run_name)
     return cfg
 
 
@@ -148,8 +149,8 @@ def recipe(cfg: Config, sample_path) -> dict:
 def _recorded(path: Path):
     """The recipe a comparisons file was made with, or None (never recorded, or unreadable: sample again)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json(path, "python train_rm.py") if path.exists() else None
+    except DataError:
         return None
 
 

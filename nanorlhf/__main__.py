@@ -115,10 +115,13 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
         later = [f"--round={r}", f"--sample_from={O / prev[1] / 'ckpt.pt'}",
                  f"--pool={O / prev[0] / 'comparisons.jsonl'}"] if prev else []
         start = [f"--continue_from={O / prev[1] / 'ckpt.pt'}"] if prev and cfg.round_init == "previous" else []
-        plan += [Stage(rm, [*run, str(ROOT / "train_rm.py"), *train, f"--run_name={rm}", *later],
+        # (the flags a stage takes by default are left out: one round runs exactly today's commands)
+        names = [f"--run_name={rm}"] if rm != "rm" else []
+        ppo_names = [f"--run_name={ppo_run}", f"--reward_from={O / rm / 'ckpt.pt'}"] if rm != "rm" else []
+        plan += [Stage(rm, [*run, str(ROOT / "train_rm.py"), *train, *names, *later],
                        [O / rm / "comparisons.jsonl", O / rm / "ckpt.pt"], ("prepare", "sft", *(prev or ()))),
-                 Stage(ppo_run, [*run, ppo, *train, f"--run_name={ppo_run}", f"--reward_from={O / rm / 'ckpt.pt'}",
-                                 *start], run_files(ppo_run), ("prepare", "sft", rm, *(prev[1:] if start else ())))]
+                 Stage(ppo_run, [*run, ppo, *train, *ppo_names, *start], run_files(ppo_run),
+                       ("prepare", "sft", rm, *(prev[1:] if start else ())))]
         prev = (rm, ppo_run)
     ppo_runs = ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold")
     earlier = [n for r in range(1, rounds) for n in round_runs(r, rounds)]

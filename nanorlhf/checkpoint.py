@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from nanorlhf.config import ConfigError, StageError
-from nanorlhf.files import atomic_write, kept, remove_file
+from nanorlhf.files import atomic_write, kept, partial_path, remove_file  # noqa: F401 (partial_path: for the stages)
 from nanorlhf.model import GPT, GPTConfig
 from nanorlhf.tokenizer import Tokenizer, load_ranks, load_tokenizer, parse_ranks, ranks_text
 from nanorlhf.training import NonFiniteError
@@ -51,8 +51,18 @@ class CheckpointError(StageError, RuntimeError):
     pass
 
 
+ROUND_RUN = re.compile(r"(rm|ppo)_r([1-9][0-9]*)")  # an earlier round's folder (nanorlhf/runs.py)
+
+
 def maker(stage: str) -> str:
-    return MAKERS.get(stage, f"python train_ppo.py --run_name={stage}")
+    """The command that makes stage's checkpoint (a round's folder: the pipeline's rounds; another name: a
+    PPO run of that name)."""
+    if stage in MAKERS:
+        return MAKERS[stage]
+    m = ROUND_RUN.fullmatch(stage)
+    if m:
+        return f"python -m nanorlhf --rounds=N (round {m[2]}'s {'reward model' if m[1] == 'rm' else 'PPO run'})"
+    return f"python train_ppo.py --run_name={stage}"
 
 
 def reserved_folders() -> dict[str, str]:
@@ -73,12 +83,16 @@ def check_run_name(flag: str, name: str) -> None:
     if name in reserved_folders():
         raise ConfigError(f"--{flag}={name}: expected a PPO run's own name; {name!r} is "
                           f"{reserved_folders()[name]}")
+    if name.startswith("rm_"):
+        raise ConfigError(f"--{flag}={name}: expected a PPO run's own name; rm_* folders hold reward models "
+                          f"(train_rm.py --run_name)")
 
 
-def partial_path(path) -> Path:
-    """Where the in-progress saves of the checkpoint `path` go: `ckpt.partial.pt` beside `ckpt.pt`."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.partial{path.suffix}")
+def check_rm_name(name: str) -> None:
+    """A reward model's folder: rm, or rm_<something> (the pipeline's earlier rounds: rm_r1, rm_r2, ...)."""
+    if not re.fullmatch(r"rm(_[A-Za-z0-9_-]+)?", name):
+        raise ConfigError(f"--run_name={name}: expected rm or rm_<name> (a reward model's folder under --out_dir; "
+                          f"the pipeline's earlier rounds write rm_r1, rm_r2, ...)")
 
 
 def tokenizer_record(spec: str) -> dict:

@@ -16,37 +16,12 @@ from pathlib import Path
 import torch
 
 from nanorlhf import files
-from nanorlhf.files import DataError, atomic_write, decode_utf8, read_bytes  # DataError: the stages import it here
+from nanorlhf.files import (DataError, atomic_write, check_keys, decode_utf8, read_bytes,  # noqa: F401
+                            read_json)  # DataError, check_keys, read_json: the stages import them from here
 from nanorlhf.tokenizer import EOT
 from nanorlhf.world import World
 
 PREPARE = "python data/prepare.py"  # what makes every file in data_dir
-
-
-def check_keys(row: dict, required: dict, where: str) -> None:
-    """`row` has the `required` keys, each of its type (a bool is no number); else one line naming `where`."""
-    for key, typ in required.items():
-        if key not in row:
-            raise DataError(f"{where}: missing key {key!r} (expected keys {sorted(required)})")
-        if not isinstance(row[key], typ) or (typ in (int, float, (int, float)) and isinstance(row[key], bool)):
-            name = " or ".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
-            raise DataError(f"{where}: {key!r} must be {name}, got {type(row[key]).__name__}")
-
-
-def read_json(path, maker: str, required: dict | None = None) -> dict:
-    """The JSON object in the file `path`, with the `required` keys of the given types: the one reader of
-    every JSON file. A missing, truncated or malformed file is one line naming the file (and the line
-    where its JSON breaks) and `maker`, the command that makes it again."""
-    path = Path(path)
-    try:
-        obj = json.loads(decode_utf8(read_bytes(path, maker), path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); remake it "
-                        f"with: {maker}") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}; remake it with: {maker}")
-    check_keys(obj, required or {}, str(path))
-    return obj
 
 
 def read_jsonl_lines(path, required: dict[str, type] | tuple = (), maker: str = PREPARE) -> list[tuple[int, dict]]:

@@ -56,6 +56,12 @@ def decode_utf8(data: bytes, path) -> str:
         raise DataError(f"{path}:{line}: byte 0x{data[e.start]:02x} at column {col} is not UTF-8 text "
                         f"(expected a UTF-8 file)") from None
 
+def partial_path(path) -> Path:
+    """Where the in-progress saves of the checkpoint `path` go: `ckpt.partial.pt` beside `ckpt.pt`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
 def read_bytes(path, maker: str) -> bytes:
     """The bytes of the file `path`; missing, a folder or unreadable is one line (`maker`: the command
     that makes the file)."""
@@ -73,6 +79,32 @@ def read_bytes(path, maker: str) -> bytes:
 def read_text(path, maker: str) -> str:
     """The UTF-8 text of the file `path` (read_bytes, then decode_utf8)."""
     return decode_utf8(read_bytes(path, maker), path)
+
+
+def check_keys(row: dict, required: dict, where: str) -> None:
+    """`row` has the `required` keys, each of its type (a bool is no number); else one line naming `where`."""
+    for key, typ in required.items():
+        if key not in row:
+            raise DataError(f"{where}: missing key {key!r} (expected keys {sorted(required)})")
+        if not isinstance(row[key], typ) or (typ in (int, float, (int, float)) and isinstance(row[key], bool)):
+            name = " or ".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
+            raise DataError(f"{where}: {key!r} must be {name}, got {type(row[key]).__name__}")
+
+
+def read_json(path, maker: str, required: dict | None = None) -> dict:
+    """The JSON object in the file `path`, with the `required` keys of the given types: the one reader of
+    every JSON file. A missing, truncated or malformed file is one line naming the file (and the line
+    where its JSON breaks) and `maker`, the command that makes it again."""
+    path = Path(path)
+    try:
+        obj = json.loads(decode_utf8(read_bytes(path, maker), path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); remake it "
+                        f"with: {maker}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}; remake it with: {maker}")
+    check_keys(obj, required or {}, str(path))
+    return obj
 
 
 class FolderBusy(StageError, RuntimeError):
@@ -185,8 +217,6 @@ def lock_token() -> str:
 
 def _holder(path: Path) -> dict:
     """What a lock file says about its holder ({} if it says nothing readable)."""
-    from nanorlhf.data import DataError, read_json
-
     try:
         return read_json(path, "a running stage")
     except DataError:

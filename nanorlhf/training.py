@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from nanorlhf.config import StageError
+from nanorlhf.files import partial_path
 from nanorlhf.precision import autocast, resolve_dtype  # noqa: F401 (the stages import them from here)
 
 
@@ -81,7 +82,6 @@ def check_finite(name: str, value: torch.Tensor | float, where: int | str, ckpt_
     v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
     if not math.isfinite(v):
         where = f"step {where}" if isinstance(where, int) else where
-        from nanorlhf.checkpoint import partial_path
 
         kept = (f"Last good checkpoint kept: {ckpt_path}" if Path(ckpt_path).exists() else
                 f"No checkpoint was written ({ckpt_path} does not exist)")

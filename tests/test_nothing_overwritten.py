@@ -26,7 +26,7 @@ from nanorlhf import eval as evaluation
 from nanorlhf import label, report
 from nanorlhf.checkpoint import CheckpointError, load_model, save_checkpoint, tokenizer_record
 from nanorlhf.config import ConfigError, StageError, run_main
-from nanorlhf.data import DataError, read_jsonl
+from nanorlhf.data import DataError, read_comparisons, read_jsonl
 from tests.helpers import tiny_gpt
 from tests.test_pipeline import plan
 from tests.test_robustness import ENV, QUICK, ROOT, copy_of, dirs, one_line, prepare_main
@@ -312,14 +312,20 @@ def test_a_reward_model_on_ties_only_keeps_the_model(made, tmp_path):
     assert msg.endswith(f"{d}/out/rm/ckpt.pt is kept as it was") and hashes(d) == before
 
 
-def test_reused_comparisons_must_match_the_flags(made, tmp_path):
+def test_comparisons_made_with_other_flags_are_never_reused(made, tmp_path, capsys):
+    """--k=4 where comparisons.jsonl holds K = 3 (and the like): sampled again, not trained on and recorded
+    as K = 4. The recipe the file was made from is compared, wherever the files were copied."""
     d = copy_of(made, tmp_path, "sft", "rm")
-    before = hashes(d)
-    for flag, was in (("--k=100", "--k=3"), ("--off_prompt=0", "--off_prompt=1"), ("--n_prompts=10", "--n_prompts=24")):
-        with pytest.raises(ConfigError) as e:
-            train_rm.main([*dirs(d), flag])
-        assert one_line(e).startswith(f"{flag}: {d}/out/rm/comparisons.jsonl was made with {was} "), flag
-    assert hashes(d) == before
+    train_rm.main(dirs(d))
+    assert "reusing" in capsys.readouterr().out  # a copy of the same recipe is reused
+    for flag, key, check in (("--k=4", "k", lambda g: len(g["responses"]) == 5),
+                             ("--off_prompt=0", "off_prompt", lambda g: g["off_prompt"] == []),
+                             ("--n_prompts=10", "n_prompts", None)):
+        train_rm.main([*dirs(d), flag])
+        out = capsys.readouterr().out
+        assert re.search(rf"comparisons.jsonl was made from other inputs \([^)]*\b{key}\b[^)]*\): sampling again", out)
+        groups = read_comparisons(d / "out/rm/comparisons.jsonl")
+        assert all(check(g) for g in groups) if check else len(groups) == 10
 
 
 # ------------------------------------------------------------------------------- the one JSON reader

@@ -108,11 +108,16 @@ def test_current_means_same_inputs_and_same_files(tmp_path, capsys):
 def test_every_checkpoint_names_the_command_that_makes_it():
     """checkpoint.MAKERS (the hint of a missing or wrong checkpoint) has every checkpoint the pipeline
     writes, with the script and the flags the pipeline gives that stage beyond folders, preset and seed."""
-    from nanorlhf.checkpoint import MAKERS
+    from nanorlhf.checkpoint import MAKERS, maker
 
-    written = {out.parent.name: st for st in stages(resolve_dirs(PipelineConfig(preset="micro")))
+    written = {out.parent.name: st for st in stages(resolve_dirs(PipelineConfig(preset="micro", rounds=1)))
                for out in st.outputs if out.name == "ckpt.pt"}
     assert set(MAKERS) == set(written)
+    rounds = {out.parent.name: st for st in stages(resolve_dirs(PipelineConfig(preset="micro", rounds=3)))
+              for out in st.outputs if out.name == "ckpt.pt"}
+    assert set(rounds) - set(MAKERS) == {"rm_r1", "ppo_r1", "rm_r2", "ppo_r2"}
+    for name in ("rm_r1", "ppo_r2"):  # an earlier round's checkpoint: the pipeline with rounds makes it
+        assert maker(name).startswith("python -m nanorlhf --rounds=") and f"round {name[-1]}" in maker(name)
     where = ("--preset=", "--data_dir=", "--out_dir=", "--seed=", "--device=", "--dtype=")
     for name, st in written.items():
         script, *flags = MAKERS[name].split()[1:]
