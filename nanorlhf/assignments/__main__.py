@@ -4,6 +4,7 @@
     python -m nanorlhf.assignments make --out hw1 --only gae,ranking_loss   # a student copy, checks verified
     python -m nanorlhf.assignments make --out hunt --bug gae_forward_loop   # a bug hunt: one wrong answer
     python -m nanorlhf.assignments grade hw1                          # points table, hw1/grade.json, exit code
+    python -m nanorlhf.assignments grade hw1 --explain gae            # one exercise's failures in full
     python -m nanorlhf.assignments selftest                           # every catalogued wrong answer is caught
 
 How grading works (ASSIGNMENTS.md has the instructor's guide): the student's function bodies are lifted
@@ -56,8 +57,10 @@ def _env(copy: Path) -> dict:
 
 
 def _start_pytest(copy: Path, nodes: list[str], xml: Path):
-    # -k: the Triton kernel is no exercise, and its interpreted cases are most of the run time
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not triton", f"--junitxml={xml}", *nodes]
+    # -k: the Triton kernel is no exercise, and its interpreted cases are most of the run time;
+    # pytest_seed: every test starts from the same global RNG state (same tree, same verdict)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "nanorlhf.assignments.pytest_seed",
+           "-k", "not triton", f"--junitxml={xml}", *nodes]
     return subprocess.Popen(cmd, cwd=copy, env=_env(copy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -485,13 +488,15 @@ def cmd_grade(args) -> int:
         note = r.get("message", "")
         if lost and len(lost) < len(r.get("parts", {})):  # partial credit: say which parts cost what
             note = f"lost {', '.join(lost)} pt: {note}"
-        print(f"{name:20s} {r['points']:4d} / {r['max']:2d}  {marks[0]:5s} {marks[1]:5s} {marks[2]:5s}  {clip_words(note)}")
+        print(f"{name:20s} {r['points']:4d} / {r['max']:2d}  {marks[0]:5s} {marks[1]:5s} {marks[2]:5s}  "
+              f"{clip_words(note)}")
     print(f"{'total':20s} {report['total']:4d} / {report['max']}")
     if args.explain:
         r = report["exercises"][args.explain]
         print(f"\n{args.explain}: {r['points']} of {r['max']} points")
         for p, q in r.get("parts", {}).items():
-            print(f"  {p:12s} {q['points']:2d} / {q['max']:2d}" + (f"  lost to {', '.join(q['lost_to'])}" if q["lost_to"] else ""))
+            lost_to = f"  lost to {', '.join(q['lost_to'])}" if q["lost_to"] else ""
+            print(f"  {p:12s} {q['points']:2d} / {q['max']:2d}{lost_to}")
         print("\n" + (r.get("explain") or "every check passed"))
     elif any(r.get("explain") for _, r in rows):
         print(f"grade DIR --explain EXERCISE prints one exercise's failures in full (also in grade.json)")
@@ -553,12 +558,12 @@ def cmd_selftest(args) -> int:
             elif not caught:
                 verdict = "MISSED"
             elif bug.only and caught != [bug.only]:
-                verdict = f"caught by {', '.join(caught)}, NOT by {bug.only} only: the entry no longer proves that layer"
+                verdict = f"caught by {', '.join(caught)}, NOT by {bug.only} only: it no longer proves that layer"
             else:
                 verdict = f"caught by {', '.join(caught)}"
             ok = (not caught) if right else bool(caught) and (not bug.only or caught == [bug.only])
-            rows.append({"entry": name, "exercise": ex.name, "what": bug.what, "right_answer": right, "caught_by": caught,
-                         "ok": ok, "layers": layers})
+            rows.append({"entry": name, "exercise": ex.name, "what": bug.what, "right_answer": right,
+                         "caught_by": caught, "ok": ok, "layers": layers})
             print(f"  {name:28s} {ex.name:20s} {verdict}", flush=True)
     wrong = [r for r in rows if not r["right_answer"]]
     right = [r for r in rows if r["right_answer"]]

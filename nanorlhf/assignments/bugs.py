@@ -231,7 +231,7 @@ BUGS: tuple[Bug, ...] = (
          only="diff"),
     _bug("ptx_ignores_mask", "ppo_ptx", "the corpus batch's mask is ignored: padded targets are trained on",
          ("ptx = sft_loss(policy(x), y, m)", "ptx = sft_loss(policy(x), y, torch.ones_like(m))"), only="diff"),
-    _bug("rlp_entropy_grad_ignored", "response_logprobs", "entropy_grad is not passed on: an entropy bonus gets no gradient",
+    _bug("rlp_entropy_grad_ignored", "response_logprobs", "entropy_grad not passed on: an entropy bonus gets no gradient",
          ("entropy_grad=entropy_grad", "entropy_grad=False"), only="diff"),
     _bug("tlp_mask_multiplied", "token_logprobs", "logp multiplied by the mask: NaN logits at padding give NaN",
          ("logp = torch.where(mask != 0, logp, 0.0)", "logp = logp * (mask != 0)"), only="diff"),
@@ -285,10 +285,10 @@ for b in range(B):
             break
 return mask
 """),
-    _bug("alt_pl_clipfrac_regions", "policy_loss", "clipfrac from the clipped regions (A > 0, r > 1+eps) or (A < 0, r < 1-eps)",
+    _bug("alt_pl_clipfrac_regions", "policy_loss", "clipfrac from the regions (A > 0, r > 1+eps) or (A < 0, r < 1-eps)",
          ('"clipfrac": masked_mean((pg_loss2 > pg_loss1).to(ratio.dtype), mask)',
-          '"clipfrac": masked_mean((((advantages > 0) & (ratio > 1.0 + clip)) | ((advantages < 0) & (ratio < 1.0 - clip)))'
-          '.to(ratio.dtype), mask)')),
+          '"clipfrac": masked_mean((((advantages > 0) & (ratio > 1.0 + clip)) | '
+          '((advantages < 0) & (ratio < 1.0 - clip))).to(ratio.dtype), mask)')),
     _bug("alt_kle_exp_minus_one", "kl_estimators", "k3 with exp(log r) - 1 instead of expm1",
          ("k3 = torch.expm1(log_r) - log_r", "k3 = (torch.exp(log_r) - 1) - log_r")),
     _bug("alt_vl_stack_max", "value_loss", "the max of the two branches through stack().max()",

@@ -433,8 +433,8 @@ def ranking_loss(ck, S, R):
         kw = {k: v for k, v in (("valid", valid), ("tied", tied)) if v is not None}
         call = f"ranking_loss(rewards{''.join(', ' + k + '=' + k for k in kw)})"
         with ck.case(label, call, {"rewards": rewards, **kw}, hint):
-            got, want, s_leaves, r_leaves = run_both(lambda r: S.ranking_loss(r, **kw), lambda r: R.ranking_loss(r, **kw),
-                                                     [rewards], wrt=(0,))
+            got, want, s_leaves, r_leaves = run_both(lambda r: S.ranking_loss(r, **kw),
+                                                     lambda r: R.ranking_loss(r, **kw), [rewards], wrt=(0,))
             ck.expect("output", got, want, "the loss")
             ck.expect_grads("output", got, want, s_leaves, r_leaves, ["rewards"], "the loss")
 
@@ -509,7 +509,7 @@ def gae(ck, S, R):
                                        [rewards, values], wrt=(1,))
             ck.expect("output", got, want, "(advantages, returns)")
             ck.require("output", not any(isinstance(t, torch.Tensor) and t.requires_grad for t in got),
-                       "(advantages, returns)", "keep the critic's graph: they must be detached (constants in the losses)")
+                       "(advantages, returns)", "keep the critic's graph: they must be detached (loss constants)")
 
     options = ((None, None), (0.9, 0.5), (0.0, 0.95), (0.99, 0.0), (1.0, 1.0))
     for i, (label, mask, value) in enumerate(edge_masks(holes=False)):
@@ -558,7 +558,7 @@ def masked_whiten(ck, S, R):
         run(label, x, mask, eps=0.1)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.float32)
     x = fill(_randn(g, 2, 4) + 1e6, mask, float("nan"))
-    two_pass = "E[x²] - E[x]² cancels at a mean of 1e6: take the mean of (x - mean)² over valid positions (two passes)"
+    two_pass = "E[x²] - E[x]² cancels at a mean of 1e6: take the mean of (x - mean)² over valid positions"
     run("edge case 'values around 1e6'", x, mask, two_pass)
     run("edge case 'values around 1e6'", x, mask, two_pass, shift_mean=False)
     moments = (torch.tensor(0.3, dtype=torch.float64), torch.tensor(2.5, dtype=torch.float64))
@@ -589,7 +589,8 @@ def policy_loss(ck, S, R):
         call = f"policy_loss(logprobs, old_logprobs, advantages, mask{'' if clip is None else f', clip={clip:.3g}'})"
         with ck.case(label, call, {"mask": mask, "logprobs": new, "old_logprobs": old, "advantages": adv}, hint):
             got, want, s_leaves, r_leaves = run_both(lambda lp: S.policy_loss(lp, old, adv, mask, **kw),
-                                                     lambda lp: R.policy_loss(lp, old, adv, mask, **kw), [new], wrt=(0,))
+                                                     lambda lp: R.policy_loss(lp, old, adv, mask, **kw), [new],
+                                                     wrt=(0,))
             if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[1], dict):
                 raise TypeError(f"expected (loss, stats), got {_kind(got)}")
             ck.expect("loss", got[0], want[0], "the loss")
@@ -599,7 +600,8 @@ def policy_loss(ck, S, R):
                     ck.require(k, False, f"stats[{k!r}]", f"is missing (stats has {sorted(got[1])})")
                     continue
                 if ck.expect(k, got[1][k], want[1][k], f"stats[{k!r}]", dtype=False):
-                    ck.require(k, not got[1][k].requires_grad, f"stats[{k!r}]", "carries a gradient: stats are detached")
+                    ck.require(k, not got[1][k].requires_grad, f"stats[{k!r}]",
+                               "carries a gradient: stats are detached")
 
     for i, (label, mask, value) in enumerate(edge_masks(fills=(float("inf"), float("nan"), -float("inf")))):
         B, T = mask.shape
@@ -640,14 +642,16 @@ def value_loss(ck, S, R):
         call = f"value_loss(values, old_values, returns, mask{'' if clip is None else f', clip={clip:.3g}'})"
         with ck.case(label, call, {"mask": mask, "values": values, "old_values": old, "returns": returns}):
             got, want, s_leaves, r_leaves = run_both(lambda v: S.value_loss(v, old, returns, mask, **kw),
-                                                     lambda v: R.value_loss(v, old, returns, mask, **kw), [values], wrt=(0,))
+                                                     lambda v: R.value_loss(v, old, returns, mask, **kw), [values],
+                                                     wrt=(0,))
             if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[1], dict):
                 raise TypeError(f"expected (loss, stats), got {_kind(got)}")
             ck.expect("loss", got[0], want[0], "the loss")
             ck.expect_grads("loss", got[0], want[0], s_leaves, r_leaves, ["values"], "the loss", where=[where])
             if "vf_clipfrac" not in got[1]:
                 ck.require("vf_clipfrac", False, "stats['vf_clipfrac']", f"is missing (stats has {sorted(got[1])})")
-            elif ck.expect("vf_clipfrac", got[1]["vf_clipfrac"], want[1]["vf_clipfrac"], "stats['vf_clipfrac']", dtype=False):
+            elif ck.expect("vf_clipfrac", got[1]["vf_clipfrac"], want[1]["vf_clipfrac"], "stats['vf_clipfrac']",
+                           dtype=False):
                 ck.require("vf_clipfrac", not got[1]["vf_clipfrac"].requires_grad, "stats['vf_clipfrac']",
                            "carries a gradient: it is detached")
 
@@ -707,7 +711,8 @@ def kl_estimators(ck, S, R):
         ref = lp + _randn(g, B, T, scale=0.5)
         dirty = rng.random() < 0.5
         if dirty:
-            lp, ref = fill(lp, mask, rng.choice([float("nan"), 1e4])), fill(ref, mask, rng.choice([float("-inf"), -1e4]))
+            lp = fill(lp, mask, rng.choice([float("nan"), 1e4]))
+            ref = fill(ref, mask, rng.choice([float("-inf"), -1e4]))
         run(label, lp, ref, mask, mask.bool() if dirty else None)
 
 
@@ -723,8 +728,9 @@ def adaptive_kl(ck, S, R):
             for i, (kl, n) in enumerate(updates):
                 want = r.update(kl, n)
                 got = s.update(kl, n)
-                if not (ck.expect("output", got, want, f"update {i + 1} (KL {float(kl):.4g}, n_steps {n}): its return value")
-                        and ck.expect("output", s.value, r.value, f"update {i + 1}: .value afterwards")):
+                what = f"update {i + 1} (KL {float(kl):.4g}, n_steps {n})"
+                if not (ck.expect("output", got, want, f"{what}: its return value")
+                        and ck.expect("output", s.value, r.value, f"{what}: .value afterwards")):
                     return
 
     run("edge case 'KL types'", 0.15, 6.0, 10_000,
@@ -767,7 +773,8 @@ def response_logprobs(ck, S, R):
 
     def batch(rng, g, pos, seed):
         torch.manual_seed(seed)
-        model = GPT(GPTConfig(vocab_size=24, block_size=40, n_layer=2, n_head=2, n_embd=16, head="lm", pos_embedding=pos))
+        model = GPT(GPTConfig(vocab_size=24, block_size=40, n_layer=2, n_head=2, n_embd=16, head="lm",
+                              pos_embedding=pos))
         prompts = [[rng.randrange(0, 20) for _ in range(rng.randint(1, 7))] for _ in range(rng.randint(2, 5))]
         return model, generate(model, prompts, rng.randint(3, 10), 22, 23, 1.0, 0, g)
 
@@ -780,7 +787,8 @@ def response_logprobs(ck, S, R):
         return res, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     def run(label, model, gen, **kw):
-        call = f"response_logprobs(model, tokens, attention_mask, prompt_len{''.join(f', {k}={v!r}' for k, v in kw.items())})"
+        options = "".join(f", {k}={v!r}" for k, v in kw.items())
+        call = f"response_logprobs(model, tokens, attention_mask, prompt_len{options})"
         with_entropy, entropy_grad = kw.get("with_entropy", False), kw.get("entropy_grad", False)
         args = (model, gen.tokens, gen.attention_mask, gen.prompt_len)
         w = torch.randn(gen.response.shape, generator=torch.Generator().manual_seed(1))
@@ -794,7 +802,7 @@ def response_logprobs(ck, S, R):
                 got, got_g = grads(model, lambda: S.response_logprobs(*args, **kw), weight)
                 if with_entropy and not (isinstance(got, tuple) and len(got) == 2):
                     raise TypeError(f"with_entropy=True: expected (logp, entropy), got {_kind(got)}")
-                if part == "logp":
+                if part == "logp":  # these small models' logits stay well below 30: fp32(30) is ~1.5e-5
                     ck.expect("logp", got[0] if with_entropy else got, want[0] if with_entropy else want, "logp",
                               fp32(30.0))
                     if with_entropy:
@@ -808,6 +816,14 @@ def response_logprobs(ck, S, R):
                         break
 
     rng, g = ck.edge()
+    model, _ = batch(rng, g, "learned", 2)
+    tokens = torch.tensor([[23, 1, 2, 3, 5, 6, 22, 23, 23], [4, 5, 6, 7, 8, 22, 23, 23, 23],
+                           [23, 23, 9, 10, 11, 12, 13, 14, 15]])
+    attn = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1, 1, 1, 1]])
+    fixed = SimpleNamespace(tokens=tokens, attention_mask=attn.bool(), prompt_len=4, response=tokens[:, 4:])
+    label = "edge case 'left-padded prompts, PAD after EOS'"
+    run(label, model, fixed, with_entropy=True)
+    run(label, model, fixed, temperature=0.8, fast=False)
     for pos, seed in (("learned", 0), ("rope", 1)):
         model, gen = batch(rng, g, pos, seed)
         label = f"edge case '{pos} positions'"
@@ -836,8 +852,8 @@ def token_logprobs(ck, S, R):
         scale = (finite.abs().max().item() if finite.numel() else 1.0) / temperature
         tol = fp32(max(scale, 1.0))
         for with_entropy in (False, True):
-            call = (f"_token_logprobs_torch(logits {logits.dtype} {tuple(logits.shape)}, targets, temperature={temperature},"
-                    f" mask{'=None' if mask is None else ''}, with_entropy={with_entropy})")
+            call = (f"_token_logprobs_torch(logits {logits.dtype} {tuple(logits.shape)}, targets, "
+                    f"temperature={temperature}, mask{'=None' if mask is None else ''}, with_entropy={with_entropy})")
             with ck.case(label, call, {"targets": targets, "mask": mask, "logits": logits}, hint):
                 got, want, s_leaves, r_leaves = run_both(
                     lambda x: S._token_logprobs_torch(x, targets, temperature, mask, with_entropy),
@@ -853,7 +869,8 @@ def token_logprobs(ck, S, R):
                 if with_entropy:
                     ck.expect("entropy", got[1], want[1], "entropy", tol)
                     ck.expect_grads("entropy", (got[1] * w).sum() if isinstance(got[1], torch.Tensor) else got[1],
-                                    (want[1] * w).sum(), s_leaves, r_leaves, ["logits"], "sum(w·entropy)", grad_tol, wh)
+                                    (want[1] * w).sum(), s_leaves, r_leaves, ["logits"], "sum(w·entropy)", grad_tol,
+                                    wh)
 
     rng, g = ck.edge()
     V = 50
@@ -879,7 +896,8 @@ def token_logprobs(ck, S, R):
         run(f"edge case '{name}', NaN logits behind the mask", nan, t, 1.0, m, where=m.bool())
     full = torch.randn(2, 5, V, generator=g) * 3
     t2 = torch.randint(0, V, (2, 4), generator=g)
-    run("edge case 'a (B, T, V) non-contiguous view'", full[:, :-1], t2, 1.0, torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]]))
+    m2 = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    run("edge case 'a (B, T, V) non-contiguous view'", full[:, :-1], t2, 1.0, m2)
     run("edge case 'bf16 logits'", (torch.randn(6, V, generator=g) * 3).bfloat16(), targets, 0.7, None)
     run("edge case 'float64 logits'", torch.randn(6, V, generator=g, dtype=torch.float64) * 3, targets, 1.3, None)
     for label, rng, g in ck.random_cases():
@@ -908,7 +926,8 @@ def dpo_loss(ck, S, R):
 
     def run(label, inputs, beta=None, hint=""):
         kw = {} if beta is None else {"beta": beta}
-        call = f"dpo_loss(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp{'' if beta is None else f', beta={beta:.3g}'})"
+        call = ("dpo_loss(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp"
+                + ("" if beta is None else f", beta={beta:.3g}") + ")")
         names = ("policy_chosen_logp", "policy_rejected_logp", "ref_chosen_logp", "ref_rejected_logp")
         with ck.case(label, call, dict(zip(names, inputs)), hint):
             got, want, s_leaves, r_leaves = run_both(lambda *x: S.dpo_loss(*x, **kw), lambda *x: R.dpo_loss(*x, **kw),
@@ -919,7 +938,8 @@ def dpo_loss(ck, S, R):
             ck.expect_grads("loss", got[0], want[0], s_leaves, r_leaves, list(names[:2]), "the loss")
             for i, name in ((1, "chosen_rewards"), (2, "rejected_rewards")):
                 if ck.expect("rewards", got[i], want[i], name):
-                    ck.require("rewards", not got[i].requires_grad, name, "carries a gradient: the rewards are detached")
+                    ck.require("rewards", not got[i].requires_grad, name,
+                               "carries a gradient: the rewards are detached")
 
     chosen, rejected = _randn(g, 3, scale=10), _randn(g, 3, scale=10)
     run("edge case 'policy = reference'", [chosen, rejected, chosen.clone(), rejected.clone()])
@@ -952,8 +972,8 @@ def ppo_ptx(ck, S, R):
 
     def run(label, rng, g, coef, epochs=1, ragged=False):
         seed = rng.randrange(2**31)
-        cfg = S.Config(rollout_batch=8, max_new_tokens=6, ppo_epochs=epochs, minibatch_size=4, ptx_coef=coef, ptx_batch=2,
-                       init_kl_coef=0.05, device="cpu", dtype="fp32")
+        cfg = S.Config(rollout_batch=8, max_new_tokens=6, ppo_epochs=epochs, minibatch_size=4, ptx_coef=coef,
+                       ptx_batch=2, init_kl_coef=0.05, device="cpu", dtype="fp32")
         policy, ref, critic = gpt("lm", seed), gpt("lm", seed).requires_grad_(False), gpt("value", seed + 1)
         prompts = [[rng.randrange(0, 13) for _ in range(rng.randint(2, 5))] for _ in range(8)]
         exp = S.rollout(policy, ref, critic, reward, prompts, tok, cfg, 0.05, torch.Generator().manual_seed(seed))
@@ -970,8 +990,8 @@ def ppo_ptx(ck, S, R):
                 opt_p, opt_c = make_optimizer(p, cfg.lr, 0.0, eps=1e-5), make_optimizer(c, cfg.critic_lr, 0.0, eps=1e-5)
                 stats = mod.ppo_update(p, c, opt_p, opt_c, exp, cfg, iter(batches), random.Random(seed))
                 out[name] = stats, dict(p.named_parameters())
-            ck.expect("ptx_loss", out["student"][0].get("ptx_loss"), out["reference"][0]["ptx_loss"], "stats['ptx_loss']",
-                      fp32(10.0))
+            ck.expect("ptx_loss", out["student"][0].get("ptx_loss"), out["reference"][0]["ptx_loss"],
+                      "stats['ptx_loss']", fp32(10.0))  # a next-token loss near log(16), logits well below 10
             for n, param in out["reference"][1].items():
                 if not ck.expect("update", out["student"][1][n].detach(), param.detach(),
                                  f"the policy parameter {n} after the update", MODEL_GRAD):
@@ -985,9 +1005,9 @@ def ppo_ptx(ck, S, R):
         run(label, rng, g, rng.uniform(0.2, 3.0), ragged=rng.random() < 0.5)
 
 
-CHECKS = {f.__name__: f for f in (masked_mean, sft_loss, ranking_loss, kl_penalty_rewards, gae, masked_whiten, policy_loss,
-                                   value_loss, kl_estimators, adaptive_kl, response_mask, response_logprobs, token_logprobs,
-                                   dpo_loss, ppo_ptx)}
+CHECKS = {f.__name__: f for f in (masked_mean, sft_loss, ranking_loss, kl_penalty_rewards, gae, masked_whiten,
+                                   policy_loss, value_loss, kl_estimators, adaptive_kl, response_mask,
+                                   response_logprobs, token_logprobs, dpo_loss, ppo_ptx)}
 
 
 def check(name: str, student, reference, seeds=SEEDS) -> dict:

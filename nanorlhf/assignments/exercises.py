@@ -86,8 +86,8 @@ EXERCISES: tuple[Exercise, ...] = (
              "valid token", 10,
              (PPO + "test_kl_penalty_reference_numbers", PPO + "test_kl_penalty_score_at_last_valid_token_and_zero_kl_when_equal"),
              learning=(KL_HOLDS,), stage="train_ppo.py", parts=(("rewards", 8), ("kl", 2)),
-             unit_parts=((PPO + "test_kl_penalty_reference_numbers", ("rewards", "kl")),
-                         (PPO + "test_kl_penalty_score_at_last_valid_token_and_zero_kl_when_equal", ("rewards", "kl")))),
+             unit_parts=tuple((PPO + t, ("rewards", "kl")) for t in (
+                 "test_kl_penalty_reference_numbers", "test_kl_penalty_score_at_last_valid_token_and_zero_kl_when_equal"))),
     Exercise("gae", "nanorlhf/ppo.py", ("gae",),
              "GAE (Schulman 2016 eq. 16): delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lambda A_{t+1}, "
              "V after EOS = 0; returns = A + V", 15,
