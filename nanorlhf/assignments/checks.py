@@ -20,7 +20,8 @@ Tolerances: what a correct answer written another way may differ by.
   fp32     |got - want| <= 1e-6 + 8 u S + 1e-5 |want|, u = 2^-24 (the fp32 unit roundoff), S the largest
            |input| (for log-probs max |logit / T|). An fp32 input is only known to u·S, and a log-prob moves
            by up to 2uS when each logit moves by uS: log_softmax(z)[y] and z_y - logsumexp(z) both round at
-           scale S a few times (at logits near 1234.5, 8uS = 5.9e-4; they differ by at most ~2.4e-4).
+           scale S a few times (at logits near 1234.5, 8uS = 5.9e-4; they differ by at most ~2.4e-4). The
+           relative term covers the softmax's sum of V <= 64 terms in another order (V·u = 4e-6).
   bf16     a gradient handed back in bf16 is rounded there: one bf16 step, 2^-7 relative.
 """
 
@@ -108,7 +109,7 @@ def _num(x: float) -> str:
 
 def compare(got, want, tol: Tol = F64, where=None, dtype: bool = True) -> str | None:
     """None if `got` matches `want` (same structure, shape, dtype if `dtype`, values within `tol` where `where`
-    is true), else one line: what came back, what was expected and by how much they differ."""
+    is true), else one line: what came back and what was expected, at the first value that differs."""
     if want is None:
         return None if got is None else f"got {_kind(got)}, expected None"
     if isinstance(want, (tuple, list)):
@@ -262,8 +263,8 @@ class Checker:
 
 
 def run_both(student, reference, inputs, wrt=()):
-    """(got, want, got_leaves, want_leaves): each function on fresh copies of `inputs`, those in `wrt`
-    requiring grad. The reference runs first, so a student crash leaves `want` for nothing."""
+    """(got, want, got_leaves, want_leaves): each function on its own fresh copies of `inputs` (those in
+    `wrt` require grad), the reference first."""
     out = []
     for fn in (reference, student):
         leaves = [x.detach().clone().requires_grad_(i in wrt) if isinstance(x, torch.Tensor) else x
