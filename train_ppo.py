@@ -188,6 +188,10 @@ def rollout(policy, ref, critic, reward_fn, prompt_ids: list[list[int]], tok, cf
 def ppo_update(policy, critic, opt_policy, opt_critic, exp: dict, cfg: Config, ptx_batches=None, rng=None,
                iteration: int = 0, ckpt_path: Path = Path("none")):
     """Step 5: `ppo_epochs` passes over the batch in minibatches (a fresh permutation each epoch).
+
+    policy, critic and their optimizers opt_policy, opt_critic; exp: the rollout (rollout's dict); cfg: the
+    Config (cfg.ptx_coef is gamma of PPO-ptx); ptx_batches: for PPO-ptx, an iterator of corpus batches
+    (inputs, targets, mask), one drawn per minibatch; rng: a random.Random for the minibatch order.
     `iteration` and `ckpt_path` are for the message if the loss stops being finite."""
     device = policy.wte.weight.device
     policy.train(), critic.train()  # dropout is 0 in every RLHF model: train mode changes nothing numerically

@@ -146,6 +146,8 @@ def sample_inverse_cdf(probs: torch.Tensor, generator=None, u: torch.Tensor | No
 def response_mask_from(response: torch.Tensor, eos_id: int) -> torch.Tensor:
     """(B, T) float mask: 1 on tokens up to and including the first EOS, 0 after it.
 
+    response (B, T): the sampled token ids; eos_id: the id that ends a response.
+
     Position, not token id, decides: a sampled token is real even if it happens to be the PAD id.
     """
     is_eos = (response == eos_id).long()
@@ -157,6 +159,10 @@ def response_logprobs(model: GPT, tokens, attention_mask, prompt_len: int, tempe
                       with_entropy: bool = False, impl: str | None = None, entropy_grad: bool = False,
                       fast: bool = True):
     """Log-probs (B, T) (and entropies) of the response tokens tokens[:, P:] under `model` at `temperature`.
+
+    tokens (B, P + T): left-padded prompts then responses; attention_mask (B, P + T), 1 = a real token (0 at
+    the prompts' left padding and at the PAD after EOS); prompt_len = P. with_entropy: return (logp, entropy).
+    impl: the log-prob implementation, 'torch' | 'triton' | None (logprobs.py picks).
 
     Alignment: the hidden state at column t predicts token t + 1 (a causal LM's shift), so the response
     tokens are scored by hidden states P−1 … P+T−2; prompt positions no loss reads are never sent through

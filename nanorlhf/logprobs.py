@@ -63,6 +63,16 @@ def _flat_inputs(targets, mask):
 # the reference
 
 def _token_logprobs_torch(logits, targets, temperature, mask, with_entropy):
+    """The reference path of token_logprobs: the log-prob of each target and the entropy, in fp32.
+
+    logits (..., V), any float dtype (bf16 too: the maths runs in fp32 whatever comes in); targets (...)
+    integer; temperature T > 0 divides the logits; mask (...) or None, 1 = counts: where 0, the log-prob,
+    the entropy and their gradients are 0 and the target may be anything (-100, out of range);
+    with_entropy: also compute the entropy.
+        logp = log softmax(logits / T)[target]       (log_softmax, not the log of a softmax that underflows)
+        H    = -sum_j p_j log p_j, with 0 log 0 = 0   (a -inf logit has p = 0: no NaN, in H or its gradient)
+    Returns (logp (...), entropy (...) or None), fp32, differentiable w.r.t. logits.
+    """
     logp_all = F.log_softmax(logits.float() / temperature, dim=-1)  # (..., V) fp32: the tensor we avoid
     if mask is not None:
         targets = torch.where(mask != 0, targets, 0)  # padding targets may be out of range

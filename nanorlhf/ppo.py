@@ -43,9 +43,11 @@ def masked_var(x, mask, unbiased=False):
 def masked_whiten(x, mask, shift_mean=True, eps=1e-8, moments=None):
     """(x - mean) / sqrt(var + eps), with mean and biased var over valid positions only (N §9).
 
-    shift_mean=True: the result has mean 0 and variance 1 over the valid positions (use it for
-    advantages). shift_mean=False: the mean is added back, so only the scale changes and the mean is
-    preserved (OAI's reward whitening). Masked positions of the output are set to 0.
+    x (B, T) and mask (B, T), 1 = counts. shift_mean=True: the result has mean 0 and variance 1 over the
+    valid positions (use it for advantages). shift_mean=False: the mean is added back, so only the scale
+    changes and the mean is preserved (OAI's reward whitening). Masked positions of the output are set to 0.
+    eps keeps the division finite when every valid value is equal. moments: None, or (mean, var) taken
+    elsewhere (distributed.masked_moments: over every rank's batch), used instead of x's own.
     Statistics are over the whole tensor given (per batch as in N+; OAI whitened per minibatch:
     the caller chooses by what it passes in).
     """
@@ -92,6 +94,7 @@ def kl_estimators(logprobs, ref_logprobs, mask):
         k2 = 0.5 * (log r)^2                  biased, low variance (OAI's "approxkl" form)
         k3 = (r - 1) - log r                  unbiased, always >= 0
 
+    logprobs, ref_logprobs (B, T): log pi and log pi_ref of the sampled tokens; mask (B, T), 1 = counts.
     Each is summed over the valid tokens of a sequence (sum of per-token KL = sequence KL) and then
     averaged over the batch. Returns {"k1", "k2", "k3"} as 0-dim tensors (not detached). A negative
     mean k1 signals a sampling/logprob bug (e.g. top-k sampling); a negative per-token k1 does not.
@@ -144,8 +147,8 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip=0.2):
         ratio = exp(log pi - log pi_old)
         loss  = masked_mean( max(-A * ratio, -A * clip(ratio, 1 - clip, 1 + clip)) )
 
-    logprobs (B, T) carries the gradient; old_logprobs, advantages (B, T) are rollout constants.
-    The gradient is exactly 0 at tokens with (A > 0, ratio > 1 + clip) or (A < 0, ratio < 1 - clip);
+    logprobs (B, T) carries the gradient; old_logprobs, advantages (B, T) are rollout constants; mask (B, T),
+    1 = the token counts; clip is epsilon. The gradient is exactly 0 at tokens with (A > 0, ratio > 1 + clip) or (A < 0, ratio < 1 - clip);
     elsewhere it is the unclipped -A * ratio (also for A > 0 with ratio < 1 - clip).
     Mean over all valid tokens of the batch (token-level mean, as TRL/N+).
     Returns (loss, stats), stats as detached 0-dim tensors:
@@ -177,7 +180,7 @@ def value_loss(values, old_values, returns, mask, clip=0.2):
         loss   = 0.5 * masked_mean( max((V - R)^2, (V_clip - R)^2) )
 
     values (B, T) carries the gradient; old_values (rollout values) and returns (GAE targets) are
-    constants. When |V - V_old| < clip this is 0.5 * MSE. (37 details reports value clipping does
+    constants; mask (B, T), 1 = the token counts; clip is epsilon, in value units. When |V - V_old| < clip this is 0.5 * MSE. (37 details reports value clipping does
     not help and may hurt; set clip=float('inf') to turn it off.) The caller scales it by vf_coef.
     Returns (loss, stats) with stats["vf_clipfrac"]: fraction of valid tokens where the clipped
     branch is the larger one (detached 0-dim tensor).
@@ -220,6 +223,8 @@ class AdaptiveKLController:
         self.horizon = float(horizon)
 
     def update(self, current_kl, n_steps):
+        """One step of the rule above. current_kl: the KL of the last batch, a float or a 0-dim tensor;
+        n_steps: the episodes in that batch. Sets self.value to the new beta and returns it (a float)."""
         error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
         return self.value

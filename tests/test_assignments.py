@@ -1,20 +1,23 @@
 """The classroom tool (nanorlhf/assignments): the table, the ast surgery, make, grade and a subset of selftest.
 
-The full selftest (every catalogued wrong answer, ~2 min) is a command: python -m nanorlhf.assignments selftest.
+The full selftest (every catalogued wrong answer and right alternative through the unit and diff layers, on
+three seeds; minutes) is a command: python -m nanorlhf.assignments selftest.
 """
 
 import ast
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from nanorlhf.assignments import source
-from nanorlhf.assignments.__main__ import leaks, main
-from nanorlhf.assignments.bugs import BUGS, apply
+from nanorlhf.assignments import checks, source
+from nanorlhf.assignments.__main__ import _env, clip_words, leaks, main, score
+from nanorlhf.assignments.bugs import ALTERNATIVES, BUGS, apply
 from nanorlhf.assignments.exercises import BY_NAME, EXERCISES
+from nanorlhf.precision import SPEEDUP_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,9 +71,10 @@ def test_blank_and_transplant_round_trip_every_exercise():
 
 
 def test_catalogue_has_25_wrong_answers_that_apply_to_the_reference():
-    assert len(BUGS) >= 25 and len({b.name for b in BUGS}) == len(BUGS)
+    assert len(BUGS) >= 25 and len({b.name for b in BUGS + ALTERNATIVES}) == len(BUGS + ALTERNATIVES)
     assert {b.exercise for b in BUGS} == set(BY_NAME)  # every exercise has wrong answers to catch
-    for bug in BUGS:
+    assert sum(b.only == "diff" for b in BUGS) >= 10  # the comparison with the reference is proven too
+    for bug in BUGS + ALTERNATIVES:
         ex = BY_NAME[bug.exercise]
         text = (ROOT / ex.file).read_text()
         wrong = apply(text, bug, ex.file)  # each edit's `old` occurs exactly once
@@ -104,6 +108,89 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert rc == 2 and "not a directory" in err
     rc, _, err = run("selftest", "--bugs", "nosuch")
     assert rc == 2 and "nosuch" in err
+
+
+@pytest.mark.parametrize("text,said", [
+    ('{"exercises": ["gae"', "not JSON"),
+    ('["gae"]', "expected"),
+    ('{"exercises": ["gae", "nosuch"], "bug": null}', "unknown exercise 'nosuch'"),
+    ('{"exercises": [], "bug": "nosuch"}', "unknown bug 'nosuch'"),
+])
+def test_grade_corrupt_manifest_is_one_line_naming_the_file_and_exit_2(tmp_path, text, said):
+    (tmp_path / "assignment.json").write_text(text)
+    rc, out, err = run("grade", str(tmp_path), "--pipeline=false")
+    assert rc == 2 and err.count("\n") == 1 and not out, err
+    assert str(tmp_path / "assignment.json") in err and said in err and "expected" in err
+
+
+def test_blanked_functions_explain_every_argument_above_the_blank():
+    """The docstring is the contract the student reads: every argument of a blanked function is named in it."""
+    for ex in EXERCISES:
+        text = (ROOT / ex.file).read_text()
+        for fn in ex.functions:
+            node = source._find_def(ast.parse(text), fn, ex.file)
+            doc = ast.get_docstring(node) or ""
+            args = [a.arg for a in node.args.args + node.args.kwonlyargs if a.arg != "self"]
+            missing = [a for a in args if not re.search(rf"\b{a}\b", doc)]
+            assert doc and not missing, f"{ex.file}: {fn}: the docstring does not explain {missing}"
+
+
+def test_score_charges_a_wrong_statistic_its_own_points():
+    """policy_loss with ratio_max taken over padding: the diff layer finds ratio_max wrong, and a unit test
+    that checks the loss and every stat fails too; only ratio_max's point is lost. Without the diff layer's
+    word the failing test costs everything it checks; a failing learning test costs the main part."""
+    ex = BY_NAME["policy_loss"]
+    unit_all = "tests/test_ppo_math.py::test_policy_loss_gradient_zero_exactly_in_clipped_regions"
+    diff = {"passed": False, "parts": {p: {"passed": p != "ratio_max"} for p in ex.part_names}}
+    parts = score(ex, {"unit": {"passed": False, "failed": [unit_all]}, "diff": diff})
+    assert {p: q["points"] for p, q in parts.items()} == {"loss": 11, "clipfrac": 1, "approx_kl": 1, "ratio_mean": 1,
+                                                           "ratio_max": 0}
+    clean = {"passed": True, "parts": {p: {"passed": True} for p in ex.part_names}}
+    parts = score(ex, {"unit": {"passed": False, "failed": [unit_all]}, "diff": clean})
+    assert sum(q["points"] for q in parts.values()) == 0
+    parts = score(ex, {"learning": {"passed": False, "failed": ["x"]}, "diff": clean})
+    assert [p for p, q in parts.items() if q["points"] == 0] == ["loss"]
+
+
+def test_table_note_is_cut_at_a_word_boundary():
+    text = "stats['ratio_max']: got 1, expected 0.9831814, on edge case 'one valid value', inf behind the mask " * 2
+    note = clip_words(text, 60)
+    assert len(note) <= 60 and note.endswith(" …") and text.startswith(note[:-2]) and text[len(note) - 2] == " "
+    assert clip_words("short\nsecond line") == "short"
+
+
+def test_grader_subprocesses_run_in_fp32():
+    """--dtype=auto must pick fp32 in every check the grader starts, whatever this CPU's bf16 speed."""
+    assert _env(ROOT)[SPEEDUP_ENV] == "1.0"
+
+
+DIFF_ONLY = [b for b in BUGS if b.only == "diff"]
+HEAVY = ("ppo_ptx", "response_logprobs")  # a model per case: left to the full selftest
+
+
+@pytest.mark.parametrize("entry", [b for b in DIFF_ONLY + list(ALTERNATIVES) if b.exercise not in HEAVY],
+                         ids=lambda b: b.name)
+def test_diff_layer_catches_the_wrong_and_accepts_the_right(entry):
+    """In this process, on the three seeds: every wrong answer that passes the unit tests fails the comparison
+    with the reference, every right answer written another way (a loop, logsumexp instead of log_softmax,
+    softplus instead of -logsigmoid) passes it."""
+    ex = BY_NAME[entry.exercise]
+    reference = checks.load_reference(ROOT, ex.file)
+    student = checks.module_from_source(ex.file, apply((ROOT / ex.file).read_text(), entry, ex.file), entry.name)
+    result = checks.check(ex.name, student, reference, seeds=checks.SEEDS)
+    assert result["passed"] == (entry in ALTERNATIVES), result["detail"]
+    assert result["seeds"] == [0, 1, 2] and (entry not in ALTERNATIVES or result["cases"] > 20)
+
+
+def test_diff_layer_gives_the_same_result_every_time():
+    """No clock, no global RNG: the same answer, the same cases, the same messages."""
+    entry = next(b for b in BUGS if b.name == "pl_ratio_max_over_padding")
+    ex = BY_NAME[entry.exercise]
+    reference = checks.load_reference(ROOT, ex.file)
+    student = checks.module_from_source(ex.file, apply((ROOT / ex.file).read_text(), entry, ex.file), entry.name)
+    first = checks.check(ex.name, student, reference)
+    assert not first["passed"] and [p for p, r in first["parts"].items() if not r["passed"]] == ["ratio_max"]
+    assert checks.check(ex.name, student, reference) == first
 
 
 @needs_git
@@ -163,17 +250,25 @@ def test_grade_transplants_bodies_and_ignores_edited_tests(handout, tmp_path):
 
 
 @needs_git
-def test_selftest_subset_catches_and_names_the_layer(tmp_path):
-    """A wrong answer the project's tests used to miss (issue 18): caught, by the test added for it."""
-    rc, out, _ = run("selftest", "--bugs", "pl_mean_all_positions", "--json", str(tmp_path / "s.json"))
-    (row,) = json.loads((tmp_path / "s.json").read_text())
-    assert rc == 0 and "1 of 1 wrong answers caught" in out and "caught by unit, diff" in out
-    assert row["caught_by"] == ["unit", "diff"]
-    assert row["layers"]["unit"]["failed"] == ["tests/test_ppo_math.py::test_policy_loss_ragged_mask_is_sum_over_valid_over_count"]
+def test_selftest_subset_on_three_seeds_proves_the_diff_layer_and_accepts_a_right_answer(tmp_path):
+    """A wrong answer only the comparison with the reference catches (log(sigmoid) overflows at extreme
+    margins), and a right answer written another way (softplus instead of -logsigmoid) that every layer
+    accepts, on seeds 0, 1 and 2. (The bug hunt test below shows a unit test catching, and naming it.)"""
+    rc, out, _ = run("selftest", "--bugs", "dpo_log_of_sigmoid,alt_dpo_softplus", "--seeds", "0,1,2",
+                     "--json", str(tmp_path / "s.json"))
+    rows = {r["entry"]: r for r in json.loads((tmp_path / "s.json").read_text())}
+    assert rc == 0 and "1 of 1 wrong answers caught on seeds 0, 1, 2" in out, out
+    assert "diff only 1" in out and "1 of 1 right answers written another way accepted" in out, out
+    assert rows["dpo_log_of_sigmoid"]["caught_by"] == ["diff"] and rows["dpo_log_of_sigmoid"]["ok"]
+    assert rows["alt_dpo_softplus"]["caught_by"] == [] and rows["alt_dpo_softplus"]["ok"]
+    assert set(rows["alt_dpo_softplus"]["layers"]) == {"unit", "diff"}
 
 
 @needs_git
-def test_bug_hunt_copy_is_graded_on_the_planted_bug(tmp_path):
+def test_bug_hunt_graded_twice_gives_the_same_report_and_partial_credit(tmp_path):
+    """k2 without its 1/2 costs k2's point only; grading the same tree again (here through --explain) gives
+    the same report, seeds and messages included; the table names the seeds and --explain prints the whole
+    message (the case, the inputs, what came back and what was expected)."""
     d = tmp_path / "hunt"
     rc, _, err = run("make", "--out", str(d), "--bug", "kle_k2_no_half", "--verify=false")
     assert rc == 0, err
@@ -182,6 +277,12 @@ def test_bug_hunt_copy_is_graded_on_the_planted_bug(tmp_path):
     rc, out, _ = run("grade", str(d), "--pipeline=false", "--json", str(tmp_path / "g.json"))
     report = json.loads((tmp_path / "g.json").read_text())
     assert rc == 1 and list(report["exercises"]) == ["kl_estimators"], out
-    layers = report["exercises"]["kl_estimators"]["layers"]
-    assert report["exercises"]["kl_estimators"]["points"] == 0 and not layers["diff"]["passed"]
-    assert layers["unit"]["failed"] == ["tests/test_ppo_math.py::test_kl_estimators_k2_is_half_squared_log_ratio_summed_per_sequence"]
+    entry = report["exercises"]["kl_estimators"]
+    assert entry["points"] == 4 and {p: q["points"] for p, q in entry["parts"].items()} == {"k1": 2, "k2": 0, "k3": 2}
+    assert not entry["layers"]["diff"]["passed"] and entry["layers"]["diff"]["parts"]["k1"]["passed"]
+    assert entry["layers"]["unit"]["failed"] == [
+        "tests/test_ppo_math.py::test_kl_estimators_k2_is_half_squared_log_ratio_summed_per_sequence"]
+    assert "seeds 0, 1, 2" in out and "lost k2 1 pt: ['k2']: got" in out, out
+    rc2, explained, _ = run("grade", str(d), "--explain", "kl_estimators", "--json", str(tmp_path / "g2.json"))
+    assert rc2 == 1 and json.loads((tmp_path / "g2.json").read_text()) == report
+    assert entry["explain"] in explained and "expected:" in explained and "mask:" in explained, explained

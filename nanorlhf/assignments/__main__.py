@@ -4,14 +4,16 @@
     python -m nanorlhf.assignments make --out hw1 --only gae,ranking_loss   # a student copy, checks verified
     python -m nanorlhf.assignments make --out hunt --bug gae_forward_loop   # a bug hunt: one wrong answer
     python -m nanorlhf.assignments grade hw1                          # points table, hw1/grade.json, exit code
+    python -m nanorlhf.assignments grade hw1 --explain gae            # one exercise's failures in full
     python -m nanorlhf.assignments selftest                           # every catalogued wrong answer is caught
 
 How grading works (ASSIGNMENTS.md has the instructor's guide): the student's function bodies are lifted
 out of their copy with ast and put into a pristine copy of this repository, one exercise at a time (so
 an unfinished masked_mean costs masked_mean's points only, and edited tests count for nothing); there
 the exercise's checks run in subprocesses: its unit tests, a differential test against the reference on
-fresh random inputs, its learning tests; then the micro pipeline runs with every student function at once
-and must finish without NaN. An exercise scores its points when every layer passes.
+fixed edge cases and on random cases of a fixed seed list (checks.SEEDS), its learning tests; then the
+micro pipeline runs with every student function at once and must finish without NaN. Same tree, same
+score. Points are split between an exercise's main quantity and each logged statistic (Exercise.parts).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from nanorlhf.assignments import source
-from nanorlhf.assignments.bugs import BUG_BY_NAME, BUGS, apply
+from nanorlhf.assignments.bugs import ALT_BY_NAME, ALTERNATIVES, BUG_BY_NAME, BUGS, apply
 from nanorlhf.assignments.exercises import BY_NAME, EXERCISES, PIPELINE_POINTS, Exercise
 
 ROOT = source.ROOT
@@ -36,6 +39,8 @@ NOT_HANDED_OUT = ("nanorlhf/assignments", "tests/test_assignments.py")  # the gr
 MANIFEST = "assignment.json"  # written into a student copy: which exercises it holds
 TIMEOUT_S = 600  # per subprocess: a student's infinite loop fails the layer instead of hanging the grader
 LAYERS = ("unit", "diff", "learning")
+SEEDS = (0, 1, 2)  # = checks.SEEDS (not imported here: checks imports torch, and `list` should not wait for it)
+NOTE_WIDTH = 100  # the table's note: the first line of the most useful message, cut at a word boundary
 
 
 class UsageError(ValueError):
@@ -44,65 +49,84 @@ class UsageError(ValueError):
 
 # ------------------------------------------------------------------------------------- running checks
 def _env(copy: Path) -> dict:
+    # NANORLHF_BF16_SPEEDUP=1.0 (precision.SPEEDUP_ENV): --dtype=auto picks fp32 in every check, whatever this
+    # machine's bf16 speed, so the reference meets its fp32 tolerances and a grade does not depend on the CPU
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # the suite needs no third-party plugin: skip importing them
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",  # the suite needs no third-party plugin: skip importing them
+            "NANORLHF_BF16_SPEEDUP": "1.0"}
 
 
 def _start_pytest(copy: Path, nodes: list[str], xml: Path):
-    # -k: the Triton kernel is no exercise, and its interpreted cases are most of the run time
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not triton", f"--junitxml={xml}", *nodes]
+    # -k: the Triton kernel is no exercise, and its interpreted cases are most of the run time;
+    # pytest_seed: every test starts from the same global RNG state (same tree, same verdict)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "nanorlhf.assignments.pytest_seed",
+           "-k", "not triton", f"--junitxml={xml}", *nodes]
     return subprocess.Popen(cmd, cwd=copy, env=_env(copy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _pytest_results(proc, nodes: list[str], xml: Path) -> dict[str, bool]:
-    """{test function node id: passed}; a function passes when every parametrised case passes (skips count
-    as passes: a GPU-only case); a node that did not run (timeout, collection error) fails."""
+def _pytest_results(proc, nodes: list[str], xml: Path, copy: Path) -> tuple[dict[str, bool], dict[str, str]]:
+    """({test function node id: passed}, {failed node: what pytest said, the copy's path as <copy>}); a
+    function passes when every parametrised case passes (skips count as passes: a GPU-only case); a node
+    that did not run (timeout, collection error) fails."""
     try:
         out, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        return {n: False for n in nodes}
+        return {n: False for n in nodes}, {n: f"timed out after {TIMEOUT_S}s" for n in nodes}
     ran: dict[str, bool] = {}
+    said: dict[str, str] = {}
     if xml.exists():
         for case in ET.parse(xml).iter("testcase"):
             node = case.get("classname", "").replace(".", "/") + ".py::" + case.get("name", "").split("[")[0]
-            ok = case.find("failure") is None and case.find("error") is None
-            ran[node] = ran.get(node, True) and ok
-    return {n: ran.get(n, False) for n in nodes}
+            bad = case.find("failure")
+            bad = case.find("error") if bad is None else bad
+            ran[node] = ran.get(node, True) and bad is None
+            if bad is not None and node not in said:  # the first failing parametrised case
+                where = case.get("name", "")
+                said[node] = f"{where}: {bad.get('message', '').strip()}\n{(bad.text or '').strip()[-3000:]}"
+    passed = {n: ran.get(n, False) for n in nodes}
+    for n in nodes:
+        if not passed[n] and n not in said:
+            said[n] = f"did not run (collection error or crash); pytest said:\n{out[-2000:]}"
+    return passed, {n: text.replace(str(copy), "<copy>") for n, text in said.items()}
 
 
-def _start_diff(copy: Path, names: list[str], out: Path, seed: int):
+def _start_diff(copy: Path, names: list[str], out: Path, seeds):
     cmd = [sys.executable, "-m", "nanorlhf.assignments", "_diff", "--ref", str(ROOT), "--json", str(out),
-           "--seed", str(seed), *names]
+           "--seeds", ",".join(map(str, seeds)), *names]
     return subprocess.Popen(cmd, cwd=copy, env=_env(copy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _diff_results(proc, names: list[str], out: Path) -> dict[str, dict]:
     try:
         log, _ = proc.communicate(timeout=TIMEOUT_S)
+        why = f"the check crashed: {log[-1500:]}"
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        return {n: {"passed": False, "message": f"timed out after {TIMEOUT_S}s"} for n in names}
-    if not out.exists():
-        return {n: {"passed": False, "message": f"the check crashed: {log[-300:]}"} for n in names}
-    return json.loads(out.read_text())
+        why = f"timed out after {TIMEOUT_S}s"
+    if out.exists():
+        return json.loads(out.read_text())
+    return {n: {"passed": False, "message": why.splitlines()[0] if why.strip() else why, "detail": why,
+                "parts": {p: {"passed": False, "message": why, "detail": why} for p in BY_NAME[n].part_names}}
+            for n in names}
 
 
 def run_layers(copy: Path, exercises: list[Exercise], layers=LAYERS, nodes: list[str] | None = None,
-               seed: int | None = None) -> tuple[dict[str, dict], dict[str, bool]]:
+               seeds=SEEDS) -> tuple[dict[str, dict], dict[str, bool]]:
     """Run `layers` of `exercises` in `copy`: pytest (unit, learning, plus any extra `nodes`) and the
     differential checks, the two as concurrent subprocesses. Returns ({exercise: {layer: {"passed",
-    "failed"/"message"}}}, {node: passed} for every node run)."""
-    seed = int(time.time()) if seed is None else seed
+    "failed" and "said" (pytest) or "message", "detail" and "parts" (diff)}}}, {node: passed} for every
+    node run)."""
     want = sorted({n for e in exercises for layer in ("unit", "learning") if layer in layers for n in getattr(e, layer)}
                   | set(nodes or ()))
     diff_names = [e.name for e in exercises if "diff" in layers and e.diff]
     tag = f"{os.getpid()}_{time.monotonic_ns()}"
     xml, diff_json = copy / f".pytest_{tag}.xml", copy / f".diff_{tag}.json"
-    procs = (_start_pytest(copy, want, xml) if want else None, _start_diff(copy, diff_names, diff_json, seed) if diff_names else None)
-    node_ok = _pytest_results(procs[0], want, xml) if procs[0] else {}
+    procs = (_start_pytest(copy, want, xml) if want else None,
+             _start_diff(copy, diff_names, diff_json, seeds) if diff_names else None)
+    node_ok, said = _pytest_results(procs[0], want, xml, copy) if procs[0] else ({}, {})
     diff = _diff_results(procs[1], diff_names, diff_json) if procs[1] else {}
     results = {}
     for e in exercises:
@@ -110,7 +134,7 @@ def run_layers(copy: Path, exercises: list[Exercise], layers=LAYERS, nodes: list
         for layer in ("unit", "learning"):
             if layer in layers and getattr(e, layer):
                 failed = [n for n in getattr(e, layer) if not node_ok[n]]
-                r[layer] = {"passed": not failed, "failed": failed}
+                r[layer] = {"passed": not failed, "failed": failed, "said": {n: said[n] for n in failed}}
         if e.name in diff:
             r["diff"] = diff[e.name]
         results[e.name] = r
@@ -119,6 +143,54 @@ def run_layers(copy: Path, exercises: list[Exercise], layers=LAYERS, nodes: list
 
 def caught_by(layers: dict) -> list[str]:
     return [name for name in LAYERS if name in layers and not layers[name]["passed"]]
+
+
+def score(ex: Exercise, layers: dict) -> dict[str, dict]:
+    """{part: {"points", "max", "lost_to"}}. A part scores when the diff layer passes it and no failing test
+    is charged to it. A failing unit test is charged to the parts it checks (ex.unit_parts) that the diff
+    layer found wrong too, or to all of them when the diff layer found none of them wrong; a failing
+    learning test to the main part. So a wrong statistic costs its own points, not the exercise."""
+    diff = layers.get("diff")
+    diff_bad = {p for p, r in diff.get("parts", {}).items() if not r["passed"]} if diff else set()
+    if diff and not diff["passed"] and not diff_bad:  # a crash of the whole check
+        diff_bad = set(ex.part_names)
+    lost: dict[str, list[str]] = {p: (["diff"] if p in diff_bad else []) for p in ex.part_names}
+    for node in layers.get("unit", {}).get("failed", []):
+        checked = ex.parts_checked_by(node)
+        for p in [q for q in checked if q in diff_bad] or checked:
+            lost[p].append(node)
+    for node in layers.get("learning", {}).get("failed", []):
+        lost[ex.part_names[0]].append(node)
+    return {p: {"points": 0 if lost[p] else pts, "max": pts, "lost_to": lost[p]} for p, pts in ex.points_of.items()}
+
+
+def explain(ex: Exercise, layers: dict) -> tuple[str, str]:
+    """(first line, whole story) of what failed: the diff layer's message first (it names the case, what came
+    back and what was expected), then each failing test with what pytest said and the exercise's hint."""
+    first, story = [], []
+    diff = layers.get("diff")
+    if diff and not diff["passed"]:
+        first.append(diff["message"])
+        story.append(f"diff (seeds {', '.join(map(str, diff.get('seeds', [])))}; the edge cases run every time):\n"
+                     + (diff.get("detail") or diff["message"]))
+    hints = dict(ex.hints)
+    for layer in ("unit", "learning"):
+        for node in layers.get(layer, {}).get("failed", []):
+            said = layers[layer].get("said", {}).get(node, "")
+            short = next((ln.strip() for ln in said.splitlines() if ln.strip()), "failed")
+            first.append(f"{node.split('::')[-1]} failed: {short}" + (f"; {hints[node]}" if node in hints else ""))
+            story.append(f"{layer} {node}:\n" + textwrap.indent(said, "  ")
+                         + (f"\n  hint: {hints[node]}" if node in hints else ""))
+    return (first[0] if first else ""), "\n\n".join(story)
+
+
+def clip_words(text: str, width: int = NOTE_WIDTH) -> str:
+    """The first line of `text`, cut at a word boundary to fit `width` (never mid-word), with ' …' if cut."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if len(line) <= width:
+        return line
+    cut = line[: width - 2].rsplit(" ", 1)[0]
+    return cut + " …"
 
 
 # ----------------------------------------------------------------------------------------------- copies
@@ -134,7 +206,7 @@ def blank(copy: Path, ex: Exercise) -> None:
 
 
 def plant(copy: Path, bug_name: str) -> None:
-    bug = BUG_BY_NAME[bug_name]
+    bug = BUG_BY_NAME.get(bug_name) or ALT_BY_NAME[bug_name]
     ex = BY_NAME[bug.exercise]
     source.edit_file(copy / ex.file, lambda t: apply(t, bug, ex.file))
 
@@ -189,8 +261,11 @@ def parse_names(text: str | None, default: list[str]) -> list[str]:
 def cmd_list(args) -> int:
     if args.bugs:
         for b in BUGS:
+            print(f"{b.name:28s} {b.exercise:20s} {b.what}{' (diff only)' if b.only else ''}")
+        print(f"{len(BUGS)} wrong answers in the catalogue, {sum(bool(b.only) for b in BUGS)} of them caught only by "
+              f"the diff layer (instructor only: not in the student copy). Right answers written another way:")
+        for b in ALTERNATIVES:
             print(f"{b.name:28s} {b.exercise:20s} {b.what}")
-        print(f"{len(BUGS)} wrong answers in the catalogue (instructor only: not in the student copy)")
         return 0
     if args.name:
         ex = BY_NAME.get(args.name)
@@ -204,7 +279,9 @@ def cmd_list(args) -> int:
             for n in getattr(ex, layer):
                 print(f"  {layer:9s} {n}")
         if ex.diff:
-            print(f"  diff      nanorlhf/assignments/checks.py::{ex.name} (hidden: fresh random inputs vs the reference)")
+            print(f"  diff      nanorlhf/assignments/checks.py::{ex.name} (hidden: fixed edge cases, and random cases "
+                  f"on seeds {', '.join(map(str, SEEDS))}, against the reference)")
+        print(f"  points:        {', '.join(f'{p} {n}' for p, n in ex.points_of.items())}")
         return 0
     print(f"{'exercise':20s} {'pts':>3s}  {'file: function':58s} prerequisites")
     for e in EXERCISES:
@@ -286,10 +363,11 @@ def cmd_make(args) -> int:
 
 
 def pipeline(copy: Path) -> dict:
-    """The micro pipeline up to PPO-ptx in `copy` (every student function at once): exit 0 and no NaN."""
+    """The micro pipeline up to PPO-ptx in `copy` (every student function at once): exit 0 and no NaN.
+    --dtype=fp32: the grade must not depend on whether this CPU makes --dtype=auto pick bf16."""
     out = copy / "_pipeline"
-    cmd = [sys.executable, "-m", "nanorlhf", "--preset=micro", "--stop_after=ppo_ptx", f"--data_dir={out}/data",
-           f"--out_dir={out}/out"]
+    cmd = [sys.executable, "-m", "nanorlhf", "--preset=micro", "--stop_after=ppo_ptx", "--dtype=fp32",
+           f"--data_dir={out}/data", f"--out_dir={out}/out"]
     try:
         r = subprocess.run(cmd, cwd=copy, env=_env(copy), capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -297,7 +375,8 @@ def pipeline(copy: Path) -> dict:
     if r.returncode != 0:  # the stage that failed and the error it raised
         lines = [ln.strip() for ln in (r.stdout + r.stderr).splitlines()]
         said = [ln for ln in lines if ln.startswith("pipeline: stage")][-1:] + [ln for ln in lines if "Error" in ln][-1:]
-        return {"passed": False, "message": f"exit {r.returncode}: {' '.join(said) or lines[-1:]}"}
+        return {"passed": False, "message": f"exit {r.returncode}: {' '.join(said) or lines[-1:]}",
+                "detail": "\n".join(lines[-40:])}
     for run in ("ppo", "ppo_ptx"):
         rows = json.loads((out / "out" / run / "history.json").read_text())["history"]
         bad = [(row["iteration"], k) for row in rows for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -306,44 +385,87 @@ def pipeline(copy: Path) -> dict:
     return {"passed": True, "message": ""}
 
 
+def read_manifest(student: Path) -> list[str] | None:
+    """The exercises a handout holds (its blanks, or the exercise of its planted bug), from assignment.json;
+    None without one. A file that is not what make writes: UsageError naming it and what was expected."""
+    path = student / MANIFEST
+    if not path.exists():
+        return None
+    expected = 'expected {"exercises": [exercise names], "bug": null or a catalogued bug}, as `make` writes it'
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}:{e.lineno}: not JSON ({e.msg}); {expected}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot be read ({type(e).__name__}); {expected}") from None
+    names = data.get("exercises") if isinstance(data, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UsageError(f"{path}: {expected}")
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise UsageError(f"{path}: unknown exercise {unknown[0]!r}; expected names from: {', '.join(BY_NAME)}")
+    bug = data.get("bug")
+    if bug is not None and bug not in BUG_BY_NAME:
+        raise UsageError(f"{path}: unknown bug {bug!r}; expected null or a name that `list --bugs` prints")
+    return names + ([BUG_BY_NAME[bug].exercise] if bug else [])
+
+
+def parse_seeds(text: str | None) -> tuple[int, ...]:
+    if text is None:
+        return SEEDS
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        seeds = ()
+    if not seeds:
+        raise UsageError(f"--seeds {text!r}: expected a comma list of integers, e.g. 0,1,2")
+    return seeds
+
+
+def grade_exercise(student: Path, ex: Exercise, tmp: Path, seeds) -> tuple[dict, dict | None]:
+    """(entry for grade.json, the student's bodies or None): points per part, layers, message, explanation."""
+    entry = {"points": 0, "max": ex.points, "parts": {}, "layers": {}, "message": "", "explain": ""}
+    try:
+        bodies = student_bodies(student, ex)
+    except source.SourceError as e:
+        entry["message"] = entry["explain"] = str(e)
+        return entry, None
+    if any(source.is_blank(b) for b in bodies.values()):
+        entry["message"] = entry["explain"] = "not attempted (still raises NotImplementedError)"
+        return entry, bodies
+    copy = pristine_copy(tmp / ex.name)
+    try:
+        transplant(copy, ex, bodies)
+    except source.SourceError as e:
+        entry["message"] = entry["explain"] = str(e)
+        return entry, None
+    res, _ = run_layers(copy, [ex], seeds=seeds)
+    entry["layers"] = res[ex.name]
+    entry["parts"] = score(ex, res[ex.name])
+    entry["points"] = sum(p["points"] for p in entry["parts"].values())
+    entry["message"], entry["explain"] = explain(ex, res[ex.name])
+    return entry, bodies
+
+
 def cmd_grade(args) -> int:
     student = Path(args.dir)
     if not student.is_dir():
         raise UsageError(f"{student}: not a directory (expected a student copy made by `make`)")
-    default = [e.name for e in EXERCISES]
-    if (student / MANIFEST).exists():  # what the handout holds: its blanks, or the exercise of its planted bug
-        manifest = json.loads((student / MANIFEST).read_text())
-        default = (manifest["exercises"] + ([BUG_BY_NAME[manifest["bug"]].exercise] if manifest.get("bug") else [])
-                   or default)  # a copy with no blank and no bug: everything
-    names = parse_names(args.only, default)
-    seed = int(time.time()) if args.seed is None else args.seed
-    report: dict = {"exercises": {}, "student": str(student), "seed": seed}
+    default = read_manifest(student) or [e.name for e in EXERCISES]  # a copy with no blank and no bug: all
+    if args.explain is not None and args.explain not in BY_NAME:
+        raise UsageError(f"--explain {args.explain!r}: unknown exercise; expected one of: {', '.join(BY_NAME)}")
+    names = [args.explain] if args.explain else parse_names(args.only, default)
+    seeds = parse_seeds(args.seeds)
+    run_pipeline = args.pipeline and not args.explain
+    report: dict = {"exercises": {}, "student": str(student), "seeds": list(seeds)}
     with tempfile.TemporaryDirectory(prefix="grade_") as tmp:
         tmp = Path(tmp)
         all_bodies = {}
         for name in names:
-            ex = BY_NAME[name]
-            entry = {"points": 0, "max": ex.points, "layers": {}, "message": ""}
-            report["exercises"][name] = entry
-            try:
-                bodies = student_bodies(student, ex)
-            except source.SourceError as e:
-                entry["message"] = str(e)
-                continue
-            all_bodies[name] = bodies
-            if any(source.is_blank(b) for b in bodies.values()):
-                entry["message"] = "not attempted (still raises NotImplementedError)"
-                continue
-            copy = pristine_copy(tmp / name)
-            try:
-                transplant(copy, ex, bodies)
-            except source.SourceError as e:
-                entry["message"] = str(e)
-                continue
-            res, _ = run_layers(copy, [ex], seed=seed)
-            entry["layers"] = res[name]
-            entry["points"] = 0 if caught_by(res[name]) else ex.points
-        if args.pipeline:
+            report["exercises"][name], bodies = grade_exercise(student, BY_NAME[name], tmp, seeds)
+            if bodies is not None and not any(source.is_blank(b) for b in bodies.values()):
+                all_bodies[name] = bodies
+        if run_pipeline:
             copy = pristine_copy(tmp / "pipeline")
             try:
                 for name, bodies in all_bodies.items():
@@ -355,80 +477,114 @@ def cmd_grade(args) -> int:
     rows = list(report["exercises"].items()) + ([("pipeline", report["pipeline"])] if "pipeline" in report else [])
     report["total"] = sum(r["points"] for _, r in rows)
     report["max"] = sum(r["max"] for _, r in rows)
+    print(f"grade {student}: diff layer on seeds {', '.join(map(str, seeds))} (and its fixed edge cases)")
     print(f"{'exercise':20s} {'points':>9s}  {'unit':5s} {'diff':5s} {'learn':5s}  note")
     for name, r in rows:
         layers = r.get("layers", {})
         marks = [("pass" if layers[k]["passed"] else "FAIL") if k in layers else "-" for k in LAYERS]
-        note = r.get("message", "")
-        for k in LAYERS:
-            if k in layers and not layers[k]["passed"]:
-                note = note or (", ".join(layers[k].get("failed", [])) or layers[k].get("message", ""))
         if name == "pipeline":
             marks = ["pass" if r["passed"] else "FAIL", "", ""]
-        print(f"{name:20s} {r['points']:4d} / {r['max']:2d}  {marks[0]:5s} {marks[1]:5s} {marks[2]:5s}  {note[:150]}")
+        lost = [f"{p} {q['max']}" for p, q in r.get("parts", {}).items() if q["points"] < q["max"]]
+        note = r.get("message", "")
+        if lost and len(lost) < len(r.get("parts", {})):  # partial credit: say which parts cost what
+            note = f"lost {', '.join(lost)} pt: {note}"
+        print(f"{name:20s} {r['points']:4d} / {r['max']:2d}  {marks[0]:5s} {marks[1]:5s} {marks[2]:5s}  "
+              f"{clip_words(note)}")
     print(f"{'total':20s} {report['total']:4d} / {report['max']}")
-    out = Path(args.json) if args.json else student / "grade.json"
-    tmp_json = out.with_name(out.name + ".tmp")
-    tmp_json.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp_json, out)
-    print(f"grade: wrote {out}")
+    if args.explain:
+        r = report["exercises"][args.explain]
+        print(f"\n{args.explain}: {r['points']} of {r['max']} points")
+        for p, q in r.get("parts", {}).items():
+            lost_to = f"  lost to {', '.join(q['lost_to'])}" if q["lost_to"] else ""
+            print(f"  {p:12s} {q['points']:2d} / {q['max']:2d}{lost_to}")
+        print("\n" + (r.get("explain") or "every check passed"))
+    elif any(r.get("explain") for _, r in rows):
+        print(f"grade DIR --explain EXERCISE prints one exercise's failures in full (also in grade.json)")
+    if args.json or not args.explain:
+        out = Path(args.json) if args.json else student / "grade.json"
+        tmp_json = out.with_name(out.name + ".tmp")
+        tmp_json.write_text(json.dumps(report, indent=1) + "\n")
+        os.replace(tmp_json, out)
+        print(f"grade: wrote {out}")
     return 0 if report["total"] == report["max"] else 1
 
 
 def cmd_selftest(args) -> int:
-    bugs = [b.name for b in BUGS] if args.bugs in (None, "all") else [s.strip() for s in args.bugs.split(",") if s.strip()]
-    bad = [b for b in bugs if b not in BUG_BY_NAME]
+    known = {**BUG_BY_NAME, **ALT_BY_NAME}
+    names = [b.name for b in BUGS + ALTERNATIVES] if args.bugs in (None, "all") else \
+        [s.strip() for s in args.bugs.split(",") if s.strip()]
+    bad = [b for b in names if b not in known]
     if bad:
-        raise UsageError(f"--bugs: unknown wrong answer {bad[0]!r}; `list --bugs` names the catalogue")
-    exercises = [e for e in EXERCISES if e.name in {BUG_BY_NAME[b].exercise for b in bugs}]
+        raise UsageError(f"--bugs: unknown entry {bad[0]!r}; `list --bugs` names the catalogue")
+    seeds = parse_seeds(args.seeds)
+    exercises = [e for e in EXERCISES if e.name in {known[b].exercise for b in names}]
     rows, t0 = [], time.time()
     with tempfile.TemporaryDirectory(prefix="selftest_") as tmp:
         tmp = Path(tmp)
         reference = pristine_copy(tmp / "reference")
         first = ("unit", "diff", "learning") if args.all_layers else ("unit", "diff")
-        res, _ = run_layers(reference, exercises, layers=first, seed=args.seed)
+        res, _ = run_layers(reference, exercises, layers=first, seeds=seeds)
         learning_ok = {e.name for e in exercises} if args.all_layers else set()
 
         def reference_fails(res):
             broken = {n: caught_by(r) for n, r in res.items() if caught_by(r)}
             if broken:
                 print(f"selftest: the reference fails its own checks: {broken}")
+                for n, r in res.items():
+                    if caught_by(r):
+                        print(explain(BY_NAME[n], r)[1])
             return bool(broken)
         if reference_fails(res):
             return 1
-        print(f"selftest: the reference passes the {', '.join(first)} layers of {len(exercises)} exercises; "
-              f"now {len(bugs)} wrong answers")
-        for name in bugs:
-            bug = BUG_BY_NAME[name]
+        print(f"selftest: the reference passes the {', '.join(first)} layers of {len(exercises)} exercises "
+              f"(diff seeds {', '.join(map(str, seeds))}); now {len(names)} entries")
+        for name in names:
+            bug = known[name]
             ex = BY_NAME[bug.exercise]
+            right = name in ALT_BY_NAME
             copy = pristine_copy(tmp / name)
             plant(copy, name)
-            res, _ = run_layers(copy, [ex], layers=("unit", "diff"), seed=args.seed)
+            res, _ = run_layers(copy, [ex], layers=("unit", "diff"), seeds=seeds)
             layers = res[ex.name]
-            if (args.all_layers or not caught_by(layers)) and ex.learning:
+            if (args.all_layers or not (right or caught_by(layers))) and ex.learning:
                 if ex.name not in learning_ok:  # the reference must pass a learning check before it can convict
                     if reference_fails(run_layers(reference, [ex], layers=("learning",))[0]):
                         return 1
                     learning_ok.add(ex.name)
                 layers.update(run_layers(copy, [ex], layers=("learning",))[0][ex.name])
             caught = caught_by(layers)
-            rows.append({"bug": name, "exercise": ex.name, "what": bug.what, "caught_by": caught, "layers": layers})
-            print(f"  {name:28s} {ex.name:20s} {'caught by ' + ', '.join(caught) if caught else 'MISSED'}", flush=True)
-    missed = [r["bug"] for r in rows if not r["caught_by"]]
-    unit = sum("unit" in r["caught_by"] for r in rows)
-    print(f"selftest: {len(rows) - len(missed)} of {len(rows)} wrong answers caught ({unit} by the project's unit tests"
-          f"{', every layer run' if args.all_layers else ''}) in {time.time() - t0:.0f}s"
-          + (f"; MISSED: {', '.join(missed)}" if missed else ""))
+            if right:
+                verdict = "accepted" if not caught else f"REJECTED by {', '.join(caught)}: {explain(ex, layers)[0]}"
+            elif not caught:
+                verdict = "MISSED"
+            elif bug.only and caught != [bug.only]:
+                verdict = f"caught by {', '.join(caught)}, NOT by {bug.only} only: it no longer proves that layer"
+            else:
+                verdict = f"caught by {', '.join(caught)}"
+            ok = (not caught) if right else bool(caught) and (not bug.only or caught == [bug.only])
+            rows.append({"entry": name, "exercise": ex.name, "what": bug.what, "right_answer": right,
+                         "caught_by": caught, "ok": ok, "layers": layers})
+            print(f"  {name:28s} {ex.name:20s} {verdict}", flush=True)
+    wrong = [r for r in rows if not r["right_answer"]]
+    right = [r for r in rows if r["right_answer"]]
+    count = {layer: sum(layer in r["caught_by"] for r in wrong) for layer in LAYERS}
+    only_diff = sum(r["caught_by"] == ["diff"] for r in wrong)
+    failed = [r["entry"] for r in rows if not r["ok"]]
+    print(f"selftest: {sum(bool(r['caught_by']) for r in wrong)} of {len(wrong)} wrong answers caught on seeds "
+          f"{', '.join(map(str, seeds))} (by unit {count['unit']}, diff {count['diff']}, diff only {only_diff}"
+          + (f", learning {count['learning']}" if count["learning"] or args.all_layers else "")
+          + f"); {sum(r['ok'] for r in right)} of {len(right)} right answers written another way accepted"
+          + f"; {time.time() - t0:.0f}s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
-    return 1 if missed else 0
+    return 1 if failed else 0
 
 
 def cmd_diff(args) -> int:
     """Internal: run the differential checks in the current copy (grade starts it in a subprocess)."""
     from nanorlhf.assignments import checks
 
-    results = checks.run(args.names, Path(args.ref), args.seed)
+    results = checks.run(args.names, Path(args.ref), parse_seeds(args.seeds))
     Path(args.json).write_text(json.dumps(results))
     return 0
 
@@ -449,17 +605,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--only", help="comma list of exercises (default: the copy's assignment.json, else all)")
     s.add_argument("--json", help="where to write the results (default DIR/grade.json)")
     s.add_argument("--pipeline", type=_bool, default=True, help="run the micro pipeline (~30 s; default true)")
-    s.add_argument("--seed", type=int, help="seed of the differential checks' inputs (default: the clock)")
-    s = sub.add_parser("selftest", help="prove grade catches every catalogued wrong answer")
-    s.add_argument("--bugs", help="comma list (default all)")
+    s.add_argument("--seeds", help=f"comma list: the diff layer's random cases (default {','.join(map(str, SEEDS))})")
+    s.add_argument("--explain", metavar="EXERCISE", help="grade this exercise alone (no pipeline) and print every "
+                   "failure in full; writes grade.json only with --json")
+    s = sub.add_parser("selftest", help="prove grade catches every catalogued wrong answer and accepts the right ones")
+    s.add_argument("--bugs", help="comma list of catalogue entries (default all, the right answers too)")
     s.add_argument("--all_layers", action="store_true", help="run every layer on every bug (which layers catch what)")
-    s.add_argument("--json", help="write the per-bug results here")
-    s.add_argument("--seed", type=int)
+    s.add_argument("--json", help="write the per-entry results here")
+    s.add_argument("--seeds", help=f"comma list (default {','.join(map(str, SEEDS))})")
     s = sub.add_parser("_diff")
     s.add_argument("names", nargs="*")
     s.add_argument("--ref", required=True)
     s.add_argument("--json", required=True)
-    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--seeds", required=True)
     return p
 
 

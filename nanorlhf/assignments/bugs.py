@@ -1,9 +1,19 @@
-"""The catalogue of wrong answers: plausible mistakes, each a small edit of one reference body.
+"""The catalogue of wrong answers, and of right answers written another way.
 
-`selftest` applies every entry to a pristine copy and proves that `grade` fails it, naming the layer
-that caught it; `make --bug NAME` hands out a copy with one of them (a bug hunt). Each edit is a list
-of (old, new) replacements in the dedented body; every `old` must occur exactly once there, so an entry
-that no longer matches the reference fails loudly instead of testing nothing. Not in the student copy.
+BUGS: plausible mistakes, each a small edit of one reference body. `selftest` applies every entry to a
+pristine copy and proves that `grade` fails it, naming the layers that caught it; `make --bug NAME`
+hands out a copy with one of them (a bug hunt). An entry with only="diff" passes every unit test of its
+exercise and is caught by the comparison with the reference alone: selftest fails if a unit test
+catches it, since the entry would no longer prove the diff layer. Most are what the project's tests
+cannot see: a logged statistic taken over padding, a form that is exact in algebra but overflows at
+extreme inputs, an argument of the contract ignored.
+
+ALTERNATIVES: correct answers written another way (a loop, logsumexp instead of log_softmax, softplus
+instead of -logsigmoid); selftest proves that grade accepts each of them.
+
+Each edit is a list of (old, new) replacements in the dedented body; every `old` must occur exactly
+once there, so an entry that no longer matches the reference fails loudly instead of testing nothing.
+`body` replaces the whole body instead. Not in the student copy.
 """
 
 from __future__ import annotations
@@ -21,10 +31,12 @@ class Bug:
     function: str
     what: str
     edits: tuple[tuple[str, str], ...]
+    body: str = ""  # the whole new body (instead of edits)
+    only: str = ""  # "diff": no unit test catches it, the comparison with the reference does
 
 
-def _bug(name, exercise, what, *edits, function=None):
-    return Bug(name, exercise, function or BY_NAME[exercise].functions[0], what, tuple(edits))
+def _bug(name, exercise, what, *edits, function=None, body="", only=""):
+    return Bug(name, exercise, function or BY_NAME[exercise].functions[0], what, tuple(edits), body, only)
 
 
 BUGS: tuple[Bug, ...] = (
@@ -177,14 +189,149 @@ BUGS: tuple[Bug, ...] = (
     _bug("ptx_no_coef", "ppo_ptx", "gamma left out", ("loss = loss + cfg.ptx_coef * ptx", "loss = loss + ptx")),
     _bug("ptx_detached", "ppo_ptx", "the pretraining loss is detached: it reaches the log, not the gradient",
          ("ptx = sft_loss(policy(x), y, m)", "ptx = sft_loss(policy(x), y, m).detach()")),
+
+    # caught by the comparison with the reference only (they pass every unit test of their exercise)
+    _bug("pl_ratio_max_over_padding", "policy_loss", "ratio_max over every position: padding's ratio of 1 counts",
+         ('"ratio_max": torch.where(valid, ratio, torch.zeros_like(ratio)).max()', '"ratio_max": ratio.max()'),
+         only="diff"),
+    _bug("pl_clipfrac_over_padding", "policy_loss", "clipfrac averaged over every position, padding included",
+         ('"clipfrac": masked_mean((pg_loss2 > pg_loss1).to(ratio.dtype), mask)',
+          '"clipfrac": (pg_loss2 > pg_loss1).to(ratio.dtype).mean()'), only="diff"),
+    _bug("pl_ratio_of_exps", "policy_loss", "ratio = exp(log pi) / exp(log pi_old): 0/0 at log-probs of -1000",
+         ("ratio = torch.exp(log_ratio)  # (B, T)",
+          "ratio = torch.exp(torch.where(valid, logprobs, 0.0)) / torch.exp(torch.where(valid, old_logprobs, 0.0))"),
+         only="diff"),
+    _bug("vl_clipfrac_over_padding", "value_loss", "vf_clipfrac averaged over every position, padding included",
+         ("masked_mean((vf_loss2 > vf_loss1).to(values.dtype), mask)", "(vf_loss2 > vf_loss1).to(values.dtype).mean()"),
+         only="diff"),
+    _bug("kl_logged_unmasked", "kl_penalty_rewards", "the returned (logged) KL keeps the garbage at padding",
+         ("return rewards, kl", "return rewards, logprobs - ref_logprobs"), only="diff"),
+    _bug("gae_values_times_mask", "gae", "values multiplied by the mask: a NaN value at padding poisons the row",
+         ("values = torch.where(valid, values, torch.zeros_like(values)).detach()",
+          "values = (values * mask.to(values.dtype)).detach()"), only="diff"),
+    _bug("var_one_pass", "masked_whiten", "var = E[x^2] - E[x]^2: every digit lost at a mean of 1e6",
+         ("var = masked_mean((x - mean) ** 2, mask)", "var = masked_mean(x ** 2, mask) - mean ** 2"),
+         function="masked_var", only="diff"),
+    _bug("var_unbiased_no_raise", "masked_whiten", "unbiased=True with fewer than 2 values divides by n - 1 <= 0",
+         ("    if n < 2:\n        raise ValueError(", "    if False:\n        raise ValueError("),
+         function="masked_var", only="diff"),
+    _bug("whiten_ignores_moments", "masked_whiten", "moments=(mean, var) ignored: each rank whitens by its own",
+         ("    mean, var = moments\n", "    pass\n"), function="masked_whiten", only="diff"),
+    _bug("dpo_log_of_sigmoid", "dpo_loss", "log(sigmoid(x)): -inf once beta * margin < -745",
+         ("-F.logsigmoid(beta * (chosen_logratio - rejected_logratio)).mean()",
+          "-torch.log(torch.sigmoid(beta * (chosen_logratio - rejected_logratio))).mean()"), only="diff"),
+    _bug("rank_log_of_sigmoid", "ranking_loss", "log(sigmoid(d)): -inf once a reward gap exceeds 745",
+         ("F.logsigmoid(diff)", "torch.log(torch.sigmoid(diff))"), only="diff"),
+    _bug("kle_ratio_of_exps", "kl_estimators", "r = exp(log pi_ref) / exp(log pi): 0/0 at log-probs of -1000",
+         ("k3 = torch.expm1(log_r) - log_r",
+          "k3 = torch.where(valid, torch.exp(ref_logprobs) / torch.exp(logprobs), 1.0) - 1 - log_r"), only="diff"),
+    _bug("sft_ignore_index_mean", "sft_loss", "cross_entropy's own mean with ignore_index: NaN when all is masked",
+         ("return masked_mean(nll.view(B, T), mask)",
+          "return F.cross_entropy(logits.reshape(B * T, V), torch.where(mask.bool(), targets, -100).reshape(B * T))"),
+         only="diff"),
+    _bug("ptx_ignores_mask", "ppo_ptx", "the corpus batch's mask is ignored: padded targets are trained on",
+         ("ptx = sft_loss(policy(x), y, m)", "ptx = sft_loss(policy(x), y, torch.ones_like(m))"), only="diff"),
+    _bug("rlp_entropy_grad_ignored", "response_logprobs", "entropy_grad not passed on: an entropy bonus gets no gradient",
+         ("entropy_grad=entropy_grad", "entropy_grad=False"), only="diff"),
+    _bug("tlp_mask_multiplied", "token_logprobs", "logp multiplied by the mask: NaN logits at padding give NaN",
+         ("logp = torch.where(mask != 0, logp, 0.0)", "logp = logp * (mask != 0)"), only="diff"),
 )
 
 BUG_BY_NAME = {b.name: b for b in BUGS}
 
+ALTERNATIVES: tuple[Bug, ...] = (
+    # log p as z_y - logsumexp(z); the entropy stays -sum p log_softmax: with log p_j = z_j - logsumexp(z) in
+    # it too, H loses 2 fp32 steps at logits of 1234.5 (2.4e-4) and test_uniform_logits allows 2e-4
+    _bug("alt_tlp_logsumexp", "token_logprobs", "log p = z_y - logsumexp(z) instead of gathering log_softmax",
+         ("logp = logp_all.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)  # (...)",
+          "z = logits.float() / temperature\n"
+          "logp = z.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)  # (...)")),
+    _bug("alt_dpo_softplus", "dpo_loss", "softplus(-x) instead of -logsigmoid(x)",
+         ("-F.logsigmoid(beta * (chosen_logratio - rejected_logratio)).mean()",
+          "F.softplus(-beta * (chosen_logratio - rejected_logratio)).mean()")),
+    _bug("alt_rank_softplus", "ranking_loss", "-softplus(-d) instead of logsigmoid(d)",
+         ("F.logsigmoid(diff)", "-F.softplus(-diff)")),
+    _bug("alt_kl_row_loop", "kl_penalty_rewards", "the score added in a loop over rows", body="""\
+valid = mask.bool()
+kl = torch.where(valid, logprobs - ref_logprobs, torch.zeros_like(logprobs))
+rewards = -beta * kl
+for b in range(kl.shape[0]):
+    idx = valid[b].nonzero()
+    if len(idx) > 0:  # a row with no valid token gets no score
+        rewards[b, idx[-1, 0]] += scores[b]
+return rewards, kl
+"""),
+    _bug("alt_gae_python_loop", "gae", "a loop over rows and time on python floats", body="""\
+valid = mask.bool()
+advantages = torch.zeros_like(rewards)
+B, T = rewards.shape
+for b in range(B):
+    next_value, next_adv = 0.0, 0.0
+    for t in reversed(range(T)):
+        if not valid[b, t]:
+            next_value, next_adv = 0.0, 0.0
+            continue
+        delta = rewards[b, t].item() + gamma * next_value - values[b, t].item()
+        next_adv = delta + gamma * lam * next_adv
+        next_value = values[b, t].item()
+        advantages[b, t] = next_adv
+returns = torch.where(valid, advantages + values.detach(), torch.zeros_like(advantages))
+return advantages, returns
+"""),
+    _bug("alt_rmask_loop", "response_mask", "a loop to the first EOS", body="""\
+B, T = response.shape
+mask = torch.ones(B, T, device=response.device)
+for b in range(B):
+    for t in range(T):
+        if response[b, t] == eos_id:
+            mask[b, t + 1:] = 0
+            break
+return mask
+"""),
+    _bug("alt_pl_clipfrac_regions", "policy_loss", "clipfrac from the regions (A > 0, r > 1+eps) or (A < 0, r < 1-eps)",
+         ('"clipfrac": masked_mean((pg_loss2 > pg_loss1).to(ratio.dtype), mask)',
+          '"clipfrac": masked_mean((((advantages > 0) & (ratio > 1.0 + clip)) | '
+          '((advantages < 0) & (ratio < 1.0 - clip))).to(ratio.dtype), mask)')),
+    _bug("alt_kle_exp_minus_one", "kl_estimators", "k3 with exp(log r) - 1 instead of expm1",
+         ("k3 = torch.expm1(log_r) - log_r", "k3 = (torch.exp(log_r) - 1) - log_r")),
+    _bug("alt_vl_stack_max", "value_loss", "the max of the two branches through stack().max()",
+         ("torch.maximum(vf_loss1, vf_loss2), mask)", "torch.stack([vf_loss1, vf_loss2]).max(dim=0).values, mask)")),
+    _bug("alt_sft_log_softmax", "sft_loss", "log_softmax, gather, and the sum over the count by hand", body="""\
+keep = mask.bool()
+safe = torch.where(keep, targets, torch.zeros_like(targets))
+logp = torch.log_softmax(logits, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (B, T)
+return -torch.where(keep, logp, torch.zeros_like(logp)).sum() / keep.sum().clamp(min=1)
+"""),
+    _bug("alt_whiten_divide_sqrt", "masked_whiten", "divides by sqrt instead of multiplying by rsqrt",
+         ("whitened = (x - mean) * torch.rsqrt(var + eps)", "whitened = (x - mean) / torch.sqrt(var + eps)"),
+         function="masked_whiten"),
+    _bug("alt_mm_where_sum", "masked_mean", "select, then sum and count apart", body="""\
+keep = mask.bool()
+x = torch.where(keep, x, torch.zeros_like(x))
+count = keep.to(x.dtype)
+if dim is None:
+    return x.sum() / count.sum().clamp(min=1)
+return x.sum(dim) / count.sum(dim).clamp(min=1)
+"""),
+    _bug("alt_ptx_cross_entropy", "ppo_ptx", "the masked next-token loss written out with cross_entropy", body="""\
+x, y, m = (to_device(t, device) for t in next(ptx_batches))
+with autocast(device, cfg.dtype):
+    logits = policy(x)
+nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+keep = m.flatten() != 0
+ptx = torch.where(keep, nll, torch.zeros_like(nll)).sum() / keep.sum().clamp(min=1)
+loss = loss + cfg.ptx_coef * ptx
+"""),
+)
+
+ALT_BY_NAME = {b.name: b for b in ALTERNATIVES}
+
 
 def apply(text: str, bug: Bug, path: str = "?") -> str:
-    """The file `text` with `bug`'s edits made in its function's body."""
+    """The file `text` with `bug`'s edits made in its function's body (or its body replaced)."""
     partial = BY_NAME[bug.exercise].partial
+    if bug.body:
+        return source.replace(text, bug.function, bug.body, partial, path)
     body = source.extract(text, bug.function, partial, path)
     for old, new in bug.edits:
         n = body.count(old)

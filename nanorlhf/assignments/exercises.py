@@ -5,10 +5,15 @@ contract), or, for a partial blank, the lines between `### BEGIN SOLUTION` and `
 function. Checks come in three layers, run by `grade` in this order:
     unit      pytest functions of the project's own test suite (a function counts as passed when all
               its parametrised cases pass); the student can run these in the handout
-    diff      nanorlhf/assignments/checks.py: the student's function against the reference on fresh
-              random inputs (ragged masks, garbage at padding, float64, tight tolerances); hidden
+    diff      nanorlhf/assignments/checks.py: the student's function against the reference on fixed edge
+              cases and seeded random cases (ragged masks, garbage at padding, float64, tight tolerances); hidden
     learning  pytest learning tests (a planted preference / reward must be learned)
 and, over all exercises at once, the micro pipeline (`pipeline` in __main__.py).
+
+Partial credit: `parts` splits an exercise's points between its main quantity (first) and each logged
+statistic. The diff layer scores each part apart. A failing unit test costs the parts it checks
+(`unit_parts`, default the main one) that the diff layer also found wrong, or all of them when the diff
+layer found none of them wrong; a failing learning test costs the main part.
 """
 
 from __future__ import annotations
@@ -29,10 +34,24 @@ class Exercise:
     stage: str = ""  # the stage script to run once the checks pass
     partial: bool = False  # blank only the SOLUTION-marked lines of functions[0]
     diff: bool = True  # checks.py has a differential check named after the exercise
+    parts: tuple[tuple[str, int], ...] = ()  # (part, points): main quantity first; () = one part, "output"
+    unit_parts: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (unit test, the parts it checks); default main
+    hints: tuple[tuple[str, str], ...] = ()  # (unit test, what to look at when it fails)
 
     @property
     def message(self) -> str:
         return f"exercise {self.name}: see ASSIGNMENTS.md#{self.name}"
+
+    @property
+    def points_of(self) -> dict[str, int]:
+        return dict(self.parts) if self.parts else {"output": self.points}
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        return tuple(self.points_of)
+
+    def parts_checked_by(self, node: str) -> tuple[str, ...]:
+        return dict(self.unit_parts).get(node, self.part_names[:1])
 
 
 LOSSES, PPO, GEN, LOGP = "tests/test_losses.py::", "tests/test_ppo_math.py::", "tests/test_generate.py::", \
@@ -40,6 +59,7 @@ LOSSES, PPO, GEN, LOGP = "tests/test_losses.py::", "tests/test_ppo_math.py::", "
 PPO_LOOP, RM_LEARN = "tests/test_ppo_loop.py::", "tests/test_rm_learning.py::"
 PLANTED_REWARD = PPO_LOOP + "test_ppo_raises_planted_reward"
 KL_HOLDS = PPO_LOOP + "test_kl_penalty_holds_policy_near_reference"
+PL_PARTS = ("loss", "clipfrac", "approx_kl", "ratio_mean", "ratio_max")
 
 EXERCISES: tuple[Exercise, ...] = (
     Exercise("masked_mean", "nanorlhf/losses.py", ("masked_mean",),
@@ -65,7 +85,9 @@ EXERCISES: tuple[Exercise, ...] = (
              "InstructGPT eq. (2) per token: r_t = -beta (log pi - log pi_ref)_t, plus the RM score at the last "
              "valid token", 10,
              (PPO + "test_kl_penalty_reference_numbers", PPO + "test_kl_penalty_score_at_last_valid_token_and_zero_kl_when_equal"),
-             learning=(KL_HOLDS,), stage="train_ppo.py"),
+             learning=(KL_HOLDS,), stage="train_ppo.py", parts=(("rewards", 8), ("kl", 2)),
+             unit_parts=tuple((PPO + t, ("rewards", "kl")) for t in (
+                 "test_kl_penalty_reference_numbers", "test_kl_penalty_score_at_last_valid_token_and_zero_kl_when_equal"))),
     Exercise("gae", "nanorlhf/ppo.py", ("gae",),
              "GAE (Schulman 2016 eq. 16): delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lambda A_{t+1}, "
              "V after EOS = 0; returns = A + V", 15,
@@ -87,19 +109,28 @@ EXERCISES: tuple[Exercise, ...] = (
                  "test_policy_loss_gradient_zero_exactly_in_clipped_regions", "test_policy_loss_masked_tokens_do_not_count",
                  "test_policy_loss_ratio_one_at_start", "test_policy_loss_ragged_mask_is_sum_over_valid_over_count",
                  "test_policy_loss_overflowing_garbage_at_padding_gives_zero_gradient_there")),
-             learning=(PLANTED_REWARD,), prerequisites=("masked_mean",), stage="train_ppo.py"),
+             learning=(PLANTED_REWARD,), prerequisites=("masked_mean",), stage="train_ppo.py",
+             parts=(("loss", 11), ("clipfrac", 1), ("approx_kl", 1), ("ratio_mean", 1), ("ratio_max", 1)),
+             unit_parts=((PPO + "test_policy_loss_gradient_zero_exactly_in_clipped_regions", PL_PARTS),
+                         (PPO + "test_policy_loss_masked_tokens_do_not_count", ("loss", "ratio_max")),
+                         (PPO + "test_policy_loss_ratio_one_at_start", PL_PARTS[1:]))),
     Exercise("value_loss", "nanorlhf/ppo.py", ("value_loss",),
              "0.5 masked_mean(max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2))  (N §10)", 10,
              tuple(PPO + t for t in (
                  "test_value_loss_is_half_mse_inside_the_clip_range", "test_value_loss_uses_clipped_branch_outside_the_range",
                  "test_value_loss_masked_tokens_do_not_count", "test_value_loss_ragged_mask_is_sum_over_valid_over_count")),
-             prerequisites=("masked_mean",), stage="train_ppo.py"),
+             prerequisites=("masked_mean",), stage="train_ppo.py", parts=(("loss", 9), ("vf_clipfrac", 1)),
+             unit_parts=((PPO + "test_value_loss_is_half_mse_inside_the_clip_range", ("loss", "vf_clipfrac")),
+                         (PPO + "test_value_loss_uses_clipped_branch_outside_the_range", ("loss", "vf_clipfrac")))),
     Exercise("kl_estimators", "nanorlhf/ppo.py", ("kl_estimators",),
              "Schulman's k1 = -log r, k2 = (log r)^2 / 2, k3 = (r - 1) - log r, r = pi_ref / pi; summed per sequence, "
              "mean over the batch", 5,
              (PPO + "test_kl_estimators_zero_when_equal_and_k3_nonnegative", PPO + "test_kl_estimators_unbiased_monte_carlo",
               PPO + "test_kl_estimators_k2_is_half_squared_log_ratio_summed_per_sequence"),
-             stage="train_ppo.py"),
+             stage="train_ppo.py", parts=(("k1", 2), ("k2", 1), ("k3", 2)),
+             unit_parts=((PPO + "test_kl_estimators_zero_when_equal_and_k3_nonnegative", ("k1", "k3")),
+                         (PPO + "test_kl_estimators_unbiased_monte_carlo", ("k1", "k3")),
+                         (PPO + "test_kl_estimators_k2_is_half_squared_log_ratio_summed_per_sequence", ("k2",)))),
     Exercise("adaptive_kl", "nanorlhf/ppo.py", ("AdaptiveKLController.update",),
              "Ziegler 2019 §2.2: e = clip(KL / target - 1, -0.2, 0.2); beta <- beta (1 + e n_steps / horizon)", 5,
              (PPO + "test_adaptive_kl_reference_numbers", PPO + "test_adaptive_kl_direction_and_fixed"),
@@ -114,23 +145,38 @@ EXERCISES: tuple[Exercise, ...] = (
               "tests/test_fast_paths.py::test_response_logprobs_fast_equals_plain_gradients_of_the_model",
               LOGP + "test_response_logprobs_are_a_shifted_loop_and_zero_after_eos",
               PPO_LOOP + "test_rollout_logprobs_equal_recomputed_ratio_is_one_before_update"),
-             learning=(PLANTED_REWARD,), stage="train_ppo.py"),
+             learning=(PLANTED_REWARD,), stage="train_ppo.py", parts=(("logp", 8), ("entropy", 2)),
+             unit_parts=(("tests/test_fast_paths.py::test_response_logprobs_fast_equals_plain_gradients_of_the_model",
+                          ("logp", "entropy")),)),
     Exercise("token_logprobs", "nanorlhf/logprobs.py", ("_token_logprobs_torch",),
              "logp_i = log softmax(x_i / T)[y_i], H_i = -sum_j p_ij log p_ij (0 log 0 = 0), in fp32", 10,
              tuple(LOGP + t for t in (
                  "test_matches_reference", "test_mask_zeroes_outputs_and_grads", "test_all_masked",
                  "test_low_precision_inputs", "test_large_logits", "test_minus_inf_logits", "test_uniform_logits",
                  "test_non_contiguous_and_batched", "test_logp_only_and_entropy_only_grads")),
-             stage="train_ppo.py"),
+             stage="train_ppo.py", parts=(("logp", 7), ("entropy", 3)),
+             unit_parts=tuple((LOGP + t, ("logp", "entropy")) for t in (
+                 "test_matches_reference", "test_mask_zeroes_outputs_and_grads", "test_all_masked",
+                 "test_low_precision_inputs", "test_large_logits", "test_minus_inf_logits", "test_uniform_logits",
+                 "test_logp_only_and_entropy_only_grads")),
+             hints=((LOGP + "test_uniform_logits",
+                     "at logits of 1234.5 this test allows 2e-4, under two fp32 steps there (1.2e-4 each): compute "
+                     "H = -sum p·log p with log p = log_softmax(z/T), which subtracts the max before rounding; "
+                     "z - logsumexp(z) or logsumexp(z) - sum p·z round at 1241 and lose up to 2.4e-4"),)),
     Exercise("dpo_loss", "nanorlhf/losses.py", ("dpo_loss",),
              "DPO (Rafailov 2023 eq. 7): -log sigmoid(beta [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))])",
              5, (LOSSES + "test_dpo_loss_is_ln2_when_policy_equals_ref", LOSSES + "test_dpo_loss_matches_paper_formula",
                  LOSSES + "test_dpo_loss_gradient_raises_chosen_lowers_rejected"),
-             stage="none yet (no DPO stage script): the tests"),
+             stage="none yet (no DPO stage script): the tests", parts=(("loss", 4), ("rewards", 1)),
+             unit_parts=tuple((LOSSES + t, ("loss", "rewards")) for t in (
+                 "test_dpo_loss_is_ln2_when_policy_equals_ref", "test_dpo_loss_matches_paper_formula",
+                 "test_dpo_loss_gradient_raises_chosen_lowers_rejected"))),
     Exercise("ppo_ptx", "train_ppo.py", ("ppo_update",),
              "InstructGPT eq. (2), last term: loss += gamma * (pretraining next-token loss on a corpus batch)", 5,
              (PPO + "test_ppo_ptx_gradient_is_ppo_plus_gamma_lm",),
-             prerequisites=("sft_loss",), stage="train_ppo.py --ptx_coef=1.0", partial=True),
+             prerequisites=("sft_loss",), stage="train_ppo.py --ptx_coef=1.0", partial=True,
+             parts=(("update", 4), ("ptx_loss", 1)),
+             unit_parts=((PPO + "test_ppo_ptx_gradient_is_ppo_plus_gamma_lm", ("update", "ptx_loss")),)),
 )
 
 BY_NAME = {e.name: e for e in EXERCISES}
