@@ -499,7 +499,7 @@ def cmd_grade(args) -> int:
             print(f"  {p:12s} {q['points']:2d} / {q['max']:2d}{lost_to}")
         print("\n" + (r.get("explain") or "every check passed"))
     elif any(r.get("explain") for _, r in rows):
-        print(f"grade DIR --explain EXERCISE prints one exercise's failures in full (also in grade.json)")
+        print("grade DIR --explain EXERCISE prints one exercise's failures in full (also in grade.json)")
     if args.json or not args.explain:
         out = Path(args.json) if args.json else student / "grade.json"
         tmp_json = out.with_name(out.name + ".tmp")
