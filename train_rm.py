@@ -29,7 +29,7 @@ from nanorlhf import distributed
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, save_checkpoint, stage_path
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context, one_of,
                              parse_config, run_main)
-from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts,
+from nanorlhf.data import (load_world, ranked_sequences, read_comparisons, read_jsonl, read_prompts, split_groups,
                            subgroup, to_device, write_jsonl)
 from nanorlhf.eval import score_texts
 from nanorlhf.generate import sample_responses
@@ -154,12 +154,7 @@ def sampled_only(g: dict) -> dict:
 
 def split(groups: list[dict], cfg: Config, rng: random.Random):
     """(training groups, held-out groups on their K samples, held-out groups whole), in a shuffled order."""
-    rng.shuffle(groups)
-    n_val = max(1, int(len(groups) * cfg.val_frac))
-    train_groups, val_groups = groups[n_val:], groups[:n_val]
-    if not train_groups:
-        raise DataError(f"{len(groups)} ranked group(s): none left for training after the held-out "
-                        f"{cfg.val_frac:.0%} (expected at least 2 groups; raise --n_prompts)")
+    train_groups, val_groups = split_groups(groups, cfg.val_frac, rng)
     return train_groups, [sampled_only(g) for g in val_groups], val_groups  # accuracy: on the K samples
 
 

@@ -24,7 +24,8 @@ from nanorlhf.files import atomic_write
 from nanorlhf.model import GPT, GPTConfig
 
 # Which command creates each stage's checkpoint (as the pipeline runs it), for the "missing" and "wrong
-# checkpoint" errors; another PPO run name is made by train_ppo.py --run_name=<name>.
+# checkpoint" errors; another run name is made by train_dpo.py --run_name=<name> if it starts with "dpo",
+# else by train_ppo.py --run_name=<name>.
 MAKERS = {
     "base": "python train_sft.py --stage=pretrain",
     "sft": "python train_sft.py --stage=sft",
@@ -34,6 +35,7 @@ MAKERS = {
     "ppo_beta0": "python train_ppo.py --init_kl_coef=0 --adaptive_kl=false --lr_scale=4.0 --run_name=ppo_beta0 "
                  "--eval_interval=5",
     "ppo_gold": "python train_ppo.py --reward=gold --run_name=ppo_gold",
+    "dpo": "python train_dpo.py",
 }
 HEADS = {"rm": "scalar"}  # the head each stage's checkpoint has; every other stage writes a policy ("lm")
 
@@ -43,7 +45,8 @@ class CheckpointError(StageError, RuntimeError):
 
 
 def maker(stage: str) -> str:
-    return MAKERS.get(stage, f"python train_ppo.py --run_name={stage}")
+    script = "train_dpo.py" if stage.startswith("dpo") else "train_ppo.py"
+    return MAKERS.get(stage, f"python {script} --run_name={stage}")
 
 
 def tokenizer_record(spec: str) -> dict:
