@@ -113,7 +113,8 @@ def sequence_logps(model, tokens, attn, P: int, resp) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_logps(ref, groups: list[dict], tok, block: int, cfg: Config, device: str) -> list[dict]:
+def reference_logps(ref, groups: list[dict], tok, block: int, cfg: Config, device: str,
+                    off_prompt: bool) -> list[dict]:
     """The groups with "ref_logps": log π_ref(y|x) of each response in a pair (None for the others).
     Under torchrun each rank scores its block of the groups and every rank gets them all."""
     mine = distributed.shard(groups)
@@ -121,7 +122,7 @@ def reference_logps(ref, groups: list[dict], tok, block: int, cfg: Config, devic
     for a in range(0, len(mine), 4 * cfg.batch_size):
         chunk = mine[a : a + 4 * cfg.batch_size]
         tokens, attn, P, resp, _, _, keys = (to_device(t, device) if isinstance(t, torch.Tensor) else t for t in
-                                             preference_sequences(chunk, tok, block, off_prompt=True))
+                                             preference_sequences(chunk, tok, block, off_prompt))
         with autocast(device, cfg.dtype):
             logps = sequence_logps(ref, tokens, attn, P, resp).tolist()
         refs = [[None] * len(g["responses"]) for g in chunk]
@@ -191,7 +192,8 @@ def train(policy, train_groups: list[dict], val_groups: list[dict], tok, cfg: Co
                 history[k].append(row[k])
             history["step"].append(step)
             if step % cfg.log_interval == 0 or step == max_steps:
-                progress.log(step, loss=row["loss"], margin=row["margin"], acc=row["acc"], lr=opt.param_groups[0]["lr"])
+                progress.log(step, loss=row["loss"], margin=row["margin"], acc=row["acc"],
+                             lr=opt.param_groups[0]["lr"])
         val = evaluate(policy, val_groups, tok, block, cfg, device)
         check_finite("held-out DPO loss", val["loss"], f"epoch {epoch + 1}", ckpt_path)
         for k in ("loss", "margin", "acc"):
@@ -238,14 +240,15 @@ def main(argv=None):
 
     # the data; the policy (init SFT) and the frozen reference (SFT)
     train_groups, val_groups = load_groups(cfg, rng)
-    policy, sft_ckpt = load_model(sft_path, "sft", device=device, tokenizer=str(Path(cfg.data_dir) / "tokenizer.tiktoken"))
+    tok_file = str(Path(cfg.data_dir) / "tokenizer.tiktoken")  # the data's: the SFT model must use it
+    policy, sft_ckpt = load_model(sft_path, "sft", device=device, tokenizer=tok_file)
     ref, _ = load_model(sft_path, "sft", device=device)
     ref.eval().requires_grad_(False)
     tok = checkpoint_tokenizer(sft_ckpt, sft_path)
     block = policy.config.block_size
     t0 = time.time()
-    train_groups = reference_logps(ref, train_groups, tok, block, cfg, device)
-    val_groups = reference_logps(ref, val_groups, tok, block, cfg, device)
+    train_groups = reference_logps(ref, train_groups, tok, block, cfg, device, cfg.off_prompt)
+    val_groups = reference_logps(ref, val_groups, tok, block, cfg, device, off_prompt=False)
     del ref
     n_pairs = sum(len(preference_pairs(g, cfg.off_prompt)) for g in train_groups)
     print(f"dpo[{cfg.run_name}]: {policy.num_params() / 1e6:.2f}M parameters, {len(train_groups)} train groups "

@@ -172,8 +172,10 @@ def read_comparisons(path, maker: str = "python train_rm.py --resample=true") ->
             if not (isinstance(row["chosen"], str) and isinstance(row["rejected"], str)):
                 raise DataError(f"{path}:{n}: 'chosen' and 'rejected' must be strings")
             fin = row.get("finished")
-            if fin is not None and not (isinstance(fin, list) and len(fin) == 2 and all(isinstance(f, bool) for f in fin)):
-                raise DataError(f"{path}:{n}: 'finished' must be [true/false, true/false] (chosen, rejected), got {fin}")
+            if fin is not None and not (isinstance(fin, list) and len(fin) == 2
+                                        and all(isinstance(f, bool) for f in fin)):
+                raise DataError(f"{path}:{n}: 'finished' must be [true/false, true/false] (chosen, rejected), "
+                                f"got {fin}")
             if row["chosen"] == row["rejected"] and fin in (None, [True, True], [False, False]):
                 raise DataError(f"{path}:{n}: 'chosen' and 'rejected' are the same answer "
                                 f"({row['chosen'][:40]!r}); expected two different answers, the better one first")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import train_dpo
 import train_rm
 import train_sft
-from nanorlhf.checkpoint import load_model
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_model
 from nanorlhf.config import run_main
 from nanorlhf.data import (DataError, pair_records, preference_pairs, preference_sequences, read_comparisons,
                            write_jsonl)
@@ -113,26 +113,35 @@ def test_each_response_is_one_row_and_the_mask_covers_exactly_its_response():
         assert tokens[row, P:][resp[row]].tolist() == [t for t, k in zip(ids, m) if k]  # response (+ EOS) only
     pairs = [(keys[c], keys[r]) for c, r in zip(chosen.tolist(), rejected.tolist())]
     assert pairs == [((b, i), (b, j)) for b, g in enumerate(GROUPS) for i, j in preference_pairs(g)]
+    # too long for the context: a row keeps its end (the prompt's start is cut), the mask still its response
+    tokens, attn, P, resp, *_ = preference_sequences(GROUPS[1:], TOK, block_size=8)
+    ids = TOK.pair_ids("hello", "zzz")[0]  # 7 prompt tokens, 3 + EOS response tokens
+    assert tokens[1].tolist() == ids[-8:] and P == 7 - 3 and tokens[1, P:][resp[1]].tolist() == ids[-4:]
+
+
+def logp(model, tok, prompt, response, finished):
+    """log π(y|x) written out: the sequence alone (no padding), Σ over the response tokens and the EOS of
+    log softmax(logits)[next token], in float64. Too long for the context: the prompt's start is cut."""
+    ids = tok.prompt_ids(prompt) + tok.encode(response) + ([tok.eos_id] if finished else [])
+    cut = max(0, len(ids) - model.config.block_size)
+    lp = F.log_softmax(model(torch.tensor([ids[cut:]]))[0].double(), -1)  # (T, V)
+    return sum(lp[t - 1 - cut, ids[t]] for t in range(len(tok.prompt_ids(prompt)), len(ids)))
+
+
+def explicit_margins(model, ref_model, tok, groups, off_prompt=True):
+    """Δlogratio = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)), pair by pair. (M,)"""
+    out = []
+    for r in pair_records(groups, off_prompt):
+        lw, ll = (logp(model, tok, r["prompt"], r[k], f) for k, f in zip(("chosen", "rejected"), r["finished"]))
+        rw, rl = (logp(ref_model, tok, r["prompt"], r[k], f).detach() for k, f in zip(("chosen", "rejected"),
+                                                                                     r["finished"]))
+        out.append((lw - rw) - (ll - rl))
+    return torch.stack(out)
 
 
 def explicit_loss(model, groups, ref_model, beta):
-    """Eq. (7) written out, in float64: each sequence alone (no padding), log π(y|x) = Σ over the response
-    tokens and EOS of log softmax(logits)[next token], the mean over the ranking's pairs."""
-    def logp(m, prompt, response, finished):
-        ids = TOK.prompt_ids(prompt) + TOK.encode(response) + ([TOK.eos_id] if finished else [])
-        n_prompt = len(TOK.prompt_ids(prompt))
-        logits = m(torch.tensor([ids]))[0].double()  # (T, V)
-        lp = F.log_softmax(logits, -1)
-        return sum(lp[t - 1, ids[t]] for t in range(n_prompt, len(ids)))
-
-    terms = []
-    for g in groups:
-        fin = g.get("finished") or [True] * len(g["responses"])
-        for i, j in preference_pairs(g):
-            lw, ll = (logp(model, g["prompt"], g["responses"][k], fin[k]) for k in (i, j))
-            rw, rl = (logp(ref_model, g["prompt"], g["responses"][k], fin[k]).detach() for k in (i, j))
-            terms.append(-F.logsigmoid(beta * ((lw - rw) - (ll - rl))))
-    return sum(terms) / len(terms)
+    """Eq. (7) written out: the mean over the ranking's pairs of −log σ(β Δlogratio)."""
+    return -F.logsigmoid(beta * explicit_margins(model, ref_model, TOK, groups)).mean()
 
 
 def test_dpo_gradient_equals_the_explicit_formula_on_a_tiny_model():
@@ -144,7 +153,7 @@ def test_dpo_gradient_equals_the_explicit_formula_on_a_tiny_model():
 
     cfg = train_dpo.Config(batch_size=4, dtype="fp32", device="cpu")
     policy, ref = model(0), model(1)  # a reference apart from the policy
-    groups = train_dpo.reference_logps(ref, GROUPS, TOK, 32, cfg, "cpu")
+    groups = train_dpo.reference_logps(ref, GROUPS, TOK, 32, cfg, "cpu", off_prompt=True)
     loss, stats = train_dpo.dpo_step(policy, groups, TOK, 32, 0.5, True, "cpu", "fp32")
     loss.backward()
     got = [p.grad.clone() for p in policy.parameters()]
@@ -176,18 +185,15 @@ def test_micro_run_learns_its_training_pairs(made, tmp_path):
     where = ["--preset=micro", "--dtype=fp32", f"--data_dir={made}/data", f"--out_dir={made}/out"]
     metrics = train_dpo.main([*where, "--run_name=dpo_test", "--epochs=6"])
     assert metrics["history"]["loss"][0] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as the reference
-    # the trained policy on the training pairs, scored afresh against the reference
+    # the trained policy on the training pairs, each pair's margin written out (not the script's evaluate)
     cfg = train_dpo.get_config(where)
-    train_groups, _ = train_dpo.load_groups(cfg, random.Random(cfg.seed))
+    train_groups, _ = train_dpo.load_groups(cfg, random.Random(cfg.seed))  # the script's split, same seed
     ref, ck = load_model(made / "out/sft/ckpt.pt", "sft")
     policy, _ = load_model(made / "out/dpo_test/ckpt.pt", "dpo_test")
-    from nanorlhf.checkpoint import checkpoint_tokenizer
-
-    tok = checkpoint_tokenizer(ck)
-    groups = train_dpo.reference_logps(ref, train_groups, tok, 64, cfg, "cpu")
-    after = train_dpo.evaluate(policy, groups, tok, 64, cfg, "cpu")
-    assert after["pairs"] >= 20
-    assert after["loss"] < math.log(2) - 0.1 and after["acc"] >= 0.75 and after["margin"] > 0.1, after
+    with torch.no_grad():
+        margins = cfg.beta * explicit_margins(policy, ref, checkpoint_tokenizer(ck), train_groups, off_prompt=False)
+    loss, acc = -F.logsigmoid(margins).mean().item(), (margins > 0).double().mean().item()
+    assert len(margins) >= 20 and loss < math.log(2) - 0.1 and acc >= 0.75 and margins.mean() > 0.1, (loss, acc)
 
 
 def test_nan_stops_dpo_and_keeps_the_last_good_checkpoint(made, tmp_path):
@@ -196,7 +202,8 @@ def test_nan_stops_dpo_and_keeps_the_last_good_checkpoint(made, tmp_path):
     good = (made / "out/dpo_nan/ckpt.pt").read_bytes()
     with pytest.raises(NonFiniteError) as e:
         train_dpo.main([*where, "--run_name=dpo_nan", "--lr=1e30", "--warmup_steps=0"])
-    assert re.search(r"DPO loss became (nan|inf) at step 2", str(e.value)) and "Last good checkpoint kept" in str(e.value)
+    assert re.search(r"DPO loss became (nan|inf) at step 2", str(e.value)), e.value
+    assert "Last good checkpoint kept" in str(e.value)
     assert (made / "out/dpo_nan/ckpt.pt").read_bytes() == good
 
 
