@@ -25,7 +25,6 @@ it was trained on, and PPO moves away from them. Round r > 1 ranks the round-(r-
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -40,6 +39,7 @@ from nanorlhf.checkpoint import (check_rm_name, checkpoint_tokenizer, load_check
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context,
                              one_of, parse_config, run_main)
 from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_json, read_jsonl, read_prompts,
+                           split_groups,
                            subgroup, to_device, write_jsonl)
 from nanorlhf.eval import score_texts
 from nanorlhf.evaluation import ranking_eval, rm_accuracy
@@ -201,21 +201,9 @@ def sampled_only(g: dict) -> dict:
     return subgroup(g, [i for i in range(len(g["responses"])) if i not in off]) if off else g
 
 
-def held_out(prompt: str, val_frac: float) -> bool:
-    """Whether a prompt's groups are held out: decided by the prompt alone (a hash), so that a group held out
-    in round 1 stays held out when later rounds pool it, and every round's reward model is measured on
-    groups it never trained on."""
-    return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 16**8 < val_frac
-
-
 def split(groups: list[dict], cfg: Config, rng: random.Random):
     """(training groups in a shuffled order, held-out groups on their K samples, held-out groups whole)."""
-    val_groups = [g for g in groups if held_out(g["prompt"], cfg.val_frac)]
-    train_groups = [g for g in groups if not held_out(g["prompt"], cfg.val_frac)]
-    rng.shuffle(train_groups)
-    if not train_groups or not val_groups:
-        raise DataError(f"{len(groups)} ranked group(s): {len(train_groups)} for training and {len(val_groups)} "
-                        f"held out (--val_frac={cfg.val_frac}); expected both (raise --n_prompts)")
+    train_groups, val_groups = split_groups(groups, cfg.val_frac, rng)
     val_groups, val_all = [sampled_only(g) for g in val_groups], val_groups  # accuracy: on the K samples
     files = ((Path(cfg.out_dir) / cfg.run_name / "comparisons.jsonl", cfg.labels != "human"),
              (cfg.human_labels, cfg.labels != "simulated"))

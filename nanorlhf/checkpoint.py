@@ -32,7 +32,8 @@ from nanorlhf.tokenizer import Tokenizer, load_ranks, load_tokenizer, parse_rank
 from nanorlhf.training import NonFiniteError
 
 # Which command creates each stage's checkpoint (as the pipeline runs it), for the "missing" and "wrong
-# checkpoint" errors; another PPO run name is made by train_ppo.py --run_name=<name>.
+# checkpoint" errors; another run name is made by train_dpo.py --run_name=<name> if it starts with "dpo",
+# else by train_ppo.py --run_name=<name>.
 MAKERS = {
     "base": "python train_sft.py --stage=pretrain",
     "sft": "python train_sft.py --stage=sft",
@@ -42,6 +43,7 @@ MAKERS = {
     "ppo_beta0": "python train_ppo.py --init_kl_coef=0 --adaptive_kl=false --lr_scale=4.0 --run_name=ppo_beta0 "
                  "--eval_interval=5",
     "ppo_gold": "python train_ppo.py --reward=gold --run_name=ppo_gold",
+    "dpo": "python train_dpo.py",
 }
 HEADS = {"rm": "scalar"}  # the head each stage's checkpoint has; every other stage writes a policy ("lm")
 OTHER_FOLDERS = {"logs": "the pipeline's stage logs"}  # folders under out_dir that hold no checkpoint
@@ -62,7 +64,7 @@ def maker(stage: str) -> str:
     m = ROUND_RUN.fullmatch(stage)
     if m:
         return f"python -m nanorlhf --rounds=N (round {m[2]}'s {'reward model' if m[1] == 'rm' else 'PPO run'})"
-    return f"python train_ppo.py --run_name={stage}"
+    return f"python {'train_dpo.py' if stage.startswith('dpo') else 'train_ppo.py'} --run_name={stage}"
 
 
 def reserved_folders() -> dict[str, str]:

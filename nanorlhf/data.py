@@ -10,6 +10,7 @@ Mask convention everywhere: 1 = this token counts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -139,7 +140,8 @@ def read_comparisons(path, maker: str = "python train_rm.py --resample=true") ->
     """Comparisons in either format, as {"prompt", "responses", "ranking"} (ranking best first).
 
     `{"prompt", "responses": [...], "ranking": [i, ...]}` (K-way, InstructGPT) or the common pair format
-    `{"prompt", "chosen", "rejected"}` (read as K = 2). A K-way record may list `"ties": [[i, j], ...]`,
+    `{"prompt", "chosen", "rejected"}` (read as K = 2; an optional `"finished": [bool, bool]` says which of
+    the two ended with EOS; chosen and rejected must differ). A K-way record may list `"ties": [[i, j], ...]`,
     pairs of responses the labeler found equally good (their order in `ranking` then means nothing).
     A bad line names the file and line; `maker` is the command that makes the file.
     """
@@ -149,8 +151,16 @@ def read_comparisons(path, maker: str = "python train_rm.py --resample=true") ->
         if "chosen" in row and "rejected" in row:
             if not (isinstance(row["chosen"], str) and isinstance(row["rejected"], str)):
                 raise DataError(f"{path}:{n}: 'chosen' and 'rejected' must be strings")
+            fin = row.get("finished")
+            if fin is not None and not (isinstance(fin, list) and len(fin) == 2
+                                        and all(isinstance(f, bool) for f in fin)):
+                raise DataError(f"{path}:{n}: 'finished' must be [true/false, true/false] (chosen, rejected), "
+                                f"got {fin}")
+            if row["chosen"] == row["rejected"] and fin in (None, [True, True], [False, False]):
+                raise DataError(f"{path}:{n}: 'chosen' and 'rejected' are the same answer "
+                                f"({row['chosen'][:40]!r}); expected two different answers, the better one first")
             out.append({"prompt": row["prompt"], "responses": [row["chosen"], row["rejected"]], "ranking": [0, 1],
-                        "ties": []})
+                        "ties": [], **({"finished": fin} if fin is not None else {})})
             continue
         resp, rank = row.get("responses"), row.get("ranking")
         if not (isinstance(resp, list) and all(isinstance(r, str) for r in resp) and len(resp) >= 2):
@@ -186,6 +196,93 @@ def subgroup(g: dict, keep: list[int]) -> dict:
     if "off_prompt" in g:
         out["off_prompt"] = [new[i] for i in g["off_prompt"] if i in new]
     return out
+
+
+def held_out(prompt: str, val_frac: float) -> bool:
+    """Whether a prompt's groups are held out: decided by the prompt alone (a hash), so that a group held out
+    in round 1 stays held out when later rounds pool it, and every round's reward model is measured on
+    groups it never trained on."""
+    return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 16**8 < val_frac
+
+
+def split_groups(groups: list[dict], val_frac: float, rng) -> tuple[list[dict], list[dict]]:
+    """(training groups shuffled by `rng`, held-out groups): a group is held out when its prompt is
+    (held_out). The reward model of every round and DPO split alike: each is measured on groups it never
+    trained on, and DPO holds out exactly the groups the reward model did."""
+    val = [g for g in groups if held_out(g["prompt"], val_frac)]
+    train = [g for g in groups if not held_out(g["prompt"], val_frac)]
+    rng.shuffle(train)
+    if not train or not val:
+        raise DataError(f"{len(groups)} ranked group(s): {len(train)} for training and {len(val)} held out "
+                        f"(val_frac {val_frac}); expected both (raise --n_prompts)")
+    return train, val
+
+
+# ---------------------------------------------------------------------------------- DPO's preference pairs
+def preference_pairs(g: dict, off_prompt: bool = True) -> list[tuple[int, int]]:
+    """(chosen, rejected) response indices of every pair a ranked group orders: for ranking positions
+    a < c, the response ranked a is preferred to the one ranked c -- C(K, 2) pairs, in ranking order, less:
+    - the ties (pairs the labeler found equally good: its order between them is a coin flip),
+    - pairs of two identical answers (same text, same `finished`: no preference to learn),
+    - with off_prompt=False, every pair with one of the group's "off_prompt" responses (answers written
+      for another prompt, see train_rm.collect_comparisons)."""
+    fin = g.get("finished") or [True] * len(g["responses"])
+    tied = {frozenset(t) for t in g.get("ties", ())}
+    off = set() if off_prompt else set(g.get("off_prompt", ()))
+    rank = g["ranking"]
+    return [(i, j) for a, i in enumerate(rank) for j in rank[a + 1 :]
+            if frozenset((i, j)) not in tied and not ({i, j} & off)
+            and (g["responses"][i], fin[i]) != (g["responses"][j], fin[j])]
+
+
+def pair_records(groups: list[dict], off_prompt: bool = True) -> list[dict]:
+    """Every group's pairs in the common format, {"prompt", "chosen", "rejected", "finished": [c, r]}:
+    what read_comparisons reads back as one K = 2 group per pair."""
+    out = []
+    for g in groups:
+        fin = g.get("finished") or [True] * len(g["responses"])
+        out += [{"prompt": g["prompt"], "chosen": g["responses"][i], "rejected": g["responses"][j],
+                 "finished": [fin[i], fin[j]]} for i, j in preference_pairs(g, off_prompt)]
+    return out
+
+
+def preference_sequences(groups: list[dict], tok, block_size: int, off_prompt: bool = True):
+    """One DPO batch: every response of `groups` that takes part in a pair, once (a response of a K-way
+    group is in up to K - 1 pairs: its log-prob is computed once and shared), and the pairs as row indices.
+
+    Rows are prompt + response (+ EOS if it finished), right-padded; a row longer than block_size keeps its
+    end (as ranked_sequences). Response log-probs are read from column P = the shortest prompt on (shorter
+    prompts' other rows are masked), so no padding ever sits between a prompt and its response.
+    Returns tokens (N, L), attention mask (N, L) bool, P, response mask (N, L - P) bool (1 exactly on the
+    response tokens and EOS of each row, aligned with tokens[:, P:]), chosen (M,) and rejected (M,) row
+    indices, and the (group index, response index) of each row.
+    """
+    seqs, starts, keys, chosen, rejected = [], [], [], [], []
+    for b, g in enumerate(groups):
+        pairs = preference_pairs(g, off_prompt)
+        fin = g.get("finished") or [True] * len(g["responses"])
+        row = {}
+        for i in sorted({i for pair in pairs for i in pair}):
+            ids, resp_mask = tok.pair_ids(g["prompt"], g["responses"][i])
+            if not fin[i]:
+                ids, resp_mask = ids[:-1], resp_mask[:-1]  # no EOS: the sample was cut off
+            cut = max(0, len(ids) - block_size)
+            row[i] = len(seqs)
+            seqs.append(ids[cut:])
+            starts.append(max(1, resp_mask.index(1) - cut) if 1 in resp_mask else len(ids) - cut)
+            keys.append((b, i))
+        chosen += [row[i] for i, _ in pairs]
+        rejected += [row[j] for _, j in pairs]
+    if not seqs:
+        raise DataError(f"{len(groups)} ranked group(s) with no pair to learn from (every pair tied or identical)")
+    tokens = pad(seqs, tok.pad_id)
+    L = tokens.shape[1]
+    lengths, starts = torch.tensor([len(s) for s in seqs]), torch.tensor(starts)
+    col = torch.arange(L).unsqueeze(0)
+    attn = col < lengths.unsqueeze(1)
+    P = int(starts.min())
+    resp = (col >= starts.unsqueeze(1)) & attn  # (N, L): the response tokens of each row
+    return tokens, attn, P, resp[:, P:], torch.tensor(chosen), torch.tensor(rejected), keys
 
 
 def ranked_sequences(groups: list[dict], tok, block_size: int):

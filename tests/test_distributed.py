@@ -49,6 +49,12 @@ def ppo_args(d: Path, out) -> list[str]:
             f"--policy_from={d}/fake/sft/ckpt.pt", f"--reward_from={d}/fake/rm/ckpt.pt"]
 
 
+def dpo_args(d: Path, out, comparisons) -> list[str]:
+    """DPO from the fake SFT model on `comparisons` (the two-rank RM stage's: rank 0 wrote them)."""
+    return ["--preset=micro", "--device=cpu", f"--data_dir={d}/data", f"--out_dir={d}/{out}",
+            f"--init_from={d}/fake/sft/ckpt.pt", f"--comparisons={comparisons}"]
+
+
 def fixed_experience():
     """Models and one rollout of 8 prompts: the same on every rank (same seeds, the whole batch)."""
     from train_ppo import Config, rollout
@@ -99,6 +105,7 @@ def _worker(rank: int, folder: Path, d: Path) -> None:
     """Every two-process scenario on the data and fake checkpoints in d; outputs in folder/two."""
     _join(rank, folder)
     two = folder.relative_to(d) / "two"
+    import train_dpo
     import train_ppo
     import train_rm
     import train_sft
@@ -107,7 +114,7 @@ def _worker(rank: int, folder: Path, d: Path) -> None:
     writes, real_replace = [], os.replace
     os.replace = lambda src, dst, *a, **k: (writes.append(str(dst)), real_replace(src, dst, *a, **k))[1]
     saved = {}  # the model each rank hands to save_checkpoint (rank 0 writes it; the others do not)
-    for module in (train_sft, train_rm, train_ppo):
+    for module in (train_sft, train_rm, train_ppo, train_dpo):
         real_save = module.save_checkpoint
         module.save_checkpoint = lambda path, model, *a, _real=real_save, **k: (
             saved.__setitem__(Path(path).parent.name, _flat(model).clone()), _real(path, model, *a, **k))[1]
@@ -118,7 +125,8 @@ def _worker(rank: int, folder: Path, d: Path) -> None:
         train_rm.main(["--preset=micro", "--device=cpu", f"--data_dir={d}/data", f"--out_dir={d}/{two}",
                        f"--init_from={d}/fake/sft/ckpt.pt"])
         metrics = train_ppo.main(ppo_args(d, two))
-    res["pretrain"], res["rm"], res["ppo_stage"] = saved["base"], saved["rm"], saved["ppo"]
+        train_dpo.main(dpo_args(d, two, d / two / "rm/comparisons.jsonl"))
+    res["pretrain"], res["rm"], res["ppo_stage"], res["dpo"] = saved["base"], saved["rm"], saved["ppo"], saved["dpo"]
     res["beta"] = [h["beta"] for h in metrics["history"]]
     res["kl"] = [h["kl"] for h in metrics["history"]]
     res["gold"] = [e["gold_rating"] for e in metrics["evals"]]  # sampled in shards, gathered (generate.py)
@@ -225,6 +233,19 @@ def test_one_ppo_update_on_two_ranks_equals_one_process_on_the_whole_batch(runs)
 def test_rm_stage_on_two_ranks_keeps_them_equal(runs):
     r0, r1, _ = runs
     assert torch.equal(r0["rm"], r1["rm"])  # sampled in shards, the same groups ranked, gradients averaged
+
+
+def test_dpo_stage_on_two_ranks_keeps_them_equal_and_equals_one_process(runs):
+    r0, r1, d = runs
+    assert torch.equal(r0["dpo"], r1["dpo"])  # reference log-probs in shards, gathered; gradients averaged
+    import train_dpo
+
+    done = next(p for p in sorted((d / "runs").iterdir()) if (p / "rank0.pt").exists())
+    train_dpo.main(dpo_args(d, "one", done / "two/rm/comparisons.jsonl"))
+    one = _flat(load_model(d / "one/dpo/ckpt.pt", "dpo")[0])
+    assert (one - _flat(load_model(d / "fake/sft/ckpt.pt", "sft")[0])).abs().max() > 1e-3  # DPO moved the weights
+    # the same global batches of 4 groups (2 per rank), each rank's loss weighted by its share of the pairs
+    torch.testing.assert_close(r0["dpo"], one, atol=2e-5, rtol=0)
 
 
 def test_ppo_stage_two_ranks_same_weights_beta_kl_and_evaluations(runs):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import train_dpo
 import train_ppo
 import train_rm
 import train_sft
@@ -37,6 +38,7 @@ STAGES = [
      {k: {**v, **train_sft.SFT_OVERRIDES[k]} for k, v in train_sft.PRESETS.items()}),
     ("train_rm.py", train_rm.main, train_rm.Config, train_rm.PRESETS),
     ("train_ppo.py", train_ppo.main, train_ppo.Config, train_ppo.PRESETS),
+    ("train_dpo.py", train_dpo.main, train_dpo.Config, train_dpo.PRESETS),
     ("data/prepare.py", PREPARE.main, PREPARE.PrepareConfig, PREPARE.PRESETS),
     ("nanorlhf/eval.py", evaluation.main, evaluation.EvalConfig, evaluation.EVAL_PRESETS),
     ("nanorlhf/report.py", report.main, report.ReportConfig, None),

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import train_dpo
 import train_ppo
 import train_rm
 import train_sft
@@ -143,7 +144,7 @@ def test_a_byte_that_is_not_utf8_names_the_file_and_line(made, tmp_path):
 
 
 # --------------------------------------------------------------------- 7. config checked before any work
-SFT, RM, PPO = (["--stage=sft"], train_sft.main), ([], train_rm.main), ([], train_ppo.main)
+SFT, RM, PPO, DPO = (["--stage=sft"], train_sft.main), ([], train_rm.main), ([], train_ppo.main), ([], train_dpo.main)
 BAD = [
     (SFT, "--batch_size=0", "--batch_size=0: expected a whole number >= 1"),
     (SFT, "--lr=-1", "--lr=-1.0: expected a number > 0"),
@@ -158,6 +159,8 @@ BAD = [
     (PPO, "--temperature=0", "--temperature=0.0: expected a number > 0"),
     (PPO, "--max_new_tokens=100", "--max_new_tokens=100: expected fewer than the model's block_size 64"),
     (PPO, "--minibatch_size=0", "--minibatch_size=0: expected a whole number >= 1"),
+    (DPO, "--beta=0", "--beta=0.0: expected a number > 0"),
+    (DPO, "--run_name=a/b", "--run_name=a/b: expected a folder name"),
 ]
 
 
