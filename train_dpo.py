@@ -42,7 +42,7 @@ import torch
 from nanorlhf import distributed
 from nanorlhf.checkpoint import (check_run_name, checkpoint_tokenizer, load_checkpoint, load_model, save_checkpoint,
                                  stage_path, trained_dtype)
-from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_config, parse_config,
+from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, parse_config,
                              run_main)
 from nanorlhf.data import DataError, preference_pairs, preference_sequences, read_comparisons, split_groups, to_device
 from nanorlhf.files import lock_folder, with_locks
@@ -92,9 +92,7 @@ PRESETS = {
 
 def get_config(argv=None) -> Config:
     cfg = parse_config(Config, argv, PRESETS)
-    if not cfg.run_name.startswith("dpo"):
-        raise ConfigError(f"--run_name={cfg.run_name}: expected dpo or dpo<...> (DPO's folders under --out_dir)")
-    check_run_name("run_name", cfg.run_name)
+    check_run_name("run_name", cfg.run_name, "dpo")
     check_config(cfg, beta=POSITIVE, epochs=AT_LEAST_1, batch_size=AT_LEAST_1, lr=POSITIVE, min_lr_frac=UNIT,
                  warmup_steps=NON_NEGATIVE, weight_decay=NON_NEGATIVE, grad_clip=POSITIVE,
                  val_frac=(lambda v: 0 < v < 1, "a fraction in (0, 1)"), log_interval=AT_LEAST_1)

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed
-from nanorlhf.checkpoint import (check_rm_name, checkpoint_tokenizer, load_checkpoint, load_model, load_policy,
+from nanorlhf.checkpoint import (check_run_name, checkpoint_tokenizer, load_checkpoint, load_model, load_policy,
                                  save_checkpoint, stage_path, trained_dtype, weights_fingerprint)
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context,
                              one_of, parse_config, run_main)
@@ -105,7 +105,7 @@ def get_config(argv=None) -> Config:
                  lr=POSITIVE, min_lr_frac=UNIT, warmup_steps=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
                  grad_clip=POSITIVE, val_frac=(lambda v: 0 < v < 1, "a fraction in (0, 1)"),
                  log_interval=AT_LEAST_1, round=AT_LEAST_1)
-    check_rm_name(cfg.run_name)
+    check_run_name("run_name", cfg.run_name, "rm")
     return cfg
 
 

@@ -63,12 +63,14 @@ class PipelineConfig:
     round_init: str = "sft"  # sft | previous: each round's PPO starts from SFT, or from the previous round's policy
     ptx_coef: float = 1.0  # γ for the PPO-ptx run
     beta0_lr_scale: float = 4.0  # learning-rate multiple of the β = 0 run (see stages())
+    skip: str = ""  # optional stages left out, comma-separated: dpo, ppo_ptx, ppo_beta0, ppo_gold (all: InstructGPT's steps)
     stop_after: str = ""  # run up to and including this stage (e.g. sft)
     nproc: int = 1  # processes per training/eval stage, via torchrun: one per GPU (NCCL), or gloo on the CPU
 
 
 # The stages' own default seeds; --seed=S adds S to each, so seed 0 reproduces the stages run by hand.
 TRAIN_SEED, EVAL_SEED = 1337, 1234
+OPTIONAL = ("dpo", "ppo_ptx", "ppo_beta0", "ppo_gold")  # the stages --skip may leave out
 
 
 def resolve_dirs(cfg: PipelineConfig) -> PipelineConfig:
@@ -123,9 +125,10 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
                  Stage(ppo_run, [*run, ppo, *train, *ppo_names, *start], run_files(ppo_run),
                        ("prepare", "sft", rm, *(prev[1:] if start else ())))]
         prev = (rm, ppo_run)
-    ppo_runs = ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold")
+    skip = set(filter(None, cfg.skip.split(",")))
+    ppo_runs = tuple(n for n in ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold", "dpo") if n not in skip)
     earlier = [n for r in range(1, rounds) for n in round_runs(r, rounds)]
-    return plan + [
+    extra = [Stage("ppo_ptx", [*run, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
         Stage("ppo_ptx", [*run, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
         # β = 0 with 4× the policy's learning rate: with the off-prompt answers in the RM's data there is no
         # quick hack left, and at the preset's rate the policy stays too close to SFT within the iterations
@@ -137,8 +140,12 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
               run_files("ppo_beta0"), ppo_reads),
         # the gold labeler as the reward: the ceiling a better reward model could reach (see gold_reward)
         Stage("ppo_gold", [*run, ppo, *train, "--reward=gold", "--run_name=ppo_gold"], run_files("ppo_gold"), ppo_reads),
-        Stage("eval", [*run, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}", f"--rounds={rounds}"],
-              [O / "eval.json"], ("prepare", "pretrain", "sft", "rm", *ppo_runs, *earlier)),
+        # DPO on the comparisons the last reward model trained on, from SFT: a method beside PPO
+        Stage("dpo", [*run, str(ROOT / "train_dpo.py"), *train], [O / "dpo/ckpt.pt"], ("prepare", "sft", "rm"))]
+    skipped = [f"--skip={','.join(sorted(skip))}"] if skip else []
+    return plan + [st for st in extra if st.name not in skip] + [
+        Stage("eval", [*run, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}", f"--rounds={rounds}",
+                       *skipped], [O / "eval.json"], ("prepare", "pretrain", "sft", "rm", *ppo_runs, *earlier)),
         Stage("report", [py, "-m", "nanorlhf.report", f"--out_dir={o}"], [O / "report.md"],
               ("rm", *ppo_runs, *earlier, "eval")),
     ]
@@ -148,7 +155,9 @@ def main(argv=None):
     cfg = resolve_dirs(parse_config(PipelineConfig, argv))
     cfg.preset = cfg.preset or default_preset()
     check_config(cfg, preset=one_of(*PRESET_NAMES), rounds=(lambda r: r >= 0, "a whole number >= 0 (0: the preset's)"),
-                 round_init=one_of("sft", "previous"))
+                 round_init=one_of("sft", "previous"),
+                 skip=(lambda v: set(filter(None, v.split(","))) <= set(OPTIONAL), "a comma-separated list of "
+                       + ", ".join(OPTIONAL)))
     cfg.rounds = cfg.rounds or ROUNDS[cfg.preset]
     check_config(cfg, dtype=one_of("auto", "fp32", "bf16"))
     # one precision for the whole pipeline: "auto" is resolved here, so every stage runs (and records) the same

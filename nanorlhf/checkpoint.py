@@ -76,25 +76,22 @@ def reserved_folders() -> dict[str, str]:
     return {**own, **OTHER_FOLDERS}
 
 
-def check_run_name(flag: str, name: str) -> None:
-    """A run's name is a folder under out_dir of its own: letters, digits, _ and - (no path, no file name
-    of the pipeline's: eval.json, report.md), and not a folder another stage writes."""
+def check_run_name(flag: str, name: str, family: str = "ppo") -> None:
+    """A run's name is a folder under out_dir of its own: letters, digits, _ and - (no path, no file name of
+    the pipeline's: eval.json, report.md). A PPO run's is no folder another stage writes (base, sft, rm, dpo;
+    rm_*: a reward model's); a reward model's (family "rm") or DPO's ("dpo") is the family's name or starts
+    with it and "_" (the pipeline's earlier rounds: rm_r1, rm_r2, ...)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise ConfigError(f"--{flag}={name}: expected a run name of letters, digits, _ and - (a folder under "
                           f"--out_dir), got {name!r}")
-    if name in reserved_folders():
-        raise ConfigError(f"--{flag}={name}: expected a PPO run's own name; {name!r} is "
-                          f"{reserved_folders()[name]}")
-    if name.startswith("rm_"):
-        raise ConfigError(f"--{flag}={name}: expected a PPO run's own name; rm_* folders hold reward models "
-                          f"(train_rm.py --run_name)")
-
-
-def check_rm_name(name: str) -> None:
-    """A reward model's folder: rm, or rm_<something> (the pipeline's earlier rounds: rm_r1, rm_r2, ...)."""
-    if not re.fullmatch(r"rm(_[A-Za-z0-9_-]+)?", name):
-        raise ConfigError(f"--run_name={name}: expected rm or rm_<name> (a reward model's folder under --out_dir; "
-                          f"the pipeline's earlier rounds write rm_r1, rm_r2, ...)")
+    if family != "ppo":
+        if name != family and not name.startswith(family + "_"):
+            raise ConfigError(f"--{flag}={name}: expected {family} or {family}_<name> (its folder under --out_dir)")
+        return
+    owner = reserved_folders().get(name) or (f"the folder of a {'reward model' if name.startswith('rm') else 'DPO run'}"
+                                             if name.startswith(("rm_", "dpo_")) else None)
+    if owner:
+        raise ConfigError(f"--{flag}={name}: expected a PPO run's own name; {name!r} is {owner}")
 
 
 def tokenizer_record(spec: str) -> dict:

@@ -37,6 +37,12 @@ def gold_eval(model, tokenizer, labeler, prompts: list[dict], max_new_tokens: in
     texts = [p["prompt"] for p in prompts]
     outs = sample_responses(model, tokenizer, texts, max_new_tokens, temperature, batch_size=batch_size,
                             seed=seed, prefix_ids=prefix_ids)
+    return judged(labeler, prompts, outs)
+
+
+def judged(labeler, prompts: list[dict], outs: list[tuple[str, bool]]) -> dict:
+    """gold_eval's numbers for given (response, finished) per prompt: however they were made."""
+    texts = [p["prompt"] for p in prompts]
     judgements = [labeler.judge(p, r, finished=f) for p, (r, f) in zip(texts, outs)]
     by_cat = collections.defaultdict(list)
     for p, j in zip(prompts, judgements):
@@ -223,21 +229,25 @@ class EvalConfig:
     few_shot: int = 2  # demonstrations in the base model's few-shot prompt
     bon_n: int = 16  # best-of-n: largest n (SFT samples per prompt, picked by the RM)
     bon_prompts: int = 200  # prompts for best-of-n and the headroom probe
+    bon_pick: int = 4  # the "RM best-of-n" row: the RM's pick of this many SFT samples per test prompt (0: no row)
     rounds: int = 0  # iterated-RLHF rounds the pipeline ran (its --rounds; 0: the preset's): a PPO row and RM check each
     shift_prompts: int = 200  # val prompts of the RM check: K samples of SFT and of each round's policy, ranked
     shift_k: int = 4  # samples per prompt of the RM check
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
     dtype: str = "auto"  # auto | fp32 | bf16 (nanorlhf/precision.py): the pipeline passes the stages' dtype
+    skip: str = ""  # rows left out: the pipeline's --skip (dpo, ppo_ptx, ppo_beta0, ppo_gold), comma-separated
     runs: str = ""  # more runs to compare with SFT: comma-separated folders under out_dir (train_ppo.py --run_name)
     seed: int = 1234  # SFT's reference samples use it, every model's seed + 1, best-of-n seed + 2, RM check seed + 3
 
 
-EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8, shift_prompts=8), "tiny": {},
+EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8, shift_prompts=8, bon_pick=2),
+                "tiny": {},
                 "small": dict(n_prompts=1000, bon_n=64, bon_prompts=200)}
-def rows(rounds: int) -> dict[str, str]:
-    """The table's rows: {row name: the stage (folder under out_dir) whose checkpoint it samples}; --runs
-    adds more."""
-    return {"base": "base", "base few-shot": "base", "SFT": "sft", **policy_rows(rounds)}
+def rows(rounds: int, skip: str = "") -> dict[str, str]:
+    """The table's rows: {row name: the stage (folder under out_dir) whose checkpoint it samples}, less the
+    folders in `skip`; --runs adds more."""
+    table = {"base": "base", "base few-shot": "base", "SFT": "sft", **policy_rows(rounds)}
+    return {name: run for name, run in table.items() if run not in skip.split(",")}
 
 
 def check_eval_config(cfg: EvalConfig) -> list[str]:
@@ -246,7 +256,7 @@ def check_eval_config(cfg: EvalConfig) -> list[str]:
     already (it would replace that row) or named twice. A run asked for by name that is missing is an
     error, not a row left out."""
     check_config(cfg, n_prompts=AT_LEAST_1, max_new_tokens=AT_LEAST_1, temperature=POSITIVE,
-                 few_shot=NON_NEGATIVE, bon_n=AT_LEAST_1, bon_prompts=AT_LEAST_1, rounds=AT_LEAST_1,
+                 few_shot=NON_NEGATIVE, bon_n=AT_LEAST_1, bon_prompts=AT_LEAST_1, bon_pick=NON_NEGATIVE, rounds=AT_LEAST_1,
                  shift_prompts=AT_LEAST_1, shift_k=(lambda k: k >= 2, "at least 2 (a ranking compares responses)"))
     runs, table = (cfg.runs.split(",") if cfg.runs else []), rows(cfg.rounds)
     for i, run in enumerate(runs):
@@ -273,24 +283,52 @@ def compare_with_sft(cfg: EvalConfig, models: dict, sft, rm, tok, labeler, promp
         if not path.exists():
             print(f"eval: {name}: no checkpoint at {path}, skipped")
             continue
-        model, _ = load_model(path, stage, device=device)
+        model, ck = load_model(path, stage, device=device)
         ev = gold_eval(model, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed + 1,
                        prefix_ids=prefix)
         outs = [(s["response"], s["finished"]) for s in ev["samples"]]
-        wins = preferences(labeler, texts, outs, sft_ref)
-        rm_scores = score_texts(rm, tok, texts, outs)
-        results[name] = {**summarise(wins), "by_kind": by_kind(texts, wins), "rating": ev["rating"], "correct": ev["correct"], "eos_rate": ev["eos_rate"],
-                         "per_category": ev["per_category"], "breakdown": ev["breakdown"],
-                         "rm_score": sum(rm_scores) / len(rm_scores),
-                         "kl_to_sft": kl_to_reference(model, sft, tok, texts, outs) if not prefix else None,
-                         "corpus_loss": lm_loss(model, corpus, model.config.block_size)}
-        samples[name] = ev["samples"][:8] + [s for s in ev["samples"][8:] if s["writes_instructions"]][:1]
-        r = results[name]
-        print(f"eval: {name:>13}: win-rate vs SFT {r['win_rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | "
-              f"rating {r['rating']:.2f} | correct {r['correct']:.0%} | RM {r['rm_score']:+.2f} | "
-              f"KL {r['kl_to_sft'] if r['kl_to_sft'] is not None else float('nan'):.2f} | "
-              f"corpus loss {r['corpus_loss']:.3f}", flush=True)
+        results[name], samples[name] = model_row(name, ev, outs, labeler, texts, sft_ref, score_texts(rm, tok, texts, outs),
+                                                 kl_to_reference(model, sft, tok, texts, outs) if not prefix else None,
+                                                 lm_loss(model, corpus, model.config.block_size))
+        results[name].update(run=stage, sampled_tokens=training_samples(ck))
     return results, samples
+
+
+def training_samples(ckpt: dict) -> int:
+    """Tokens a run sampled while it trained (a PPO run's rollouts; 0 for the supervised stages and DPO)."""
+    hist = ckpt["metrics"].get("history")
+    if not (isinstance(hist, list) and hist and "resp_len" in hist[0]):
+        return 0
+    return round(sum(h["resp_len"] for h in hist) * ckpt["config"]["rollout_batch"])
+
+
+def model_row(name: str, ev: dict, outs, labeler, texts: list[str], sft_ref, rm_scores: list[float], kl, corpus_loss):
+    """One row of the table (printed as it is made) and its few samples for the report."""
+    wins = preferences(labeler, texts, outs, sft_ref)
+    r = {**summarise(wins), "by_kind": by_kind(texts, wins), "rating": ev["rating"], "correct": ev["correct"],
+         "eos_rate": ev["eos_rate"], "per_category": ev["per_category"], "breakdown": ev["breakdown"],
+         "rm_score": sum(rm_scores) / len(rm_scores), "kl_to_sft": kl, "corpus_loss": corpus_loss}
+    print(f"eval: {name:>13}: win-rate vs SFT {r['win_rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | "
+          f"rating {r['rating']:.2f} | correct {r['correct']:.0%} | RM {r['rm_score']:+.2f} | "
+          f"KL {kl if kl is not None else float('nan'):.2f} | corpus loss {corpus_loss:.3f}", flush=True)
+    return r, ev["samples"][:8] + [s for s in ev["samples"][8:] if s["writes_instructions"]][:1]
+
+
+def rm_pick_row(cfg: EvalConfig, sft, rm, tok, labeler, prompts: list[dict], sft_ref, sft_corpus_loss: float):
+    """Best-of-n with the reward model as a model of its own: for each test prompt, the RM's pick of n SFT
+    samples, judged against an SFT sample like every other row -- the cheapest way to spend a reward model
+    (no training), and the baseline PPO must beat. KL to SFT: the bound log n − (n − 1)/n."""
+    n, texts = cfg.bon_pick, [p["prompt"] for p in prompts]
+    many = sample_responses(sft, tok, [t for t in texts for _ in range(n)], cfg.max_new_tokens, cfg.temperature,
+                            seed=cfg.seed + 4)
+    scores = score_texts(rm, tok, [t for t in texts for _ in range(n)], many)
+    picks = [max(range(j * n, (j + 1) * n), key=scores.__getitem__) for j in range(len(texts))]
+    outs = [many[i] for i in picks]
+    row, few = model_row(f"RM best-of-{n}", judged(labeler, prompts, outs), outs, labeler, texts, sft_ref,
+                         [scores[i] for i in picks], math.log(n) - (n - 1) / n, sft_corpus_loss)
+    # no training; its cost is at test time: n samples for every prompt
+    row.update(run=None, sampled_tokens=0, test_time_tokens=sum(len(tok.enc.encode_ordinary(r)) + f for r, f in many))
+    return row, few
 
 
 def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler, texts: list[str], device: str) -> tuple[list[dict], list]:
@@ -364,12 +402,18 @@ def main(argv=None) -> dict:
     corpus = corpus_tokens(cfg.data_dir, tok, tail_frac=0.05)  # the held-out end, as in train_sft.py
 
     few_shot = [t for p, r in world.few_shot_examples(cfg.few_shot) for t in tok.pair_ids(p, r)[0]]
-    models = {name: (stage, few_shot if name == "base few-shot" else ()) for name, stage in rows(cfg.rounds).items()}
+    models = {name: (stage, few_shot if name == "base few-shot" else ()) for name, stage in rows(cfg.rounds, cfg.skip).items()}
     models.update({run: (run, ()) for run in runs})  # e.g. a PPO variant of yours
     with autocast(device, cfg.dtype):  # samples from the regime the models trained in
         sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature,
                                    seed=cfg.seed)
         results, samples = compare_with_sft(cfg, models, sft, rm, tok, labeler, prompts, sft_ref, corpus, device)
+        if cfg.bon_pick and "SFT" in results:
+            name = f"RM best-of-{cfg.bon_pick}"
+            row = rm_pick_row(cfg, sft, rm, tok, labeler, prompts, sft_ref, results["SFT"]["corpus_loss"])
+            at = list(results).index("SFT") + 1  # the row after SFT's: the first way to spend a reward model
+            results = {**dict(list(results.items())[:at]), name: row[0], **dict(list(results.items())[at:])}
+            samples[name] = row[1]
         bon_texts = texts[: cfg.bon_prompts]
         bon, many = rm_best_of_n(cfg, sft, rm, tok, labeler, bon_texts, device)
         shift = reward_model_shift(cfg, sft, tok, labeler, device)

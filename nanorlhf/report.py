@@ -55,8 +55,9 @@ def winrate_chart(path, models: dict) -> None:
     save(fig, path)
 
 
-def overoptimisation_chart(path, runs: dict, best_of_n: list[dict]) -> None:
-    """Gold rating and RM reward against √KL (Gao et al. 2022): PPO runs' evaluations and best-of-n."""
+def overoptimisation_chart(path, runs: dict, best_of_n: list[dict], points: dict | None = None) -> None:
+    """Gold rating and RM reward against √KL (Gao et al. 2022): PPO runs' evaluations, best-of-n, and the
+    final models that have no curve (DPO, the RM's best-of-n row) as single points {name: table row}."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, evals in runs.items():
         evals = sorted(evals, key=lambda e: e["kl"])  # a curve along KL, as in Gao et al.'s Figure 1
@@ -67,6 +68,10 @@ def overoptimisation_chart(path, runs: dict, best_of_n: list[dict]) -> None:
         xs = [sqrt_kl(b["kl"]) for b in best_of_n]
         axes[0].plot(xs, [b["gold_rating"] for b in best_of_n], marker="s", ms=3, ls="--", label="best-of-n (SFT)")
         axes[1].plot(xs, [b["rm_score"] for b in best_of_n], marker="s", ms=3, ls="--", label="best-of-n (SFT)")
+    for name, r in (points or {}).items():
+        if r.get("kl_to_sft") is not None:
+            axes[0].plot([sqrt_kl(r["kl_to_sft"])], [r["rating"]], marker="*", ms=10, ls="", label=name)
+            axes[1].plot([sqrt_kl(r["kl_to_sft"])], [r["rm_score"]], marker="*", ms=10, ls="", label=name)
     axes[0].set_ylabel("gold labeler rating (1-7)")
     axes[1].set_ylabel("reward-model score (proxy)")
     for ax in axes:
@@ -213,22 +218,39 @@ def _figures(out, ev: dict) -> list[str]:
         ppo_curves(out / f"{run}_curves.png", run, hist["history"], hist["evals"], "gold" if gold else "model")
         curves.append(run)
     winrate_chart(out / "winrate.png", ev["models"])
-    overoptimisation_chart(out / "overoptimisation.png", runs, ev.get("best_of_n", []))
+    points = {n: r for n, r in ev["models"].items() if n == "DPO" or n.startswith("RM best-of")}
+    overoptimisation_chart(out / "overoptimisation.png", runs, ev.get("best_of_n", []), points)
     return curves
 
 
-def _results_table(models: dict) -> list[str]:
+def _cost(r: dict, state: dict) -> str:
+    """A row's own cost: its stage's wall seconds and the tokens it sampled while training (or at test time)."""
+    stage = {"base": "pretrain"}.get(r.get("run") or "", r.get("run") or "")  # folder -> the stage that made it
+    wall = state.get(stage, {}).get("wall_s")
+    if r.get("test_time_tokens"):
+        return f"— | {r['test_time_tokens']:,} at test time"
+    return f"{wall:.0f} | {r.get('sampled_tokens', 0):,}" if wall is not None else f"— | {r.get('sampled_tokens', 0):,}"
+
+
+def _results_table(models: dict, state: dict) -> list[str]:
     lines = [f"Test prompts: {next(iter(models.values()))['n'] if models else 0}; every model's samples are compared with "
              "the SFT model's by the gold labeler (ties count half). 95% Wilson intervals.", "",
              "![win-rate against SFT](winrate.png)", "",
-             "| model | win-rate vs SFT | 95% CI | gold rating (1-7) | correct | EOS | RM score | KL to SFT (nats) | corpus loss |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | win-rate vs SFT | 95% CI | gold rating (1-7) | correct | EOS | RM score | KL to SFT (nats) | "
+             "corpus loss | its training (s) | sampled tokens |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in models.items():
         kl = "—" if r["kl_to_sft"] is None else f"{r['kl_to_sft']:.2f}"
         lines.append(f"| {name} | {r['win_rate']:.1%} | [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | {r['rating']:.2f} | "
-                     f"{r['correct']:.0%} | {r['eos_rate']:.0%} | {r['rm_score']:+.2f} | {kl} | {r['corpus_loss']:.3f} |")
+                     f"{r['correct']:.0%} | {r['eos_rate']:.0%} | {r['rm_score']:+.2f} | {kl} | {r['corpus_loss']:.3f} | "
+                     f"{_cost(r, state)} |")
+    rms = [(n, v["wall_s"]) for n, v in state.items() if n == "rm" or n.startswith("rm_")]
     lines += ["", "Corpus loss is the pretraining-corpus validation loss: what RLHF costs in language modelling "
-              "(the alignment tax; PPO-ptx should pay less)."]
+              "(the alignment tax; PPO-ptx should pay less). *Its training*: the wall time of the model's own stage; "
+              "every PPO run and DPO also stand on the reward-model rounds' comparisons"
+              + (f" ({', '.join(f'{n} {s:.0f} s' for n, s in rms)}: sampling, labelling, training)" if rms else "")
+              + ". The RM's best-of-n trains nothing and samples n answers per prompt at test time; its KL is "
+              "the bound log n − (n − 1)/n."]
     if any("gold" in name for name in models):
         lines += ["", "*PPO, gold reward* is the same PPO run with the gold labeler itself as the reward "
                   "(`train_ppo.py --reward=gold`): not RLHF -- no one has the gold labeler -- but the ceiling of what a "
@@ -279,7 +301,7 @@ def write_report(out_dir) -> str:
 
     lines = ["# nanorlhf report", "", *_summary(models, ev.get("headroom")), "",
              f"Compute precision: {ev['config'].get('dtype', 'fp32')} (`--dtype`; nanorlhf/precision.py).", "",
-             *_results_table(models)]
+             *_results_table(models, state)]
     lines += _figure1_sample(ev["samples"])
     lines += _headroom_section(ev.get("headroom"), ev.get("best_of_n", []))
     lines += _rounds_section(ev)

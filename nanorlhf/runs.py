@@ -5,7 +5,7 @@ the report name it. Iterated RLHF adds a reward model and a PPO run per round: t
 from __future__ import annotations
 
 ROUNDS = {"micro": 2, "tiny": 2, "small": 2}  # each preset's number of iterated-RLHF rounds (--rounds=0)
-PPO_CONTROLS = {"PPO-ptx": "ppo_ptx", "PPO β=0": "ppo_beta0", "PPO, gold reward": "ppo_gold"}
+OTHER_POLICIES = {"PPO-ptx": "ppo_ptx", "PPO β=0": "ppo_beta0", "PPO, gold reward": "ppo_gold", "DPO": "dpo"}
 
 
 def round_runs(r: int, rounds: int) -> tuple[str, str]:
@@ -20,4 +20,4 @@ def ppo_label(r: int, rounds: int) -> str:
 
 def policy_rows(rounds: int) -> dict[str, str]:
     """{evaluation row: folder} of every policy the pipeline trains after SFT, in the report's order."""
-    return {**{ppo_label(r, rounds): round_runs(r, rounds)[1] for r in range(1, rounds + 1)}, **PPO_CONTROLS}
+    return {**{ppo_label(r, rounds): round_runs(r, rounds)[1] for r in range(1, rounds + 1)}, **OTHER_POLICIES}

@@ -160,7 +160,7 @@ BAD = [
     (PPO, "--max_new_tokens=100", "--max_new_tokens=100: expected fewer than the model's block_size 64"),
     (PPO, "--minibatch_size=0", "--minibatch_size=0: expected a whole number >= 1"),
     (DPO, "--beta=0", "--beta=0.0: expected a number > 0"),
-    (DPO, "--run_name=a/b", "--run_name=a/b: expected a folder name"),
+    (DPO, "--run_name=a/b", "--run_name=a/b: expected a run name of letters, digits"),
 ]
 
 
