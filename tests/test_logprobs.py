@@ -132,9 +132,10 @@ def test_uniform_logits(impl):
     targets = torch.tensor([0, 17, V - 1], device=DEVICE)
     logp, ent = token_logprobs(logits, targets, with_entropy=True, impl=impl, _block_v=128)
     log_v = torch.full_like(logp, math.log(V))
-    # fp32 spacing at 1234.5 / T is ~1e-4: that much may be lost (e.g. to a fused multiply-add on the GPU)
-    torch.testing.assert_close(logp, -log_v, atol=2e-4, rtol=0)
-    torch.testing.assert_close(ent, log_v, atol=2e-4, rtol=0)
+    # fp32 spacing at 1234.5 + log V is 1.2e-4: log p rounded there (z_y - logsumexp(z), or a fused
+    # multiply-add on the GPU) loses up to two steps, and the entropy built from it two more: 4 steps allowed
+    torch.testing.assert_close(logp, -log_v, atol=5e-4, rtol=0)
+    torch.testing.assert_close(ent, log_v, atol=5e-4, rtol=0)
     logp0 = token_logprobs(torch.zeros(2, 33, device=DEVICE), targets[:2], impl=impl, _block_v=8)
     torch.testing.assert_close(logp0, torch.full_like(logp0, -math.log(33)))
 

@@ -240,8 +240,7 @@ BUGS: tuple[Bug, ...] = (
 BUG_BY_NAME = {b.name: b for b in BUGS}
 
 ALTERNATIVES: tuple[Bug, ...] = (
-    # log p as z_y - logsumexp(z); the entropy stays -sum p log_softmax: with log p_j = z_j - logsumexp(z) in
-    # it too, H loses 2 fp32 steps at logits of 1234.5 (2.4e-4) and test_uniform_logits allows 2e-4
+    # log p as z_y - logsumexp(z): 2 fp32 steps lost at logits of 1234.5 (2.4e-4); test_uniform_logits allows 4
     _bug("alt_tlp_logsumexp", "token_logprobs", "log p = z_y - logsumexp(z) instead of gathering log_softmax",
          ("logp = logp_all.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)  # (...)",
           "z = logits.float() / temperature\n"
