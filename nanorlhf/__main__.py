@@ -129,7 +129,6 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
     ppo_runs = tuple(n for n in ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold", "dpo") if n not in skip)
     earlier = [n for r in range(1, rounds) for n in round_runs(r, rounds)]
     extra = [Stage("ppo_ptx", [*run, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
-        Stage("ppo_ptx", [*run, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
         # β = 0 with 4× the policy's learning rate: with the off-prompt answers in the RM's data there is no
         # quick hack left, and at the preset's rate the policy stays too close to SFT within the iterations
         # for the proxy reward and the gold rating to part; at 4× they do -- the over-optimisation lesson

@@ -42,6 +42,16 @@ def test_seed_reseeds_the_world_and_every_stage_in_its_own_folders():
     assert (cfg.data_dir, cfg.out_dir) == ("/tmp/d", "/tmp/o")
 
 
+def test_every_stage_runs_once_and_every_file_has_one_writer():
+    for preset in ("micro", "tiny"):
+        for rounds in (1, 2, 3):
+            plan = stages(resolve_dirs(PipelineConfig(preset=preset, rounds=rounds)))
+            names = [st.name for st in plan]
+            assert len(names) == len(set(names)), names
+            outputs = [str(f) for st in plan for f in st.outputs]
+            assert len(outputs) == len(set(outputs)), outputs
+
+
 # ----------------------------------------------------------------------- "current" is judged by content
 def pipeline(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "nanorlhf", *args], capture_output=True, text=True, env=ENV,
