@@ -225,7 +225,10 @@ def preference_pairs(g: dict, off_prompt: bool = True) -> list[tuple[int, int]]:
     - the ties (pairs the labeler found equally good: its order between them is a coin flip),
     - pairs of two identical answers (same text, same `finished`: no preference to learn),
     - with off_prompt=False, every pair with one of the group's "off_prompt" responses (answers written
-      for another prompt, see train_rm.collect_comparisons)."""
+      for another prompt, see train_rm.collect_comparisons).
+    g is a group as read_comparisons returns it: "responses", "ranking" (indices, best first) and the
+    optional "ties" ([i, j] either way round), "finished" (absent: every response ended) and "off_prompt"
+    (absent: none, as in every group of a pair file)."""
     fin = g.get("finished") or [True] * len(g["responses"])
     tied = {frozenset(t) for t in g.get("ties", ())}
     off = set() if off_prompt else set(g.get("off_prompt", ()))

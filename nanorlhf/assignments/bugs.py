@@ -183,6 +183,50 @@ BUGS: tuple[Bug, ...] = (
     _bug("dpo_rewards_with_graph", "dpo_loss", "the implicit rewards are returned with their graph",
          ("(beta * chosen_logratio).detach(), (beta * rejected_logratio).detach()",
           "beta * chosen_logratio, beta * rejected_logratio")),
+    # preference_pairs
+    _bug("pairs_tie_kept", "preference_pairs",
+         "ties kept: the labeler's coin flip between two equals is learned as a preference",
+         ("frozenset((i, j)) not in tied and ", "")),
+    _bug("pairs_tie_one_way", "preference_pairs",
+         "a tie matched only as written: the tie [1, 0] misses the pair (0, 1)",
+         ('tied = {frozenset(t) for t in g.get("ties", ())}', 'tied = {tuple(t) for t in g.get("ties", ())}'),
+         ("frozenset((i, j)) not in tied", "(i, j) not in tied")),
+    _bug("pairs_reversed", "preference_pairs", "chosen and rejected swapped: the worse response comes first",
+         ("return [(i, j) for", "return [(j, i) for")),
+    _bug("pairs_both_orders", "preference_pairs",
+         "every pair in both orders (i != j, not a < c): K(K-1) pairs whose DPO gradients cancel",
+         ("for a, i in enumerate(rank) for j in rank[a + 1 :]", "for i in rank for j in rank if i != j")),
+    _bug("pairs_twice", "preference_pairs", "each response's pairs taken from both sides (those it beats, "
+         "those that beat it): every pair of the prompt listed twice", body="""\
+fin = g.get("finished") or [True] * len(g["responses"])
+tied = {frozenset(t) for t in g.get("ties", ())}
+off = set() if off_prompt else set(g.get("off_prompt", ()))
+rank = g["ranking"]
+pairs = []
+for a, i in enumerate(rank):
+    pairs += [(i, j) for j in rank[a + 1 :]] + [(k, i) for k in rank[:a]]
+return [(i, j) for i, j in pairs if frozenset((i, j)) not in tied and not ({i, j} & off)
+        and (g["responses"][i], fin[i]) != (g["responses"][j], fin[j])]
+"""),
+    _bug("pairs_adjacent_only", "preference_pairs", "only neighbours in the ranking: K-1 pairs, not C(K,2)",
+         ("rank[a + 1 :]", "rank[a + 1 : a + 2]")),
+    _bug("pairs_positions_as_indices", "preference_pairs",
+         "ranking positions taken for response indices: (i, j) for i < j, as if listed best first",
+         ("for a, i in enumerate(rank) for j in rank[a + 1 :]",
+          "for i in range(len(rank)) for j in range(i + 1, len(rank))")),
+    _bug("pairs_identical_kept", "preference_pairs",
+         "pairs of two identical answers kept (no preference to learn)",
+         ('\n        and (g["responses"][i], fin[i]) != (g["responses"][j], fin[j])]', "]")),
+    _bug("pairs_identical_by_text", "preference_pairs",
+         "identical by text alone: a cut-off copy (no EOS) of a finished answer is dropped",
+         ('(g["responses"][i], fin[i]) != (g["responses"][j], fin[j])',
+          'g["responses"][i] != g["responses"][j]')),
+    _bug("pairs_off_prompt_ignored", "preference_pairs",
+         "off_prompt=False ignored: pairs with an off-prompt answer stay in",
+         (" and not ({i, j} & off)", "")),
+    _bug("pairs_off_prompt_chosen_kept", "preference_pairs",
+         "only the rejected side checked for an off-prompt answer (one ranked above another stays)",
+         ("not ({i, j} & off)", "j not in off")),
     # ppo_ptx
     _bug("ptx_sign", "ppo_ptx", "the pretraining loss is subtracted", ("loss = loss + cfg.ptx_coef * ptx",
                                                                        "loss = loss - cfg.ptx_coef * ptx")),
@@ -233,6 +277,9 @@ BUGS: tuple[Bug, ...] = (
          ("ptx = sft_loss(policy(x), y, m)", "ptx = sft_loss(policy(x), y, torch.ones_like(m))"), only="diff"),
     _bug("rlp_entropy_grad_ignored", "response_logprobs", "entropy_grad not passed on: an entropy bonus gets no gradient",
          ("entropy_grad=entropy_grad", "entropy_grad=False"), only="diff"),
+    _bug("pairs_off_prompt_key", "preference_pairs",
+         'g["off_prompt"]: KeyError at off_prompt=False on a group without one (every pair file\'s group)',
+         ('set(g.get("off_prompt", ()))', 'set(g["off_prompt"])'), only="diff"),
     _bug("tlp_mask_multiplied", "token_logprobs", "logp multiplied by the mask: NaN logits at padding give NaN",
          ("logp = torch.where(mask != 0, logp, 0.0)", "logp = logp * (mask != 0)"), only="diff"),
 )
@@ -320,6 +367,39 @@ nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(
 keep = m.flatten() != 0
 ptx = torch.where(keep, nll, torch.zeros_like(nll)).sum() / keep.sum().clamp(min=1)
 loss = loss + cfg.ptx_coef * ptx
+"""),
+    _bug("alt_pairs_combinations", "preference_pairs",
+         "itertools.combinations of the ranking, a loop with continue", body="""\
+from itertools import combinations
+
+fin = g.get("finished") or [True] * len(g["responses"])
+skip = set() if off_prompt else set(g.get("off_prompt", []))
+ties = [set(t) for t in g.get("ties", [])]
+pairs = []
+for i, j in combinations(g["ranking"], 2):  # in the ranking's order: i is ranked above j
+    if {i, j} in ties or i in skip or j in skip:
+        continue
+    if g["responses"][i] == g["responses"][j] and fin[i] == fin[j]:
+        continue
+    pairs.append((i, j))
+return pairs
+"""),
+    _bug("alt_pairs_position_loops", "preference_pairs",
+         "nested loops over ranking positions, each tie as both of its tuples", body="""\
+resp, rank = g["responses"], g["ranking"]
+fin = g["finished"] if g.get("finished") is not None else [True] * len(resp)
+tied = set()
+for a, b in g.get("ties", []):
+    tied |= {(a, b), (b, a)}
+off = set(g.get("off_prompt", [])) if not off_prompt else set()
+out = []
+for a in range(len(rank)):
+    for c in range(a + 1, len(rank)):
+        i, j = rank[a], rank[c]
+        same = resp[i] == resp[j] and fin[i] == fin[j]
+        if (i, j) not in tied and i not in off and j not in off and not same:
+            out.append((i, j))
+return out
 """),
 )
 

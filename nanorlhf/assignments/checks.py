@@ -955,6 +955,78 @@ def dpo_loss(ck, S, R):
         run(label, inputs, rng.choice([0.1, 0.5, rng.uniform(0.01, 1.0)]))
 
 
+def _pairs_difference(got: list, want: list) -> str:
+    """What sets a list of pairs apart from the expected one, in the words of the usual mistakes."""
+    extra, missing = [p for p in got if p not in want], [p for p in want if p not in got]
+    flipped = [p for p in extra if p[::-1] in want]
+    said = [f"{len(got)} pairs, expected {len(want)}"]
+    if any(got.count(p) > 1 for p in got):
+        said.append(f"listed more than once: {sorted({p for p in got if got.count(p) > 1})}")
+    if flipped:
+        said.append(f"the worse answer first: {flipped}")
+    if len(extra) > len(flipped):
+        other = [p for p in extra if p not in flipped]
+        said.append(f"not pairs to learn from (tied, identical, off-prompt?): {other}")
+    if missing:
+        said.append(f"missing: {missing}")
+    if sorted(got) == sorted(want) and got != want:
+        said.append("the same pairs in another order (expected the ranking's order)")
+    return "; ".join(said)
+
+
+def preference_pairs(ck, S, R):
+    """Edge: K = 2 as a pair file reads it (ties [], no "finished"); K = 2 tied; K = 3 with every pair tied;
+    K = 1; a reversed ranking with ties written both ways round; every answer the same text; the same text
+    finished and cut off; off-prompt answers ranked first, in the middle and last, at the default
+    off_prompt, True and False; a group with no "ties", "finished" or "off_prompt" key at off_prompt=False.
+    Random: K from 2 to 7, a shuffled ranking, ties each written either way round, texts of one or two
+    letters of "ab" (so identical answers), each optional key present or not. The list of pairs must be the
+    reference's, in its order (the ranking's); pairs may come back as tuples or lists."""
+
+    def run(label, g, off_prompt=None):
+        kw = {} if off_prompt is None else {"off_prompt": off_prompt}
+        call = "preference_pairs(g" + ("" if off_prompt is None else f", off_prompt={off_prompt}") + ")"
+        with ck.case(label, call, {"g": g}):
+            want = R.preference_pairs(copy.deepcopy(g), **kw)  # copies: neither sees what the other changed
+            got = [tuple(int(v) for v in pair) for pair in S.preference_pairs(copy.deepcopy(g), **kw)]
+            if got != want:
+                ck._fail("output", _pairs_difference(got, want), "the pairs", got, want)
+
+    two = {"prompt": "q", "responses": ["yes", "no"], "ranking": [0, 1], "ties": []}
+    run("edge case 'K = 2, a pair file's record'", two)
+    run("edge case 'K = 2, tied'", {**two, "ties": [[1, 0]]})
+    run("edge case 'K = 3, every pair tied'",
+        {"prompt": "q", "responses": ["a", "b", "c"], "ranking": [1, 2, 0], "ties": [[0, 1], [2, 1], [0, 2]]})
+    run("edge case 'K = 1'", {"prompt": "q", "responses": ["a"], "ranking": [0]})
+    run("edge case 'reversed ranking, ties written both ways round'",
+        {"prompt": "q", "responses": ["a", "b", "c", "d", "e"], "ranking": [4, 3, 2, 1, 0],
+         "ties": [[3, 4], [1, 0]]})
+    run("edge case 'every answer the same text'",
+        {"prompt": "q", "responses": ["x", "x", "x"], "ranking": [2, 0, 1], "finished": [True, True, True]})
+    run("edge case 'the same text finished and cut off'",
+        {"prompt": "q", "responses": ["x", "x", "y", "x"], "ranking": [3, 0, 2, 1],
+         "finished": [True, False, True, False]})
+    off = {"prompt": "q", "responses": ["a", "b", "c", "d", "e", "f"], "ranking": [4, 0, 1, 5, 2, 3],
+           "ties": [[0, 1]], "off_prompt": [4, 5, 3]}  # ranked first, in the middle, last
+    for flag in (None, True, False):
+        run(f"edge case 'off-prompt answers first, in the middle and last', off_prompt={flag}", off, flag)
+    run("edge case 'every answer off-prompt', off_prompt=False", {**two, "off_prompt": [0, 1]}, False)
+    run("edge case 'no \"ties\", \"finished\" or \"off_prompt\" key', off_prompt=False",
+        {"prompt": "q", "responses": ["a", "b", "c"], "ranking": [2, 1, 0]}, False)
+    for label, rng, _ in ck.random_cases(2 * RANDOM_CASES):  # cheap: twice the usual count
+        K = rng.randint(2, 7)
+        group = {"prompt": "q", "responses": ["".join(rng.choice("ab") for _ in range(rng.randint(1, 2)))
+                                              for _ in range(K)], "ranking": rng.sample(range(K), K)}
+        if rng.random() < 0.7:
+            pairs = [[i, j] for i in range(K) for j in range(i + 1, K)]
+            group["ties"] = [p if rng.random() < 0.5 else p[::-1] for p in pairs if rng.random() < 0.25]
+        if rng.random() < 0.7:
+            group["finished"] = [rng.random() < 0.7 for _ in range(K)]
+        if rng.random() < 0.7:
+            group["off_prompt"] = rng.sample(range(K), rng.randint(0, min(2, K)))
+        run(label, group, rng.choice([None, True, False]))
+
+
 def ppo_ptx(ck, S, R):
     """One ppo_update of a small policy against the reference's: gamma 1, 0.5 with a corpus mask that has
     padding, and 30; two PPO epochs (a fresh corpus batch per minibatch). Parts: the update (the policy's
@@ -1008,7 +1080,7 @@ def ppo_ptx(ck, S, R):
 
 CHECKS = {f.__name__: f for f in (masked_mean, sft_loss, ranking_loss, kl_penalty_rewards, gae, masked_whiten,
                                    policy_loss, value_loss, kl_estimators, adaptive_kl, response_mask,
-                                   response_logprobs, token_logprobs, dpo_loss, ppo_ptx)}
+                                   response_logprobs, token_logprobs, preference_pairs, dpo_loss, ppo_ptx)}
 
 
 def check(name: str, student, reference, seeds=SEEDS) -> dict:

@@ -56,6 +56,7 @@ class Exercise:
 
 LOSSES, PPO, GEN, LOGP = "tests/test_losses.py::", "tests/test_ppo_math.py::", "tests/test_generate.py::", \
     "tests/test_logprobs.py::"
+DPO = "tests/test_dpo.py::"
 PPO_LOOP, RM_LEARN = "tests/test_ppo_loop.py::", "tests/test_rm_learning.py::"
 PLANTED_REWARD = PPO_LOOP + "test_ppo_raises_planted_reward"
 KL_HOLDS = PPO_LOOP + "test_kl_penalty_holds_policy_near_reference"
@@ -159,6 +160,19 @@ EXERCISES: tuple[Exercise, ...] = (
                  "test_matches_reference", "test_mask_zeroes_outputs_and_grads", "test_all_masked",
                  "test_low_precision_inputs", "test_large_logits", "test_minus_inf_logits", "test_uniform_logits",
                  "test_logp_only_and_entropy_only_grads"))),
+    # the data side of DPO: its unit tests read the pairs back through pair_records and preference_sequences
+    # (the pair file, the batch's chosen/rejected rows), which call nothing else of the table
+    Exercise("preference_pairs", "nanorlhf/data.py", ("preference_pairs",),
+             "a ranking y_r1 > y_r2 > ... > y_rK gives the C(K,2) pairs (y_ra, y_rc), a < c: the better one "
+             "first, once each, less ties, identical answers and (off_prompt=False) off-prompt answers", 5,
+             tuple(DPO + t for t in (
+                 "test_pairs_are_the_ordered_pairs_of_the_ranking_less_ties", "test_pair_file_round_trips",
+                 "test_each_response_is_one_row_and_the_mask_covers_exactly_its_response")),
+             stage="train_dpo.py",
+             hints=((DPO + "test_pairs_are_the_ordered_pairs_of_the_ranking_less_ties",
+                     ("walk down the ranking: (ranking[a], ranking[c]) for a < c, each pair once, the better "
+                      "first; a tie [i, j] counts either way round; the same text with another 'finished' is "
+                      "another answer")),)),
     Exercise("dpo_loss", "nanorlhf/losses.py", ("dpo_loss",),
              "DPO (Rafailov 2023 eq. 7): -log sigmoid(beta [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))])",
              5, (LOSSES + "test_dpo_loss_is_ln2_when_policy_equals_ref", LOSSES + "test_dpo_loss_matches_paper_formula",
