@@ -49,7 +49,7 @@ from nanorlhf.files import lock_folder, with_locks
 from nanorlhf.generate import response_logprobs
 from nanorlhf.losses import dpo_loss
 from nanorlhf.plots import line_plots
-from nanorlhf.training import (Progress, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
+from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
                                seed_everything, set_lr)
 
 
@@ -258,25 +258,29 @@ def main(argv=None):
     tok = checkpoint_tokenizer(sft_ckpt, sft_path)
     block = policy.config.block_size
     t0 = time.time()
-    train_groups = reference_logps(ref, train_groups, tok, block, cfg, device, cfg.off_prompt)
-    val_groups = reference_logps(ref, val_groups, tok, block, cfg, device, off_prompt=False)
+    with phase("reference log-probs"):
+        train_groups = reference_logps(ref, train_groups, tok, block, cfg, device, cfg.off_prompt)
+        val_groups = reference_logps(ref, val_groups, tok, block, cfg, device, off_prompt=False)
     del ref
     n_pairs = sum(len(preference_pairs(g, cfg.off_prompt)) for g in train_groups)
     print(f"dpo[{cfg.run_name}]: {policy.num_params() / 1e6:.2f}M parameters, {len(train_groups)} train groups "
           f"({n_pairs} pairs{', off-prompt answers in' if cfg.off_prompt else ''}) / {len(val_groups)} held-out, "
           f"β={cfg.beta}, {cfg.epochs} epoch(s), device {device} {cfg.dtype}")
 
-    history = train(policy, train_groups, val_groups, tok, cfg, rng, device, ckpt_path)
+    with phase("training"):
+        history = train(policy, train_groups, val_groups, tok, cfg, rng, device, ckpt_path)
 
     rm_acc = reward_model_accuracy(cfg)
     metrics = {"val_acc": history["val_acc"][-1], "val_margin": history["val_margin"][-1],
                "val_loss": history["val_loss"][-1], "rm_val_acc": rm_acc, "n_train_pairs": n_pairs,
                "n_train_groups": len(train_groups), "n_val_groups": len(val_groups), "history": history}
-    save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, cfg.run_name, history["step"][-1], metrics)
-    plot_training(out / "dpo_training.png", history)
+    with phase("saving"):
+        save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, cfg.run_name, history["step"][-1], metrics)
+        plot_training(out / "dpo_training.png", history)
     beside = f" (the reward model, same held-out groups: {rm_acc:.1%})" if rm_acc is not None else ""
     print(f"dpo[{cfg.run_name}]: held-out implicit-reward accuracy {metrics['val_acc']:.1%}{beside}, margin "
           f"{metrics['val_margin']:+.3f} | done in {time.time() - t0:.0f}s, saved {ckpt_path}")
+    print(phase_summary(f"dpo[{cfg.run_name}]"))
     return metrics
 
 

@@ -39,7 +39,7 @@ from nanorlhf.generate import generate, response_logprobs
 from nanorlhf.losses import masked_mean, sft_loss
 from nanorlhf.files import atomic_write, lock_folder, with_locks
 from nanorlhf.report import ppo_curves
-from nanorlhf.training import Progress, autocast, check_finite, make_optimizer, resolve_dtype, seed_everything
+from nanorlhf.training import Progress, autocast, phase, phase_summary, check_finite, make_optimizer, resolve_dtype, seed_everything
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -323,15 +323,18 @@ def main(argv=None):
     history, evals = [], []
     progress = Progress(cfg.iterations, f"ppo[{run_name}]")
     judge = partial(gold_evaluation, policy, tok, world.labeler, eval_prompts, cfg, device, name=f"ppo[{run_name}]")
-    evals.append(judge(history, 0)[0])
+    with phase("gold evaluation"):
+        evals.append(judge(history, 0)[0])
     for it in range(1, cfg.iterations + 1):
         idx = distributed.shard([rng.randrange(len(prompt_ids)) for _ in range(cfg.rollout_batch)])  # this rank's
         reward_fn = (model_reward(reward_model) if cfg.reward == "model" else
                      gold_reward(world.labeler, tok, [train_prompts[i]["prompt"] for i in idx]))
-        exp = rollout(policy, ref, critic, reward_fn, [prompt_ids[i] for i in idx], tok, cfg, kl_ctl.value,
-                      sample_gen)  # steps 1-4
-        upd = ppo_update(policy, critic, opt_policy, opt_critic, exp, cfg, ptx_batches, rng, it,
-                         ckpt_path)  # step 5
+        with phase("scoring"):  # rollout steps 2-4 (its step 1 counts as "sampling")
+            exp = rollout(policy, ref, critic, reward_fn, [prompt_ids[i] for i in idx], tok, cfg, kl_ctl.value,
+                          sample_gen)  # steps 1-4
+        with phase("update"):
+            upd = ppo_update(policy, critic, opt_policy, opt_critic, exp, cfg, ptx_batches, rng, it,
+                             ckpt_path)  # step 5
         row = distributed.average(iteration_row(it, exp, upd, kl_ctl.value), len(idx))  # step 6, every rank's
         history.append(row)
         kl_ctl.update(row["kl"], cfg.rollout_batch)
@@ -340,15 +343,20 @@ def main(argv=None):
                          entropy=row["entropy"], clipfrac=row["clipfrac"], approx_kl=row["approx_kl"],
                          vf_loss=row["vf_loss"], ev=row["explained_var"], len=row["resp_len"], eos=row["eos_rate"])
         if cfg.eval_interval and it % cfg.eval_interval == 0 and it < cfg.iterations:
-            evals.append(judge(history, it)[0])
-            save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, run_name, it,  # in progress: beside ckpt.pt
-                            {"history": history, "evals": evals}, finished=False)
-    row, final = judge(history, cfg.iterations)
+            with phase("gold evaluation"):
+                evals.append(judge(history, it)[0])
+            with phase("saving"):
+                save_checkpoint(ckpt_path, policy, asdict(cfg), sft_ckpt, run_name, it,  # in progress: beside ckpt.pt
+                                {"history": history, "evals": evals}, finished=False)
+    with phase("gold evaluation"):
+        row, final = judge(history, cfg.iterations)
     evals.append(row)
     # no wall time in the checkpoint: the same command writes the same bits (the pipeline's state has the times)
     metrics = {"history": history, "evals": evals, "final_gold": {k: v for k, v in final.items() if k != "samples"}}
-    save_run(out, policy, cfg, sft_ckpt, run_name, metrics)
+    with phase("saving"):
+        save_run(out, policy, cfg, sft_ckpt, run_name, metrics)
     print(f"ppo[{run_name}]: done in {progress.elapsed():.0f}s, saved {ckpt_path}")
+    print(phase_summary(f"ppo[{run_name}]"))
     return metrics
 
 

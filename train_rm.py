@@ -47,7 +47,7 @@ from nanorlhf.files import atomic_write, fingerprint, lock_folder, with_locks
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import ranking_accuracy, ranking_loss
 from nanorlhf.plots import line_plots
-from nanorlhf.training import (Progress, autocast, check_finite, check_learnable, lr_at, make_optimizer,
+from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, check_learnable, lr_at, make_optimizer,
                                resolve_dtype, seed_everything, set_lr)
 from nanorlhf.labeler import tied_pairs
 
@@ -129,10 +129,11 @@ def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config) 
         resp, others = outs[j * cfg.k : (j + 1) * cfg.k], others_of[p["category"]]
         resp += [outs[i * cfg.k + rng.randrange(cfg.k)] for i in rng.sample(others, min(cfg.off_prompt, len(others)))]
         texts_j, finished = [r for r, _ in resp], [f for _, f in resp]
-        utilities = labeler.ranking_utilities(p["prompt"], texts_j, finished)  # each response judged once
+        with phase("labeler"):
+            utilities = labeler.ranking_utilities(p["prompt"], texts_j, finished)  # each response judged once
+            ranking = labeler.rank(p["prompt"], texts_j, rng, utilities=utilities)
         groups.append({"prompt": p["prompt"], "category": p["category"], "responses": texts_j, "finished": finished,
-                       "ranking": labeler.rank(p["prompt"], texts_j, rng, utilities=utilities),
-                       "ties": tied_pairs(utilities),
+                       "ranking": ranking, "ties": tied_pairs(utilities),
                        "off_prompt": list(range(cfg.k, len(resp))), "round": cfg.round})
     return groups
 
@@ -315,13 +316,16 @@ def main(argv=None):
     print(f"rm: {rm.num_params() / 1e6:.2f}M parameters, {len(train_groups)} train / {len(val_groups)} held-out "
           f"groups, {cfg.epochs} epoch(s), {cfg.dtype}")
     t0 = time.time()
-    history = train(rm, train_groups, val_groups, tok, cfg, rng, device, ckpt_path)
+    with phase("training"):
+        history = train(rm, train_groups, val_groups, tok, cfg, rng, device, ckpt_path)
     val_loss, val_acc = history["val_loss"][-1], history["val_acc"][-1]
 
     # 4. accuracy vs the labeler's own ceiling
-    acc = rm_accuracy(rm, labeler, val_groups, tok, device, cfg.batch_size, cfg.dtype, random.Random(cfg.seed + 1))
+    with phase("held-out accuracy"):
+        acc = rm_accuracy(rm, labeler, val_groups, tok, device, cfg.batch_size, cfg.dtype,
+                          random.Random(cfg.seed + 1))
+        off_acc = ranking_eval(rm, val_all, tok, device, cfg.batch_size, cfg.dtype)[1]
     ceiling, gold_acc = acc["labeler_agreement"], acc["gold_order_acc"]
-    off_acc = ranking_eval(rm, val_all, tok, device, cfg.batch_size, cfg.dtype)[1]
     print(f"rm: held-out pairwise accuracy {val_acc:.1%} | a second labeler agrees with the labels on "
           f"{ceiling:.1%} of the same pairs | vs the gold (noise-free) order: {gold_acc:.1%} | "
           f"with the off-prompt answers: {off_acc:.1%}")
@@ -329,7 +333,8 @@ def main(argv=None):
     by_round = {}
     for r in sorted({g.get("round", 1) for g in val_groups}):
         gs = [g for g in val_groups if g.get("round", 1) == r]
-        by_round[str(r)] = rm_accuracy(rm, labeler, gs, tok, device, cfg.batch_size, cfg.dtype, random.Random(r))
+        with phase("held-out accuracy"):
+            by_round[str(r)] = rm_accuracy(rm, labeler, gs, tok, device, cfg.batch_size, cfg.dtype, random.Random(r))
         print(f"rm: held-out groups of round {r} ({len(gs)}, {'SFT' if r == 1 else 'policy'} samples): pairwise "
               f"accuracy {by_round[str(r)]['acc']:.1%} | vs the gold order {by_round[str(r)]['gold_order_acc']:.1%}")
 
@@ -339,9 +344,11 @@ def main(argv=None):
     metrics = {"val_acc": val_acc, "val_loss": val_loss, "labeler_agreement": ceiling, "gold_order_acc": gold_acc,
                "val_acc_with_off_prompt": off_acc, "by_round": by_round,
                "n_train_groups": len(train_groups), "n_val_groups": len(val_groups), "norm_shift": shift}
-    save_checkpoint(ckpt_path, rm, asdict(cfg), sft_ckpt, "rm", history["step"][-1], metrics)  # every round: a "rm"
-    plot_training(out / "rm_training.png", history, ceiling)
+    with phase("saving"):
+        save_checkpoint(ckpt_path, rm, asdict(cfg), sft_ckpt, "rm", history["step"][-1], metrics)  # every round: "rm"
+        plot_training(out / "rm_training.png", history, ceiling)
     print(f"rm: done in {time.time() - t0:.0f}s, saved {ckpt_path} and {out / 'rm_training.png'}")
+    print(phase_summary("rm"))
     return metrics
 
 

@@ -32,7 +32,7 @@ from nanorlhf.generate import sample_responses
 from nanorlhf.losses import sft_loss
 from nanorlhf.model import GPT, GPTConfig
 from nanorlhf.tokenizer import load_tokenizer
-from nanorlhf.training import (Progress, autocast, check_finite, check_learnable, lr_at, make_optimizer,
+from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, check_learnable, lr_at, make_optimizer,
                                resolve_dtype, seed_everything, set_lr)
 
 
@@ -192,27 +192,31 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
     model.train()
     for step in range(cfg.max_steps + 1):
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-            val = evaluate(model, val_batches, cfg.eval_batches, device, cfg.dtype)
+            with phase("held-out loss"):
+                val = evaluate(model, val_batches, cfg.eval_batches, device, cfg.dtype)
             check_finite("validation loss", val, step, ckpt_path)
             metrics.update(val_loss=val, step=step)
             print(f"{cfg.stage} step {step:>5}/{cfg.max_steps} | val loss {val:.4f}")
             if step > 0 and step < cfg.max_steps:  # in progress: beside the finished checkpoint, never over it
-                save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), step, metrics,
-                                finished=False)
+                with phase("saving"):
+                    save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), step, metrics,
+                                    finished=False)
         if cfg.sample_interval and step % cfg.sample_interval == 0 and step > 0:
             print_samples(model, tok, read_prompts(cfg.data_dir, "val")[:2], cfg)
         if step == cfg.max_steps:
             break
         set_lr(opt, lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
-        x, y, m = (to_device(distributed.shard(t), device) for t in next(train_batches))  # this rank's rows
-        with autocast(device, cfg.dtype):
-            loss = sft_loss(model(x), y, m)
-        check_finite("training loss", loss, step, ckpt_path)
-        opt.zero_grad(set_to_none=True)
-        (loss * distributed.local_share(m.sum())).backward()  # weighted: the mean over every rank's tokens
-        distributed.sync_grads(model)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        with phase("batches"):
+            x, y, m = (to_device(distributed.shard(t), device) for t in next(train_batches))  # this rank's rows
+        with phase("update"):
+            with autocast(device, cfg.dtype):
+                loss = sft_loss(model(x), y, m)
+            check_finite("training loss", loss, step, ckpt_path)
+            opt.zero_grad(set_to_none=True)
+            (loss * distributed.local_share(m.sum())).backward()  # weighted: the mean over every rank's tokens
+            distributed.sync_grads(model)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
         tokens_seen += int(m.sum())
         if (step + 1) % cfg.log_interval == 0:
             tps = tokens_seen / (time.time() - step_t0)
@@ -264,9 +268,12 @@ def main(argv=None):
     metrics, train_time = train(model, tok, tok_fields, opt, train_batches, val_batches, cfg, device)
     print_samples(model, tok, read_prompts(cfg.data_dir, "val")[:3], cfg)
     if cfg.gold_eval_prompts:
-        metrics["gold"] = gold_evaluation(model, tok, world.labeler, cfg, device)
-    save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), cfg.max_steps, metrics)
+        with phase("gold evaluation"):
+            metrics["gold"] = gold_evaluation(model, tok, world.labeler, cfg, device)
+    with phase("saving"):
+        save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), cfg.max_steps, metrics)
     print(f"{cfg.stage}: done in {train_time:.0f}s, saved {ckpt_path}")
+    print(phase_summary(cfg.stage))
     return metrics
 
 

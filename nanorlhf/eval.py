@@ -24,7 +24,7 @@ from nanorlhf.generate import response_logprobs, sample_responses
 from nanorlhf.losses import sft_loss
 from nanorlhf.prompts import parse_task
 from nanorlhf.runs import ROUNDS, policy_rows, round_runs
-from nanorlhf.training import autocast, resolve_dtype
+from nanorlhf.training import autocast, phase, phase_summary, resolve_dtype
 
 
 def gold_eval(model, tokenizer, labeler, prompts: list[dict], max_new_tokens: int, temperature: float = 0.7,
@@ -407,16 +407,20 @@ def main(argv=None) -> dict:
     with autocast(device, cfg.dtype):  # samples from the regime the models trained in
         sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature,
                                    seed=cfg.seed)
-        results, samples = compare_with_sft(cfg, models, sft, rm, tok, labeler, prompts, sft_ref, corpus, device)
+        with phase("judging"):  # the labeler, RM scores, KL, corpus loss (their sampling: "sampling")
+            results, samples = compare_with_sft(cfg, models, sft, rm, tok, labeler, prompts, sft_ref, corpus, device)
         if cfg.bon_pick and "SFT" in results:
             name = f"RM best-of-{cfg.bon_pick}"
-            row = rm_pick_row(cfg, sft, rm, tok, labeler, prompts, sft_ref, results["SFT"]["corpus_loss"])
+            with phase("RM best-of-n row"):
+                row = rm_pick_row(cfg, sft, rm, tok, labeler, prompts, sft_ref, results["SFT"]["corpus_loss"])
             at = list(results).index("SFT") + 1  # the row after SFT's: the first way to spend a reward model
             results = {**dict(list(results.items())[:at]), name: row[0], **dict(list(results.items())[at:])}
             samples[name] = row[1]
         bon_texts = texts[: cfg.bon_prompts]
-        bon, many = rm_best_of_n(cfg, sft, rm, tok, labeler, bon_texts, device)
-        shift = reward_model_shift(cfg, sft, tok, labeler, device)
+        with phase("best-of-n curve"):
+            bon, many = rm_best_of_n(cfg, sft, rm, tok, labeler, bon_texts, device)
+        with phase("reward-model shift"):
+            shift = reward_model_shift(cfg, sft, tok, labeler, device)
     probe = headroom_probe(labeler, bon_texts, many, sft_ref[: len(bon_texts)], cfg.bon_n)
     best = probe["gold_best_of_n"][-1]
     print(f"eval: headroom: SFT vs SFT ties {probe['sft_vs_sft_ties']:.0%}; gold best-of-{best['n']} of SFT vs SFT "
@@ -425,6 +429,7 @@ def main(argv=None) -> dict:
               "rm_shift": shift}
     atomic_write(out / "eval.json", json.dumps(report, indent=1, ensure_ascii=False))
     print(f"eval: done in {time.time() - t0:.0f}s -> {out / 'eval.json'}")
+    print(phase_summary("eval"))
     return report
 
 

@@ -28,6 +28,7 @@ from nanorlhf import distributed
 from nanorlhf.data import pad, to_device
 from nanorlhf.logprobs import linear_logprobs
 from nanorlhf.model import GPT
+from nanorlhf.training import phase
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Generation:
 
 
 @torch.no_grad()
+@phase("sampling")
 def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
              temperature: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None,
              use_cache: bool = True, row_seeds: list[int] | None = None) -> Generation:

@@ -1,5 +1,5 @@
 """Small pieces every training stage shares: optimizer, learning-rate schedule, autocast, seeding,
-the non-finite and nothing-to-learn checks, and the one-line progress log. The precision policy (autocast, --dtype) is
+the non-finite and nothing-to-learn checks, the one-line progress log and the clock of a stage's phases. The precision policy (autocast, --dtype) is
 nanorlhf/precision.py; `autocast` and `resolve_dtype` are re-exported here for the stages."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import math
 import random
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,37 @@ def _fmt(v) -> str:
 def _hms(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ------------------------------------------------------------------------------------------ phases
+# Where a stage's seconds go (sampling, the labeler, updates, evaluation, saving): each stage wraps its
+# phases in `with phase(name):` and prints phase_summary() last; bench/stages.py --from_logs tabulates the
+# pipeline's logs. Wall clock, on this process: a phase inside another counts in the inner one only.
+_PHASE_TOTALS: dict[str, float] = {}
+_PHASE_STACK: list[list] = []  # [name, start] of the phases open now, innermost last
+_PROCESS_START = time.perf_counter()  # this module is imported first thing by every stage
+
+
+@contextmanager
+def phase(name: str):
+    now = time.perf_counter()
+    if _PHASE_STACK:  # the outer phase pauses while this one runs
+        outer = _PHASE_STACK[-1]
+        _PHASE_TOTALS[outer[0]] = _PHASE_TOTALS.get(outer[0], 0.0) + now - outer[1]
+    _PHASE_STACK.append([name, now])
+    try:
+        yield
+    finally:
+        now = time.perf_counter()
+        _PHASE_TOTALS[name] = _PHASE_TOTALS.get(name, 0.0) + now - _PHASE_STACK.pop()[1]
+        if _PHASE_STACK:
+            _PHASE_STACK[-1][1] = now
+
+
+def phase_summary(prefix: str) -> str:
+    """One line: each phase's seconds and share of the process's time so far, largest first, then the
+    rest (imports, loading, the untimed glue)."""
+    total = time.perf_counter() - _PROCESS_START
+    parts = [f"{k} {v:.1f}s ({v / total:.0%})" for k, v in sorted(_PHASE_TOTALS.items(), key=lambda kv: -kv[1])]
+    rest = total - sum(_PHASE_TOTALS.values())
+    return f"{prefix}: time by phase: {' | '.join(parts + [f'other {rest:.1f}s ({rest / total:.0%})'])} | total {total:.1f}s"
