@@ -125,7 +125,7 @@ def _hms(seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------ phases
 # Where a stage's seconds go (sampling, the labeler, updates, evaluation, saving): each stage wraps its
-# phases in `with phase(name):` and prints phase_summary() last; bench/stages.py --from_logs tabulates the
+# phases in `with phase(name):` and prints phase_summary() last; bench/phases.py tabulates the
 # pipeline's logs. Wall clock, on this process: a phase inside another counts in the inner one only.
 _PHASE_TOTALS: dict[str, float] = {}
 _PHASE_STACK: list[list] = []  # [name, start] of the phases open now, innermost last

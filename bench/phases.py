@@ -1,9 +1,9 @@
 """
 Where the pipeline's seconds go: each stage split into its phases, and one stage's top torch ops.
 
-    python bench/profile.py out                      # after `python -m nanorlhf`: a markdown table, one row
+    python bench/phases.py out                      # after `python -m nanorlhf`: a markdown table, one row
                                                      # per stage: wall time and its phases (from out/logs)
-    python bench/profile.py --run "train_ppo.py --preset=tiny --iterations=4 --run_name=prof --eval_interval=0"
+    python bench/phases.py --run "train_ppo.py --preset=tiny --iterations=4 --run_name=prof --eval_interval=0"
                                                      # one stage under torch.profiler: top ops by self time,
                                                      # and the share of the time spent outside torch ops
 
@@ -60,7 +60,7 @@ def table(out_dir: Path) -> str:
         walls = {k: v.get("wall_s") for k, v in json.loads(state_path.read_text()).items() if isinstance(v, dict)}
     logs = sorted((out_dir / "logs").glob("*.log"), key=lambda p: list(walls).index(p.stem) if p.stem in walls else 99)
     if not logs:
-        sys.exit(f"bench/profile.py: no stage logs in {out_dir / 'logs'} (run python -m nanorlhf first)")
+        sys.exit(f"bench/phases.py: no stage logs in {out_dir / 'logs'} (run python -m nanorlhf first)")
     rows, names = [], []
     for log in logs:
         ph = phases_of(log)
