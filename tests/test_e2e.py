@@ -5,7 +5,10 @@ import shutil
 
 import torch
 
+from nanorlhf.__main__ import PipelineConfig, resolve_dirs, stages
 from tests.helpers import BF16_ENV, run  # the `pipeline` fixture: conftest.py
+
+N_STAGES = len(stages(resolve_dirs(PipelineConfig(preset="micro"))))  # 13: two rounds, DPO, the controls
 
 
 def test_prepare_pretrain_sft_write_their_files(pipeline):
@@ -20,7 +23,7 @@ def test_prepare_pretrain_sft_write_their_files(pipeline):
         assert ck["metrics"]["val_loss"] > 0 and "gold" in ck["metrics"]
     base = torch.load(d / "out/base/ckpt.pt", weights_only=True)
     assert base["config"]["stage"] == "pretrain"
-    assert "[4/14] rm_r1" not in first and "[5/14] ppo_r1" not in first  # stopped after sft
+    assert f"[4/{N_STAGES}] rm_r1" not in first and f"[5/{N_STAGES}] ppo_r1" not in first  # stopped after sft
 
 
 def test_resume_skips_finished_stages(pipeline):
@@ -30,7 +33,7 @@ def test_resume_skips_finished_stages(pipeline):
     for stage in ("rm_r1", "ppo_r1", "rm", "ppo", "ppo_gold", "eval", "report"):
         assert f"{stage}: done in" in second
     third = run(["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={d}/out"], env=BF16_ENV).stdout
-    assert third.count("current, skipped") == 14
+    assert third.count("current, skipped") == N_STAGES
 
 
 def test_report_has_every_model_row_and_figure(pipeline):
@@ -95,7 +98,7 @@ def test_a_stage_rerun_by_hand_writes_the_same_bits_and_leaves_later_stages_curr
     run(state["sft"]["command"])  # ["train_sft.py", "--stage=sft", "--preset=micro", ..., "--dtype=bf16", ...]
     assert (out / "sft/ckpt.pt").read_bytes() == before[out / "sft/ckpt.pt"]
     again = run(["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={out}"], env=BF16_ENV).stdout
-    assert again.count("current, skipped") == 14, again
+    assert again.count("current, skipped") == N_STAGES, again
     assert {p: p.read_bytes() for p in sorted(out.rglob("ckpt.pt"))} == before
 
 
