@@ -108,6 +108,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert rc == 2 and "not a directory" in err
     rc, _, err = run("selftest", "--bugs", "nosuch")
     assert rc == 2 and "nosuch" in err
+    # --json that cannot be written: refused before any work, not a traceback after all of it
+    (tmp_path / "a_file").write_text("keep me")
+    for bad in (tmp_path / "a_file" / "grade.json", tmp_path):
+        rc, out, err = run("selftest", "--bugs", "pairs_reversed", "--json", str(bad))
+        assert rc == 2 and err.count("\n") == 1 and "--json" in err and not out, err
+    assert (tmp_path / "a_file").read_text() == "keep me"
 
 
 @pytest.mark.parametrize("text,said", [

@@ -33,6 +33,7 @@ from pathlib import Path
 from nanorlhf.assignments import source
 from nanorlhf.assignments.bugs import ALT_BY_NAME, ALTERNATIVES, BUG_BY_NAME, BUGS, apply
 from nanorlhf.assignments.exercises import BY_NAME, EXERCISES, PIPELINE_POINTS, Exercise
+from nanorlhf.files import WriteError, atomic_write, make_folder
 
 ROOT = source.ROOT
 NOT_HANDED_OUT = ("nanorlhf/assignments", "tests/test_assignments.py")  # the grader, its catalogue, its tests
@@ -502,9 +503,7 @@ def cmd_grade(args) -> int:
         print("grade DIR --explain EXERCISE prints one exercise's failures in full (also in grade.json)")
     if args.json or not args.explain:
         out = Path(args.json) if args.json else student / "grade.json"
-        tmp_json = out.with_name(out.name + ".tmp")
-        tmp_json.write_text(json.dumps(report, indent=1) + "\n")
-        os.replace(tmp_json, out)
+        atomic_write(out, json.dumps(report, indent=1) + "\n")
         print(f"grade: wrote {out}")
     return 0 if report["total"] == report["max"] else 1
 
@@ -576,7 +575,7 @@ def cmd_selftest(args) -> int:
           + f"); {sum(r['ok'] for r in right)} of {len(right)} right answers written another way accepted"
           + f"; {time.time() - t0:.0f}s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write(args.json, json.dumps(rows, indent=1) + "\n")
     return 1 if failed else 0
 
 
@@ -629,10 +628,23 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def check_json_path(path) -> None:
+    """--json names a file that can be written: not a folder, not under a file (one line, exit 2)."""
+    if not path:
+        return
+    if Path(path).is_dir():
+        raise UsageError(f"--json={path}: a folder, expected a file's path")
+    try:
+        make_folder(Path(path).parent)
+    except WriteError as e:
+        raise UsageError(f"--json={path}: {e}") from None
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     commands = {"list": cmd_list, "make": cmd_make, "grade": cmd_grade, "selftest": cmd_selftest, "_diff": cmd_diff}
     try:
+        check_json_path(getattr(args, "json", None))  # before the work, not after it
         return commands[args.command](args)
     except (UsageError, source.SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
