@@ -186,8 +186,8 @@ def response_logprobs(model: GPT, tokens, attention_mask, prompt_len: int, tempe
 
 
 def sample_batch(device) -> int:
-    """Prompts decoded together by default: 256 on a CPU, where a decoding step of the tiny model still
-    pays ~40 small ops' Python and dispatch per step whatever the rows (512 tiny-preset prompts: 1.46 s at
+    """Prompts decoded together by default: 256 on a CPU, where a decoding step of the tiny model pays a
+    fixed Python and dispatch cost whatever its number of rows (512 tiny-preset prompts: 1.46 s at
     256 against 1.81 s at 64 in bf16, 1.70 against 1.96 s in fp32, the same texts; bench/NOTES.md); 512 on
     a GPU, where one step is bound by its ~100 kernel launches and more rows come nearly free."""
     return 512 if torch.device(device).type == "cuda" else 256

@@ -1,6 +1,6 @@
 """Small pieces every training stage shares: optimizer, learning-rate schedule, autocast, seeding,
-the non-finite and nothing-to-learn checks, the one-line progress log and the clock of a stage's phases. The precision policy (autocast, --dtype) is
-nanorlhf/precision.py; `autocast` and `resolve_dtype` are re-exported here for the stages."""
+the non-finite and nothing-to-learn checks, the one-line progress log and the clock of a stage's phases.
+The precision policy (autocast, --dtype) is nanorlhf/precision.py; `autocast` and `resolve_dtype` are re-exported here for the stages."""
 
 from __future__ import annotations
 

@@ -32,3 +32,35 @@ def test_bench_quick_prints_every_table():
     assert floor, f"no matmul-floor line in:\n{r.stdout[-3000:]}"
     gflop, floor_s, pct, update_s = (float(x) for x in floor.groups())
     assert gflop > 0 and 0 < floor_s < update_s and pct < 100
+
+
+def test_phases_count_a_nested_phase_in_the_inner_one_only(monkeypatch):
+    from nanorlhf import training
+
+    clock = iter([0.0, 1.0, 3.0, 7.0, 100.0])  # outer opens, inner opens, inner closes, outer closes, summary
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(training, "_PHASE_TOTALS", {})
+    monkeypatch.setattr(training, "_PROCESS_START", 0.0)
+    with training.phase("outer"):
+        with training.phase("inner"):
+            pass
+    assert training._PHASE_TOTALS == {"outer": 1.0 + 4.0, "inner": 2.0}
+    line = training.phase_summary("stage")
+    assert line == "stage: time by phase: outer 5.0s (5%) | inner 2.0s (2%) | other 93.0s (93%) | total 100.0s"
+
+
+def test_every_stage_of_the_pipeline_prints_its_phases_and_the_table_has_them(pipeline):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import phases
+
+    d, _, _ = pipeline
+    rows = {log.stem: phases.phases_of(log) for log in (d / "out" / "logs").glob("*.log")}
+    for stage, ph in rows.items():
+        if stage in ("prepare", "report"):
+            continue
+        assert "other" in ph and sum(ph.values()) > 0, (stage, ph)
+    for stage in ("pretrain", "rm_r1", "ppo", "eval"):
+        assert rows[stage].get("sampling", 0) > 0, (stage, rows[stage])  # generate() is timed wherever it runs
+    assert rows["ppo"]["update"] > 0 and rows["rm"]["labeler"] > 0 and rows["dpo"]["training"] > 0
+    table = phases.table(d / "out")
+    assert table.splitlines()[0].startswith("| stage | wall (s) | ") and "| ppo_gold | " in table
