@@ -5,16 +5,9 @@ serves the whole batch; position ids come from the attention mask, so padding ne
 Sampling is ancestral from softmax(logits / temperature), optionally truncated to the top k (PPO
 rollouts keep top_k = 0: truncated sampling can drive the mean k1 KL estimate negative, which the policy
 exploits; TRL's docs, "how to train"). A row that has emitted EOS gets PAD from then on; generation stops
-when every row has finished.
-
-Speed (CPU, one PPO rollout of 64 x 48 tokens; tests/test_fast_paths.py pins each against the plain way):
-  - the prefill sends only the last prompt position through the last block's queries and MLP and through
-    the output layer (it is the only one that predicts a token; the KV cache still gets every position's
-    keys and values); use_cache=False, the plain path, computes the logits of every position, keeps the last;
-  - a token is drawn by inverse-CDF sampling (one uniform per row, a cumulative sum and a binary search)
-    rather than torch.multinomial, whose exponential race draws V random numbers per row. Same distribution,
-    a different draw: a fixed generator seed still gives the same tokens on every run, but not the tokens
-    torch.multinomial would have given.
+when every row has finished. The prefill runs the output layer at the last prompt position only.
+One switch, FAST_SAMPLING: a token is drawn by fast.sample_inverse_cdf (one uniform per row, which
+`row_seeds` need) or, off, by torch.multinomial: the same distribution, other draws.
 """
 
 from __future__ import annotations
@@ -24,11 +17,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from nanorlhf import distributed
+from nanorlhf import distributed, fast
 from nanorlhf.data import pad, to_device
 from nanorlhf.logprobs import linear_logprobs
 from nanorlhf.model import GPT
 from nanorlhf.training import phase
+
+FAST_SAMPLING = True  # fast.sample_inverse_cdf; False: torch.multinomial (V random numbers per row)
 
 
 @dataclass
@@ -53,6 +48,8 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     stream (row_uniforms), so that a row's response does not depend on the batch or process it is in.
     use_cache=False recomputes the whole prefix every step (for the benchmark and the equality test).
     """
+    if row_seeds is not None and not FAST_SAMPLING:
+        raise ValueError("row_seeds give each row one uniform per step: they need FAST_SAMPLING")
     device = model.wte.weight.device
     B = len(prompts)
     idx = to_device(pad(prompts, pad_id, left=True), device)  # (B, P)
@@ -72,7 +69,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     for t in range(max_new_tokens):
         u = (uniforms[:, t : t + 1] if uniforms is not None else
              torch.rand(B, 1, generator=generator, dtype=torch.float64, device=device))
-        nxt, logp = _sample(logits.float(), temperature, top_k, u)
+        nxt, logp = _sample(logits.float(), temperature, top_k, u, generator)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         out.append(nxt)
         logps.append(torch.where(done, torch.zeros_like(logp), logp))
@@ -112,9 +109,10 @@ def row_seed(seed: int, index: int) -> int:
     return (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) % 2**63
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_k: int, u: torch.Tensor):
+def _sample(logits: torch.Tensor, temperature: float, top_k: int, u: torch.Tensor, generator=None):
     """One token per row from softmax(logits / T) (top-k truncated if top_k > 0), and its log-prob;
-    u: (B, 1) uniforms in [0, 1), one per row."""
+    u: (B, 1) uniforms in [0, 1), one per row (FAST_SAMPLING; off, torch.multinomial draws from `generator`).
+    """
     if temperature == 0:
         nxt = logits.argmax(-1)
         return nxt, torch.zeros_like(nxt, dtype=torch.float)
@@ -124,25 +122,12 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int, u: torch.Tenso
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     logp_all = F.log_softmax(logits, dim=-1)  # (B, V)
-    nxt = sample_inverse_cdf(logp_all.exp(), u=u)
+    probs = logp_all.exp()
+    if FAST_SAMPLING:
+        nxt = fast.sample_inverse_cdf(probs, u=u)
+    else:
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     return nxt, logp_all.gather(1, nxt.unsqueeze(1)).squeeze(1)
-
-
-def sample_inverse_cdf(probs: torch.Tensor, generator=None, u: torch.Tensor | None = None) -> torch.Tensor:
-    """One index per row of `probs` (B, V), drawn with probability probs[b, i] / sum_j probs[b, j].
-
-    Inverse-CDF sampling: with cdf_i = p_0 + ... + p_i and u ~ Uniform[0, cdf_last), the index is the first
-    i with cdf_i > u, which happens with probability (cdf_i - cdf_(i-1)) / cdf_last = p_i / sum p. One
-    uniform per row, given (`u`, (B, 1) in [0, 1)) or from `generator` (torch.multinomial's exponential
-    race draws V of them). The sum runs in
-    float64 so that every interval is p_i to ~1e-16, even for tiny p_i. A zero-probability token has an empty
-    interval (cdf_i = cdf_(i-1)) and is never drawn; u < cdf_last (rand < 1), so the index stays < V.
-    """
-    cdf = probs.double().cumsum(-1)  # (B, V)
-    if u is None:
-        u = torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
-    u = u.to(cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
 def response_mask_from(response: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -195,7 +180,8 @@ def sample_batch(device) -> int:
 
 @torch.no_grad()
 def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-                     top_k: int = 0, batch_size: int = 0, seed: int = 0, prefix_ids=()) -> list[tuple[str, bool]]:
+                     top_k: int = 0, batch_size: int = 0, seed: int = 0,
+                     prefix_ids=()) -> list[tuple[str, bool]]:
     """Decoded (response, finished) for each prompt string, via the chat template, in batches.
 
     Prompt i is sampled from its own random stream, row_seed(seed, i): its response is the same whatever
@@ -204,11 +190,11 @@ def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: 
     `prefix_ids` (e.g. few-shot examples in the chat format) are prepended to every prompt's ids that they
     fit beside: cutting the prefix mid-example would show the model a broken example, so a prompt too long
     for both gets none (and a prompt too long alone keeps its end). batch_size 0: sample_batch(the device).
-    Precision is the caller's: the stages call it inside precision.autocast, so that samples that feed training
-    or evaluation come from the regime the model trains in.
+    Precision is the caller's: the stages call it inside precision.autocast, so that samples that feed
+    training or evaluation come from the regime the model trains in.
     """
     batch_size = batch_size or sample_batch(model.wte.weight.device)
-    index = distributed.shard(range(len(prompts)))  # under torchrun each rank samples its block, gathered at the end
+    index = distributed.shard(range(len(prompts)))  # under torchrun each rank samples its block (gathered)
     prompts = distributed.shard(prompts)
     was_training = model.training
     model.eval()

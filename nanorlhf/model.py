@@ -1,36 +1,15 @@
 """A GPT-2-architecture decoder, written from scratch, with three heads on one trunk.
 
-Architecture (Radford et al. 2019, "GPT-2"): learned token (`wte`) and position (`wpe`) embeddings,
-pre-LayerNorm blocks (ln_1 → causal self-attention → residual; ln_2 → GELU MLP → residual), a final
-LayerNorm (`ln_f`). Names follow GPT-2 so its weights map one to one (GPT-2's Conv1D stores weights
-transposed: see `load_gpt2_state_dict`). Init as GPT-2: N(0, 0.02), residual projections scaled by
-1/√(2·n_layer).
-
-Heads — variants of one model, so the same trunk weights move between stages:
-- `lm`:     logits over the vocabulary, the output layer tied to `wte` (the policy; InstructGPT step 1-2).
-- `scalar`: one number per sequence read at the last real token (the reward model, InstructGPT step 3).
-- `value`:  one number per token (the PPO critic). It has the same `score` layer as `scalar`, so a critic
-            initialised from the reward model starts out predicting the RM score (Stiennon et al. 2020).
-
-Padding: `attention_mask` (B, T), 1 = real token. Prompts are left-padded for generation; position ids
-are `cumsum(mask) − 1`, so padding never shifts the positions of real tokens. A `KVCache` makes
-incremental decoding O(T) per token instead of recomputing the prefix.
-
-Positions no loss reads: `hidden_states(..., first=k)` returns positions k… only, and the last block
-computes its queries, attention and MLP only there (every block still needs the keys and values of all
-positions, so only the last one can skip work). PPO scores the response with positions P−1… of a
-prompt + response sequence: this skips about a third of the last block's work (tests/test_fast_paths.py).
-On the CPU the MLP's GELU is `TanhGELU`: GPT-2's tanh GELU written through a sigmoid, which is faster there.
-
-Precision (nanorlhf/precision.py): weights are fp32; under bf16 autocast the matmuls run in bf16, the residual
-stream and LayerNorms stay fp32, the scalar/value head runs in fp32, and attention and the KV cache run in
-precision.attention_dtype (fp32 on the CPU, the compute dtype on a GPU).
-
-One departure, off by default: `pos_embedding="rope"` replaces `wpe` with rotary position embeddings (Su et
-al. 2021, RoFormer eq. 34: each pair of query/key channels rotated by an angle proportional to the position,
-so q·k depends on relative position only). Why it is here: the tiny preset's 4-layer GPT-2 with learned
-positions does not learn to copy a name from its context in 600 steps and the rotary one does (README,
-"Why 60% is out of reach"). GPT-2's weights cannot be loaded into it.
+GPT-2 (Radford et al. 2019): token (`wte`) and position (`wpe`) embeddings, pre-LayerNorm blocks (attention,
+then a GELU MLP, each added to the residual stream), a final `ln_f`; GPT-2's names and init, so its weights
+load one to one (`load_gpt2_state_dict`). The output layer is tied to `wte`. Heads:
+- `lm`:     logits over the vocabulary (the policy);
+- `scalar`: one number per sequence, read at the last real token (the reward model);
+- `value`:  one number per token (the PPO critic); its `score` layer is `scalar`'s, so it may start as the RM.
+Padding: `attention_mask` (B, T), 1 = real token; prompts are left-padded, position ids are cumsum(mask) − 1.
+One departure: pos_embedding="rope" (rotary positions, RoFormer eq. 34) replaces `wpe`. GPTConfig's default
+is GPT-2's learned table; every train_sft.py preset picks rope (bench/NOTES.md says why). Precision: see
+precision.py. The one fast path, FAST_GELU, is in fast.py.
 """
 
 from __future__ import annotations
@@ -42,9 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanorlhf import fast
 from nanorlhf.precision import attention_dtype, autocast_off
 
 HEADS = ("lm", "scalar", "value")
+FAST_GELU = True  # the MLP's GELU through fast.gelu: the same function, faster in fp32 on a CPU
 
 
 @dataclass
@@ -108,7 +89,8 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, attn_mask=None, cache: KVCache | None = None, layer: int = 0, first: int = 0, rope=None):
+    def forward(self, x, attn_mask=None, cache: KVCache | None = None, layer: int = 0, first: int = 0,
+                rope=None):
         """Outputs (B, T - first, C) for the queries at positions first… (keys and values: all T).
         rope: (cos, sin) of every position, or None (learned positions were added to the input)."""
         B, T, C = x.shape
@@ -129,50 +111,14 @@ class CausalSelfAttention(nn.Module):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         with autocast_off(x.device.type):  # in `dtype`, whatever autocast would pick
             if attn_mask is None:
-                assert first == 0, "queries from `first` on need an explicit mask (is_causal aligns them top-left)"
+                assert first == 0, ("queries from `first` on need an explicit mask "
+                                    "(is_causal aligns them top-left)")
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
             else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[:, :, first:], dropout_p=dropout)
+                mask = attn_mask[:, :, first:]
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T - first, C)
         return self.resid_dropout(self.c_proj(y))
-
-
-class TanhGELU(torch.autograd.Function):
-    """GPT-2's GELU, 0.5·x·(1 + tanh(u)) with u = √(2/π)·(x + 0.044715·x³), written as x·σ(2u): the same
-    function, since 1 + tanh(u) = 2σ(2u), with its derivative written out for the backward:
-
-        d/dx [x·σ(2u)] = σ(2u) · (1 + x·2u'·(1 − σ(2u))),     2u' = 2√(2/π)·(1 + 3·0.044715·x²)
-
-    Why: on the CPU torch's tanh is ~2× slower than its sigmoid, and F.gelu(approximate="tanh") forward +
-    backward took 14% of a PPO update's trunk (2 threads); this version cuts the trunk by ~5%. Values equal
-    F.gelu's to fp32 rounding (tests/test_fast_paths.py). `gelu` below uses it for fp32 CPU tensors only.
-    """
-
-    C = 2 * math.sqrt(2 / math.pi)  # 2u = C·(x + 0.044715·x³)
-    A = 0.044715
-
-    @staticmethod
-    def forward(ctx, x):
-        C, A = TanhGELU.C, TanhGELU.A
-        s = (x * x).mul_(C * A).add_(C).mul_(x).sigmoid_()  # σ(2u) = σ(C·x·(1 + A·x²)), one buffer
-        ctx.save_for_backward(x, s)
-        return x * s
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x, s = ctx.saved_tensors
-        C, A = TanhGELU.C, TanhGELU.A
-        t = (x * x).mul_(3 * C * A).add_(C).mul_(x)  # x·2u'
-        return t.mul_(1 - s).add_(1).mul_(s).mul_(grad)
-
-
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's tanh GELU: TanhGELU on fp32 CPU tensors, F.gelu elsewhere (fast on a GPU, and bf16 needs its
-    fp32 internals)."""
-    if x.device.type == "cpu" and x.dtype == torch.float32:
-        return TanhGELU.apply(x)
-    return F.gelu(x, approximate="tanh")
 
 
 class MLP(nn.Module):
@@ -183,7 +129,9 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        h = fast.gelu(h) if FAST_GELU else F.gelu(h, approximate="tanh")  # GPT-2's tanh GELU
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -270,7 +218,8 @@ class GPT(nn.Module):
         return F.linear(h, self.wte.weight)[..., : self.config.vocab_size]
 
     # ------------------------------------------------------------------------------------------------
-    def hidden_states(self, idx, attention_mask=None, cache: KVCache | None = None, first: int = 0) -> torch.Tensor:
+    def hidden_states(self, idx, attention_mask=None, cache: KVCache | None = None,
+                      first: int = 0) -> torch.Tensor:
         """Final-LayerNorm hidden states (B, T - first, n_embd) of tokens `idx` (B, T) at positions first…"""
         B, T = idx.shape
         past = cache.length if cache is not None else 0
@@ -306,6 +255,8 @@ class GPT(nn.Module):
         else:
             x, rope = self.drop(self.wte(idx)), self.rope_angles(pos)
         for i, block in enumerate(self.h):
+            # `first`: the positions before it feed no loss; only the last block may skip them (every block
+            # needs the keys and values of all positions)
             x = block(x, attn_mask, cache, i, first if i == len(self.h) - 1 else 0, rope)
         if cache is not None:
             cache.length = past + T
@@ -315,24 +266,25 @@ class GPT(nn.Module):
         """(cos, sin) of position × frequency, (B or 1, 1, T, head_dim/2), for positions `pos` (B or 1, T)."""
         hd = self.config.n_embd // self.config.n_head
         freq = self.config.rope_base ** (-torch.arange(0, hd, 2, device=pos.device, dtype=torch.float32) / hd)
-        angles = (pos.float().unsqueeze(-1) * freq).unsqueeze(1)  # (B, 1, T, hd/2), fp32 whatever the model's dtype
+        angles = (pos.float().unsqueeze(-1) * freq).unsqueeze(1)  # (B, 1, T, hd/2), fp32 whatever the dtype
         dtype = self.wte.weight.dtype
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
     def forward(self, idx, attention_mask=None, cache: KVCache | None = None, first: int = 0):
         """lm: logits (B, T, V); scalar: (B,) at the last real token; value: (B, T).
 
-        first > 0 (lm and value heads): positions first… only, (B, T - first, V) or (B, T - first); see
-        hidden_states. PPO's critic needs the values at positions P−1… only.
+        first > 0 (lm and value heads): positions first… only, (B, T - first, V) or (B, T - first).
         """
         head = self.config.head
         if first and head == "scalar":
-            raise ValueError("the scalar head reads the last real token: `first` is for the lm and value heads")
+            raise ValueError("the scalar head reads the last real token: "
+                             "`first` is for the lm and value heads")
         h = self.hidden_states(idx, attention_mask, cache, first)
         if head == "lm":
             return self.lm_logits(h)  # the compute dtype; log-softmaxes over it are fp32
         # the scalar/value head in fp32 under any autocast: in bf16 a reward of magnitude 2-4 would be
-        # rounded to steps of 1/64, and reward differences (ranking loss, accuracy, GAE) with it (precision.py)
+        # rounded to steps of 1/64, and reward differences (ranking loss, accuracy, GAE) with it
+        # (precision.py)
         with autocast_off(h.device.type):
             values = self.score(h.float()).squeeze(-1)  # (B, T)
         if head == "value":
@@ -342,8 +294,9 @@ class GPT(nn.Module):
         return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        """A cache in the dtype attention runs in now (precision.attention_dtype: bf16 under bf16 autocast on a
-        GPU, else the weights'): keys and values are stored once in it, not recast at every layer and step."""
+        """A cache in the dtype attention runs in now (precision.attention_dtype: bf16 under bf16 autocast on
+        a GPU, else the weights'): keys and values are stored once in it, not recast at every layer and
+        step."""
         p = self.wte.weight
         dtype = attention_dtype(p.device.type, p.dtype)
         return KVCache(self.config, batch, min(max_len, self.config.block_size), p.device, dtype)
@@ -365,7 +318,7 @@ class GPT(nn.Module):
                 raise KeyError(f"GPT-2 weight {k} has no counterpart in this model")
             if any(name.endswith(s) for s in ("c_attn.weight", "c_proj.weight", "c_fc.weight")):
                 v = v.t()
-            if name == "wte.weight" and v.shape[0] == self.config.vocab_size:  # GPT-2's 50,257 rows, then padding
+            if name == "wte.weight" and v.shape[0] == self.config.vocab_size:  # GPT-2's 50,257 rows, padded
                 v = torch.cat([v, v.new_zeros(own[name].shape[0] - v.shape[0], v.shape[1])])
             if own[name].shape != v.shape:
                 raise ValueError(f"{k}: shape {tuple(v.shape)} != model's {tuple(own[name].shape)}")

@@ -2,24 +2,27 @@
 rounding, same tokens for the same generator, or (for the sampler, which draws differently by design)
 the same distribution.
 
-    fast path                                      plain path
+    fast path (the switch)                         plain path
     _FastLogprobs (linear_logprobs, fast=True)      _token_logprobs_torch (fast=False)
     entropy without a gradient (logged only)        entropy inside the autograd graph
     last block only at positions first…             every position, then slice
-    TanhGELU (x·σ(2u), hand-written backward)       F.gelu(approximate="tanh")
+    fast.TanhGELU (model.FAST_GELU)                 F.gelu(approximate="tanh")
     prefill: output layer at the last position      full forward, logits of every position, keep the last
     KV cache                                        recompute the prefix every step (use_cache=False)
-    inverse-CDF sampling                            the exact softmax probabilities (chi-square test)
+    fast.sample_inverse_cdf (generate.FAST_SAMPLING)  torch.multinomial; both against the exact softmax
+                                                      probabilities (chi-square test)
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from nanorlhf import fast
+from nanorlhf import generate as generate_module
 from nanorlhf import model as model_module
-from nanorlhf.generate import _sample, generate, response_logprobs, sample_inverse_cdf
+from nanorlhf.fast import TanhGELU, sample_inverse_cdf
+from nanorlhf.generate import _sample, generate, response_logprobs
 from nanorlhf.logprobs import linear_logprobs, token_logprobs
-from nanorlhf.model import TanhGELU
 from tests.helpers import tiny_gpt
 
 EOS, PAD = 48, 49
@@ -160,16 +163,17 @@ def test_tanh_gelu_equals_torch():
     x64 = x.double().requires_grad_()
     F.gelu(x64, approximate="tanh").backward(grad.double())
     torch.testing.assert_close(ours.grad.double(), x64.grad, atol=2e-5, rtol=1e-5)
-    # model.gelu takes this path for fp32 CPU tensors, F.gelu's for anything else
-    assert type(model_module.gelu(x.requires_grad_()).grad_fn).__name__ == "TanhGELUBackward"
-    assert type(model_module.gelu(x.double()).grad_fn).__name__ == "GeluBackward0"
+    # fast.gelu takes this path for fp32 CPU tensors, F.gelu's for anything else
+    assert type(fast.gelu(x.requires_grad_()).grad_fn).__name__ == "TanhGELUBackward"
+    assert type(fast.gelu(x.double()).grad_fn).__name__ == "GeluBackward0"
 
 
 def test_model_with_tanh_gelu_equals_plain_gelu(monkeypatch):
     m = tiny_gpt("lm").train()
     x = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(1))
     fast, g_fast = _param_grads(m, lambda: m(x))
-    monkeypatch.setattr(model_module, "gelu", lambda t: F.gelu(t, approximate="tanh"))
+    assert model_module.FAST_GELU  # on by default
+    monkeypatch.setattr(model_module, "FAST_GELU", False)
     plain, g_plain = _param_grads(m, lambda: m(x))
     torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-5)
     for name, grad in g_plain.items():
@@ -237,8 +241,12 @@ def test_inverse_cdf_sampler_frequencies():
     assert _chi_square(torch.bincount(shifted, minlength=len(weights)).double(), probs.double(), n) > 1000
 
 
-def test_sample_follows_softmax_at_temperature_with_top_k():
-    """_sample as generate calls it: softmax(logits / T), truncated to the top k, and the log-prob it returns."""
+@pytest.mark.parametrize("fast_sampling", [True, False])
+def test_sample_follows_softmax_at_temperature_with_top_k(fast_sampling, monkeypatch):
+    """_sample as generate calls it: softmax(logits / T), truncated to the top k, and the log-prob it returns;
+    with the switch on (inverse CDF, the default) and off (torch.multinomial)."""
+    assert generate_module.FAST_SAMPLING  # on by default
+    monkeypatch.setattr(generate_module, "FAST_SAMPLING", fast_sampling)
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0, 1.5, -0.5])
     for temperature, top_k, dof in ((1.0, 0, 7), (0.7, 0, 7), (1.3, 6, 5)):
         z = logits / temperature
@@ -247,8 +255,19 @@ def test_sample_follows_softmax_at_temperature_with_top_k():
         probs = torch.softmax(z.double(), -1)
         n = 200_000
         u = torch.rand(n, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        nxt, logp = _sample(logits.expand(n, -1), temperature, top_k, u)
+        nxt, logp = _sample(logits.expand(n, -1), temperature, top_k, u, torch.Generator().manual_seed(1))
         counts = torch.bincount(nxt, minlength=len(logits)).double()
         assert (counts[probs == 0] == 0).all()
         assert _chi_square(counts, probs, n) < CHI2_999[dof]
         torch.testing.assert_close(logp.double(), probs.log()[nxt], atol=1e-5, rtol=1e-5)
+
+
+def test_plain_sampling_draws_with_the_generator_and_refuses_row_seeds(monkeypatch):
+    """generate.FAST_SAMPLING off: torch.multinomial from `generator` (reproducible for a seed); row_seeds,
+    one uniform per row and step, need the inverse-CDF sampler."""
+    monkeypatch.setattr(generate_module, "FAST_SAMPLING", False)
+    m = tiny_gpt("lm")
+    a, b = (generate(m, _prompts(), 8, EOS, PAD, generator=torch.Generator().manual_seed(5)) for _ in range(2))
+    assert torch.equal(a.response, b.response)
+    with pytest.raises(ValueError, match="FAST_SAMPLING"):
+        generate(m, _prompts(), 8, EOS, PAD, row_seeds=[1, 2, 3, 4])
