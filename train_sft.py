@@ -234,7 +234,7 @@ def print_samples(model, tok, prompts: list[dict], cfg: Config) -> None:
         print(f"  [{p['category']}] {p['prompt'][:80]!r}\n    -> {r[:160]!r}{'' if finished else ' (no EOS)'}")
 
 
-def gold_evaluation(model, tok, labeler, cfg: Config, device: str) -> dict:
+def gold_judge_val_samples(model, tok, labeler, cfg: Config, device: str) -> dict:
     """The gold labeler's judgement of one sample per held-out prompt: the base model should not follow
     instructions (a low rating), the SFT model should (clearly higher)."""
     ev = gold_eval(model, tok, labeler, read_prompts(cfg.data_dir, "val")[: cfg.gold_eval_prompts],
@@ -269,7 +269,7 @@ def main(argv=None):
     print_samples(model, tok, read_prompts(cfg.data_dir, "val")[:3], cfg)
     if cfg.gold_eval_prompts:
         with phase("gold evaluation"):
-            metrics["gold"] = gold_evaluation(model, tok, world.labeler, cfg, device)
+            metrics["gold"] = gold_judge_val_samples(model, tok, world.labeler, cfg, device)
     with phase("saving"):
         save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), cfg.max_steps, metrics)
     print(f"{cfg.stage}: done in {train_time:.0f}s, saved {ckpt_path}")
