@@ -41,7 +41,7 @@ from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_con
 from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_json, read_jsonl, read_prompts,
                            split_groups,
                            subgroup, to_device, write_jsonl)
-from nanorlhf.eval import score_texts
+from nanorlhf.evaluation import score_texts
 from nanorlhf.evaluation import ranking_eval, rm_accuracy
 from nanorlhf.files import atomic_write, fingerprint, lock_folder, with_locks
 from nanorlhf.generate import sample_responses

@@ -26,7 +26,7 @@ from nanorlhf.checkpoint import (checkpoint_tokenizer, load_model, save_checkpoi
 from nanorlhf.config import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_config,
                              check_context, one_of, parse_config, run_main)
 from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_jsonl, read_prompts, sft_batch, to_device
-from nanorlhf.eval import format_eval, gold_eval
+from nanorlhf.evaluation import format_eval, gold_eval
 from nanorlhf.files import lock_folder, with_locks
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import sft_loss

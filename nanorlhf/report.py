@@ -9,7 +9,7 @@ from pathlib import Path
 from nanorlhf.checkpoint import maker
 from nanorlhf.config import check_config, parse_config, run_main
 from nanorlhf.data import DataError, check_keys, read_json, read_state
-from nanorlhf.eval import BREAKDOWN, KINDS, learned
+from nanorlhf.evaluation import BREAKDOWN, KINDS, learned
 from nanorlhf.files import atomic_write, lock_folder, with_locks
 from nanorlhf.plots import line_plots, save
 from nanorlhf.runs import policy_rows, ppo_label

@@ -3,7 +3,7 @@ win-rate interval. Texts and answers are written here, not produced by the code 
 
 import pytest
 
-from nanorlhf.eval import breakdown, headroom_probe, learned, wilson_interval, win_rate
+from nanorlhf.evaluation import breakdown, headroom_probe, learned, wilson_interval, win_rate
 from nanorlhf.world import World
 
 LABELER = World(seed=0).labeler
