@@ -44,7 +44,7 @@ from nanorlhf.data import DataError, read_state
 from nanorlhf.files import LOCK_ENV, atomic_write, fingerprint, lock_folder, lock_token, make_folder, with_locks
 from nanorlhf.config import default_device
 from nanorlhf.precision import resolve_dtype
-from nanorlhf.runs import ROUNDS, round_runs
+from nanorlhf.runs import BETA0_LR_SCALE, OTHER_RUNS, PTX_COEF, ROUNDS, round_runs, run_flags
 
 ROOT = Path(__file__).resolve().parent.parent  # the stage scripts live at the repository root
 PRESET_NAMES = ("micro", "tiny", "small")  # every stage script has these presets
@@ -61,16 +61,16 @@ class PipelineConfig:
     force: bool = False  # rerun stages even if their outputs are current
     rounds: int = 0  # rounds of comparisons -> RM -> PPO (iterated RLHF); 0: the preset's (micro 2, tiny 2, small 2)
     round_init: str = "sft"  # sft | previous: each round's PPO starts from SFT, or from the previous round's policy
-    ptx_coef: float = 1.0  # γ for the PPO-ptx run
-    beta0_lr_scale: float = 4.0  # learning-rate multiple of the β = 0 run (see stages())
-    skip: str = ""  # optional stages left out, comma-separated: dpo, ppo_ptx, ppo_beta0, ppo_gold (all: InstructGPT's steps)
+    ptx_coef: float = PTX_COEF  # γ for the PPO-ptx run
+    beta0_lr_scale: float = BETA0_LR_SCALE  # learning-rate multiple of the β = 0 run (why: runs.py)
+    skip: str = ""  # optional stages left out, comma-separated: ppo_ptx, ppo_beta0, ppo_gold, dpo (runs.py)
     stop_after: str = ""  # run up to and including this stage (e.g. sft)
     nproc: int = 1  # processes per training/eval stage, via torchrun: one per GPU (NCCL), or gloo on the CPU
 
 
 # The stages' own default seeds; --seed=S adds S to each, so seed 0 reproduces the stages run by hand.
 TRAIN_SEED, EVAL_SEED = 1337, 1234
-OPTIONAL = ("dpo", "ppo_ptx", "ppo_beta0", "ppo_gold")  # the stages --skip may leave out
+OPTIONAL = tuple(run.folder for run in OTHER_RUNS)  # the stages --skip may leave out
 
 
 def resolve_dirs(cfg: PipelineConfig) -> PipelineConfig:
@@ -100,7 +100,7 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
     # several processes: torchrun starts them (nanorlhf/distributed.py); --standalone picks a free port
     run = [py] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}"] if cfg.nproc > 1 else [])
     data = [D / f for f in ("corpus.txt", "sft.jsonl", "prompts.jsonl", "tokenizer.tiktoken", "meta.json")]
-    ppo_reads = ("prepare", "sft", "rm")  # what every PPO run reads (the gold run too: its critic starts as the RM)
+    ppo_reads = ("prepare", "sft", "rm")  # what every later run reads (the gold run too: its critic starts as the RM)
     run_files = lambda name: [O / name / "ckpt.pt", O / name / "history.json"]  # noqa: E731
     plan = [
         Stage("prepare", [py, str(ROOT / "data/prepare.py"), f"--preset={p}", f"--out_dir={d}", f"--seed={s}"], data),
@@ -126,21 +126,11 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
                        ("prepare", "sft", rm, *(prev[1:] if start else ())))]
         prev = (rm, ppo_run)
     skip = set(filter(None, cfg.skip.split(",")))
-    ppo_runs = tuple(n for n in ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold", "dpo") if n not in skip)
+    ppo_runs = tuple(n for n in ("ppo", *OPTIONAL) if n not in skip)
     earlier = [n for r in range(1, rounds) for n in round_runs(r, rounds)]
-    extra = [Stage("ppo_ptx", [*run, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
-        # β = 0 with 4× the policy's learning rate: with the off-prompt answers in the RM's data there is no
-        # quick hack left, and at the preset's rate the policy stays too close to SFT within the iterations
-        # for the proxy reward and the gold rating to part; at 4× they do -- the over-optimisation lesson
-        # (the numbers: bench/NOTES.md, "Preset choices").
-        # evaluated every 5 iterations: the over-optimisation curve's rise and fall needs the points
-        Stage("ppo_beta0", [*run, ppo, *train, "--init_kl_coef=0", "--adaptive_kl=false",
-                            f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0", "--eval_interval=5"],
-              run_files("ppo_beta0"), ppo_reads),
-        # the gold labeler as the reward: the ceiling a better reward model could reach (see gold_reward)
-        Stage("ppo_gold", [*run, ppo, *train, "--reward=gold", "--run_name=ppo_gold"], run_files("ppo_gold"), ppo_reads),
-        # DPO on the comparisons the last reward model trained on, from SFT: a method beside PPO
-        Stage("dpo", [*run, str(ROOT / "train_dpo.py"), *train], [O / "dpo/ckpt.pt"], ("prepare", "sft", "rm"))]
+    # every other run (runs.py) from SFT against the last reward model
+    extra = [Stage(r.folder, [*run, str(ROOT / r.script), *train, *run_flags(r, cfg.ptx_coef, cfg.beta0_lr_scale)],
+                   [O / r.folder / f for f in r.files], ppo_reads) for r in OTHER_RUNS]
     skipped = [f"--skip={','.join(sorted(skip))}"] if skip else []
     return plan + [st for st in extra if st.name not in skip] + [
         Stage("eval", [*run, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}", f"--rounds={rounds}",

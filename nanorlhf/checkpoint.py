@@ -28,6 +28,7 @@ import torch
 from nanorlhf.config import ConfigError, StageError
 from nanorlhf.files import atomic_write, kept, partial_path, remove_file  # noqa: F401 (partial_path: for the stages)
 from nanorlhf.model import GPT, GPTConfig
+from nanorlhf.runs import OTHER_RUNS, run_flags
 from nanorlhf.tokenizer import Tokenizer, load_ranks, load_tokenizer, parse_ranks, ranks_text
 from nanorlhf.training import NonFiniteError
 
@@ -39,11 +40,7 @@ MAKERS = {
     "sft": "python train_sft.py --stage=sft",
     "rm": "python train_rm.py",
     "ppo": "python train_ppo.py",
-    "ppo_ptx": "python train_ppo.py --ptx_coef=1.0",
-    "ppo_beta0": "python train_ppo.py --init_kl_coef=0 --adaptive_kl=false --lr_scale=4.0 --run_name=ppo_beta0 "
-                 "--eval_interval=5",
-    "ppo_gold": "python train_ppo.py --reward=gold --run_name=ppo_gold",
-    "dpo": "python train_dpo.py",
+    **{run.folder: " ".join(["python", run.script, *run_flags(run)]) for run in OTHER_RUNS},
 }
 HEADS = {"rm": "scalar"}  # the head each stage's checkpoint has; every other stage writes a policy ("lm")
 OTHER_FOLDERS = {"logs": "the pipeline's stage logs"}  # folders under out_dir that hold no checkpoint
