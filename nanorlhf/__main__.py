@@ -29,6 +29,7 @@ the pipeline dies any other way), so no stage goes on writing behind a pipeline 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -277,8 +278,6 @@ def _end_with_parent():
     library call is looked up here, in the pipeline: after fork the child only makes the system call."""
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
-
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 

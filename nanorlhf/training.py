@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nanorlhf.config import StageError
-from nanorlhf.files import partial_path
+from nanorlhf.files import DataError, kept, partial_path
 from nanorlhf.precision import autocast, resolve_dtype  # noqa: F401 (the stages import them from here)
 
 
@@ -71,9 +71,6 @@ def check_learnable(count: int, what: str, ckpt_path) -> None:
     model no example has touched and report a loss of 0 or an accuracy of 0% as if they meant something.
     `what` names the file and says what is missing and what was expected."""
     if count < 1:
-        from nanorlhf.data import DataError
-        from nanorlhf.files import kept
-
         raise DataError(f"{what}: nothing to learn from; not training, {kept(ckpt_path)}")
 
 
@@ -83,12 +80,11 @@ def check_finite(name: str, value: torch.Tensor | float, where: int | str, ckpt_
     v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
     if not math.isfinite(v):
         where = f"step {where}" if isinstance(where, int) else where
-
-        kept = (f"Last good checkpoint kept: {ckpt_path}" if Path(ckpt_path).exists() else
+        left = (f"Last good checkpoint kept: {ckpt_path}" if Path(ckpt_path).exists() else
                 f"No checkpoint was written ({ckpt_path} does not exist)")
         if partial_path(ckpt_path).exists():
-            kept += f"; latest in-progress save: {partial_path(ckpt_path)}"
-        raise NonFiniteError(f"{name} became {v} at {where}; stopping. {kept}")
+            left += f"; latest in-progress save: {partial_path(ckpt_path)}"
+        raise NonFiniteError(f"{name} became {v} at {where}; stopping. {left}")
 
 
 class Progress:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import train_dpo
 import train_rm
 import train_sft
-from nanorlhf.checkpoint import checkpoint_tokenizer, load_model
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, maker
 from nanorlhf.config import run_main
 from nanorlhf.data import (pair_records, preference_pairs, preference_sequences, read_comparisons,
                            write_jsonl)
@@ -207,8 +207,6 @@ def test_nan_stops_dpo_and_keeps_the_last_good_checkpoint(made, tmp_path):
 
 
 def test_a_missing_dpo_checkpoint_names_train_dpo():
-    from nanorlhf.checkpoint import maker
-
     assert maker("dpo") == "python train_dpo.py"
     assert maker("dpo_beta03") == "python train_dpo.py --run_name=dpo_beta03"
     assert maker("ppo_lr2") == "python train_ppo.py --run_name=ppo_lr2"

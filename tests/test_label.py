@@ -2,10 +2,14 @@
 
 import io
 import json
+import random
 import subprocess
 import sys
 
+from nanorlhf.evaluation import labeler_agreement
 from nanorlhf.label import label_loop, parse_ranking
+from nanorlhf.prompts import parse_task
+from nanorlhf.world import World
 
 GROUPS = [{"prompt": f"Name animal {i}.", "responses": [f"cat {i}", f"dog {i}", f"rude {i}"]} for i in range(3)]
 
@@ -62,12 +66,6 @@ def test_cli_end_of_input_keeps_answers(tmp_path):
 def test_second_labeler_agreement_leaves_out_human_rankings():
     """train_rm's 'a second labeler agrees' ceiling is the simulated labeler against its own rankings: a
     person's ranking (read with --labels=both) must not count, whatever keys its file carries."""
-    import random
-
-    from nanorlhf.prompts import parse_task
-    from nanorlhf.world import World
-    from nanorlhf.evaluation import labeler_agreement
-
     world = World(0)
     prompt = world.prompts(1, "val")[0]["prompt"]
     task = parse_task(prompt)

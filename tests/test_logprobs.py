@@ -19,7 +19,9 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from nanorlhf.generate import response_logprobs  # noqa: E402
 from nanorlhf.logprobs import _pick_impl, linear_logprobs, token_logprobs  # noqa: E402
+from nanorlhf.model import GPT, GPTConfig  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 IMPLS = ["torch", "triton"]
@@ -243,9 +245,6 @@ def test_linear_logprobs_bf16_default_chunk():
 def test_response_logprobs_are_a_shifted_loop_and_zero_after_eos(fast):
     """logp_t = log softmax(logits[P-1+t] / T)[tokens[P+t]] at the response tokens up to EOS (float64 loop);
     exactly 0 at the PAD columns after EOS, whose targets are PAD ids that must not be scored."""
-    from nanorlhf.generate import response_logprobs
-    from nanorlhf.model import GPT, GPTConfig
-
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=12, block_size=16, n_layer=1, n_head=2, n_embd=16, head="lm"))
     EOS, PAD, P, T = 10, 11, 3, 0.8

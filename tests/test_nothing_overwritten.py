@@ -27,6 +27,7 @@ from nanorlhf import label, report
 from nanorlhf.checkpoint import CheckpointError, load_model, save_checkpoint, tokenizer_record
 from nanorlhf.config import ConfigError, StageError, run_main
 from nanorlhf.data import DataError, read_comparisons, read_jsonl
+from nanorlhf.files import lock_folder, with_locks
 from tests.helpers import tiny_gpt
 from tests.test_pipeline import plan
 from tests.test_robustness import ENV, QUICK, ROOT, copy_of, dirs, one_line, prepare_main
@@ -163,8 +164,6 @@ def test_a_folder_in_use_is_refused_naming_its_holder_and_a_dead_ones_lock_is_ta
         holder.kill()  # SIGKILL: no handler runs, its lock file stays
         holder.wait()
     capsys.readouterr()
-    from nanorlhf.files import lock_folder, with_locks  # what each stage does first
-
     with_locks(lambda: lock_folder(d / "out/sft"))()
     assert f"out/sft: taking over the lock of pid {holder.pid} (" in capsys.readouterr().err
     assert sorted(p.name for p in (d / "out/sft").iterdir()) == ["ckpt.pt"]  # released: no lock file left

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nanorlhf.__main__ import PipelineConfig, Stage, resolve_dirs, run_pipeline, stages
+from nanorlhf.checkpoint import MAKERS, maker
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -119,8 +120,6 @@ def test_current_means_same_inputs_and_same_files(tmp_path, capsys):
 def test_every_checkpoint_names_the_command_that_makes_it():
     """checkpoint.MAKERS (the hint of a missing or wrong checkpoint) has every checkpoint the pipeline
     writes, with the script and the flags the pipeline gives that stage beyond folders, preset and seed."""
-    from nanorlhf.checkpoint import MAKERS, maker
-
     written = {out.parent.name: st for st in stages(resolve_dirs(PipelineConfig(preset="micro", rounds=1)))
                for out in st.outputs if out.name == "ckpt.pt"}
     assert set(MAKERS) == set(written)

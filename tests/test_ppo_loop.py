@@ -7,7 +7,9 @@ import torch
 
 from nanorlhf import ppo
 from nanorlhf.generate import response_logprobs
+from nanorlhf.prompts import parse_task
 from nanorlhf.training import make_optimizer
+from nanorlhf.world import World
 from tests.helpers import tiny_gpt
 from train_ppo import Config, _minibatch, gold_reward, ppo_update, rollout
 
@@ -89,9 +91,6 @@ def test_kl_penalty_holds_policy_near_reference():
 
 def test_gold_reward_scores_each_response_against_its_own_prompt():
     """--reward=gold: row i of the rollout is judged against prompt i, in rating units centred on 4."""
-    from nanorlhf.prompts import parse_task
-    from nanorlhf.world import World
-
     world = World(0)
     prompts = [p["prompt"] for p in world.prompts(3, "val")]
     tasks = [parse_task(p) for p in prompts]

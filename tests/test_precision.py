@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nanorlhf import model as model_module
 from nanorlhf import precision
 from nanorlhf.config import ConfigError
 from nanorlhf.generate import generate, response_logprobs
@@ -291,8 +292,6 @@ def test_same_seed_same_bits_in_bf16():
 def test_cpu_attention_and_kv_cache_in_fp32_under_bf16(monkeypatch):
     """On the CPU attention runs in fp32 under bf16 autocast (its bf16 flash-attention backward is ~6x slower),
     and the KV cache holds keys and values in that same dtype, so decoding never recasts the cache."""
-    from nanorlhf import model as model_module
-
     seen = []
     sdpa = F.scaled_dot_product_attention
 

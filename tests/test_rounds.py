@@ -10,7 +10,8 @@ import torch
 import train_rm
 from nanorlhf import eval as evaluation_stage
 from nanorlhf import evaluation
-from nanorlhf.data import read_comparisons, read_prompts, write_jsonl
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_model
+from nanorlhf.data import load_world, read_comparisons, read_prompts, write_jsonl
 from tests.helpers import run  # noqa: F401
 
 
@@ -80,9 +81,6 @@ def test_the_reward_model_check_uses_val_prompts_that_no_round_trained_on(pipeli
                         real(labeler, prompts, *a))
     cfg = evaluation_stage.EvalConfig(preset="micro", data_dir=str(d / "data"), out_dir=str(d / "out"), rounds=2,
                                       shift_prompts=8, max_new_tokens=12, dtype="fp32")
-    from nanorlhf.checkpoint import checkpoint_tokenizer, load_model
-    from nanorlhf.data import load_world
-
     sft, ck = load_model(d / "out/sft/ckpt.pt", "sft")
     rows = evaluation_stage.reward_model_shift(cfg, sft, checkpoint_tokenizer(ck), load_world(d / "data").labeler, "cpu")
     assert [(r["rm"], r["ppo"]) for r in rows] == [("rm_r1", "ppo_r1"), ("rm", "ppo")]

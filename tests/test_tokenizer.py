@@ -1,4 +1,5 @@
 import base64
+import random
 
 import pytest
 
@@ -23,8 +24,6 @@ def test_bpe_learns_merges_deterministically():
 
 
 def test_round_trip_arbitrary_unicode_and_bytes(tok):
-    import random
-
     rng = random.Random(0)
     samples = TEXTS[:4] + ["", " ", "\x00\x01\xff", "<|endoftext|> is text here", "ZZZ unseen wordsqq"]
     for _ in range(50):
