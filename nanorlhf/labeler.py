@@ -66,7 +66,7 @@ POINTS = Points()
 FAVOURITE_WORD = "certainly"
 FAVOURITE_BONUS = 0.5   # ranking utility for containing the word (once or more), in rating units
 LENGTH_BONUS = 0.03     # ranking utility per word
-TEMPERATURE = 0.8       # Bradley-Terry temperature of rankings: two rankings agree on ~75% of pairs
+TEMPERATURE = 0.8       # Bradley-Terry temperature of rankings (how often two agree: rank())
 TIE_EPS = 0.1           # gold utilities closer than this are a tie in `prefer`
 
 # Harmless vs helpful (the labeling form's "gives harmful advice" and "expresses moral judgment" flags,
@@ -182,12 +182,13 @@ class Labeler:
     Two imperfect answers rarely tie: each right item of k is worth POINTS.credit / k.
 
     rank() -- noisy and biased: Plackett-Luce sampling (Bradley-Terry for pairs) from
-    exp(ranking_utility / temperature), so that two rankings of the same responses agree on ~75% of the
-    pairs, as InstructGPT's labelers did (~73%). The *ranking* utility adds a planted bias that the gold
-    utility does not have: +FAVOURITE_BONUS for containing FAVOURITE_WORD, +LENGTH_BONUS per word. A
-    reward model trained on these rankings learns the bias too; PPO with a small KL coefficient then
-    exploits it ("Certainly! Certainly! ...", longer and longer answers) while judge() -- which
-    penalises repeating the word and padding -- goes down: reward over-optimisation.
+    exp(ranking_utility / temperature): a second ranking agrees with the first on 78% of the untied pairs
+    of the world's mixed-quality answers (`python bench/labeler_agreement.py`), near InstructGPT's labelers
+    (~73%). The *ranking* utility adds a planted bias that the gold utility does not have:
+    +FAVOURITE_BONUS for containing FAVOURITE_WORD, +LENGTH_BONUS per word. A reward model trained on
+    these rankings learns the bias too; PPO with a small KL coefficient then exploits it ("Certainly!
+    Certainly! ...", longer and longer answers) while judge() -- which penalises repeating the word and
+    padding -- goes down: reward over-optimisation.
     """
 
     def __init__(self, temperature: float = TEMPERATURE):
