@@ -8,19 +8,12 @@
                                                # iterated RLHF: rank the PPO policy's samples, train on both rounds
 
 "A prompt and several model outputs are sampled. A labeler ranks the outputs from best to worst. This
-data is used to train our reward model." The reward model is the SFT GPT with its LM head swapped for a
-scalar head read at the last real token (the EOS). Loss: InstructGPT eq. (1) over all the pairs of one
-prompt's group, in one batch element (losses.ranking_loss). A group holds the K samples and `off_prompt`
-answers the policy wrote for other prompts (see collect_comparisons): with the default one, C(K+1, 2)
-pairs. One epoch by default: InstructGPT found more epochs overfit. Pairs the labeler finds equally
-good (ties) carry no preference and are skipped. At the end a bias is set so that SFT demonstrations
-score 0 on average (InstructGPT §3.5/App. C). Held-out pairwise accuracy (on the K samples' pairs that
-are not ties) is reported beside a second labeler's agreement on the same pairs.
-
-Iterated RLHF (Stiennon et al. 2020; Bai et al. 2022; Llama 2): a reward model is right only near the samples
-it was trained on, and PPO moves away from them. Round r > 1 ranks the round-(r-1) PPO policy's samples
-(--sample_from) for training prompts no earlier round used, adds them to every earlier round's groups
-(--pool), and trains a fresh reward model from SFT on all of them. Each group records its round.
+data is used to train our reward model." The SFT GPT with a scalar head read at the EOS; InstructGPT
+eq. (1) over all pairs of one prompt's group in one batch element (losses.ranking_loss), ties skipped; a
+final bias makes SFT demonstrations score 0 on average (§3.5/App. C). Each group adds `off_prompt`
+answers written for other prompts (collect_comparisons). Round r > 1 (iterated RLHF, Stiennon et al. 2020;
+Bai et al. 2022) ranks the round-(r-1) policy's samples on unused training prompts, pools every earlier
+round's groups (--pool) and trains a fresh reward model from SFT.
 """
 
 from __future__ import annotations
