@@ -95,7 +95,8 @@ def headroom_probe(labeler, prompts: list[str], many: list[tuple[str, bool]], re
     util = [labeler.judge(prompts[i // n_max], r, f).utility for i, (r, f) in enumerate(many)]
     rows, n = [], 1
     while n <= n_max:
-        picks = [many[max(range(j * n_max, j * n_max + n), key=util.__getitem__)] for j in range(len(prompts))]
+        picks = [many[max(range(j * n_max, j * n_max + n), key=util.__getitem__)]
+                 for j in range(len(prompts))]
         wr = win_rate(labeler, prompts, picks, ref)
         rows.append({**wr, "n": n})  # n: candidates per prompt (win_rate's own "n" counts prompts)
         n *= 2
@@ -118,7 +119,8 @@ def learned(breakdowns: dict, model: str, base: str = "SFT") -> list[str]:
 
 def format_eval(name: str, ev: dict) -> str:
     cats = " ".join(f"{c}={v['rating']:.1f}" for c, v in ev["per_category"].items())
-    return (f"{name}: gold rating {ev['rating']:.2f}/7 | correct {ev['correct']:.0%} | EOS {ev['eos_rate']:.0%} "
+    return (f"{name}: gold rating {ev['rating']:.2f}/7 | correct {ev['correct']:.0%} "
+            f"| EOS {ev['eos_rate']:.0%} "
             f"| per category: {cats}")
 
 
@@ -133,7 +135,8 @@ def wilson_interval(wins: float, n: int, z: float = 1.959964) -> tuple[float, fl
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def preferences(labeler, prompts: list[str], a: list[tuple[str, bool]], b: list[tuple[str, bool]]) -> list[float]:
+def preferences(labeler, prompts: list[str], a: list[tuple[str, bool]],
+                b: list[tuple[str, bool]]) -> list[float]:
     """For each prompt: 1 if the gold labeler prefers response a to b, 0.5 for a tie, 0 if it prefers b."""
     return [labeler.prefer(p, ra, rb, finished=(fa, fb)) for p, (ra, fa), (rb, fb) in zip(prompts, a, b)]
 
@@ -173,7 +176,8 @@ def by_kind(prompts: list[str], wins: list[float]) -> dict:
 
 # ---------------------------------------------------------------- scores, KL and loss of a model's samples
 @torch.no_grad()
-def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]], batch_size: int = 64) -> list[float]:
+def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]],
+                batch_size: int = 64) -> list[float]:
     """Reward-model scores of (prompt, response) texts, read at the EOS (no EOS for unfinished ones)."""
     device = rm.wte.weight.device
     scores = []
@@ -183,8 +187,10 @@ def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]], batch
 
 
 @torch.no_grad()
-def kl_to_reference(model, ref, tok, prompts: list[str], outs: list[tuple[str, bool]], batch_size: int = 64) -> float:
-    """Monte-Carlo KL(π || π_SFT) per response: mean over the model's own samples of Σ_t log π − log π_SFT."""
+def kl_to_reference(model, ref, tok, prompts: list[str], outs: list[tuple[str, bool]],
+                    batch_size: int = 64) -> float:
+    """Monte-Carlo KL(π || π_SFT) per response: the mean over the model's own samples of
+    Σ_t log π − log π_SFT."""
     device = model.wte.weight.device
     total = 0.0
     for i, tokens, mask in text_batches(tok, prompts, outs, model.config.block_size, batch_size):
@@ -252,14 +258,16 @@ def gold_order(labeler, g: dict) -> dict:
     return {**g, "ranking": sorted(range(len(util)), key=lambda i: -util[i]), "ties": tied_pairs(util)}
 
 
-def ranked_groups(labeler, prompts: list[str], outs: list[tuple[str, bool]], k: int, rng: random.Random) -> list[dict]:
+def ranked_groups(labeler, prompts: list[str], outs: list[tuple[str, bool]], k: int,
+                  rng: random.Random) -> list[dict]:
     """Groups of k sampled (response, finished) per prompt (outs: k per prompt, in order), ranked by the
     labeler with its noise, ties marked: what a labeling round would collect, for measuring only."""
     groups = []
     for j, p in enumerate(prompts):
         texts, fin = [r for r, _ in outs[j * k : (j + 1) * k]], [f for _, f in outs[j * k : (j + 1) * k]]
         groups.append({"prompt": p, "responses": texts, "finished": fin,
-                       "ranking": labeler.rank(p, texts, rng, finished=fin), "ties": labeler.ties(p, texts, fin)})
+                       "ranking": labeler.rank(p, texts, rng, finished=fin),
+                       "ties": labeler.ties(p, texts, fin)})
     return groups
 
 
@@ -267,6 +275,6 @@ def rm_accuracy(rm, labeler, groups: list[dict], tok, device, batch_size: int, d
     """The reward model's pairwise accuracy on `groups` against the labeler's ranking and against the gold
     order, and a second labeler's agreement with the first on the same pairs."""
     return {"acc": ranking_eval(rm, groups, tok, device, batch_size, dtype)[1],
-            "gold_order_acc": ranking_eval(rm, [gold_order(labeler, g) for g in groups], tok, device, batch_size,
-                                           dtype)[1],
+            "gold_order_acc": ranking_eval(rm, [gold_order(labeler, g) for g in groups], tok, device,
+                                           batch_size, dtype)[1],
             "labeler_agreement": labeler_agreement(labeler, groups, rng), "n_groups": len(groups)}

@@ -73,9 +73,11 @@ def label_loop(groups: list[dict], out_path, inp=None, out=None) -> int:
     out_path = Path(out_path)
     done = set()
     if out_path.exists():
-        done = {_key(g) for g in read_jsonl(out_path, {"prompt": str, "responses": list}, "python -m nanorlhf.label")}
+        rows = read_jsonl(out_path, {"prompt": str, "responses": list}, "python -m nanorlhf.label")
+        done = {_key(g) for g in rows}
     todo = [g for g in groups if _key(g) not in done]
-    out.write(f"{len(done)} groups already labeled in {out_path}; {len(todo)} to go. 'q' quits (answers are saved).\n")
+    out.write(f"{len(done)} groups already labeled in {out_path}; {len(todo)} to go. "
+              "'q' quits (answers are saved).\n")
     written = 0
     make_folder(out_path.parent)
     try:
@@ -84,7 +86,8 @@ def label_loop(groups: list[dict], out_path, inp=None, out=None) -> int:
             out.write(f"\n=== {n}/{len(todo)} ===\nPROMPT: {shown(g['prompt'])}\n")
             for i, r in enumerate(g["responses"], 1):
                 out.write(f"  [{i}] {shown(r)}\n")
-            ranking, ties = ask(f"ranking, best first, '=' for a tie (e.g. {'>'.join(str(i) for i in range(1, k + 1))}): ",
+            example = ">".join(str(i) for i in range(1, k + 1))
+            ranking, ties = ask(f"ranking, best first, '=' for a tie (e.g. {example}): ",
                                 lambda s: parse_ranking(s, k), inp, out)
             row = {"prompt": g["prompt"], "responses": g["responses"], "ranking": ranking, "ties": ties}
             if "finished" in g:
@@ -102,7 +105,7 @@ def label_loop(groups: list[dict], out_path, inp=None, out=None) -> int:
 @dataclass
 class LabelConfig:
     samples: str = "out/rm/comparisons.jsonl"  # groups to rank ({"prompt", "responses"}; rankings hidden)
-    out: str = "data/human_labels.jsonl"  # the rankings are appended here (train_rm.py --human_labels reads it)
+    out: str = "data/human_labels.jsonl"  # rankings are appended here (train_rm.py --human_labels reads it)
     from_model: str = ""  # instead of --samples: a policy checkpoint to sample K responses from
     prompts: str = "data/prompts.jsonl"  # prompts to sample for, with --from_model (the "train" split's)
     k: int = 4  # responses per prompt (at least 2: a ranking compares)
@@ -127,7 +130,8 @@ def label(argv=None) -> None:
         outs = sample_responses(model, tok, [p for p in prompts for _ in range(cfg.k)], cfg.max_new_tokens,
                                 seed=cfg.seed)
         groups = [{"prompt": p, "responses": [r for r, _ in outs[i * cfg.k : (i + 1) * cfg.k]],
-                   "finished": [f for _, f in outs[i * cfg.k : (i + 1) * cfg.k]]} for i, p in enumerate(prompts)]
+                   "finished": [f for _, f in outs[i * cfg.k : (i + 1) * cfg.k]]}
+                  for i, p in enumerate(prompts)]
     else:
         groups = []
         for n, g in read_jsonl_lines(cfg.samples, {"prompt": str, "responses": list}, "python train_rm.py"):

@@ -15,7 +15,7 @@ class Run:
     folder: str  # under out/; also the stage's name in the pipeline and its --skip
     label: str  # its row in the evaluation and the report
     script: str  # the stage script that makes it
-    flags: tuple[str, ...] = ()  # beyond the common ones; {ptx_coef}, {beta0_lr_scale}: the pipeline's settings
+    flags: tuple[str, ...] = ()  # beyond the common ones; {ptx_coef}, {beta0_lr_scale}: filled in by run_flags
     files: tuple[str, ...] = ("ckpt.pt", "history.json")  # what it writes into its folder
 
 
@@ -53,4 +53,5 @@ def ppo_label(r: int, rounds: int) -> str:
 
 def policy_rows(rounds: int) -> dict[str, str]:
     """{evaluation row: folder} of every policy the pipeline trains after SFT, in the report's order."""
-    return {**{ppo_label(r, rounds): round_runs(r, rounds)[1] for r in range(1, rounds + 1)}, **OTHER_POLICIES}
+    ppo_runs = {ppo_label(r, rounds): round_runs(r, rounds)[1] for r in range(1, rounds + 1)}
+    return {**ppo_runs, **OTHER_POLICIES}

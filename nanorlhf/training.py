@@ -1,6 +1,7 @@
 """Small pieces every training stage shares: optimizer, learning-rate schedule, autocast, seeding,
 the non-finite and nothing-to-learn checks, the one-line progress log and the clock of a stage's phases.
-The precision policy (autocast, --dtype) is nanorlhf/precision.py; `autocast` and `resolve_dtype` are re-exported here for the stages."""
+The precision policy (autocast, --dtype) is nanorlhf/precision.py; `autocast` and `resolve_dtype` are
+re-exported here for the stages."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def setup_device(device: str) -> str:
     return device
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8):
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
+                   eps: float = 1e-8):
     """AdamW with weight decay on matrices only (not on biases, LayerNorm gains or heads' biases)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -148,6 +150,8 @@ def phase_summary(prefix: str) -> str:
     """One line: each phase's seconds and share of the process's time so far, largest first, then the
     rest (imports, loading, the untimed glue)."""
     total = time.perf_counter() - _PROCESS_START
-    parts = [f"{k} {v:.1f}s ({v / total:.0%})" for k, v in sorted(_PHASE_TOTALS.items(), key=lambda kv: -kv[1])]
+    by_time = sorted(_PHASE_TOTALS.items(), key=lambda kv: -kv[1])
+    parts = [f"{k} {v:.1f}s ({v / total:.0%})" for k, v in by_time]
     rest = total - sum(_PHASE_TOTALS.values())
-    return f"{prefix}: time by phase: {' | '.join(parts + [f'other {rest:.1f}s ({rest / total:.0%})'])} | total {total:.1f}s"
+    parts.append(f"other {rest:.1f}s ({rest / total:.0%})")
+    return f"{prefix}: time by phase: {' | '.join(parts)} | total {total:.1f}s"
