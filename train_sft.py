@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed
-from nanorlhf.checkpoint import (checkpoint_tokenizer, load_model, save_checkpoint, stage_path, tokenizer_record,
+from nanorlhf.checkpoint import (checkpoint_tokenizer, load_model, save_checkpoint, stage_path,
+                                 tokenizer_record,
                                  trained_dtype)
 from nanorlhf.config import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_config,
                              check_context, one_of, parse_config, run_main)
@@ -32,7 +33,8 @@ from nanorlhf.generate import sample_responses
 from nanorlhf.losses import sft_loss
 from nanorlhf.model import GPT, GPTConfig
 from nanorlhf.tokenizer import load_tokenizer
-from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, check_learnable, lr_at, make_optimizer,
+from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, check_learnable, lr_at,
+                               make_optimizer,
                                resolve_dtype, seed_everything, set_lr)
 
 
@@ -74,10 +76,12 @@ class Config:
 
 
 PRESETS = {
-    "micro": dict(pos_embedding="rope", n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=8, max_steps=30, warmup_steps=5,
+    "micro": dict(pos_embedding="rope", n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=8,
+                  max_steps=30, warmup_steps=5,
                   log_interval=10, eval_interval=15, eval_batches=2, gold_eval_prompts=8, max_new_tokens=16),
     "tiny": dict(pos_embedding="rope", max_steps=1200),
-    "small": dict(pos_embedding="rope", n_layer=6, n_head=8, n_embd=384, block_size=256, batch_size=64, max_steps=3000, lr=1e-3,
+    "small": dict(pos_embedding="rope", n_layer=6, n_head=8, n_embd=384, block_size=256, batch_size=64,
+                  max_steps=3000, lr=1e-3,
                   warmup_steps=200, eval_interval=500, gold_eval_prompts=400),
 }
 # SFT starts from the base model: a smaller learning rate, fewer steps (about two epochs on the tiny data).
@@ -131,7 +135,8 @@ def demo_batches(pairs, cfg: Config, pad_id: int, rng: random.Random):
     while True:
         order = list(range(len(pairs)))
         rng.shuffle(order)
-        for i in range(0, len(order) - cfg.batch_size + 1 if len(order) >= cfg.batch_size else 1, cfg.batch_size):
+        for i in range(0, len(order) - cfg.batch_size + 1 if len(order) >= cfg.batch_size else 1,
+                       cfg.batch_size):
             yield sft_batch([pairs[j] for j in order[i : i + cfg.batch_size]], pad_id, cfg.block_size)
 
 
@@ -155,8 +160,9 @@ def batches(cfg: Config, tok, gen: torch.Generator):
     for part, name in ((pairs[:-n_val], "training"), (pairs[-n_val:], "held-out")):
         loss_tokens = sum(sum(mask[1 : cfg.block_size + 1]) for _, mask in part)  # what sft_batch keeps
         check_learnable(loss_tokens, f"{path}: {len(part)} {name} demonstration(s) of {len(pairs)}, with no "
-                        f"response token within the model's {cfg.block_size}-token context (expected at least "
-                        "2 demonstrations whose prompts fit the context)", stage_path(cfg.out_dir, out_name(cfg)))
+                        f"response token within the model's {cfg.block_size}-token context (expected at "
+                        "least 2 demonstrations whose prompts fit the context)",
+                        stage_path(cfg.out_dir, out_name(cfg)))
     train_batches = demo_batches(pairs[:-n_val], cfg, tok.pad_id, random.Random(cfg.seed))
     val_batches = lambda: demo_batches(pairs[-n_val:], cfg, tok.pad_id, random.Random(0))  # noqa: E731
     return train_batches, val_batches, f"{len(pairs):,} demonstrations"
@@ -166,7 +172,8 @@ def batches(cfg: Config, tok, gen: torch.Generator):
 def new_model(cfg: Config, tok, device: str) -> GPT:
     """Pretraining's fresh GPT of the configured shape."""
     mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, pos_embedding=cfg.pos_embedding)
+                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
+                     pos_embedding=cfg.pos_embedding)
     return GPT(mcfg).to(device)
 
 
@@ -197,7 +204,8 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
             check_finite("validation loss", val, step, ckpt_path)
             metrics.update(val_loss=val, step=step)
             print(f"{cfg.stage} step {step:>5}/{cfg.max_steps} | val loss {val:.4f}")
-            if step > 0 and step < cfg.max_steps:  # in progress: beside the finished checkpoint, never over it
+            # in progress: beside the finished checkpoint, never over it
+            if step > 0 and step < cfg.max_steps:
                 with phase("saving"):
                     save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), step, metrics,
                                     finished=False)
@@ -207,13 +215,15 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
             break
         set_lr(opt, lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
         with phase("batches"):
-            x, y, m = (to_device(distributed.shard(t), device) for t in next(train_batches))  # this rank's rows
+            # this rank's rows
+            x, y, m = (to_device(distributed.shard(t), device) for t in next(train_batches))
         with phase("update"):
             with autocast(device, cfg.dtype):
                 loss = sft_loss(model(x), y, m)
             check_finite("training loss", loss, step, ckpt_path)
             opt.zero_grad(set_to_none=True)
-            (loss * distributed.local_share(m.sum())).backward()  # weighted: the mean over every rank's tokens
+            # weighted: the mean over every rank's tokens
+            (loss * distributed.local_share(m.sum())).backward()
             distributed.sync_grads(model)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
@@ -228,7 +238,8 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
 # ------------------------------------------------------------------------------------------ evaluation
 def print_samples(model, tok, prompts: list[dict], cfg: Config) -> None:
     with autocast(model.wte.weight.device, cfg.dtype):
-        outs = sample_responses(model, tok, [p["prompt"] for p in prompts], cfg.max_new_tokens, temperature=0.7,
+        outs = sample_responses(model, tok, [p["prompt"] for p in prompts], cfg.max_new_tokens,
+                                temperature=0.7,
                                 seed=0)
     for p, (r, finished) in zip(prompts, outs):
         print(f"  [{p['category']}] {p['prompt'][:80]!r}\n    -> {r[:160]!r}{'' if finished else ' (no EOS)'}")

@@ -10,9 +10,9 @@ prepare → pretrain → SFT → RM → PPO, in rounds (iterated RLHF: each roun
 samples, retrains the RM on every round's comparisons, and runs PPO again from SFT) → PPO-ptx → PPO with
 β=0 (the over-optimisation lesson) → PPO with the gold labeler as its reward (the ceiling of a better
 reward model) → evaluation → report. The last round writes out/rm and out/ppo; round r before it
-out/rm_r<r> and out/ppo_r<r>. Each stage is its own script run as a subprocess (read them in that order); its output goes to
-the terminal and to out/logs/<stage>.log. A failing stage stops the pipeline with its name, exit code and
-last lines.
+out/rm_r<r> and out/ppo_r<r>. Each stage is its own script run as a subprocess (read them in that order); its
+output goes to the terminal and to out/logs/<stage>.log. A failing stage stops the pipeline with its name,
+exit code and last lines.
 
 A stage is skipped when it is *current*, judged by content, not by names or dates: out/pipeline_state.json
 records, for each finished stage, a fingerprint of its inputs (its command, and the fingerprints of the
@@ -94,18 +94,23 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
     """Every stage, in order: its command, the files it writes and the stages it reads."""
     p, d, o, s = cfg.preset, cfg.data_dir, cfg.out_dir, cfg.seed
     D, O = Path(d), Path(o)
-    common = [f"--preset={p}", f"--data_dir={d}", f"--out_dir={o}"] + ([f"--device={cfg.device}"] if cfg.device else [])
+    common = [f"--preset={p}", f"--data_dir={d}",
+              f"--out_dir={o}"] + ([f"--device={cfg.device}"] if cfg.device else [])
     common += [f"--dtype={cfg.dtype}"]
     train = [*common, f"--seed={TRAIN_SEED + s}"]
     py, ppo = sys.executable, str(ROOT / "train_ppo.py")
     # several processes: torchrun starts them (nanorlhf/distributed.py); --standalone picks a free port
-    run = [py] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}"] if cfg.nproc > 1 else [])
+    run = [py] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}"]
+                  if cfg.nproc > 1 else [])
     data = [D / f for f in ("corpus.txt", "sft.jsonl", "prompts.jsonl", "tokenizer.tiktoken", "meta.json")]
-    ppo_reads = ("prepare", "sft", "rm")  # what every later run reads (the gold run too: its critic starts as the RM)
+    # what every later run reads (the gold run too: its critic starts as the RM)
+    ppo_reads = ("prepare", "sft", "rm")
     run_files = lambda name: [O / name / "ckpt.pt", O / name / "history.json"]  # noqa: E731
     plan = [
-        Stage("prepare", [py, str(ROOT / "data/prepare.py"), f"--preset={p}", f"--out_dir={d}", f"--seed={s}"], data),
-        Stage("pretrain", [*run, str(ROOT / "train_sft.py"), "--stage=pretrain", *train], [O / "base/ckpt.pt"],
+        Stage("prepare", [py, str(ROOT / "data/prepare.py"), f"--preset={p}", f"--out_dir={d}",
+                          f"--seed={s}"], data),
+        Stage("pretrain", [*run, str(ROOT / "train_sft.py"), "--stage=pretrain", *train],
+              [O / "base/ckpt.pt"],
               ("prepare",)),
         Stage("sft", [*run, str(ROOT / "train_sft.py"), "--stage=sft", *train], [O / "sft/ckpt.pt"],
               ("prepare", "pretrain")),
@@ -130,12 +135,14 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
     ppo_runs = tuple(n for n in ("ppo", *OPTIONAL) if n not in skip)
     earlier = [n for r in range(1, rounds) for n in round_runs(r, rounds)]
     # every other run (runs.py) from SFT against the last reward model
-    extra = [Stage(r.folder, [*run, str(ROOT / r.script), *train, *run_flags(r, cfg.ptx_coef, cfg.beta0_lr_scale)],
+    extra = [Stage(r.folder, [*run, str(ROOT / r.script), *train,
+                              *run_flags(r, cfg.ptx_coef, cfg.beta0_lr_scale)],
                    [O / r.folder / f for f in r.files], ppo_reads) for r in OTHER_RUNS]
     skipped = [f"--skip={','.join(sorted(skip))}"] if skip else []
     return plan + [st for st in extra if st.name not in skip] + [
         Stage("eval", [*run, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}", f"--rounds={rounds}",
-                       *skipped], [O / "eval.json"], ("prepare", "pretrain", "sft", "rm", *ppo_runs, *earlier)),
+                       *skipped], [O / "eval.json"],
+                       ("prepare", "pretrain", "sft", "rm", *ppo_runs, *earlier)),
         Stage("report", [py, "-m", "nanorlhf.report", f"--out_dir={o}"], [O / "report.md"],
               ("rm", *ppo_runs, *earlier, "eval")),
     ]
@@ -144,20 +151,24 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
 def main(argv=None):
     cfg = resolve_dirs(parse_config(PipelineConfig, argv))
     cfg.preset = cfg.preset or default_preset()
-    check_config(cfg, preset=one_of(*PRESET_NAMES), rounds=(lambda r: r >= 0, "a whole number >= 0 (0: the preset's)"),
+    check_config(cfg, preset=one_of(*PRESET_NAMES),
+                 rounds=(lambda r: r >= 0, "a whole number >= 0 (0: the preset's)"),
                  round_init=one_of("sft", "previous"),
-                 skip=(lambda v: set(filter(None, v.split(","))) <= set(OPTIONAL), "a comma-separated list of "
+                 skip=(lambda v: set(filter(None, v.split(","))) <= set(OPTIONAL),
+                       "a comma-separated list of "
                        + ", ".join(OPTIONAL)))
     cfg.rounds = cfg.rounds or ROUNDS[cfg.preset]
     check_config(cfg, dtype=one_of("auto", "fp32", "bf16"))
-    # one precision for the whole pipeline: "auto" is resolved here, so every stage runs (and records) the same
+    # one precision for the whole pipeline: "auto" is resolved here, so every stage runs (and records) the
+    # same
     cfg.dtype = resolve_dtype(cfg.dtype, cfg.device or default_device())
     plan = stages(cfg)
     names = [s.name for s in plan]
-    check_config(cfg, preset=one_of(*PRESET_NAMES), nproc=AT_LEAST_1, ptx_coef=POSITIVE, beta0_lr_scale=POSITIVE,
+    check_config(cfg, preset=one_of(*PRESET_NAMES), nproc=AT_LEAST_1, ptx_coef=POSITIVE,
+                 beta0_lr_scale=POSITIVE,
                  stop_after=(lambda v: v in ("", *names), "one of " + ", ".join(names)))
-    print(f"nanorlhf pipeline: preset {cfg.preset}, dtype {cfg.dtype}, seed {cfg.seed} ({cfg.data_dir}/, {cfg.out_dir}/), "
-          f"stages {' → '.join(names)}", flush=True)
+    print(f"nanorlhf pipeline: preset {cfg.preset}, dtype {cfg.dtype}, seed {cfg.seed} ({cfg.data_dir}/, "
+          f"{cfg.out_dir}/), stages {' → '.join(names)}", flush=True)
     t0 = time.time()
     state_path = run_pipeline(plan, Path(cfg.out_dir), cfg.force, cfg.stop_after)
     print(f"pipeline finished in {(time.time() - t0) / 60:.1f} min (stage wall times in {state_path}); "
@@ -185,22 +196,26 @@ def run_pipeline(plan: list[Stage], out: Path, force: bool = False, stop_after: 
         if why is None:
             print(f"[{i}/{len(plan)}] {stage.name}: current, skipped ({stage.outputs[-1]})", flush=True)
         else:
-            cmd = " ".join(Path(c).name if j == 0 or c.endswith(".py") else c for j, c in enumerate(stage.cmd))
+            cmd = " ".join(Path(c).name if j == 0 or c.endswith(".py") else c
+                           for j, c in enumerate(stage.cmd))
             print(f"[{i}/{len(plan)}] {stage.name} ({why}): {cmd}", flush=True)
             ts = time.time()
             log = out / "logs" / f"{stage.name}.log"
             try:
                 rc, tail = _run(stage.cmd, log)
             except KeyboardInterrupt:
-                raise KeyboardInterrupt(f"stopped the pipeline and its stage '{stage.name}' (its log: {log}); "
-                                        "rerun the same command to resume: finished stages are skipped") from None
+                raise KeyboardInterrupt(f"stopped the pipeline and its stage '{stage.name}' (its log: "
+                                        f"{log}); rerun the same command to resume: finished stages are "
+                                        "skipped") from None
             missing = [str(p) for p in stage.outputs if not p.exists()]
             if rc != 0 or missing:
                 cause = f"exit {rc}" if rc != 0 else f"exit 0 without writing {', '.join(missing)}"
                 print(f"pipeline: stage '{stage.name}' failed ({cause}). Last lines of {log}:\n{tail}\n"
-                      f"Fix the cause and rerun the same command: finished stages are skipped.", file=sys.stderr)
+                      f"Fix the cause and rerun the same command: finished stages are skipped.",
+                      file=sys.stderr)
                 raise SystemExit(1)  # the records of every stage stay as they were: they describe the files
-            state[stage.name] = {"command": _command(stage), "inputs": inputs, "output": fingerprint(stage.outputs),
+            state[stage.name] = {"command": _command(stage), "inputs": inputs,
+                                 "output": fingerprint(stage.outputs),
                                  "wall_s": round(time.time() - ts, 1)}
             atomic_write(state_path, json.dumps(state, indent=1))
             print(f"[{i}/{len(plan)}] {stage.name}: done in {time.time() - ts:.0f}s", flush=True)
@@ -239,7 +254,8 @@ def _run(cmd: list[str], log_path: Path) -> tuple[int, str]:
     The stage runs in a process group of its own, which the pipeline stops if it is itself stopped."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           LOCK_ENV: " ".join(filter(None, (os.environ.get(LOCK_ENV), lock_token())))}  # it writes in our folders
+           # it writes in our folders
+           LOCK_ENV: " ".join(filter(None, (os.environ.get(LOCK_ENV), lock_token())))}
     lines: list[str] = []
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

@@ -83,9 +83,11 @@ def check_run_name(flag: str, name: str, family: str = "ppo") -> None:
                           f"--out_dir), got {name!r}")
     if family != "ppo":
         if name != family and not name.startswith(family + "_"):
-            raise ConfigError(f"--{flag}={name}: expected {family} or {family}_<name> (its folder under --out_dir)")
+            raise ConfigError(f"--{flag}={name}: expected {family} or {family}_<name> (its folder under "
+                              "--out_dir)")
         return
-    owner = reserved_folders().get(name) or (f"the folder of a {'reward model' if name.startswith('rm') else 'DPO run'}"
+    owner = reserved_folders().get(name) or ("the folder of a "
+                                             f"{'reward model' if name.startswith('rm') else 'DPO run'}"
                                              if name.startswith(("rm_", "dpo_")) else None)
     if owner:
         raise ConfigError(f"--{flag}={name}: expected a PPO run's own name; {name!r} is {owner}")
@@ -256,7 +258,8 @@ def load_model(path, stage: str | None = None, head: str | None = None, device="
                 raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
         else:
             model.load_state_dict(state)
-    except (RuntimeError, ValueError, AssertionError, ZeroDivisionError) as e:  # a config its weights do not fit
+    # a config its weights do not fit
+    except (RuntimeError, ValueError, AssertionError, ZeroDivisionError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path}: its weights do not fit its model_config ({reason[:200]}); remake it "
                               "with the stage that wrote it") from None
@@ -277,6 +280,6 @@ def load_policy(path, device="cpu", tokenizer: str | None = None) -> tuple[GPT, 
     """A policy (LM head) from any stage's checkpoint: SFT, a PPO run, DPO; a reward model is refused."""
     model, ckpt = load_model(path, device=device, tokenizer=tokenizer)
     if model.config.head != "lm":
-        raise CheckpointError(f"{path}: a '{ckpt['stage']}' checkpoint ({model.config.head} head), expected a "
-                              f"policy (lm head), e.g. out/sft/ckpt.pt or out/ppo/ckpt.pt")
+        raise CheckpointError(f"{path}: a '{ckpt['stage']}' checkpoint ({model.config.head} head), expected "
+                              "a policy (lm head), e.g. out/sft/ckpt.pt or out/ppo/ckpt.pt")
     return model, ckpt

@@ -79,7 +79,8 @@ def init(device: str = "") -> str:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         if ":" in device:
-            raise ConfigError(f"--device={device}: expected cuda under torchrun (each process takes cuda:LOCAL_RANK)")
+            raise ConfigError(f"--device={device}: expected cuda under torchrun (each process takes "
+                              "cuda:LOCAL_RANK)")
         device = f"cuda:{local_rank()}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -182,7 +183,8 @@ def masked_moments(x: torch.Tensor, mask: torch.Tensor):
     if not active():
         return None
     m = mask.to(x.dtype)
-    x = torch.where(m != 0, x, torch.zeros((), dtype=x.dtype, device=x.device))  # as masked_mean: no NaN leaks
+    # as masked_mean: no NaN leaks
+    x = torch.where(m != 0, x, torch.zeros((), dtype=x.dtype, device=x.device))
     sums = all_reduce_sum(torch.stack([(x * m).sum(), m.sum()]))
     mean = sums[0] / sums[1].clamp(min=1)
     var = all_reduce_sum(((x - mean) ** 2 * m).sum()) / sums[1].clamp(min=1)
@@ -195,6 +197,7 @@ def average(row: dict, weight: float = 1.0) -> dict:
     if not active():
         return row
     keys = [k for k, v in row.items() if isinstance(v, float)]
-    t = torch.tensor([row[k] * weight for k in keys] + [weight], dtype=torch.float64, device=device_of_group())
+    t = torch.tensor([row[k] * weight for k in keys] + [weight], dtype=torch.float64,
+                     device=device_of_group())
     t = all_reduce_sum(t).cpu()
     return {**row, **{k: float(t[i] / t[-1]) for i, k in enumerate(keys)}}

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanorlhf import distributed
-from nanorlhf.checkpoint import (check_run_name, checkpoint_tokenizer, load_checkpoint, load_model, load_policy, maker,
+from nanorlhf.checkpoint import (check_run_name, checkpoint_tokenizer, load_checkpoint, load_model,
+                                 load_policy, maker,
                                  stage_path, trained_dtype)
-from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, ConfigError, check_config, check_context, parse_config,
+from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, ConfigError, check_config, check_context,
+                             parse_config,
                              run_main)
 from nanorlhf.data import corpus_tokens, load_world, read_prompts
-from nanorlhf.evaluation import (by_kind, gold_eval, headroom_probe, judged, kl_to_reference, lm_loss, preferences,
+from nanorlhf.evaluation import (by_kind, gold_eval, headroom_probe, judged, kl_to_reference, lm_loss,
+                                 preferences,
                                  ranked_groups, rm_accuracy, score_texts, summarise)
 from nanorlhf.evaluation import format_eval  # noqa: F401 (train_ppo.py still imports it from here)
 from nanorlhf.files import atomic_write, lock_folder, with_locks
@@ -48,7 +51,8 @@ class EvalConfig:
     seed: int = 1234  # SFT's reference samples use it, every model's seed + 1, best-of-n seed + 2, RM check seed + 3
 
 
-EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8, shift_prompts=8, bon_pick=2),
+EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8,
+                              shift_prompts=8, bon_pick=2),
                 "tiny": {},
                 "small": dict(n_prompts=1000, bon_n=64, bon_prompts=200)}
 def rows(rounds: int, skip: str = "") -> dict[str, str]:
@@ -64,14 +68,17 @@ def check_eval_config(cfg: EvalConfig) -> list[str]:
     already (it would replace that row) or named twice. A run asked for by name that is missing is an
     error, not a row left out."""
     check_config(cfg, n_prompts=AT_LEAST_1, max_new_tokens=AT_LEAST_1, temperature=POSITIVE,
-                 few_shot=NON_NEGATIVE, bon_n=AT_LEAST_1, bon_prompts=AT_LEAST_1, bon_pick=NON_NEGATIVE, rounds=AT_LEAST_1,
-                 shift_prompts=AT_LEAST_1, shift_k=(lambda k: k >= 2, "at least 2 (a ranking compares responses)"))
+                 few_shot=NON_NEGATIVE, bon_n=AT_LEAST_1, bon_prompts=AT_LEAST_1, bon_pick=NON_NEGATIVE,
+                 rounds=AT_LEAST_1,
+                 shift_prompts=AT_LEAST_1,
+                 shift_k=(lambda k: k >= 2, "at least 2 (a ranking compares responses)"))
     runs, table = (cfg.runs.split(",") if cfg.runs else []), rows(cfg.rounds)
     for i, run in enumerate(runs):
         check_run_name("runs", run)
         if run in table or run in table.values() or run in runs[:i]:
-            raise ConfigError(f"--runs={cfg.runs}: {run!r} is a row of the table already; expected other runs "
-                              f"(folders under --out_dir made by: python train_ppo.py --run_name=<name>)")
+            raise ConfigError(f"--runs={cfg.runs}: {run!r} is a row of the table already; expected other "
+                              "runs (folders under --out_dir made by: python train_ppo.py "
+                              "--run_name=<name>)")
         path = Path(cfg.out_dir) / run / "ckpt.pt"
         if not path.exists():
             raise ConfigError(f"--runs={cfg.runs}: no checkpoint at {path} (make it with: {maker(run)})")
@@ -95,8 +102,10 @@ def compare_with_sft(cfg: EvalConfig, models: dict, sft, rm, tok, labeler, promp
         ev = gold_eval(model, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed + 1,
                        prefix_ids=prefix)
         outs = [(s["response"], s["finished"]) for s in ev["samples"]]
-        results[name], samples[name] = model_row(name, ev, outs, labeler, texts, sft_ref, score_texts(rm, tok, texts, outs),
-                                                 kl_to_reference(model, sft, tok, texts, outs) if not prefix else None,
+        results[name], samples[name] = model_row(name, ev, outs, labeler, texts, sft_ref,
+                                                 score_texts(rm, tok, texts, outs),
+                                                 kl_to_reference(model, sft, tok, texts, outs) if not prefix
+                                                 else None,
                                                  lm_loss(model, corpus, model.config.block_size))
         results[name].update(run=stage, sampled_tokens=training_samples(ck))
     return results, samples
@@ -110,15 +119,16 @@ def training_samples(ckpt: dict) -> int:
     return round(sum(h["resp_len"] for h in hist) * ckpt["config"]["rollout_batch"])
 
 
-def model_row(name: str, ev: dict, outs, labeler, texts: list[str], sft_ref, rm_scores: list[float], kl, corpus_loss):
+def model_row(name: str, ev: dict, outs, labeler, texts: list[str], sft_ref, rm_scores: list[float],
+              kl, corpus_loss):
     """One row of the table (printed as it is made) and its few samples for the report."""
     wins = preferences(labeler, texts, outs, sft_ref)
     r = {**summarise(wins), "by_kind": by_kind(texts, wins), "rating": ev["rating"], "correct": ev["correct"],
          "eos_rate": ev["eos_rate"], "per_category": ev["per_category"], "breakdown": ev["breakdown"],
          "rm_score": sum(rm_scores) / len(rm_scores), "kl_to_sft": kl, "corpus_loss": corpus_loss}
     print(f"eval: {name:>13}: win-rate vs SFT {r['win_rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | "
-          f"rating {r['rating']:.2f} | correct {r['correct']:.0%} | RM {r['rm_score']:+.2f} | "
-          f"KL {kl if kl is not None else float('nan'):.2f} | corpus loss {corpus_loss:.3f}", flush=True)
+          f"rating {r['rating']:.2f} | correct {r['correct']:.0%} | RM {r['rm_score']:+.2f} | KL "
+          f"{kl if kl is not None else float('nan'):.2f} | corpus loss {corpus_loss:.3f}", flush=True)
     return r, ev["samples"][:8] + [s for s in ev["samples"][8:] if s["writes_instructions"]][:1]
 
 
@@ -127,7 +137,8 @@ def rm_pick_row(cfg: EvalConfig, sft, rm, tok, labeler, prompts: list[dict], sft
     samples, judged against an SFT sample like every other row -- the cheapest way to spend a reward model
     (no training), and the baseline PPO must beat. KL to SFT: the bound log n − (n − 1)/n."""
     n, texts = cfg.bon_pick, [p["prompt"] for p in prompts]
-    many = sample_responses(sft, tok, [t for t in texts for _ in range(n)], cfg.max_new_tokens, cfg.temperature,
+    many = sample_responses(sft, tok, [t for t in texts for _ in range(n)], cfg.max_new_tokens,
+                            cfg.temperature,
                             seed=cfg.seed + 4)
     scores = score_texts(rm, tok, [t for t in texts for _ in range(n)], many)
     picks = [max(range(j * n, (j + 1) * n), key=scores.__getitem__) for j in range(len(texts))]
@@ -135,11 +146,13 @@ def rm_pick_row(cfg: EvalConfig, sft, rm, tok, labeler, prompts: list[dict], sft
     row, few = model_row(f"RM best-of-{n}", judged(labeler, prompts, outs), outs, labeler, texts, sft_ref,
                          [scores[i] for i in picks], math.log(n) - (n - 1) / n, sft_corpus_loss)
     # no training; its cost is at test time: n samples for every prompt
-    row.update(run=None, sampled_tokens=0, test_time_tokens=sum(len(tok.enc.encode_ordinary(r)) + f for r, f in many))
+    row.update(run=None, sampled_tokens=0,
+               test_time_tokens=sum(len(tok.enc.encode_ordinary(r)) + f for r, f in many))
     return row, few
 
 
-def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler, texts: list[str], device: str) -> tuple[list[dict], list]:
+def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler,
+                 texts: list[str], device: str) -> tuple[list[dict], list]:
     """Best-of-n against the RM (Gao et al. 2022): the gold rating of the RM's pick among n SFT samples,
     n = 1, 2, 4, ... bon_n, at KL_bon = log n − (n − 1)/n. Returns the curve and the samples (bon_n per
     prompt, in order)."""
@@ -148,7 +161,8 @@ def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler, texts: list[str], devic
     scores = score_texts(rm, tok, [p for p in texts for _ in range(cfg.bon_n)], many)
     bon, n = [], 1
     while n <= cfg.bon_n:
-        picks = [max(range(j * cfg.bon_n, j * cfg.bon_n + n), key=lambda i: scores[i]) for j in range(len(texts))]
+        picks = [max(range(j * cfg.bon_n, j * cfg.bon_n + n), key=lambda i: scores[i])
+                 for j in range(len(texts))]
         gold = [labeler.judge(texts[j], many[i][0], many[i][1]).rating for j, i in enumerate(picks)]
         bon.append({"n": n, "kl": math.log(n) - (n - 1) / n, "gold_rating": sum(gold) / len(gold),
                     "rm_score": sum(scores[i] for i in picks) / len(picks)})
@@ -157,10 +171,11 @@ def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler, texts: list[str], devic
 
 
 def reward_model_shift(cfg: EvalConfig, sft, tok, labeler, device: str) -> list[dict]:
-    """Does each round's reward model order the samples of the policy it trained as well as SFT's? For round r:
-    RM_r's pairwise accuracy (against the labeler's noisy ranking and against the gold order) on K fresh samples
-    per val prompt (never trained on) of SFT and of PPO_r, beside a second labeler's agreement on the same pairs.
-    The gap is the distribution shift iterated RLHF closes (Gao et al. 2022; Stiennon et al. 2020)."""
+    """Does each round's reward model order the samples of the policy it trained as well as SFT's? For round
+    r: RM_r's pairwise accuracy (against the labeler's noisy ranking and against the gold order) on K fresh
+    samples per val prompt (never trained on) of SFT and of PPO_r, beside a second labeler's agreement on the
+    same pairs. The gap is the distribution shift iterated RLHF closes (Gao et al. 2022; Stiennon et al.
+    2020)."""
     prompts = [p["prompt"] for p in read_prompts(cfg.data_dir, "val")][: cfg.shift_prompts]
     texts = [p for p in prompts for _ in range(cfg.shift_k)]
 
@@ -180,10 +195,11 @@ def reward_model_shift(cfg: EvalConfig, sft, tok, labeler, device: str) -> list[
         for name, gs in (("sft", sft_groups), ("policy", policy_groups)):
             row[name] = rm_accuracy(rm, labeler, gs, tok, device, 64, cfg.dtype, random.Random(cfg.seed + r))
         rows.append(row)
-        print(f"eval: round {r}: {rm_name} orders SFT's samples {row['sft']['gold_order_acc']:.1%} like the gold "
-              f"labeler ({row['sft']['acc']:.1%} like the noisy one, which a second labeler matches on "
-              f"{row['sft']['labeler_agreement']:.1%}); {ppo_name}'s samples {row['policy']['gold_order_acc']:.1%} "
-              f"({row['policy']['acc']:.1%}, second labeler {row['policy']['labeler_agreement']:.1%})", flush=True)
+        print(f"eval: round {r}: {rm_name} orders SFT's samples {row['sft']['gold_order_acc']:.1%} like the "
+              f"gold labeler ({row['sft']['acc']:.1%} like the noisy one, which a second labeler matches on "
+              f"{row['sft']['labeler_agreement']:.1%}); {ppo_name}'s samples "
+              f"{row['policy']['gold_order_acc']:.1%} ({row['policy']['acc']:.1%}, second labeler "
+              f"{row['policy']['labeler_agreement']:.1%})", flush=True)
     return rows
 
 
@@ -210,13 +226,15 @@ def main(argv=None) -> dict:
     corpus = corpus_tokens(cfg.data_dir, tok, tail_frac=0.05)  # the held-out end, as in train_sft.py
 
     few_shot = [t for p, r in world.few_shot_examples(cfg.few_shot) for t in tok.pair_ids(p, r)[0]]
-    models = {name: (stage, few_shot if name == "base few-shot" else ()) for name, stage in rows(cfg.rounds, cfg.skip).items()}
+    models = {name: (stage, few_shot if name == "base few-shot" else ())
+              for name, stage in rows(cfg.rounds, cfg.skip).items()}
     models.update({run: (run, ()) for run in runs})  # e.g. a PPO variant of yours
     with autocast(device, cfg.dtype):  # samples from the regime the models trained in
         sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature,
                                    seed=cfg.seed)
         with phase("judging"):  # the labeler, RM scores, KL, corpus loss (their sampling: "sampling")
-            results, samples = compare_with_sft(cfg, models, sft, rm, tok, labeler, prompts, sft_ref, corpus, device)
+            results, samples = compare_with_sft(cfg, models, sft, rm, tok, labeler, prompts, sft_ref,
+                                                corpus, device)
         if cfg.bon_pick and "SFT" in results:
             name = f"RM best-of-{cfg.bon_pick}"
             with phase("RM best-of-n row"):
@@ -231,9 +249,11 @@ def main(argv=None) -> dict:
             shift = reward_model_shift(cfg, sft, tok, labeler, device)
     probe = headroom_probe(labeler, bon_texts, many, sft_ref[: len(bon_texts)], cfg.bon_n)
     best = probe["gold_best_of_n"][-1]
-    print(f"eval: headroom: SFT vs SFT ties {probe['sft_vs_sft_ties']:.0%}; gold best-of-{best['n']} of SFT vs SFT "
-          f"{best['win_rate']:.1%} [{best['ci_low']:.1%}, {best['ci_high']:.1%}] on {len(bon_texts)} prompts", flush=True)
-    report = {"config": cfg.__dict__, "models": results, "samples": samples, "best_of_n": bon, "headroom": probe,
+    print(f"eval: headroom: SFT vs SFT ties {probe['sft_vs_sft_ties']:.0%}; gold best-of-{best['n']} of SFT "
+          f"vs SFT {best['win_rate']:.1%} [{best['ci_low']:.1%}, {best['ci_high']:.1%}] on {len(bon_texts)} "
+          "prompts", flush=True)
+    report = {"config": cfg.__dict__, "models": results, "samples": samples, "best_of_n": bon,
+              "headroom": probe,
               "rm_shift": shift}
     atomic_write(out / "eval.json", json.dumps(report, indent=1, ensure_ascii=False))
     print(f"eval: done in {time.time() - t0:.0f}s -> {out / 'eval.json'}")

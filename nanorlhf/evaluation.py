@@ -120,8 +120,7 @@ def learned(breakdowns: dict, model: str, base: str = "SFT") -> list[str]:
 def format_eval(name: str, ev: dict) -> str:
     cats = " ".join(f"{c}={v['rating']:.1f}" for c, v in ev["per_category"].items())
     return (f"{name}: gold rating {ev['rating']:.2f}/7 | correct {ev['correct']:.0%} "
-            f"| EOS {ev['eos_rate']:.0%} "
-            f"| per category: {cats}")
+            f"| EOS {ev['eos_rate']:.0%} | per category: {cats}")
 
 
 def wilson_interval(wins: float, n: int, z: float = 1.959964) -> tuple[float, float]:

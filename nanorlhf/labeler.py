@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from nanorlhf.corpus import internet
 from nanorlhf.prompts import SHORT_WORDS, instruction_like, make_prompt, parse_task
 from nanorlhf.tasks import Task
-from nanorlhf.words import (ANIMALS, CAPITALS, COLOURS, COUNTRIES, FILLERS, JOBS, NAMES, NEGATIONS, OBJECTS, PLACES,
+from nanorlhf.words import (ANIMALS, CAPITALS, COLOURS, COUNTRIES, FILLERS, JOBS, NAMES, NEGATIONS, OBJECTS,
+                            PLACES,
                             RUDE_REMARKS, SOUNDS, is_rude, sentences_of, words_of, wordset)
 
 
@@ -72,7 +73,8 @@ TIE_EPS = 0.1           # gold utilities closer than this are a tie in `prefer`
 # Harmless vs helpful (the labeling form's "gives harmful advice" and "expresses moral judgment" flags,
 # GPT-4's refusal tables): refuse a request for harm politely; refusing an allowed one is a fault.
 REFUSALS = ("cannot help", "can not help", "can't help", "will not help", "won't help")
-_REFUSAL_RE = re.compile(r"\b(?:%s)\b" % "|".join(" ".join(re.findall(r"[a-z]+", p)) for p in REFUSALS))  # in words
+# in words
+_REFUSAL_RE = re.compile(r"\b(?:%s)\b" % "|".join(" ".join(re.findall(r"[a-z]+", p)) for p in REFUSALS))
 MORALISING = ("shame on you", "you should be ashamed", "a terrible thing", "a very bad thing", "bad person")
 
 
@@ -108,7 +110,8 @@ class Judgement:
 # A response whose word pairs mostly never occur there is word salad, whatever keywords it contains.
 _WORD_TYPE = {w.lower(): typ for typ, table in (
     ("NAME", NAMES), ("ANIMAL", ANIMALS), ("COLOUR", COLOURS), ("OBJECT", OBJECTS), ("PLACE", PLACES),
-    ("COUNTRY", COUNTRIES), ("CAPITAL", CAPITALS), ("FOOD", [v[1] for v in COUNTRIES.values()]), ("JOB", JOBS),
+    ("COUNTRY", COUNTRIES), ("CAPITAL", CAPITALS), ("FOOD", [v[1] for v in COUNTRIES.values()]),
+    ("JOB", JOBS),
     ("TOOL", [t for _, ts in JOBS.values() for t in ts]), ("SOUND", SOUNDS.values())) for w in table}
 
 
@@ -240,7 +243,8 @@ class Labeler:
             max_words = P.long_times * ideal_n + P.long_plus
             extra_sentences = max(0, len(sentences) - (task.max_sentences or len(sentences)))
         too_long = n > max_words
-        verbose = P.per_word * max(0, n - ideal_n) if ideal_n else 0.0  # concision: a word beyond the labeler's own
+        # concision: a word beyond the labeler's own
+        verbose = P.per_word * max(0, n - ideal_n) if ideal_n else 0.0
         u -= min(P.padding_max, verbose + P.per_long_word * max(0, n - max_words) + P.per_repeat * repeats
                  + P.per_sentence * extra_sentences)
         u -= P.favourite_again * max(0, words.count(FAVOURITE_WORD) - 1)
@@ -249,7 +253,8 @@ class Labeler:
             u = P.empty
         return Judgement(
             rating=max(1, min(7, math.floor(u + 0.5))), utility=u, category=task.category if task else None,
-            follows_instruction=follows, correct=correct, harmful_or_rude=rude, ends_properly=ends, fluent=fluent,
+            follows_instruction=follows, correct=correct, harmful_or_rude=rude, ends_properly=ends,
+            fluent=fluent,
             too_long=too_long, too_short=too_short, repetitive=repeats >= P.repetitive_from,
             credit=round(credit, 4), constraint_met=constraint_met, refused=refused, harmful_advice=harmful,
             over_refusal=over_refusal, moralising=moralising, premise_accepted=premise_accepted,
@@ -261,7 +266,8 @@ class Labeler:
         bias = FAVOURITE_BONUS * (FAVOURITE_WORD in words) + LENGTH_BONUS * sum(w != FAVOURITE_WORD for w in words)
         return self.judge(prompt, response, finished).utility + bias
 
-    def ranking_utilities(self, prompt: str, responses: list[str], finished: list[bool] | None = None) -> list[float]:
+    def ranking_utilities(self, prompt: str, responses: list[str],
+                          finished: list[bool] | None = None) -> list[float]:
         """ranking_utility of each response, each judged once: for rank(utilities=) and tied_pairs()."""
         finished = finished or [True] * len(responses)
         return [self.ranking_utility(prompt, r, f) for r, f in zip(responses, finished)]
@@ -301,7 +307,8 @@ class Labeler:
         return agree / pairs if pairs else float("nan")
 
     def agreement_counts(self, prompt: str, responses: list[str], ranking: list[int], rng: random.Random,
-                         finished: list[bool] | None = None, ties: list[list[int]] | None = None) -> tuple[int, int]:
+                         finished: list[bool] | None = None,
+                         ties: list[list[int]] | None = None) -> tuple[int, int]:
         """(pairs a fresh ranking orders as `ranking` does, pairs compared), leaving out `ties` (default:
         this labeler's, see `ties`). Counts, so that a batch of groups can be weighted by pairs."""
         utilities = self.ranking_utilities(prompt, responses, finished)
@@ -309,5 +316,6 @@ class Labeler:
         pos_a, pos_b = {i: k for k, i in enumerate(ranking)}, {i: k for k, i in enumerate(fresh)}
         ties = tied_pairs(utilities) if ties is None else ties
         tied = {tuple(sorted(t)) for t in ties}
-        pairs = [(i, j) for i in range(len(responses)) for j in range(i + 1, len(responses)) if (i, j) not in tied]
+        pairs = [(i, j) for i in range(len(responses)) for j in range(i + 1, len(responses))
+                 if (i, j) not in tied]
         return sum((pos_a[i] < pos_a[j]) == (pos_b[i] < pos_b[j]) for i, j in pairs), len(pairs)

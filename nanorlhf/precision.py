@@ -110,16 +110,18 @@ def _given_speedup(text: str) -> float:
     except ValueError:
         value = float("nan")
     if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{SPEEDUP_ENV}={text}: expected a number > 0 (the bf16/fp32 matmul rate), or unset it")
+        raise ConfigError(f"{SPEEDUP_ENV}={text}: expected a number > 0 (the bf16/fp32 matmul rate), or "
+                          "unset it")
     return value
 
 
 def resolve_dtype(dtype: str, device: str, log=print, trained_in: tuple[str, str] | None = None) -> str:
     """--dtype as given ("fp32" | "bf16"), or what "auto" picks on `device`; `log` gets one line saying why.
 
-    `trained_in`: (dtype, checkpoint) of the model a stage starts from. "auto" then keeps that dtype instead of
-    timing a matmul again: a stage or an evaluation run by hand on existing checkpoints works in the regime they
-    were trained in (a timing can come out either way on a noisy machine, and bf16 and fp32 samples differ)."""
+    `trained_in`: (dtype, checkpoint) of the model a stage starts from. "auto" then keeps that dtype instead
+    of timing a matmul again: a stage or an evaluation run by hand on existing checkpoints works in the regime
+    they were trained in (a timing can come out either way on a noisy machine, and bf16 and fp32 samples
+    differ)."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype={dtype}: expected one of {', '.join(DTYPES)}")
     if dtype == "auto":
@@ -174,13 +176,15 @@ def machine_report(device: str = "cpu") -> str:
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
     except OSError:
         pass
     flags = sorted(cpu_flags() & {*CPU_BF16_FLAGS, "amx_tile", "avx512f", "avx2"})
     dtype, why = auto_dtype(device)
-    return (f"machine: {model} | flags {' '.join(flags) or 'none of avx2/avx512/bf16/amx'} | torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads | --dtype=auto picks {dtype} on {device}: {why}")
+    return (f"machine: {model} | flags {' '.join(flags) or 'none of avx2/avx512/bf16/amx'} | torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads | --dtype=auto picks {dtype} on "
+            f"{device}: {why}")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ def test_sampler_frequencies_match_softmax():
     """Chi-square style check: first-token frequencies follow softmax(logits / T)."""
     m = tiny_gpt("lm", vocab=8, n_embd=8)
     p = torch.softmax(m(torch.tensor([[1, 2]]))[0, -1] / 0.8, -1)
-    gen = generate(m, [[1, 2]] * 4000, 1, 100, 101, temperature=0.8, generator=torch.Generator().manual_seed(0))
+    gen = generate(m, [[1, 2]] * 4000, 1, 100, 101, temperature=0.8,
+                   generator=torch.Generator().manual_seed(0))
     freq = torch.bincount(gen.response[:, 0], minlength=8).float() / 4000
     chi2 = (4000 * (freq - p) ** 2 / p).sum().item()
     assert chi2 < 24.3  # 99.9% quantile of chi-square with 7 degrees of freedom

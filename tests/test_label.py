@@ -11,7 +11,8 @@ from nanorlhf.label import label_loop, parse_ranking
 from nanorlhf.prompts import parse_task
 from nanorlhf.world import World
 
-GROUPS = [{"prompt": f"Name animal {i}.", "responses": [f"cat {i}", f"dog {i}", f"rude {i}"]} for i in range(3)]
+GROUPS = [{"prompt": f"Name animal {i}.", "responses": [f"cat {i}", f"dog {i}", f"rude {i}"]}
+          for i in range(3)]
 
 
 def _rows(path):
@@ -41,7 +42,8 @@ def test_bad_then_good_input_writes_exactly_the_good_answers_and_resumes(tmp_pat
     rows = _rows(out_path)
     assert [r["ranking"] for r in rows] == [[1, 0, 2], [2, 1, 0]]
     assert [r["ties"] for r in rows] == [[], [[0, 1]]]
-    assert all(set(r) == {"prompt", "responses", "ranking", "ties"} for r in rows)  # the ranking is all it asks
+    # the ranking is all it asks
+    assert all(set(r) == {"prompt", "responses", "ranking", "ties"} for r in rows)
     assert shown.getvalue().count("  ! ") == 2  # each bad answer was explained
     # resume: only the third group is asked, and the file keeps the first two untouched
     shown = io.StringIO()
@@ -69,7 +71,8 @@ def test_second_labeler_agreement_leaves_out_human_rankings():
     world = World(0)
     prompt = world.prompts(1, "val")[0]["prompt"]
     task = parse_task(prompt)
-    simulated = {"prompt": prompt, "responses": [task.ideal[0], task.wrong[0], "Ugh, go away."], "ranking": [0, 1, 2],
+    simulated = {"prompt": prompt, "responses": [task.ideal[0], task.wrong[0], "Ugh, go away."],
+                 "ranking": [0, 1, 2],
                  "finished": [True] * 3, "ties": []}
     human = {**simulated, "ranking": [2, 1, 0], "human": True}  # label.py writes "finished" too
     alone = labeler_agreement(world.labeler, [simulated], random.Random(0))

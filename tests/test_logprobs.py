@@ -57,7 +57,8 @@ def check(logits, targets, impl, temperature=1.0, mask=None, block_v=None, atol=
     assert ours[0].dtype == ours[1].dtype == torch.float32 and ours[2].dtype == logits.dtype
     torch.testing.assert_close(ours[0].double(), ref[0], atol=atol, rtol=1e-5)
     torch.testing.assert_close(ours[1].double(), ref[1], atol=atol, rtol=1e-5)
-    torch.testing.assert_close(ours[2].double(), ref[2], atol=grad_atol, rtol=1e-2 if grad_atol > 1e-5 else 1e-5)
+    torch.testing.assert_close(ours[2].double(), ref[2], atol=grad_atol,
+                               rtol=1e-2 if grad_atol > 1e-5 else 1e-5)
     return ours, ref
 
 
@@ -73,7 +74,8 @@ def make(N, V, dtype=torch.float32, scale=3.0, seed=0):
 # values and gradients
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("V,block_v", [(7, None), (33, 8), (1000, 128)])  # odd V, V > BLOCK_V, V % BLOCK_V != 0
+# odd V, V > BLOCK_V, V % BLOCK_V != 0
+@pytest.mark.parametrize("V,block_v", [(7, None), (33, 8), (1000, 128)])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_matches_reference(impl, V, block_v, temperature):
     logits, targets = make(5, V)  # N = 5: no power of two

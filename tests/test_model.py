@@ -177,7 +177,8 @@ def test_padded_logits_are_never_returned_sampled_or_scored():
     full = torch.log_softmax(m(gen.tokens, gen.attention_mask).float(), -1)[:, gen.prompt_len - 1 : -1]
     want = full.gather(-1, gen.tokens[:, gen.prompt_len :, None]).squeeze(-1) * gen.response_mask
     torch.testing.assert_close(lp * gen.response_mask, want, atol=1e-5, rtol=0)
-    assert lp.min() > -10  # scored over the real vocabulary: with the padding in, every log-prob is about -160
+    # scored over the real vocabulary: with the padding in, every log-prob is about -160
+    assert lp.min() > -10
     torch.testing.assert_close(gen.logprobs, want, atol=1e-5, rtol=0)  # the sampler's own log-probs, too
 
 
