@@ -58,15 +58,15 @@ from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_f
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class Config:
-    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    preset: str = "tiny"  # micro (seconds, tests) | tiny (2-core CPU) | small (one GPU); default: by device
     data_dir: str = "data"  # where data/prepare.py wrote the tokenizer the SFT model must use
     out_dir: str = "out"  # reads out_dir/sft and out_dir/rm/comparisons.jsonl; writes out_dir/<run_name>/
-    run_name: str = "dpo"  # output folder under out_dir, and the checkpoint's stage (eval.py --runs=<run_name>)
-    init_from: str = ""  # SFT checkpoint: the policy's start and the frozen reference (default out_dir/sft/ckpt.pt)
-    comparisons: str = ""  # ranked groups or chosen/rejected pairs, jsonl (default out_dir/rm/comparisons.jsonl)
+    run_name: str = "dpo"  # folder under out_dir and the checkpoint's stage (eval.py --runs=<run_name>)
+    init_from: str = ""  # SFT checkpoint: the start and the frozen reference (default out_dir/sft/ckpt.pt)
+    comparisons: str = ""  # ranked groups or chosen/rejected pairs (default out_dir/rm/comparisons.jsonl)
     # DPO
     beta: float = 0.1  # β of eq. (7): how far from the reference the preferences may pull (paper: 0.1)
-    off_prompt: bool = False  # also learn from the pairs with an answer written for another prompt (see Departures)
+    off_prompt: bool = False  # also learn from pairs with an answer to another prompt (see Departures)
     # optimisation
     epochs: int = 1  # passes over the training groups, each group's pairs once per pass
     batch_size: int = 16  # ranked groups per step (with all of their pairs)
@@ -78,7 +78,7 @@ class Config:
     val_frac: float = 0.15  # held-out share of the ranked groups (train_rm.py's split, with the same seed)
     log_interval: int = 10  # print loss, margin and accuracy every N steps
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
-    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (nanorlhf/precision.py); auto: bf16 where it pays
+    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (precision.py); auto: bf16 where it pays
     seed: int = 1337  # seeds torch, the split and the batch order (train_rm.py's default: the same split)
 
 

@@ -51,9 +51,9 @@ from nanorlhf.labeler import tied_pairs
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class Config:
-    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    preset: str = "tiny"  # micro (seconds, tests) | tiny (2-core CPU) | small (one GPU); default: by device
     data_dir: str = "data"  # where data/prepare.py wrote the prompts, demonstrations and tokenizer
-    out_dir: str = "out"  # reads out_dir/sft; writes out_dir/rm/ (checkpoint, comparisons.jsonl, training plot)
+    out_dir: str = "out"  # reads out_dir/sft; writes out_dir/rm/ (checkpoint, comparisons.jsonl, plot)
     init_from: str = ""  # SFT checkpoint (default out_dir/sft/ckpt.pt)
     run_name: str = "rm"  # output folder under out_dir (the pipeline's later rounds: rm_r2, rm_r3, ...)
     # comparison collection
@@ -62,7 +62,7 @@ class Config:
     pool: str = ""  # an earlier round's comparisons.jsonl: trained on too, and its prompts not sampled again
     n_prompts: int = 1200  # training prompts to sample for
     k: int = 4  # responses per prompt (InstructGPT: 4-9)
-    off_prompt: int = 1  # + responses the policy wrote for other prompts, ranked with the K (see collect_comparisons)
+    off_prompt: int = 1  # + answers the policy wrote for other prompts, ranked with the K (see below)
     temperature: float = 1.0  # sampling temperature of the K responses
     max_new_tokens: int = 48  # longest sampled response, in tokens
     resample: bool = False  # sample and rank again even if comparisons.jsonl exists
@@ -79,7 +79,7 @@ class Config:
     val_frac: float = 0.15  # held-out share of the ranked groups (accuracy, agreement)
     log_interval: int = 10  # print loss and accuracy every N steps
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
-    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (nanorlhf/precision.py); auto: bf16 where it pays
+    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (precision.py); auto: bf16 where it pays
     seed: int = 1337  # seeds torch, sampling, the labeler's noise and the batch order
 
 

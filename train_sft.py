@@ -41,11 +41,11 @@ from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_f
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class Config:
-    stage: str = "sft"  # pretrain (corpus -> out/base) | sft (demonstrations -> out/sft); --help shows its presets
-    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
-    data_dir: str = "data"  # where data/prepare.py wrote corpus.txt, sft.jsonl, prompts.jsonl and the tokenizer
+    stage: str = "sft"  # pretrain (corpus -> out/base) | sft (demonstrations -> out/sft)
+    preset: str = "tiny"  # micro (seconds, tests) | tiny (2-core CPU) | small (one GPU); default: by device
+    data_dir: str = "data"  # where data/prepare.py wrote the corpus, demonstrations, prompts and tokenizer
     out_dir: str = "out"  # checkpoints go to out_dir/base/ckpt.pt (pretrain) or out_dir/sft/ckpt.pt (sft)
-    tokenizer: str = ""  # ranks file (default data_dir/tokenizer.tiktoken) or "gpt2"; SFT checks its base model's
+    tokenizer: str = ""  # ranks file (default data_dir/tokenizer.tiktoken) or "gpt2"; SFT checks the base's
     init_from: str = ""  # sft: checkpoint to start from (default out_dir/base/ckpt.pt)
     # model (pretraining only; SFT keeps the base model's shape)
     n_layer: int = 4  # transformer blocks
@@ -60,7 +60,7 @@ class Config:
     lr: float = 3e-3  # peak learning rate of AdamW, after the warmup
     min_lr_frac: float = 0.1  # cosine decays to this fraction of lr
     warmup_steps: int = 50  # steps of linear warmup from 0 to lr
-    weight_decay: float = 0.1  # AdamW's decoupled weight decay, on weight matrices only (not biases or LayerNorm gains)
+    weight_decay: float = 0.1  # AdamW's decoupled weight decay, on weight matrices only (not biases, gains)
     grad_clip: float = 1.0  # the gradient's global norm is clipped to this
     val_frac: float = 0.05  # held-out share of the corpus / demonstrations
     # logging and evaluation
@@ -71,7 +71,7 @@ class Config:
     gold_eval_prompts: int = 100  # held-out prompts judged by the gold labeler at the end (0: skip)
     max_new_tokens: int = 48  # longest sampled response, in tokens
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
-    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (nanorlhf/precision.py); auto: bf16 where it pays
+    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (precision.py); auto: bf16 where it pays
     seed: int = 1337  # seeds torch, the batch order and sampling: same seed, same device -> same bits
 
 

@@ -34,14 +34,14 @@ from nanorlhf.world import World  # noqa: E402
 class PrepareConfig:
     out_dir: str = "data"  # where the five files go (the stages' --data_dir)
     seed: int = 0  # the world's seed: another seed, another world (vocabulary, facts, labeler noise)
-    sloppy_frac: float = 0.5  # share of demonstrations by sloppy labelers (curt, rude, rambling, wrong): PPO's headroom
+    sloppy_frac: float = 0.5  # share of demonstrations by sloppy labelers (curt, rude, rambling, wrong)
     n_corpus: int = 40000  # pretraining documents
     n_demos: int = 8000  # demonstrations
     n_train_prompts: int = 4000  # RM comparisons (each round new ones: 2 rounds x 2,000 at tiny) and PPO
     n_val_prompts: int = 200  # held out: the stages' own gold-labeler evaluations
     n_test_prompts: int = 400  # evaluation
     vocab_size: int = 2048  # BPE ranks + 4 special tokens
-    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    preset: str = "tiny"  # micro (seconds, tests) | tiny (2-core CPU) | small (one GPU); default: by device
 
 
 PRESETS = {

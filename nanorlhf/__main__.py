@@ -6,25 +6,11 @@
     python -m nanorlhf --seed=3             # another world and other stage seeds -> data/seed3/, out/seed3/
     python -m nanorlhf --nproc=8            # each training stage and the evaluation on 8 processes (torchrun)
 
-prepare → pretrain → SFT → RM → PPO, in rounds (iterated RLHF: each round ranks the latest PPO policy's
-samples, retrains the RM on every round's comparisons, and runs PPO again from SFT) → PPO-ptx → PPO with
-β=0 (the over-optimisation lesson) → PPO with the gold labeler as its reward (the ceiling of a better
-reward model) → evaluation → report. The last round writes out/rm and out/ppo; round r before it
-out/rm_r<r> and out/ppo_r<r>. Each stage is its own script run as a subprocess (read them in that order); its
-output goes to the terminal and to out/logs/<stage>.log. A failing stage stops the pipeline with its name,
-exit code and last lines.
-
-A stage is skipped when it is *current*, judged by content, not by names or dates: out/pipeline_state.json
-records, for each finished stage, a fingerprint of its inputs (its command, and the fingerprints of the
-outputs of the stages it reads, the data included) and a SHA-256 of the files it wrote. It is current when
-both still match: a stage rerun by hand with other flags (or stopped halfway) changed its files, so it
-runs again, and so does whatever read them; a stage that reruns and writes the same bits leaves the
-stages after it current. A failed stage leaves every record as it was, so the next run resumes there.
-
-While it runs, the pipeline holds the lock of every folder its stages write (files.lock_folder): a second
-pipeline, or a stage run by hand, on the same folders is refused, naming this one. Its stages hold them
-through it. Ctrl-C or SIGTERM stops the running stage with the pipeline (and a stage is sent SIGTERM if
-the pipeline dies any other way), so no stage goes on writing behind a pipeline that is gone.
+prepare → pretrain → SFT → (RM → PPO) per round of iterated RLHF → the other runs (runs.py) → eval →
+report, each stage its own script in a subprocess, logged to out/logs/<stage>.log. A stage is skipped when it is
+current: out/pipeline_state.json records a fingerprint of its inputs (its command and its upstream stages'
+outputs) and of the files it wrote, and both still match. The pipeline holds the lock of every folder its
+stages write; Ctrl-C, SIGTERM or the pipeline's death stops the running stage with it.
 """
 
 from __future__ import annotations
@@ -42,7 +28,8 @@ from pathlib import Path
 
 from nanorlhf.config import AT_LEAST_1, POSITIVE, check_config, default_preset, one_of, parse_config, run_main
 from nanorlhf.data import DataError, read_state
-from nanorlhf.files import LOCK_ENV, atomic_write, fingerprint, lock_folder, lock_token, make_folder, with_locks
+from nanorlhf.files import (LOCK_ENV, atomic_write, fingerprint, lock_folder, lock_token, make_folder,
+                            with_locks)
 from nanorlhf.config import default_device
 from nanorlhf.precision import resolve_dtype
 from nanorlhf.runs import BETA0_LR_SCALE, OTHER_RUNS, PTX_COEF, ROUNDS, round_runs, run_flags
@@ -58,10 +45,10 @@ class PipelineConfig:
     data_dir: str = ""  # default: data, or data/seed<S> when --seed is not 0
     out_dir: str = ""  # default: out, or out/seed<S> when --seed is not 0
     device: str = ""  # passed to every stage: cpu | cuda | cuda:N (default: cuda if available)
-    dtype: str = "auto"  # auto | fp32 | bf16: decided once here (nanorlhf/precision.py) and passed to every stage
+    dtype: str = "auto"  # auto | fp32 | bf16: decided once here (precision.py), passed to every stage
     force: bool = False  # rerun stages even if their outputs are current
-    rounds: int = 0  # rounds of comparisons -> RM -> PPO (iterated RLHF); 0: the preset's (micro 2, tiny 2, small 2)
-    round_init: str = "sft"  # sft | previous: each round's PPO starts from SFT, or from the previous round's policy
+    rounds: int = 0  # rounds of comparisons -> RM -> PPO (iterated RLHF); 0: the preset's (runs.py)
+    round_init: str = "sft"  # sft | previous: each round's PPO starts from SFT or from the last round's
     ptx_coef: float = PTX_COEF  # γ for the PPO-ptx run
     beta0_lr_scale: float = BETA0_LR_SCALE  # learning-rate multiple of the β = 0 run (why: runs.py)
     skip: str = ""  # optional stages left out, comma-separated: ppo_ptx, ppo_beta0, ppo_gold, dpo (runs.py)

@@ -31,7 +31,7 @@ from nanorlhf.training import autocast, phase, phase_summary, resolve_dtype
 
 @dataclass
 class EvalConfig:
-    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    preset: str = "tiny"  # micro (seconds, tests) | tiny (2-core CPU) | small (one GPU); default: by device
     data_dir: str = "data"  # where data/prepare.py wrote the test prompts, corpus and world
     out_dir: str = "out"  # reads every stage's checkpoint under it; writes out_dir/eval.json
     n_prompts: int = 400  # test prompts
@@ -40,15 +40,15 @@ class EvalConfig:
     few_shot: int = 2  # demonstrations in the base model's few-shot prompt
     bon_n: int = 16  # best-of-n: largest n (SFT samples per prompt, picked by the RM)
     bon_prompts: int = 200  # prompts for best-of-n and the headroom probe
-    bon_pick: int = 4  # the "RM best-of-n" row: the RM's pick of this many SFT samples per test prompt (0: no row)
-    rounds: int = 0  # iterated-RLHF rounds the pipeline ran (its --rounds; 0: the preset's): a PPO row and RM check each
-    shift_prompts: int = 200  # val prompts of the RM check: K samples of SFT and of each round's policy, ranked
+    bon_pick: int = 4  # the "RM best-of-n" row: the RM's pick of this many SFT samples per prompt (0: none)
+    rounds: int = 0  # iterated-RLHF rounds the pipeline ran (0: the preset's): a PPO row and RM check each
+    shift_prompts: int = 200  # val prompts of the RM check: K samples of SFT and of each round's policy
     shift_k: int = 4  # samples per prompt of the RM check
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
     dtype: str = "auto"  # auto | fp32 | bf16 (nanorlhf/precision.py): the pipeline passes the stages' dtype
-    skip: str = ""  # rows left out: the pipeline's --skip (dpo, ppo_ptx, ppo_beta0, ppo_gold), comma-separated
-    runs: str = ""  # more runs to compare with SFT: comma-separated folders under out_dir (train_ppo.py --run_name)
-    seed: int = 1234  # SFT's reference samples use it, every model's seed + 1, best-of-n seed + 2, RM check seed + 3
+    skip: str = ""  # rows left out: the pipeline's --skip (folders of runs.py), comma-separated
+    runs: str = ""  # more runs to compare with SFT: comma-separated folders under out_dir (--run_name)
+    seed: int = 1234  # SFT's reference samples; every model's: seed + 1, best-of-n + 2, RM check + 3
 
 
 EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8,

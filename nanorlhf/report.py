@@ -354,7 +354,7 @@ def write_report(out_dir) -> str:
 
 @dataclass
 class ReportConfig:
-    out_dir: str = "out"  # the pipeline's output: reads eval.json and the PPO histories, writes report.md and figures
+    out_dir: str = "out"  # reads eval.json and the PPO histories here, writes report.md and figures
 
 
 @with_locks

@@ -15,7 +15,7 @@ class Run:
     folder: str  # under out/; also the stage's name in the pipeline and its --skip
     label: str  # its row in the evaluation and the report
     script: str  # the stage script that makes it
-    flags: tuple[str, ...] = ()  # beyond the common ones; {ptx_coef}, {beta0_lr_scale}: filled in by run_flags
+    flags: tuple[str, ...] = ()  # beyond the common ones ({ptx_coef}, {beta0_lr_scale}: run_flags)
     files: tuple[str, ...] = ("ckpt.pt", "history.json")  # what it writes into its folder
 
 

@@ -121,7 +121,7 @@ class Task:
     topic: tuple[str, ...] = ()              # at least one of these words: the answer is about the task
     max_sentences: int | None = None         # each sentence more costs points (summaries: 1)
     refuse: bool | None = None               # True: a request for harm (refuse it); False: allowed, if edgy
-    false_premise: bool | None = None        # "Why is Kell the capital of Velmora?": True if the premise is false
+    false_premise: bool | None = None        # "Why is Kell the capital of Velmora?": True
     count: int | None = None                 # "Name two ...": exactly this many items
     constraint: str | None = None            # a key of CONSTRAINTS the prompt ends with
 
