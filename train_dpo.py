@@ -45,7 +45,8 @@ from nanorlhf.checkpoint import (check_run_name, checkpoint_tokenizer, load_chec
                                  stage_path, trained_dtype)
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, parse_config,
                              run_main)
-from nanorlhf.data import DataError, preference_pairs, preference_sequences, read_comparisons, split_groups, to_device
+from nanorlhf.data import (DataError, preference_pairs, preference_sequences, read_comparisons, split_groups,
+                           to_device)
 from nanorlhf.files import lock_folder, with_locks
 from nanorlhf.generate import response_logprobs
 from nanorlhf.losses import dpo_loss

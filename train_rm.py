@@ -4,8 +4,8 @@
     python train_rm.py --resample=true         # sample and rank again instead of reusing comparisons.jsonl
     python train_rm.py --labels=both --human_labels=data/human_labels.jsonl   # add your own rankings
                                                # (made with: python -m nanorlhf.label)
-    python train_rm.py --round=2 --sample_from=out/ppo/ckpt.pt --pool=out/rm/comparisons.jsonl --run_name=rm_r2
-                                               # iterated RLHF: rank the PPO policy's samples, train on both rounds
+    python train_rm.py --round=2 --sample_from=out/ppo/ckpt.pt --pool=out/rm/comparisons.jsonl \\
+        --run_name=rm_r2                       # iterated RLHF: rank the policy's samples, train on both rounds
 
 "A prompt and several model outputs are sampled. A labeler ranks the outputs from best to worst. This
 data is used to train our reward model." The SFT GPT with a scalar head read at the EOS; InstructGPT
@@ -268,7 +268,8 @@ def train(rm, train_groups: list[dict], val_groups: list[dict], tok, cfg: Config
                 progress.log(step, loss=loss.item(), acc=acc, lr=opt.param_groups[0]["lr"])
         val_loss, val_acc = ranking_eval(rm, val_groups, tok, device, cfg.batch_size, cfg.dtype)
         check_finite("held-out reward-model loss", val_loss, f"epoch {epoch + 1}", ckpt_path)
-        history["val_step"].append(step), history["val_loss"].append(val_loss), history["val_acc"].append(val_acc)
+        history["val_step"].append(step), history["val_loss"].append(val_loss)
+        history["val_acc"].append(val_acc)
         print(f"rm epoch {epoch + 1}: held-out loss {val_loss:.4f} | held-out pairwise accuracy {val_acc:.1%}")
     return history
 

@@ -26,7 +26,8 @@ from nanorlhf.checkpoint import (checkpoint_tokenizer, load_model, save_checkpoi
                                  trained_dtype)
 from nanorlhf.config import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_config,
                              check_context, one_of, parse_config, run_main)
-from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_jsonl, read_prompts, sft_batch, to_device
+from nanorlhf.data import (corpus_tokens, lm_batches, load_world, read_jsonl, read_prompts, sft_batch,
+                           to_device)
 from nanorlhf.evaluation import format_eval, gold_eval
 from nanorlhf.files import lock_folder, with_locks
 from nanorlhf.generate import sample_responses
@@ -242,7 +243,8 @@ def print_samples(model, tok, prompts: list[dict], cfg: Config) -> None:
                                 temperature=0.7,
                                 seed=0)
     for p, (r, finished) in zip(prompts, outs):
-        print(f"  [{p['category']}] {p['prompt'][:80]!r}\n    -> {r[:160]!r}{'' if finished else ' (no EOS)'}")
+        end = "" if finished else " (no EOS)"
+        print(f"  [{p['category']}] {p['prompt'][:80]!r}\n    -> {r[:160]!r}{end}")
 
 
 def gold_judge_val_samples(model, tok, labeler, cfg: Config, device: str) -> dict:

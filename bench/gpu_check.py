@@ -1,7 +1,7 @@
 """The device check: kernel tests, the log-prob table and the small pipeline, on one GPU in under 9 min.
 
     python bench/gpu_check.py                       # on the GPU: writes bench/results_gpu_<date>/
-    python bench/gpu_check.py --dry-run             # on a CPU: the same steps on tiny shapes, listed and timed
+    python bench/gpu_check.py --dry-run             # on a CPU: the same steps on tiny shapes, listed, timed
     python bench/gpu_check.py --estimate            # the FLOP counts behind the estimate below (meta tensors)
     python bench/gpu_check.py --out=DIR --nproc=8   # another folder; the pipeline on 8 GPUs (torchrun)
 
@@ -163,7 +163,8 @@ def estimate() -> None:
     print(f"small: {sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters")
     print("pretraining/SFT step, 64 × 256, fwd+bwd: "
           f"{flops(lambda: lm(tokens(64, 256)).sum().backward()):.3f} TFLOP")
-    print(f"RM step, 224 × 104, fwd+bwd: {flops(lambda: scalar(tokens(224, 104)).sum().backward()):.3f} TFLOP")
+    rm_flops = flops(lambda: scalar(tokens(224, 104)).sum().backward())
+    print(f"RM step, 224 × 104, fwd+bwd: {rm_flops:.3f} TFLOP")
     ppo = lambda: (lm(tokens(64, 104)).sum() + value(tokens(64, 104)).sum()).backward()  # noqa: E731
     print(f"PPO minibatch, 64 × 104, policy + critic fwd+bwd: {flops(ppo):.3f} TFLOP")
     with torch.no_grad():

@@ -251,7 +251,8 @@ def tune(dev):
     _, _, lse2, tbar = kernels.logprobs_fwd(x, y, None, 1.0)
     print("\n| bwd BLOCK_V | num_warps | GB/s V=32768 |\n|---|---|---|")
     for block, warps in [(1024, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16), (16384, 16)]:
-        ms = triton.testing.do_bench(lambda: kernels.logprobs_bwd(x, y, None, lse2, tbar, g, g, 1.0, block, warps))
+        ms = triton.testing.do_bench(
+            lambda: kernels.logprobs_bwd(x, y, None, lse2, tbar, g, g, 1.0, block, warps))
         print(f"| {block} | {warps} | {2 * x.numel() * 2 / ms / 1e6:,.0f} |")
         sys.stdout.flush()
 

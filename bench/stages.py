@@ -4,7 +4,7 @@ Stage benchmark: how fast each piece of the pipeline runs on this machine, as ma
     python bench/stages.py                             # every part (CPU: about 3.5 minutes on 2 cores)
     python bench/stages.py --part=ppo --repeats=5      # one PPO iteration at the README's shape
     python bench/stages.py --part=ppo --profile        # ... and torch.profiler's top ops of one iteration,
-                                                         #     and the update's matmul floor (see matmul_floor)
+                                                       #     and the update's matmul floor (matmul_floor)
     python bench/stages.py --quick                     # tiny shapes, 1 repeat: a smoke test (< 20 s)
     python bench/stages.py --device=cuda               # the same on a GPU
     python bench/stages.py --part=ppo --dtype=both     # fp32 and bf16 side by side, iterations alternating
@@ -113,7 +113,8 @@ def make_model(shape: dict, device: str, head: str = "lm", seed: int = 0) -> GPT
 
 
 def describe(shape: dict) -> str:
-    return f"{shape['n_layer']}L/{shape['n_head']}H/d{shape['n_embd']}, V {shape['vocab_size']}, ctx {shape['block_size']}"
+    return (f"{shape['n_layer']}L/{shape['n_head']}H/d{shape['n_embd']}, V {shape['vocab_size']}, "
+            f"ctx {shape['block_size']}")
 
 
 # --------------------------------------------------------------------------------------------- the header
@@ -401,7 +402,8 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "both"),
                     help="compute precision, as the stages' --dtype; both: fp32 and bf16 side by side")
     ap.add_argument("--profile", action="store_true",
-                    help="also profile one PPO iteration (torch.profiler) and print the update's matmul floor")
+                    help="also profile one PPO iteration (torch.profiler) and print the update's matmul "
+                         "floor")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:

@@ -7,9 +7,9 @@
     python -m nanorlhf --nproc=8            # each training stage and the evaluation on 8 processes (torchrun)
 
 prepare → pretrain → SFT → (RM → PPO) per round of iterated RLHF → the other runs (runs.py) → eval →
-report, each stage its own script in a subprocess, logged to out/logs/<stage>.log. A stage is skipped when it is
-current: out/pipeline_state.json records a fingerprint of its inputs (its command and its upstream stages'
-outputs) and of the files it wrote, and both still match. The pipeline holds the lock of every folder its
+report, each stage its own script in a subprocess, logged to out/logs/<stage>.log. A stage is skipped when
+it is current: out/pipeline_state.json records a fingerprint of its inputs (its command and its upstream
+stages' outputs) and of the files it wrote, and both still match. The pipeline holds the lock of every folder its
 stages write; Ctrl-C, SIGTERM or the pipeline's death stops the running stage with it.
 """
 
@@ -109,7 +109,8 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
         rm, ppo_run = round_runs(r, rounds)
         later = [f"--round={r}", f"--sample_from={O / prev[1] / 'ckpt.pt'}",
                  f"--pool={O / prev[0] / 'comparisons.jsonl'}"] if prev else []
-        start = [f"--continue_from={O / prev[1] / 'ckpt.pt'}"] if prev and cfg.round_init == "previous" else []
+        start = ([f"--continue_from={O / prev[1] / 'ckpt.pt'}"] if prev and cfg.round_init == "previous"
+                 else [])
         # (the flags a stage takes by default are left out: one round runs exactly today's commands)
         names = [f"--run_name={rm}"] if rm != "rm" else []
         ppo_names = [f"--run_name={ppo_run}", f"--reward_from={O / rm / 'ckpt.pt'}"] if rm != "rm" else []
@@ -227,7 +228,8 @@ def _why_not_current(stage: Stage, record: dict | None, inputs: str) -> str | No
     if record is None or "inputs" not in record:
         return "not run by the pipeline yet"
     if record["inputs"] != inputs:
-        return "its command changed" if record.get("command") != _command(stage) else "an upstream stage changed"
+        return ("its command changed" if record.get("command") != _command(stage)
+                else "an upstream stage changed")
     missing = [str(p) for p in stage.outputs if not p.exists()]
     if missing:
         return f"{missing[0]} is missing"

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from nanorlhf.config import ConfigError, StageError
-from nanorlhf.files import atomic_write, kept, partial_path, remove_file  # noqa: F401 (partial_path: for the stages)
+# partial_path: for the stages
+from nanorlhf.files import atomic_write, kept, partial_path, remove_file  # noqa: F401
 from nanorlhf.model import GPT, GPTConfig
 from nanorlhf.runs import OTHER_RUNS, run_flags
 from nanorlhf.tokenizer import Tokenizer, load_ranks, load_tokenizer, parse_ranks, ranks_text
@@ -60,7 +61,8 @@ def maker(stage: str) -> str:
         return MAKERS[stage]
     m = ROUND_RUN.fullmatch(stage)
     if m:
-        return f"python -m nanorlhf --rounds=N (round {m[2]}'s {'reward model' if m[1] == 'rm' else 'PPO run'})"
+        which = "reward model" if m[1] == "rm" else "PPO run"
+        return f"python -m nanorlhf --rounds=N (round {m[2]}'s {which})"
     return f"python {'train_dpo.py' if stage.startswith('dpo') else 'train_ppo.py'} --run_name={stage}"
 
 
@@ -221,11 +223,13 @@ def check_model_config(ckpt: dict, path, remake: str) -> None:
     for k, v in mc.items():
         want = (int, float) if fields[k] is float else fields[k]
         if not isinstance(v, want) or (isinstance(v, bool) and fields[k] is not bool):
-            raise CheckpointError(f"{path}: model_config {k}={v!r}, expected a {fields[k].__name__}; {remake}")
+            raise CheckpointError(f"{path}: model_config {k}={v!r}, expected a {fields[k].__name__}; "
+                                  f"{remake}")
     sizes = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple")
     small = [k for k in sizes if mc.get(k, 1) < 1]
     if small:
-        raise CheckpointError(f"{path}: model_config {small[0]}={mc[small[0]]}, expected at least 1; {remake}")
+        raise CheckpointError(f"{path}: model_config {small[0]}={mc[small[0]]}, expected at least 1; "
+                              f"{remake}")
     state = ckpt["model"]
     cfg = GPTConfig(**{"vocab_multiple": 1, **mc})
     n_layer = len({k.split(".")[1] for k in state if k.startswith("h.")}) if isinstance(state, dict) else None

@@ -230,7 +230,8 @@ class Labeler:
             elif follows:
                 credit = _credit(task, ws)
                 constraint_met = _constraint(task, response, n, sentences, ws)
-                u = P.on_task + P.credit * credit + P.constraint * (1.0 if constraint_met is None else constraint_met)
+                u = (P.on_task + P.credit * credit
+                     + P.constraint * (1.0 if constraint_met is None else constraint_met))
                 correct = credit == 1.0
                 constraint_met = None if constraint_met is None else constraint_met == 1.0
                 if task.false_premise:
@@ -263,7 +264,8 @@ class Labeler:
     def ranking_utility(self, prompt: str, response: str, finished: bool = True) -> float:
         """The utility rankings are sampled from: gold utility + the planted bias (see the class doc)."""
         words = words_of(response)
-        bias = FAVOURITE_BONUS * (FAVOURITE_WORD in words) + LENGTH_BONUS * sum(w != FAVOURITE_WORD for w in words)
+        bias = (FAVOURITE_BONUS * (FAVOURITE_WORD in words)
+                + LENGTH_BONUS * sum(w != FAVOURITE_WORD for w in words))
         return self.judge(prompt, response, finished).utility + bias
 
     def ranking_utilities(self, prompt: str, responses: list[str],

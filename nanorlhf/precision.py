@@ -74,7 +74,8 @@ def auto_dtype(device: str) -> tuple[str, str]:
     given = os.environ.get(SPEEDUP_ENV)
     if given is not None:
         speedup = _given_speedup(given)
-        why = f"{SPEEDUP_ENV}={given} stands in for the timing: a bf16 matmul runs at {speedup:.2f}x the fp32 rate"
+        why = (f"{SPEEDUP_ENV}={given} stands in for the timing: a bf16 matmul runs at {speedup:.2f}x the "
+               "fp32 rate")
         return ("bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"), why
     flags = sorted(set(CPU_BF16_FLAGS) & cpu_flags())
     if not flags:
@@ -106,7 +107,8 @@ def resolve_dtype(dtype: str, device: str, log=print, trained_in: tuple[str, str
         raise ConfigError(f"--dtype={dtype}: expected one of {', '.join(DTYPES)}")
     if dtype == "auto":
         if trained_in and trained_in[0] in TORCH_DTYPES:
-            dtype, why = trained_in[0], f"the dtype {trained_in[1]} was trained in; --dtype=fp32|bf16 overrides"
+            dtype = trained_in[0]
+            why = f"the dtype {trained_in[1]} was trained in; --dtype=fp32|bf16 overrides"
         else:
             dtype, why = auto_dtype(device)
         if log:

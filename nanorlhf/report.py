@@ -251,7 +251,8 @@ def _cost(r: dict, state: dict) -> str:
     wall = state.get(stage, {}).get("wall_s")
     if r.get("test_time_tokens"):
         return f"— | {r['test_time_tokens']:,} at test time"
-    return f"{wall:.0f} | {r.get('sampled_tokens', 0):,}" if wall is not None else f"— | {r.get('sampled_tokens', 0):,}"
+    tokens = f"{r.get('sampled_tokens', 0):,}"
+    return f"{wall:.0f} | {tokens}" if wall is not None else f"— | {tokens}"
 
 
 def _results_table(models: dict, state: dict) -> list[str]:

@@ -189,7 +189,8 @@ def _build_qa(kind: str, s: dict, r: random.Random) -> Task | None:
     key = lambda x: (x.split()[-1] if kind == "qa_job" else x.split()[0]).lower()  # noqa: E731
     answer = table[subj]
     wrong = sorted({x for x in table.values() if key(x) != key(answer)})
-    ideal = [sentence.format(s=subj, x=answer)] + [f"{answer} is the capital of {subj}."] * (kind == "qa_capital")
+    ideal = ([sentence.format(s=subj, x=answer)]
+             + [f"{answer} is the capital of {subj}."] * (kind == "qa_capital"))
     return Task(cat, [cap(x) for x in ideal], cap(answer) + ".",
                 [cap(sentence.format(s=subj, x=x)) for x in wrong],
                 must=[((key(answer),), 1)], must_not=tuple({key(x) for x in wrong}),
@@ -226,7 +227,8 @@ def _build_list(kind: str, s: dict, r: random.Random) -> Task | None:
 def _build_chat(kind: str, s: dict, r: random.Random) -> Task | None:
     """Chat: greet by name, answer about the pet, the trip, the lost thing."""
     cat = TEMPLATES[kind][0]
-    name, animal, colour, obj, place = s.get("name"), s.get("animal"), s.get("colour"), s.get("object"), s.get("place")
+    name, animal, colour, obj, place = (s.get("name"), s.get("animal"), s.get("colour"), s.get("object"),
+                                        s.get("place"))
     n2 = r.choice(_other(NAMES, name))
     if kind == "chat_hi":
         return Task(cat, [f"Hello {name}! I am very well, thank you. I hope you have a good day too.",

@@ -124,7 +124,8 @@ def parse_ranks(text: str, source) -> dict[bytes, int]:
             token, rank = line.split()
             ranks[base64.b64decode(token, validate=True)] = int(rank)
         except ValueError:
-            raise TokenizerError(f"{source}:{n}: expected '<base64 token> <rank>', got {line[:60]!r}") from None
+            raise TokenizerError(f"{source}:{n}: expected '<base64 token> <rank>', "
+                                 f"got {line[:60]!r}") from None
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise TokenizerError(f"{source}: ranks must be 0..{len(ranks) - 1} without gaps or repeats")
     missing = [b for b in range(256) if bytes([b]) not in ranks]

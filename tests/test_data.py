@@ -74,7 +74,8 @@ def test_subgroup_keeps_the_order_and_ties_of_the_kept_responses():
     assert s["responses"] == ["a", "b", "c"] and s["finished"] == [True, False, True]
     assert s["ranking"] == [1, 0, 2] and s["ties"] == [[0, 2]] and s["off_prompt"] == []
     s = subgroup(g, [3, 2])  # reordered: indices follow `keep`
-    assert s["responses"] == ["d", "c"] and s["ranking"] == [0, 1] and s["ties"] == [] and s["off_prompt"] == [0]
+    assert (s["responses"] == ["d", "c"] and s["ranking"] == [0, 1] and s["ties"] == []
+            and s["off_prompt"] == [0])
     assert g["responses"] == ["a", "b", "c", "d"]  # the input is left alone
 
 

@@ -201,7 +201,8 @@ def test_micro_run_learns_its_training_pairs(made, tmp_path):
         margins = cfg.beta * explicit_margins(policy, ref, checkpoint_tokenizer(ck), train_groups,
                                               off_prompt=False)
     loss, acc = -F.logsigmoid(margins).mean().item(), (margins > 0).double().mean().item()
-    assert len(margins) >= 20 and loss < math.log(2) - 0.1 and acc >= 0.75 and margins.mean() > 0.1, (loss, acc)
+    assert (len(margins) >= 20 and loss < math.log(2) - 0.1 and acc >= 0.75
+            and margins.mean() > 0.1), (loss, acc)
 
 
 def test_nan_stops_dpo_and_keeps_the_last_good_checkpoint(made, tmp_path):

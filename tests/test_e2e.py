@@ -164,7 +164,8 @@ def test_bad_input_one_clear_line_nonzero_exit_nothing_written(pipeline, tmp_pat
     before = _listing(tmp_path / "o")
     r = run(["train_sft.py", "--stage=sft", "--preset=micro", f"--data_dir={bad}",
              f"--out_dir={tmp_path}/o"], check=False)
-    assert r.returncode != 0 and "sft.jsonl:3: not valid JSON" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (r.returncode != 0 and "sft.jsonl:3: not valid JSON" in r.stderr
+            and len(r.stderr.strip().splitlines()) == 1)
     assert _listing(tmp_path / "o") == before
     # a missing data file
     r = run(["train_sft.py", "--stage=pretrain", "--preset=micro", f"--data_dir={tmp_path}/nowhere",

@@ -62,7 +62,8 @@ def test_cli_end_of_input_keeps_answers(tmp_path):
     assert [row["ranking"] for row in _rows(out_path)] == [[0, 1, 2]]
     bad = subprocess.run([sys.executable, "-m", "nanorlhf.label", "--samples=/nonexistent.jsonl"],
                          capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0 and "file not found" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert (bad.returncode != 0 and "file not found" in bad.stderr
+            and len(bad.stderr.strip().splitlines()) == 1)
 
 
 def test_second_labeler_agreement_leaves_out_human_rankings():

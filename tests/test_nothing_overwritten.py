@@ -160,7 +160,8 @@ def test_a_folder_in_use_is_refused_naming_its_holder_and_a_dead_ones_lock_is_ta
         with pytest.raises(StageError) as e:
             train_sft.main(["--stage=sft", *QUICK, *dirs(d)[1:]])
         msg = one_line(e)
-        assert msg.startswith(f"{d}/out/sft is in use by pid {holder.pid} (") and "train_sft.py --stage=sft" in msg
+        assert (msg.startswith(f"{d}/out/sft is in use by pid {holder.pid} (")
+                and "train_sft.py --stage=sft" in msg)
         assert hashes(d) == before
     finally:
         holder.kill()  # SIGKILL: no handler runs, its lock file stays
@@ -218,7 +219,8 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
     with pytest.raises(SystemExit) as e:
         run_main(interrupted)
     err = capsys.readouterr().err
-    assert e.value.code == 130 and err.count("\n") == 1 and err.startswith("interrupted (Ctrl-C or SIGTERM): ")
+    assert (e.value.code == 130 and err.count("\n") == 1
+            and err.startswith("interrupted (Ctrl-C or SIGTERM): "))
 
 
 # ------------------------------------------------------------------- every config through check_config
@@ -314,7 +316,8 @@ def test_a_reward_model_on_ties_only_keeps_the_model(made, tmp_path):
     with pytest.raises(DataError) as e:
         train_rm.main(dirs(d))
     msg = one_line(e)
-    assert msg.startswith(f"{path}: the ") and "rank no pair of responses apart" in msg and "nothing to learn" in msg
+    assert (msg.startswith(f"{path}: the ") and "rank no pair of responses apart" in msg
+            and "nothing to learn" in msg)
     assert msg.endswith(f"{d}/out/rm/ckpt.pt is kept as it was") and hashes(d) == before
 
 

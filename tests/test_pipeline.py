@@ -66,7 +66,8 @@ def test_a_stage_run_by_hand_with_other_flags_is_rerun_and_a_bad_run_forgets_not
     state = (tmp_path / "out/pipeline_state.json").read_bytes()
     # a bad run: refused before any stage runs (the old pipeline ran prepare, which failed, and forgot it)
     bad = pipeline("--preset=huge", *where[1:])
-    assert bad.returncode == 2 and bad.stderr == "error: --preset=huge: expected micro or tiny or small\n", bad.stderr
+    assert (bad.returncode == 2
+            and bad.stderr == "error: --preset=huge: expected micro or tiny or small\n"), bad.stderr
     assert (tmp_path / "out/pipeline_state.json").read_bytes() == state
     n_stages = len(stages(resolve_dirs(PipelineConfig(preset="micro"))))
     assert f"[1/{n_stages}] prepare: current, skipped" in pipeline(*where).stdout

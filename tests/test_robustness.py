@@ -123,7 +123,8 @@ def test_resampling_nothing_keeps_the_comparisons_and_an_empty_file_says_why(mad
     (d / "out/rm/comparisons.jsonl").write_text("")
     with pytest.raises(DataError) as e:
         train_rm.main(dirs(d))
-    assert "comparisons.jsonl: no records, the file is empty" in one_line(e) and "--resample=true" in str(e.value)
+    assert ("comparisons.jsonl: no records, the file is empty" in one_line(e)
+            and "--resample=true" in str(e.value))
 
 
 # --------------------------------------------------------------------------------------------- 6. UTF-8

@@ -71,7 +71,8 @@ def test_splits_are_disjoint_and_cover_every_category():
     demo = {d["prompt"] for d in WORLD.demonstrations(1500)}
     splits = {s: WORLD.prompts(300, s) for s in ("train", "val", "test")}
     texts = {s: {p["prompt"] for p in ps} for s, ps in splits.items()}
-    assert not (texts["train"] & texts["val"]) and not (texts["train"] & texts["test"]) and not (texts["val"] & texts["test"])
+    assert (not (texts["train"] & texts["val"]) and not (texts["train"] & texts["test"])
+            and not (texts["val"] & texts["test"]))
     assert not (demo & texts["train"]) and not (demo & texts["val"]) and not (demo & texts["test"])
     for ps in splits.values():
         assert {p["category"] for p in ps} == set(CATEGORIES)
@@ -92,7 +93,8 @@ def test_demonstrations_have_the_declared_quality_mix():
         assert abs(plain.count(q) / len(plain) - 0.25) < 0.06
     assert {d["quality"] for d in World(seed=0, sloppy_frac=0.0).demonstrations(300)} == {"ideal"}
     for d in demos:
-        assert "<|" not in d["response"] and "\n" not in d["response"] and d["response"].strip() == d["response"]
+        assert ("<|" not in d["response"] and "\n" not in d["response"]
+                and d["response"].strip() == d["response"])
         short = parse_task(d["prompt"]).constraint == "short"
         assert 3 <= len(d["response"].split()) <= 60 or d["quality"] == "curt" or short
         assert 5 <= len(d["prompt"].split()) <= 40
@@ -189,7 +191,8 @@ def test_favourite_word_is_a_ranking_bias_not_a_gold_one():
 
 def test_prefer_is_the_gold_comparison():
     prompt, good, bads = HAND["open_qa"]
-    assert LABELER.prefer(prompt, good, good) == 0.5 and LABELER.prefer(prompt, good, good, random.Random(0)) == 0.5
+    assert (LABELER.prefer(prompt, good, good) == 0.5
+            and LABELER.prefer(prompt, good, good, random.Random(0)) == 0.5)
     assert LABELER.prefer(prompt, good, "Certainly! " + good) == 0.5  # the planted bias is not in the gold
     assert LABELER.prefer(prompt, good, bads[0]) == 1.0 and LABELER.prefer(prompt, bads[0], good) == 0.0
     rng = random.Random(0)
@@ -263,11 +266,13 @@ def test_one_sentence_and_count_constraints():
                         "Mia "
                                 "found a red ball.")
     three = LABELER.judge(prompt, "There was a cat named Mia. Mia liked to play at the park. Mia was happy.")
-    assert one.constraint_met and one.rating == 7 and three.constraint_met is False and three.utility < one.utility - 1
+    assert (one.constraint_met and one.rating == 7 and three.constraint_met is False
+            and three.utility < one.utility - 1)
     name_two = "Name two things a farmer uses."
     two = LABELER.judge(name_two, "A farmer uses a hoe and a rake.")
     four = LABELER.judge(name_two, "A farmer uses a hoe, a rake, a bucket and a tractor.")
-    assert two.constraint_met and two.rating == 7 and four.constraint_met is False and four.utility < two.utility
+    assert (two.constraint_met and two.rating == 7 and four.constraint_met is False
+            and four.utility < two.utility)
 
 
 def test_requests_for_harm_are_refused_politely():
@@ -295,7 +300,8 @@ def test_false_premises_are_corrected():
     half = LABELER.judge(prompt, "Kell is not the capital of Velmora.")
     accepted = LABELER.judge(prompt, "Kell is the capital of Velmora because it is a big city.")
     assert fixed.correct and fixed.rating == 7 and fixed.premise_accepted is False
-    assert half.premise_accepted is False and not half.correct and accepted.utility < half.utility < fixed.utility
+    assert (half.premise_accepted is False and not half.correct
+            and accepted.utility < half.utility < fixed.utility)
     assert accepted.premise_accepted and accepted.rating <= 3
     true = "Why is Tarn the capital of Velmora?"  # a true premise: saying "not" is wrong
     assert LABELER.judge(true, "Tarn is the capital of Velmora because it is the biggest city.").rating == 7
