@@ -5,7 +5,7 @@
     python train_rm.py --labels=both --human_labels=data/human_labels.jsonl   # add your own rankings
                                                # (made with: python -m nanorlhf.label)
     python train_rm.py --round=2 --sample_from=out/ppo/ckpt.pt --pool=out/rm/comparisons.jsonl \\
-        --run_name=rm_r2                       # iterated RLHF: rank the policy's samples, train on both rounds
+        --run_name=rm_r2                       # iterated RLHF: rank the policy's samples, train on both
 
 "A prompt and several model outputs are sampled. A labeler ranks the outputs from best to worst. This
 data is used to train our reward model." The SFT GPT with a scalar head read at the EOS; InstructGPT
@@ -270,7 +270,8 @@ def train(rm, train_groups: list[dict], val_groups: list[dict], tok, cfg: Config
         check_finite("held-out reward-model loss", val_loss, f"epoch {epoch + 1}", ckpt_path)
         history["val_step"].append(step), history["val_loss"].append(val_loss)
         history["val_acc"].append(val_acc)
-        print(f"rm epoch {epoch + 1}: held-out loss {val_loss:.4f} | held-out pairwise accuracy {val_acc:.1%}")
+        print(f"rm epoch {epoch + 1}: held-out loss {val_loss:.4f} | held-out pairwise accuracy "
+              f"{val_acc:.1%}")
     return history
 
 

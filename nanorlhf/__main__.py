@@ -9,8 +9,8 @@
 prepare → pretrain → SFT → (RM → PPO) per round of iterated RLHF → the other runs (runs.py) → eval →
 report, each stage its own script in a subprocess, logged to out/logs/<stage>.log. A stage is skipped when
 it is current: out/pipeline_state.json records a fingerprint of its inputs (its command and its upstream
-stages' outputs) and of the files it wrote, and both still match. The pipeline holds the lock of every folder its
-stages write; Ctrl-C, SIGTERM or the pipeline's death stops the running stage with it.
+stages' outputs) and of the files it wrote, and both still match. The pipeline holds the lock of every
+folder its stages write; Ctrl-C, SIGTERM or the pipeline's death stops the running stage with it.
 """
 
 from __future__ import annotations
