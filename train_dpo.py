@@ -40,31 +40,34 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed
-from nanorlhf.checkpoint import (check_run_name, checkpoint_tokenizer, load_checkpoint, load_model, save_checkpoint,
+from nanorlhf.checkpoint import (check_run_name, checkpoint_tokenizer, load_checkpoint, load_model,
+                                 save_checkpoint,
                                  stage_path, trained_dtype)
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, parse_config,
                              run_main)
-from nanorlhf.data import DataError, preference_pairs, preference_sequences, read_comparisons, split_groups, to_device
+from nanorlhf.data import (DataError, preference_pairs, preference_sequences, read_comparisons, split_groups,
+                           to_device)
 from nanorlhf.files import lock_folder, with_locks
 from nanorlhf.generate import response_logprobs
 from nanorlhf.losses import dpo_loss
 from nanorlhf.plots import line_plots
-from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, lr_at, make_optimizer, resolve_dtype,
+from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, lr_at, make_optimizer,
+                               resolve_dtype,
                                seed_everything, set_lr)
 
 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class Config:
-    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    preset: str = "tiny"  # micro (seconds, tests) | tiny (2-core CPU) | small (one GPU); default: by device
     data_dir: str = "data"  # where data/prepare.py wrote the tokenizer the SFT model must use
     out_dir: str = "out"  # reads out_dir/sft and out_dir/rm/comparisons.jsonl; writes out_dir/<run_name>/
-    run_name: str = "dpo"  # output folder under out_dir, and the checkpoint's stage (eval.py --runs=<run_name>)
-    init_from: str = ""  # SFT checkpoint: the policy's start and the frozen reference (default out_dir/sft/ckpt.pt)
-    comparisons: str = ""  # ranked groups or chosen/rejected pairs, jsonl (default out_dir/rm/comparisons.jsonl)
+    run_name: str = "dpo"  # folder under out_dir and the checkpoint's stage (eval.py --runs=<run_name>)
+    init_from: str = ""  # SFT checkpoint: the start and the frozen reference (default out_dir/sft/ckpt.pt)
+    comparisons: str = ""  # ranked groups or chosen/rejected pairs (default out_dir/rm/comparisons.jsonl)
     # DPO
     beta: float = 0.1  # β of eq. (7): how far from the reference the preferences may pull (paper: 0.1)
-    off_prompt: bool = False  # also learn from the pairs with an answer written for another prompt (see Departures)
+    off_prompt: bool = False  # also learn from pairs with an answer to another prompt (see Departures)
     # optimisation
     epochs: int = 1  # passes over the training groups, each group's pairs once per pass
     batch_size: int = 16  # ranked groups per step (with all of their pairs)
@@ -76,7 +79,7 @@ class Config:
     val_frac: float = 0.15  # held-out share of the ranked groups (train_rm.py's split, with the same seed)
     log_interval: int = 10  # print loss, margin and accuracy every N steps
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
-    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (nanorlhf/precision.py); auto: bf16 where it pays
+    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (precision.py); auto: bf16 where it pays
     seed: int = 1337  # seeds torch, the split and the batch order (train_rm.py's default: the same split)
 
 
@@ -106,16 +109,18 @@ def load_groups(cfg: Config, rng: random.Random) -> tuple[list[dict], list[dict]
     path = cfg.comparisons or Path(cfg.out_dir) / "rm" / "comparisons.jsonl"
     train, val = split_groups(read_comparisons(path, "python train_rm.py"), cfg.val_frac, rng)
     train = [g for g in train if preference_pairs(g, cfg.off_prompt)]
-    val = [g for g in val if preference_pairs(g, off_prompt=False)]  # held out: the K samples, as the RM's accuracy
+    # held out: the K samples, as the RM's accuracy
+    val = [g for g in val if preference_pairs(g, off_prompt=False)]
     if not train or not val:
-        raise DataError(f"{path}: no preference pair left to {'train on' if not train else 'hold out'} (every pair "
-                        f"tied or identical; expected more ranked groups)")
+        raise DataError(f"{path}: no preference pair left to {'train on' if not train else 'hold out'} "
+                        "(every pair tied or identical; expected more ranked groups)")
     return train, val
 
 
 # ----------------------------------------------------------------------------- log-probs, the DPO step
 def sequence_logps(model, tokens, attn, P: int, resp) -> torch.Tensor:
-    """log π(y|x) of each row: the response tokens' log-probs summed (the shared log-prob path, logprobs.py). (N,)"""
+    """log π(y|x) of each row: the response tokens' log-probs summed (the shared log-prob path, logprobs.py).
+    (N,)"""
     logps = response_logprobs(model, tokens, attn, P)  # (N, L - P), fp32
     return torch.where(resp, logps, 0.0).sum(1)
 
@@ -129,7 +134,8 @@ def reference_logps(ref, groups: list[dict], tok, block: int, cfg: Config, devic
     out = []
     for a in range(0, len(mine), 4 * cfg.batch_size):
         chunk = mine[a : a + 4 * cfg.batch_size]
-        tokens, attn, P, resp, _, _, keys = (to_device(t, device) if isinstance(t, torch.Tensor) else t for t in
+        tokens, attn, P, resp, _, _, keys = (to_device(t, device) if isinstance(t, torch.Tensor) else t
+                                             for t in
                                              preference_sequences(chunk, tok, block, off_prompt))
         with autocast(device, cfg.dtype):
             logps = sequence_logps(ref, tokens, attn, P, resp).tolist()
@@ -140,11 +146,14 @@ def reference_logps(ref, groups: list[dict], tok, block: int, cfg: Config, devic
     return distributed.gather(out)
 
 
-def dpo_step(policy, groups: list[dict], tok, block: int, beta: float, off_prompt: bool, device: str, dtype: str):
+def dpo_step(policy, groups: list[dict], tok, block: int, beta: float, off_prompt: bool,
+             device: str, dtype: str):
     """Eq. (7) on every pair of `groups`: chosen and rejected responses in one forward, each response once.
-    Returns the loss and the number of pairs, the implicit-reward margin and accuracy (ties half) as floats."""
+    Returns the loss and the number of pairs, the implicit-reward margin and accuracy (ties half) as
+    floats."""
     tokens, attn, P, resp, chosen, rejected, keys = preference_sequences(groups, tok, block, off_prompt)
-    tokens, attn, resp, chosen, rejected = (to_device(t, device) for t in (tokens, attn, resp, chosen, rejected))
+    tokens, attn, resp, chosen, rejected = (to_device(t, device)
+                                            for t in (tokens, attn, resp, chosen, rejected))
     ref = torch.tensor([groups[b]["ref_logps"][i] for b, i in keys], device=device)  # (N,)
     with autocast(device, dtype):
         logps = sequence_logps(policy, tokens, attn, P, resp)  # (N,)
@@ -156,11 +165,13 @@ def dpo_step(policy, groups: list[dict], tok, block: int, beta: float, off_promp
 
 @torch.no_grad()
 def evaluate(policy, groups: list[dict], tok, block: int, cfg: Config, device: str) -> dict:
-    """Held-out loss, implicit-reward margin and pairwise accuracy, over the pairs of the groups' K samples."""
+    """Held-out loss, implicit-reward margin and pairwise accuracy, over the pairs of the groups' K
+    samples."""
     policy.eval()
     sums, n = {"loss": 0.0, "margin": 0.0, "acc": 0.0}, 0
     for a in range(0, len(groups), 4 * cfg.batch_size):
-        loss, s = dpo_step(policy, groups[a : a + 4 * cfg.batch_size], tok, block, cfg.beta, False, device, cfg.dtype)
+        loss, s = dpo_step(policy, groups[a : a + 4 * cfg.batch_size], tok, block, cfg.beta, False,
+                           device, cfg.dtype)
         for k, v in (("loss", loss.item()), ("margin", s["margin"]), ("acc", s["acc"])):
             sums[k] += v * s["pairs"]
         n += s["pairs"]
@@ -178,14 +189,16 @@ def train(policy, train_groups: list[dict], val_groups: list[dict], tok, cfg: Co
     steps_per_epoch = max(1, len(train_groups) // cfg.batch_size)
     max_steps = cfg.epochs * steps_per_epoch
     progress = Progress(max_steps, f"dpo[{cfg.run_name}]")
-    history = {"step": [], "loss": [], "margin": [], "acc": [], "val_step": [], "val_loss": [], "val_margin": [],
+    history = {"step": [], "loss": [], "margin": [], "acc": [], "val_step": [], "val_loss": [],
+               "val_margin": [],
                "val_acc": []}
     step = 0
     policy.train()
     for epoch in range(cfg.epochs):
         rng.shuffle(train_groups)
         for i in range(steps_per_epoch):
-            batch = distributed.shard(train_groups[i * cfg.batch_size : (i + 1) * cfg.batch_size])  # this rank's
+            # this rank's
+            batch = distributed.shard(train_groups[i * cfg.batch_size : (i + 1) * cfg.batch_size])
             set_lr(opt, lr_at(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
             loss, s = dpo_step(policy, batch, tok, block, cfg.beta, cfg.off_prompt, device, cfg.dtype)
             check_finite("DPO loss", loss, step + 1, ckpt_path)
@@ -195,7 +208,8 @@ def train(policy, train_groups: list[dict], val_groups: list[dict], tok, cfg: Co
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
-            row = distributed.average({"loss": loss.item(), "margin": s["margin"], "acc": s["acc"]}, s["pairs"])
+            row = distributed.average({"loss": loss.item(), "margin": s["margin"],
+                                       "acc": s["acc"]}, s["pairs"])
             for k in ("loss", "margin", "acc"):
                 history[k].append(row[k])
             history["step"].append(step)
@@ -207,8 +221,8 @@ def train(policy, train_groups: list[dict], val_groups: list[dict], tok, cfg: Co
         for k in ("loss", "margin", "acc"):
             history[f"val_{k}"].append(val[k])
         history["val_step"].append(step)
-        print(f"dpo[{cfg.run_name}] epoch {epoch + 1}: held-out loss {val['loss']:.4f} | implicit-reward margin "
-              f"{val['margin']:+.3f} | pairwise accuracy {val['acc']:.1%} ({val['pairs']} pairs)")
+        print(f"dpo[{cfg.run_name}] epoch {epoch + 1}: held-out loss {val['loss']:.4f} | implicit-reward "
+              f"margin {val['margin']:+.3f} | pairwise accuracy {val['acc']:.1%} ({val['pairs']} pairs)")
     return history
 
 
@@ -263,9 +277,9 @@ def main(argv=None):
         val_groups = reference_logps(ref, val_groups, tok, block, cfg, device, off_prompt=False)
     del ref
     n_pairs = sum(len(preference_pairs(g, cfg.off_prompt)) for g in train_groups)
-    print(f"dpo[{cfg.run_name}]: {policy.num_params() / 1e6:.2f}M parameters, {len(train_groups)} train groups "
-          f"({n_pairs} pairs{', off-prompt answers in' if cfg.off_prompt else ''}) / {len(val_groups)} held-out, "
-          f"β={cfg.beta}, {cfg.epochs} epoch(s), device {device} {cfg.dtype}")
+    print(f"dpo[{cfg.run_name}]: {policy.num_params() / 1e6:.2f}M parameters, {len(train_groups)} train "
+          f"groups ({n_pairs} pairs{', off-prompt answers in' if cfg.off_prompt else ''}) / "
+          f"{len(val_groups)} held-out, β={cfg.beta}, {cfg.epochs} epoch(s), device {device} {cfg.dtype}")
 
     with phase("training"):
         history = train(policy, train_groups, val_groups, tok, cfg, rng, device, ckpt_path)

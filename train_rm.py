@@ -4,23 +4,16 @@
     python train_rm.py --resample=true         # sample and rank again instead of reusing comparisons.jsonl
     python train_rm.py --labels=both --human_labels=data/human_labels.jsonl   # add your own rankings
                                                # (made with: python -m nanorlhf.label)
-    python train_rm.py --round=2 --sample_from=out/ppo/ckpt.pt --pool=out/rm/comparisons.jsonl --run_name=rm_r2
-                                               # iterated RLHF: rank the PPO policy's samples, train on both rounds
+    python train_rm.py --round=2 --sample_from=out/ppo/ckpt.pt --pool=out/rm/comparisons.jsonl \\
+        --run_name=rm_r2                       # iterated RLHF: rank the policy's samples, train on both
 
 "A prompt and several model outputs are sampled. A labeler ranks the outputs from best to worst. This
-data is used to train our reward model." The reward model is the SFT GPT with its LM head swapped for a
-scalar head read at the last real token (the EOS). Loss: InstructGPT eq. (1) over all the pairs of one
-prompt's group, in one batch element (losses.ranking_loss). A group holds the K samples and `off_prompt`
-answers the policy wrote for other prompts (see collect_comparisons): with the default one, C(K+1, 2)
-pairs. One epoch by default: InstructGPT found more epochs overfit. Pairs the labeler finds equally
-good (ties) carry no preference and are skipped. At the end a bias is set so that SFT demonstrations
-score 0 on average (InstructGPT §3.5/App. C). Held-out pairwise accuracy (on the K samples' pairs that
-are not ties) is reported beside a second labeler's agreement on the same pairs.
-
-Iterated RLHF (Stiennon et al. 2020; Bai et al. 2022; Llama 2): a reward model is right only near the samples
-it was trained on, and PPO moves away from them. Round r > 1 ranks the round-(r-1) PPO policy's samples
-(--sample_from) for training prompts no earlier round used, adds them to every earlier round's groups
-(--pool), and trains a fresh reward model from SFT on all of them. Each group records its round.
+data is used to train our reward model." The SFT GPT with a scalar head read at the EOS; InstructGPT
+eq. (1) over all pairs of one prompt's group in one batch element (losses.ranking_loss), ties skipped; a
+final bias makes SFT demonstrations score 0 on average (§3.5/App. C). Each group adds `off_prompt`
+answers written for other prompts (collect_comparisons). Round r > 1 (iterated RLHF, Stiennon et al. 2020;
+Bai et al. 2022) ranks the round-(r-1) policy's samples on unused training prompts, pools every earlier
+round's groups (--pool) and trains a fresh reward model from SFT.
 """
 
 from __future__ import annotations
@@ -34,20 +27,23 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed
-from nanorlhf.checkpoint import (check_run_name, checkpoint_tokenizer, load_checkpoint, load_model, load_policy,
+from nanorlhf.checkpoint import (check_run_name, checkpoint_tokenizer, load_checkpoint, load_model,
+                                 load_policy,
                                  save_checkpoint, stage_path, trained_dtype, weights_fingerprint)
 from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_config, check_context,
                              one_of, parse_config, run_main)
-from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_json, read_jsonl, read_prompts,
+from nanorlhf.data import (DataError, load_world, ranked_sequences, read_comparisons, read_json, read_jsonl,
+                           read_prompts,
                            split_groups,
                            subgroup, to_device, write_jsonl)
-from nanorlhf.eval import score_texts
+from nanorlhf.evaluation import score_texts
 from nanorlhf.evaluation import ranking_eval, rm_accuracy
 from nanorlhf.files import atomic_write, fingerprint, lock_folder, with_locks
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import ranking_accuracy, ranking_loss
 from nanorlhf.plots import line_plots
-from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, check_learnable, lr_at, make_optimizer,
+from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, check_learnable, lr_at,
+                               make_optimizer,
                                resolve_dtype, seed_everything, set_lr)
 from nanorlhf.labeler import tied_pairs
 
@@ -55,9 +51,9 @@ from nanorlhf.labeler import tied_pairs
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class Config:
-    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    preset: str = "tiny"  # micro (seconds, tests) | tiny (2-core CPU) | small (one GPU); default: by device
     data_dir: str = "data"  # where data/prepare.py wrote the prompts, demonstrations and tokenizer
-    out_dir: str = "out"  # reads out_dir/sft; writes out_dir/rm/ (checkpoint, comparisons.jsonl, training plot)
+    out_dir: str = "out"  # reads out_dir/sft; writes out_dir/rm/ (checkpoint, comparisons.jsonl, plot)
     init_from: str = ""  # SFT checkpoint (default out_dir/sft/ckpt.pt)
     run_name: str = "rm"  # output folder under out_dir (the pipeline's later rounds: rm_r2, rm_r3, ...)
     # comparison collection
@@ -66,7 +62,7 @@ class Config:
     pool: str = ""  # an earlier round's comparisons.jsonl: trained on too, and its prompts not sampled again
     n_prompts: int = 1200  # training prompts to sample for
     k: int = 4  # responses per prompt (InstructGPT: 4-9)
-    off_prompt: int = 1  # + responses the policy wrote for other prompts, ranked with the K (see collect_comparisons)
+    off_prompt: int = 1  # + answers the policy wrote for other prompts, ranked with the K (see below)
     temperature: float = 1.0  # sampling temperature of the K responses
     max_new_tokens: int = 48  # longest sampled response, in tokens
     resample: bool = False  # sample and rank again even if comparisons.jsonl exists
@@ -83,12 +79,13 @@ class Config:
     val_frac: float = 0.15  # held-out share of the ranked groups (accuracy, agreement)
     log_interval: int = 10  # print loss and accuracy every N steps
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
-    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (nanorlhf/precision.py); auto: bf16 where it pays
+    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (precision.py); auto: bf16 where it pays
     seed: int = 1337  # seeds torch, sampling, the labeler's noise and the batch order
 
 
 PRESETS = {
-    "micro": dict(n_prompts=24, k=3, max_new_tokens=12, batch_size=4, log_interval=2, warmup_steps=1, val_frac=0.25),
+    "micro": dict(n_prompts=24, k=3, max_new_tokens=12, batch_size=4, log_interval=2, warmup_steps=1,
+                  val_frac=0.25),
     # tiny: one epoch at 1e-4 underfits a 1M-parameter RM; more than 2 epochs at 5e-4 gain nothing (the
     # accuracies: bench/NOTES.md, "Preset choices"); 2,000 prompts so the rarer axes (refusals, false
     # premises) reach the ranked groups often enough
@@ -123,16 +120,19 @@ def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config) 
     texts = [p["prompt"] for p in prompts for _ in range(cfg.k)]
     outs = sample_responses(policy, tok, texts, cfg.max_new_tokens, cfg.temperature, seed=seed)
     rng = random.Random(seed)
-    others_of = {c: [i for i, q in enumerate(prompts) if q["category"] != c] for c in {p["category"] for p in prompts}}
+    others_of = {c: [i for i, q in enumerate(prompts) if q["category"] != c]
+                 for c in {p["category"] for p in prompts}}
     groups = []
     for j, p in enumerate(prompts):
         resp, others = outs[j * cfg.k : (j + 1) * cfg.k], others_of[p["category"]]
-        resp += [outs[i * cfg.k + rng.randrange(cfg.k)] for i in rng.sample(others, min(cfg.off_prompt, len(others)))]
+        resp += [outs[i * cfg.k + rng.randrange(cfg.k)]
+                 for i in rng.sample(others, min(cfg.off_prompt, len(others)))]
         texts_j, finished = [r for r, _ in resp], [f for _, f in resp]
         with phase("labeler"):
             utilities = labeler.ranking_utilities(p["prompt"], texts_j, finished)  # each response judged once
             ranking = labeler.rank(p["prompt"], texts_j, rng, utilities=utilities)
-        groups.append({"prompt": p["prompt"], "category": p["category"], "responses": texts_j, "finished": finished,
+        groups.append({"prompt": p["prompt"], "category": p["category"], "responses": texts_j,
+                       "finished": finished,
                        "ranking": ranking, "ties": tied_pairs(utilities),
                        "off_prompt": list(range(cfg.k, len(resp))), "round": cfg.round})
     return groups
@@ -141,7 +141,8 @@ def collect_comparisons(policy, tok, labeler, prompts: list[dict], cfg: Config) 
 def recipe(cfg: Config, sample_path) -> dict:
     """What comparisons.jsonl is made from (the weights sampled, the earlier rounds' groups, the prompts and
     the flags of sampling): it is reused only while this is unchanged, wherever the files were moved."""
-    return {"sample_from": weights_fingerprint(sample_path), "pool": fingerprint([cfg.pool]) if cfg.pool else "",
+    return {"sample_from": weights_fingerprint(sample_path),
+            "pool": fingerprint([cfg.pool]) if cfg.pool else "",
             "prompts": fingerprint([Path(cfg.data_dir) / "prompts.jsonl"]),
             **{k: getattr(cfg, k) for k in ("round", "n_prompts", "k", "off_prompt", "temperature",
                                             "max_new_tokens", "seed")}}
@@ -170,15 +171,18 @@ def comparisons(cfg: Config, sample_path, tok, labeler, device: str) -> list[dic
         else:
             if comp_path.exists() and not cfg.resample:  # e.g. --k=100 where the file has K = 3: never reused
                 changed = sorted(k for k in want if not isinstance(made, dict) or made.get(k) != want[k])
-                print(f"rm: {comp_path} was made from other inputs ({', '.join(changed)} differ): sampling again")
+                print(f"rm: {comp_path} was made from other inputs ({', '.join(changed)} differ): sampling "
+                      "again")
             pool = read_comparisons(cfg.pool, "the earlier round's python train_rm.py") if cfg.pool else []
             used = {g["prompt"] for g in pool}
-            prompts = [p for p in read_prompts(cfg.data_dir, "train") if p["prompt"] not in used][: cfg.n_prompts]
+            prompts = [p for p in read_prompts(cfg.data_dir, "train")
+                       if p["prompt"] not in used][: cfg.n_prompts]
             if len(prompts) < 2:
-                raise DataError(f"{Path(cfg.data_dir) / 'prompts.jsonl'}: {len(prompts)} training prompt(s) that "
-                                f"no earlier round used (expected --n_prompts={cfg.n_prompts}; prepare more with "
-                                f"data/prepare.py --n_train_prompts)")
-            policy, _ = load_policy(sample_path, device, tokenizer=str(Path(cfg.data_dir) / "tokenizer.tiktoken"))
+                raise DataError(f"{Path(cfg.data_dir) / 'prompts.jsonl'}: {len(prompts)} training prompt(s) "
+                                f"that no earlier round used (expected --n_prompts={cfg.n_prompts}; prepare "
+                                "more with data/prepare.py --n_train_prompts)")
+            policy, _ = load_policy(sample_path, device,
+                                    tokenizer=str(Path(cfg.data_dir) / "tokenizer.tiktoken"))
             with autocast(device, cfg.dtype):  # sampled in the regime the policy trained in
                 new = collect_comparisons(policy, tok, labeler, prompts, cfg)
             groups = pool + new
@@ -186,9 +190,9 @@ def comparisons(cfg: Config, sample_path, tok, labeler, device: str) -> list[dic
             atomic_write(recipe_path, json.dumps(want, indent=1))
             n_ties = sum(len(g["ties"]) for g in new)
             n_pairs = sum(len(g["responses"]) * (len(g["responses"]) - 1) // 2 for g in new)
-            print(f"rm: round {cfg.round}: {len(new)} groups of {cfg.k} samples of {sample_path} + {cfg.off_prompt} "
-                  f"off-prompt, ranked ({n_ties / max(1, n_pairs):.0%} of the pairs are ties), with {len(pool)} "
-                  f"groups of earlier rounds -> {comp_path}")
+            print(f"rm: round {cfg.round}: {len(new)} groups of {cfg.k} samples of {sample_path} + "
+                  f"{cfg.off_prompt} off-prompt, ranked ({n_ties / max(1, n_pairs):.0%} of the pairs are "
+                  f"ties), with {len(pool)} groups of earlier rounds -> {comp_path}")
     if cfg.labels in ("human", "both"):
         human = [{**g, "human": True} for g in read_comparisons(cfg.human_labels, "python -m nanorlhf.label")]
         print(f"rm: {len(human)} human-ranked groups from {cfg.human_labels}")
@@ -210,9 +214,10 @@ def split(groups: list[dict], cfg: Config, rng: random.Random):
              (cfg.human_labels, cfg.labels != "simulated"))
     sources = " and ".join(str(p) for p, used in files if used)
     for part, name in ((train_groups, "training"), (val_groups, "held-out")):
-        check_learnable(sum(preferences(g) for g in part), f"{sources}: the {len(part)} {name} group(s) rank no "
-                        "pair of responses apart, every pair is a tie (expected rankings that prefer one "
-                        "response to another)", Path(cfg.out_dir) / cfg.run_name / "ckpt.pt")
+        check_learnable(sum(preferences(g) for g in part),
+                        f"{sources}: the {len(part)} {name} group(s) rank no pair of responses apart, every "
+                        "pair is a tie (expected rankings that prefer one response to "
+                        "another)", Path(cfg.out_dir) / cfg.run_name / "ckpt.pt")
     return train_groups, val_groups, val_all
 
 
@@ -231,7 +236,8 @@ def rm_step(rm, groups, tok, block, device, dtype):
     return ranking_loss(scores, valid, tied), (correct / pairs.clamp(min=1)).item()
 
 
-def train(rm, train_groups: list[dict], val_groups: list[dict], tok, cfg: Config, rng: random.Random, device: str,
+def train(rm, train_groups: list[dict], val_groups: list[dict], tok, cfg: Config, rng: random.Random,
+          device: str,
           ckpt_path: Path) -> dict:
     """`cfg.epochs` passes over the training groups, each seen once per epoch; the held-out loss and
     accuracy after each. Returns the history (the plot's curves)."""
@@ -246,7 +252,8 @@ def train(rm, train_groups: list[dict], val_groups: list[dict], tok, cfg: Config
     for epoch in range(cfg.epochs):
         rng.shuffle(train_groups)  # every group is seen exactly once per epoch
         for i in range(steps_per_epoch):
-            batch = distributed.shard(train_groups[i * cfg.batch_size : (i + 1) * cfg.batch_size])  # this rank's
+            # this rank's
+            batch = distributed.shard(train_groups[i * cfg.batch_size : (i + 1) * cfg.batch_size])
             set_lr(opt, lr_at(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
             loss, acc = rm_step(rm, batch, tok, block, device, cfg.dtype)
             check_finite("reward-model loss", loss, step, ckpt_path)
@@ -261,14 +268,17 @@ def train(rm, train_groups: list[dict], val_groups: list[dict], tok, cfg: Config
                 progress.log(step, loss=loss.item(), acc=acc, lr=opt.param_groups[0]["lr"])
         val_loss, val_acc = ranking_eval(rm, val_groups, tok, device, cfg.batch_size, cfg.dtype)
         check_finite("held-out reward-model loss", val_loss, f"epoch {epoch + 1}", ckpt_path)
-        history["val_step"].append(step), history["val_loss"].append(val_loss), history["val_acc"].append(val_acc)
-        print(f"rm epoch {epoch + 1}: held-out loss {val_loss:.4f} | held-out pairwise accuracy {val_acc:.1%}")
+        history["val_step"].append(step), history["val_loss"].append(val_loss)
+        history["val_acc"].append(val_acc)
+        print(f"rm epoch {epoch + 1}: held-out loss {val_loss:.4f} | held-out pairwise accuracy "
+              f"{val_acc:.1%}")
     return history
 
 
 # ---------------------------------------------------------------------------------------- 5. normalise
 def normalise(rm, tok, cfg: Config, ckpt_path: Path) -> float:
-    """Shift the score's bias so that SFT demonstrations score 0 on average (InstructGPT §3.5); return the shift."""
+    """Shift the score's bias so that SFT demonstrations score 0 on average (InstructGPT §3.5); return the
+    shift."""
     demos = read_jsonl(Path(cfg.data_dir) / "sft.jsonl", {"prompt": str, "response": str})[-200:]
     with autocast(rm.wte.weight.device, cfg.dtype):  # the regime PPO reads the reward model in
         scores = score_texts(rm, tok, [d["prompt"] for d in demos], [(d["response"], True) for d in demos])
@@ -282,8 +292,11 @@ def normalise(rm, tok, cfg: Config, ckpt_path: Path) -> float:
 
 def plot_training(path: Path, history: dict, ceiling: float) -> None:
     line_plots(path, "Reward model training", "step (batches of ranked groups)", [
-        ("loss (eq. 1)", [(history["step"], history["loss"], "train"), (history["val_step"], history["val_loss"], "held-out")]),
-        ("pairwise accuracy", [(history["step"], history["acc"], "train"), (history["val_step"], history["val_acc"], "held-out"),
+        ("loss (eq. 1)",
+         [(history["step"], history["loss"], "train"),
+          (history["val_step"], history["val_loss"], "held-out")]),
+        ("pairwise accuracy",
+         [(history["step"], history["acc"], "train"), (history["val_step"], history["val_acc"], "held-out"),
                                ([0, history["step"][-1]], [ceiling, ceiling], "labeler agreement")]),
     ])
 
@@ -292,7 +305,8 @@ def plot_training(path: Path, history: dict, ceiling: float) -> None:
 @with_locks
 def main(argv=None):
     cfg = get_config(argv)
-    device = distributed.init(cfg.device)  # torchrun: join the other ranks; sampling is sharded in generate.py
+    # torchrun: join the other ranks; sampling is sharded in generate.py
+    device = distributed.init(cfg.device)
     distributed.check_divisible(cfg, "batch_size")
     sft_path = cfg.init_from or stage_path(cfg.out_dir, "sft")
     # auto -> what runs (the SFT model's own dtype if it records one), saved with the config
@@ -313,8 +327,8 @@ def main(argv=None):
 
     # 2. the model: the SFT trunk with a fresh scalar head; 3. training
     rm, _ = load_model(sft_path, "sft", head="scalar", device=device)
-    print(f"rm: {rm.num_params() / 1e6:.2f}M parameters, {len(train_groups)} train / {len(val_groups)} held-out "
-          f"groups, {cfg.epochs} epoch(s), {cfg.dtype}")
+    print(f"rm: {rm.num_params() / 1e6:.2f}M parameters, {len(train_groups)} train / {len(val_groups)} "
+          f"held-out groups, {cfg.epochs} epoch(s), {cfg.dtype}")
     t0 = time.time()
     with phase("training"):
         history = train(rm, train_groups, val_groups, tok, cfg, rng, device, ckpt_path)
@@ -327,25 +341,29 @@ def main(argv=None):
         off_acc = ranking_eval(rm, val_all, tok, device, cfg.batch_size, cfg.dtype)[1]
     ceiling, gold_acc = acc["labeler_agreement"], acc["gold_order_acc"]
     print(f"rm: held-out pairwise accuracy {val_acc:.1%} | a second labeler agrees with the labels on "
-          f"{ceiling:.1%} of the same pairs | vs the gold (noise-free) order: {gold_acc:.1%} | "
-          f"with the off-prompt answers: {off_acc:.1%}")
+          f"{ceiling:.1%} of the same pairs | vs the gold (noise-free) order: {gold_acc:.1%} | with the "
+          f"off-prompt answers: {off_acc:.1%}")
     # each round's held-out groups apart: the samples of the SFT model (round 1) and of each later policy
     by_round = {}
     for r in sorted({g.get("round", 1) for g in val_groups}):
         gs = [g for g in val_groups if g.get("round", 1) == r]
         with phase("held-out accuracy"):
-            by_round[str(r)] = rm_accuracy(rm, labeler, gs, tok, device, cfg.batch_size, cfg.dtype, random.Random(r))
-        print(f"rm: held-out groups of round {r} ({len(gs)}, {'SFT' if r == 1 else 'policy'} samples): pairwise "
-              f"accuracy {by_round[str(r)]['acc']:.1%} | vs the gold order {by_round[str(r)]['gold_order_acc']:.1%}")
+            by_round[str(r)] = rm_accuracy(rm, labeler, gs, tok, device, cfg.batch_size, cfg.dtype,
+                                           random.Random(r))
+        print(f"rm: held-out groups of round {r} ({len(gs)}, {'SFT' if r == 1 else 'policy'} samples): "
+              f"pairwise accuracy {by_round[str(r)]['acc']:.1%} | vs the gold order "
+              f"{by_round[str(r)]['gold_order_acc']:.1%}")
 
     # 5. normalise: SFT demonstrations score 0 on average
     shift = normalise(rm, tok, cfg, ckpt_path)
 
-    metrics = {"val_acc": val_acc, "val_loss": val_loss, "labeler_agreement": ceiling, "gold_order_acc": gold_acc,
+    metrics = {"val_acc": val_acc, "val_loss": val_loss, "labeler_agreement": ceiling,
+               "gold_order_acc": gold_acc,
                "val_acc_with_off_prompt": off_acc, "by_round": by_round,
                "n_train_groups": len(train_groups), "n_val_groups": len(val_groups), "norm_shift": shift}
     with phase("saving"):
-        save_checkpoint(ckpt_path, rm, asdict(cfg), sft_ckpt, "rm", history["step"][-1], metrics)  # every round: "rm"
+        # every round: "rm"
+        save_checkpoint(ckpt_path, rm, asdict(cfg), sft_ckpt, "rm", history["step"][-1], metrics)
         plot_training(out / "rm_training.png", history, ceiling)
     print(f"rm: done in {time.time() - t0:.0f}s, saved {ckpt_path} and {out / 'rm_training.png'}")
     print(phase_summary("rm"))

@@ -21,29 +21,32 @@ from pathlib import Path
 import torch
 
 from nanorlhf import distributed
-from nanorlhf.checkpoint import (checkpoint_tokenizer, load_model, save_checkpoint, stage_path, tokenizer_record,
+from nanorlhf.checkpoint import (checkpoint_tokenizer, load_model, save_checkpoint, stage_path,
+                                 tokenizer_record,
                                  trained_dtype)
 from nanorlhf.config import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_config,
                              check_context, one_of, parse_config, run_main)
-from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_jsonl, read_prompts, sft_batch, to_device
-from nanorlhf.eval import format_eval, gold_eval
+from nanorlhf.data import (corpus_tokens, lm_batches, load_world, read_jsonl, read_prompts, sft_batch,
+                           to_device)
+from nanorlhf.evaluation import format_eval, gold_eval
 from nanorlhf.files import lock_folder, with_locks
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import sft_loss
 from nanorlhf.model import GPT, GPTConfig
 from nanorlhf.tokenizer import load_tokenizer
-from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, check_learnable, lr_at, make_optimizer,
+from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, check_learnable, lr_at,
+                               make_optimizer,
                                resolve_dtype, seed_everything, set_lr)
 
 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class Config:
-    stage: str = "sft"  # pretrain (corpus -> out/base) | sft (demonstrations -> out/sft); --help shows its presets
-    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
-    data_dir: str = "data"  # where data/prepare.py wrote corpus.txt, sft.jsonl, prompts.jsonl and the tokenizer
+    stage: str = "sft"  # pretrain (corpus -> out/base) | sft (demonstrations -> out/sft)
+    preset: str = "tiny"  # micro (seconds, tests) | tiny (2-core CPU) | small (one GPU); default: by device
+    data_dir: str = "data"  # where data/prepare.py wrote the corpus, demonstrations, prompts and tokenizer
     out_dir: str = "out"  # checkpoints go to out_dir/base/ckpt.pt (pretrain) or out_dir/sft/ckpt.pt (sft)
-    tokenizer: str = ""  # ranks file (default data_dir/tokenizer.tiktoken) or "gpt2"; SFT checks its base model's
+    tokenizer: str = ""  # ranks file (default data_dir/tokenizer.tiktoken) or "gpt2"; SFT checks the base's
     init_from: str = ""  # sft: checkpoint to start from (default out_dir/base/ckpt.pt)
     # model (pretraining only; SFT keeps the base model's shape)
     n_layer: int = 4  # transformer blocks
@@ -58,7 +61,7 @@ class Config:
     lr: float = 3e-3  # peak learning rate of AdamW, after the warmup
     min_lr_frac: float = 0.1  # cosine decays to this fraction of lr
     warmup_steps: int = 50  # steps of linear warmup from 0 to lr
-    weight_decay: float = 0.1  # AdamW's decoupled weight decay, on weight matrices only (not biases or LayerNorm gains)
+    weight_decay: float = 0.1  # AdamW's decoupled weight decay, on weight matrices only (not biases, gains)
     grad_clip: float = 1.0  # the gradient's global norm is clipped to this
     val_frac: float = 0.05  # held-out share of the corpus / demonstrations
     # logging and evaluation
@@ -69,15 +72,17 @@ class Config:
     gold_eval_prompts: int = 100  # held-out prompts judged by the gold labeler at the end (0: skip)
     max_new_tokens: int = 48  # longest sampled response, in tokens
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
-    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (nanorlhf/precision.py); auto: bf16 where it pays
+    dtype: str = "auto"  # auto | fp32 | bf16: compute precision (precision.py); auto: bf16 where it pays
     seed: int = 1337  # seeds torch, the batch order and sampling: same seed, same device -> same bits
 
 
 PRESETS = {
-    "micro": dict(pos_embedding="rope", n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=8, max_steps=30, warmup_steps=5,
+    "micro": dict(pos_embedding="rope", n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=8,
+                  max_steps=30, warmup_steps=5,
                   log_interval=10, eval_interval=15, eval_batches=2, gold_eval_prompts=8, max_new_tokens=16),
     "tiny": dict(pos_embedding="rope", max_steps=1200),
-    "small": dict(pos_embedding="rope", n_layer=6, n_head=8, n_embd=384, block_size=256, batch_size=64, max_steps=3000, lr=1e-3,
+    "small": dict(pos_embedding="rope", n_layer=6, n_head=8, n_embd=384, block_size=256, batch_size=64,
+                  max_steps=3000, lr=1e-3,
                   warmup_steps=200, eval_interval=500, gold_eval_prompts=400),
 }
 # SFT starts from the base model: a smaller learning rate, fewer steps (about two epochs on the tiny data).
@@ -131,7 +136,8 @@ def demo_batches(pairs, cfg: Config, pad_id: int, rng: random.Random):
     while True:
         order = list(range(len(pairs)))
         rng.shuffle(order)
-        for i in range(0, len(order) - cfg.batch_size + 1 if len(order) >= cfg.batch_size else 1, cfg.batch_size):
+        for i in range(0, len(order) - cfg.batch_size + 1 if len(order) >= cfg.batch_size else 1,
+                       cfg.batch_size):
             yield sft_batch([pairs[j] for j in order[i : i + cfg.batch_size]], pad_id, cfg.block_size)
 
 
@@ -155,8 +161,9 @@ def batches(cfg: Config, tok, gen: torch.Generator):
     for part, name in ((pairs[:-n_val], "training"), (pairs[-n_val:], "held-out")):
         loss_tokens = sum(sum(mask[1 : cfg.block_size + 1]) for _, mask in part)  # what sft_batch keeps
         check_learnable(loss_tokens, f"{path}: {len(part)} {name} demonstration(s) of {len(pairs)}, with no "
-                        f"response token within the model's {cfg.block_size}-token context (expected at least "
-                        "2 demonstrations whose prompts fit the context)", stage_path(cfg.out_dir, out_name(cfg)))
+                        f"response token within the model's {cfg.block_size}-token context (expected at "
+                        "least 2 demonstrations whose prompts fit the context)",
+                        stage_path(cfg.out_dir, out_name(cfg)))
     train_batches = demo_batches(pairs[:-n_val], cfg, tok.pad_id, random.Random(cfg.seed))
     val_batches = lambda: demo_batches(pairs[-n_val:], cfg, tok.pad_id, random.Random(0))  # noqa: E731
     return train_batches, val_batches, f"{len(pairs):,} demonstrations"
@@ -166,7 +173,8 @@ def batches(cfg: Config, tok, gen: torch.Generator):
 def new_model(cfg: Config, tok, device: str) -> GPT:
     """Pretraining's fresh GPT of the configured shape."""
     mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, pos_embedding=cfg.pos_embedding)
+                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
+                     pos_embedding=cfg.pos_embedding)
     return GPT(mcfg).to(device)
 
 
@@ -197,7 +205,8 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
             check_finite("validation loss", val, step, ckpt_path)
             metrics.update(val_loss=val, step=step)
             print(f"{cfg.stage} step {step:>5}/{cfg.max_steps} | val loss {val:.4f}")
-            if step > 0 and step < cfg.max_steps:  # in progress: beside the finished checkpoint, never over it
+            # in progress: beside the finished checkpoint, never over it
+            if step > 0 and step < cfg.max_steps:
                 with phase("saving"):
                     save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), step, metrics,
                                     finished=False)
@@ -207,13 +216,15 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
             break
         set_lr(opt, lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
         with phase("batches"):
-            x, y, m = (to_device(distributed.shard(t), device) for t in next(train_batches))  # this rank's rows
+            # this rank's rows
+            x, y, m = (to_device(distributed.shard(t), device) for t in next(train_batches))
         with phase("update"):
             with autocast(device, cfg.dtype):
                 loss = sft_loss(model(x), y, m)
             check_finite("training loss", loss, step, ckpt_path)
             opt.zero_grad(set_to_none=True)
-            (loss * distributed.local_share(m.sum())).backward()  # weighted: the mean over every rank's tokens
+            # weighted: the mean over every rank's tokens
+            (loss * distributed.local_share(m.sum())).backward()
             distributed.sync_grads(model)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
@@ -228,13 +239,15 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
 # ------------------------------------------------------------------------------------------ evaluation
 def print_samples(model, tok, prompts: list[dict], cfg: Config) -> None:
     with autocast(model.wte.weight.device, cfg.dtype):
-        outs = sample_responses(model, tok, [p["prompt"] for p in prompts], cfg.max_new_tokens, temperature=0.7,
+        outs = sample_responses(model, tok, [p["prompt"] for p in prompts], cfg.max_new_tokens,
+                                temperature=0.7,
                                 seed=0)
     for p, (r, finished) in zip(prompts, outs):
-        print(f"  [{p['category']}] {p['prompt'][:80]!r}\n    -> {r[:160]!r}{'' if finished else ' (no EOS)'}")
+        end = "" if finished else " (no EOS)"
+        print(f"  [{p['category']}] {p['prompt'][:80]!r}\n    -> {r[:160]!r}{end}")
 
 
-def gold_evaluation(model, tok, labeler, cfg: Config, device: str) -> dict:
+def gold_judge_val_samples(model, tok, labeler, cfg: Config, device: str) -> dict:
     """The gold labeler's judgement of one sample per held-out prompt: the base model should not follow
     instructions (a low rating), the SFT model should (clearly higher)."""
     ev = gold_eval(model, tok, labeler, read_prompts(cfg.data_dir, "val")[: cfg.gold_eval_prompts],
@@ -269,7 +282,7 @@ def main(argv=None):
     print_samples(model, tok, read_prompts(cfg.data_dir, "val")[:3], cfg)
     if cfg.gold_eval_prompts:
         with phase("gold evaluation"):
-            metrics["gold"] = gold_evaluation(model, tok, world.labeler, cfg, device)
+            metrics["gold"] = gold_judge_val_samples(model, tok, world.labeler, cfg, device)
     with phase("saving"):
         save_checkpoint(ckpt_path, model, asdict(cfg), tok_fields, out_name(cfg), cfg.max_steps, metrics)
     print(f"{cfg.stage}: done in {train_time:.0f}s, saved {ckpt_path}")

@@ -1,7 +1,7 @@
 """The device check: kernel tests, the log-prob table and the small pipeline, on one GPU in under 9 min.
 
     python bench/gpu_check.py                       # on the GPU: writes bench/results_gpu_<date>/
-    python bench/gpu_check.py --dry-run             # on a CPU: the same steps on tiny shapes, listed and timed
+    python bench/gpu_check.py --dry-run             # on a CPU: the same steps on tiny shapes, listed, timed
     python bench/gpu_check.py --estimate            # the FLOP counts behind the estimate below (meta tensors)
     python bench/gpu_check.py --out=DIR --nproc=8   # another folder; the pipeline on 8 GPUs (torchrun)
 
@@ -69,8 +69,8 @@ BUDGET_S = 9 * 60  # the whole check, on one H100/H200
 KERNEL_TESTS = ["tests/test_logprobs.py", "tests/test_fast_paths.py", "tests/test_distributed.py"]
 ENVIRONMENT = ("import torch, triton, platform; c = torch.cuda.is_available(); "
                "print('device:', torch.cuda.get_device_name(0) if c else platform.processor() or 'cpu'); "
-               "print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda); "
-               "print('gpus:', torch.cuda.device_count())")
+               "print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', "
+               "torch.version.cuda); print('gpus:', torch.cuda.device_count())")
 
 
 def steps(work: Path, dry: bool, nproc: int) -> list[tuple[str, list[str], int]]:
@@ -80,12 +80,15 @@ def steps(work: Path, dry: bool, nproc: int) -> list[tuple[str, list[str], int]]
     if dry:
         return [("environment", [PY, "-c", ENVIRONMENT], 30),
                 ("kernel tests", [PY, "-m", "pytest", "-q", KERNEL_TESTS[0], "-k", "dispatch"], 120),
-                ("log-prob table", [*LOGPROB_BENCH, "--shapes", "64x512", "--dtype", "fp32", "--hidden", "0"], 120),
-                ("pipeline", [PY, "-m", "nanorlhf", "--preset=micro", "--stop_after=pretrain", f"--data_dir={data}",
+                ("log-prob table",
+                 [*LOGPROB_BENCH, "--shapes", "64x512", "--dtype", "fp32", "--hidden", "0"], 120),
+                ("pipeline",
+                 [PY, "-m", "nanorlhf", "--preset=micro", "--stop_after=pretrain", f"--data_dir={data}",
                               f"--out_dir={runs}", f"--nproc={nproc}"], 270)]
     return [("environment", [PY, "-c", ENVIRONMENT], 20),
             ("kernel tests", [PY, "-m", "pytest", "-q", *KERNEL_TESTS], 70),
-            ("log-prob table", [*LOGPROB_BENCH, "--shapes", "16384x32768,16384x128256", "--dtype", "bf16"], 90),
+            ("log-prob table",
+             [*LOGPROB_BENCH, "--shapes", "16384x32768,16384x128256", "--dtype", "bf16"], 90),
             ("pipeline", [PY, "-m", "nanorlhf", "--preset=small", f"--data_dir={data}", f"--out_dir={runs}",
                           f"--nproc={nproc}"], 350)]
 
@@ -96,7 +99,8 @@ def run_step(name: str, cmd: list[str], budget: int, log: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
             rc = proc.wait(timeout=budget)
         except subprocess.TimeoutExpired:
@@ -157,8 +161,10 @@ def estimate() -> None:
         lm, scalar, value = (GPT(GPTConfig(**cfg, head=h)) for h in ("lm", "scalar", "value"))
     tokens = lambda b, t: torch.zeros(b, t, dtype=torch.long, device="meta")  # noqa: E731
     print(f"small: {sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters")
-    print(f"pretraining/SFT step, 64 × 256, fwd+bwd: {flops(lambda: lm(tokens(64, 256)).sum().backward()):.3f} TFLOP")
-    print(f"RM step, 224 × 104, fwd+bwd: {flops(lambda: scalar(tokens(224, 104)).sum().backward()):.3f} TFLOP")
+    print("pretraining/SFT step, 64 × 256, fwd+bwd: "
+          f"{flops(lambda: lm(tokens(64, 256)).sum().backward()):.3f} TFLOP")
+    rm_flops = flops(lambda: scalar(tokens(224, 104)).sum().backward())
+    print(f"RM step, 224 × 104, fwd+bwd: {rm_flops:.3f} TFLOP")
     ppo = lambda: (lm(tokens(64, 104)).sum() + value(tokens(64, 104)).sum()).backward()  # noqa: E731
     print(f"PPO minibatch, 64 × 104, policy + critic fwd+bwd: {flops(ppo):.3f} TFLOP")
     with torch.no_grad():
@@ -186,14 +192,17 @@ def labeler_rate() -> None:
         for r in demos:
             labeler.judge(r["prompt"], r["response"])
         times.append((time.perf_counter() - t0) / len(demos))
-    print(f"gold labeler: {sorted(times)[1] * 1e6:.0f} µs per judgement on this CPU (median of 3 passes, warm)")
+    print(f"gold labeler: {sorted(times)[1] * 1e6:.0f} µs per judgement on this CPU (median of 3 passes, "
+          "warm)")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU: list and time the steps")
-    p.add_argument("--estimate", action="store_true", help="print the FLOP counts behind the docstring's estimate")
-    p.add_argument("--out", default="", help="results folder (default bench/results_gpu_<date>, a temp folder dry)")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the FLOP counts behind the docstring's estimate")
+    p.add_argument("--out", default="",
+                   help="results folder (default bench/results_gpu_<date>, a temp folder dry)")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) for the pipeline's stages")
     args = p.parse_args(argv)
     if args.estimate:

@@ -6,13 +6,13 @@ Benchmark of per-token log-probs: naive PyTorch vs torch.compile vs the fused Tr
     python bench/logprobs.py --shapes 16384x32768,4096x128256 --dtype bf16
     python bench/logprobs.py --tune               # BLOCK_V / num_warps sweep of both kernels
 
-Design (as Liger-Kernel and flash-attention benchmark their cross-entropy kernels): every method runs on the same inputs in one process; times are
-triton.testing.do_bench (which flushes L2) on CUDA and a perf_counter loop on CPU. Effective bandwidth =
-the bytes a perfect kernel must move / time: forward reads the logits once (N V bytes-per-element), forward
-+ backward reads them twice and writes the gradient once (3 N V). It is printed against the spec sheet's
-HBM bandwidth and next to two ceilings measured here (x.amax(-1): read only; copy_: read + write).
-"Extra MB" = peak allocated memory during the call minus what was allocated before (inputs, upstream
-grads); for fwd+bwd it includes the N x V gradient that autograd must return.
+Design (as Liger-Kernel and flash-attention benchmark their cross-entropy kernels): every method runs on the
+same inputs in one process; times are triton.testing.do_bench (which flushes L2) on CUDA and a perf_counter
+loop on CPU. Effective bandwidth = the bytes a perfect kernel must move / time: forward reads the logits once
+(N V bytes-per-element), forward + backward reads them twice and writes the gradient once (3 N V). It is
+printed against the spec sheet's HBM bandwidth and next to two ceilings measured here (x.amax(-1): read only;
+copy_: read + write). "Extra MB" = peak allocated memory during the call minus what was allocated before
+(inputs, upstream grads); for fwd+bwd it includes the N x V gradient that autograd must return.
 
 Methods:
   eager     log_softmax(x.float(), -1).gather(-1, y)            the textbook line
@@ -20,9 +20,9 @@ Methods:
   compiled  torch.compile(eager, dynamic=False)                 one compile per shape
   ours      token_logprobs(x, y)                                 Triton on CUDA; on CPU the torch path
   ours+H    token_logprobs(x, y, with_entropy=True), gradients through both outputs
-By default fp32 runs only at N=16384, V in {32768, 128256} (spot checks), and torch.compile is skipped at N=65536 to keep the run
-short (it recompiles for every shape). On CPU the Triton kernel is not run (the interpreter is no benchmark):
-'ours' is then the torch path, and torch.compile is skipped.
+By default fp32 runs only at N=16384, V in {32768, 128256} (spot checks), and torch.compile is skipped at
+N=65536 to keep the run short (it recompiles for every shape). On CPU the Triton kernel is not run (the
+interpreter is no benchmark): 'ours' is then the torch path, and torch.compile is skipped.
 """
 
 import argparse
@@ -33,7 +33,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))  # run as bench/logprobs.py
+# run as bench/logprobs.py
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
 from nanorlhf.logprobs import linear_logprobs, token_logprobs
 
@@ -171,7 +172,8 @@ def logits_table(shapes, dt, dev, cuda, peak, no_compile_above):
         except torch.cuda.OutOfMemoryError:
             print(f"| {N} × {V} | (inputs do not fit) | | | | | | |")
             continue
-        methods = [("eager", eager), ("rowloop", rowloop), ("compiled", None), ("ours", ours), ("ours+H", ours_h)]
+        methods = [("eager", eager), ("rowloop", rowloop), ("compiled", None), ("ours", ours),
+                   ("ours+H", ours_h)]
         if view:
             methods = [("eager", eager), ("ours", ours)]
         for name, method in methods:
@@ -217,7 +219,8 @@ def linear_table(shapes, d, dt, dev, cuda):
             f, b = measure(fwd, cuda), measure(fwd_bwd, cuda)
             cells = []
             for r in (f, b):
-                cells += [r, ""] if isinstance(r, str) else [f"{r[0]:.3f}", "—" if r[1] is None else f"{r[1]:,.0f}"]
+                cells += [r, ""] if isinstance(r, str) else [f"{r[0]:.3f}",
+                                                             "—" if r[1] is None else f"{r[1]:,.0f}"]
             print(f"| {N} × {V} | {name} | " + " | ".join(cells) + " |")
             sys.stdout.flush()
         del h, w, hg, wg
@@ -235,7 +238,8 @@ def tune(dev):
         data[V] = x, torch.randint(0, V, (N,), device=dev)
     print("\n| fwd BLOCK_V | num_warps | " + " | ".join(f"GB/s V={V}" for V in data) + " |")
     print("|---|---|" + "---|" * len(data))
-    for block, warps in [(512, 4), (1024, 2), (1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8), (4096, 16)]:
+    for block, warps in [(512, 4), (1024, 2), (1024, 4), (1024, 8), (2048, 4), (2048, 8),
+                         (4096, 8), (4096, 16)]:
         cells = []
         for V, (x, y) in data.items():
             ms = triton.testing.do_bench(lambda: kernels.logprobs_fwd(x, y, None, 1.0, block, warps))
@@ -247,7 +251,8 @@ def tune(dev):
     _, _, lse2, tbar = kernels.logprobs_fwd(x, y, None, 1.0)
     print("\n| bwd BLOCK_V | num_warps | GB/s V=32768 |\n|---|---|---|")
     for block, warps in [(1024, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16), (16384, 16)]:
-        ms = triton.testing.do_bench(lambda: kernels.logprobs_bwd(x, y, None, lse2, tbar, g, g, 1.0, block, warps))
+        ms = triton.testing.do_bench(
+            lambda: kernels.logprobs_bwd(x, y, None, lse2, tbar, g, g, 1.0, block, warps))
         print(f"| {block} | {warps} | {2 * x.numel() * 2 / ms / 1e6:,.0f} |")
         sys.stdout.flush()
 
@@ -255,7 +260,8 @@ def tune(dev):
 # ----------------------------------------------------------------------------------------------------------
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes (the CPU default)")
     p.add_argument("--shapes", default=None, help="comma-separated NxV, e.g. 16384x32768,4096x128256")
     p.add_argument("--dtype", default="bf16,fp32", help="comma-separated: bf16, fp16, fp32")
@@ -287,7 +293,8 @@ def main():
     for dt in args.dtype.split(","):
         dtype = DTYPES[dt]
         spot = lambda N, V: N == 16384 and V in (32768, 128256)  # noqa: E731  (fp32 spot checks)
-        shapes = [(N, V, False) for N, V in grid if args.shapes or quick or dtype != torch.float32 or spot(N, V)]
+        shapes = [(N, V, False) for N, V in grid if args.shapes or quick or dtype != torch.float32
+                  or spot(N, V)]
         if dtype == torch.bfloat16 and not quick and not args.shapes:
             shapes.append((16384, 32768, True))  # the non-contiguous case
         logits_table(shapes, dt, dev, cuda, peak, no_compile_above=16384 if not args.shapes else 10**9)

@@ -57,8 +57,10 @@ def table(out_dir: Path) -> str:
     state_path = out_dir / "pipeline_state.json"
     walls = {}
     if state_path.exists():
-        walls = {k: v.get("wall_s") for k, v in json.loads(state_path.read_text()).items() if isinstance(v, dict)}
-    logs = sorted((out_dir / "logs").glob("*.log"), key=lambda p: list(walls).index(p.stem) if p.stem in walls else 99)
+        walls = {k: v.get("wall_s") for k, v in json.loads(state_path.read_text()).items()
+                 if isinstance(v, dict)}
+    logs = sorted((out_dir / "logs").glob("*.log"),
+                  key=lambda p: list(walls).index(p.stem) if p.stem in walls else 99)
     if not logs:
         sys.exit(f"bench/phases.py: no stage logs in {out_dir / 'logs'} (run python -m nanorlhf first)")
     rows, names = [], []

@@ -4,16 +4,16 @@ Stage benchmark: how fast each piece of the pipeline runs on this machine, as ma
     python bench/stages.py                             # every part (CPU: about 3.5 minutes on 2 cores)
     python bench/stages.py --part=ppo --repeats=5      # one PPO iteration at the README's shape
     python bench/stages.py --part=ppo --profile        # ... and torch.profiler's top ops of one iteration,
-                                                         #     and the update's matmul floor (see matmul_floor)
+                                                       #     and the update's matmul floor (matmul_floor)
     python bench/stages.py --quick                     # tiny shapes, 1 repeat: a smoke test (< 20 s)
     python bench/stages.py --device=cuda               # the same on a GPU
     python bench/stages.py --part=ppo --dtype=both     # fp32 and bf16 side by side, iterations alternating
     python bench/stages.py --part=ppo --dtype=both --profile   # ... and where each one's time goes
 
 --dtype is the stages' flag (nanorlhf/precision.py): auto (default: what the stages would pick on this
-machine) | fp32 | bf16; `both` runs every part in fp32 and in bf16. For the PPO part the two precisions' iterations
-alternate (fp32, bf16, fp32, ...), so that other processes on the machine slow both alike, and a last table
-gives each phase's bf16/fp32 ratio of medians.
+machine) | fp32 | bf16; `both` runs every part in fp32 and in bf16. For the PPO part the two precisions'
+iterations alternate (fp32, bf16, fp32, ...), so that other processes on the machine slow both alike, and a
+last table gives each phase's bf16/fp32 ratio of medians.
 
 Parts (random weights and random token ids: speed does not depend on what the model has learned):
   train     supervised tokens/s, forward + backward + grad clip + AdamW step (train_sft's step) at the
@@ -26,12 +26,12 @@ Parts (random weights and random token ids: speed does not depend on what the mo
 
 The PPO part must time exactly the code a PPO run executes, so it loads `rollout`, `ppo_update` and `Config`
 from the repository's train_ppo.py by path (importlib: a private copy, see load_train_ppo; this is a script
-beside the package, which itself never imports a stage script or a benchmark). To split rollout() without running anything twice, the
-private copy of train_ppo loaded here has its `generate` wrapped in a stopwatch; "score" is the rest of
-rollout(). No sampled token can be the EOS (eos_id = -1), so every row generates all its tokens and every
-repeat does the same work. Times are wall clock (perf_counter) around the work, after a device synchronise
-on CUDA; we report the median (and the best) of --repeats after one warm-up. Other processes on the machine
-slow every number: the load average at start is printed with each table.
+beside the package, which itself never imports a stage script or a benchmark). To split rollout() without
+running anything twice, the private copy of train_ppo loaded here has its `generate` wrapped in a stopwatch;
+"score" is the rest of rollout(). No sampled token can be the EOS (eos_id = -1), so every row generates all
+its tokens and every repeat does the same work. Times are wall clock (perf_counter) around the work, after a
+device synchronise on CUDA; we report the median (and the best) of --repeats after one warm-up. Other
+processes on the machine slow every number: the load average at start is printed with each table.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ MICRO = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=256)  # -
 def plan(quick: bool, cuda: bool) -> dict:
     """Every size the benchmark uses. --quick shrinks all of them to a smoke test."""
     if quick:
-        return dict(train=[("micro", MICRO, 4, 1)], gen=dict(shape=MICRO, prompts=8, new=8), rm=dict(shape=MICRO,
+        return dict(train=[("micro", MICRO, 4, 1)], gen=dict(shape=MICRO, prompts=8, new=8),
+                    rm=dict(shape=MICRO,
                     groups=4, K=4, T=16), ppo=dict(shape=MICRO, prompts=8, new=8, epochs=2, minibatch=4))
     # train: (preset, shape, batch, steps timed per repeat)
     return dict(train=[("tiny", TINY, 16, 10), ("small", SMALL, 64 if cuda else 8, 10 if cuda else 2)],
@@ -112,7 +113,8 @@ def make_model(shape: dict, device: str, head: str = "lm", seed: int = 0) -> GPT
 
 
 def describe(shape: dict) -> str:
-    return f"{shape['n_layer']}L/{shape['n_head']}H/d{shape['n_embd']}, V {shape['vocab_size']}, ctx {shape['block_size']}"
+    return (f"{shape['n_layer']}L/{shape['n_head']}H/d{shape['n_embd']}, V {shape['vocab_size']}, "
+            f"ctx {shape['block_size']}")
 
 
 # --------------------------------------------------------------------------------------------- the header
@@ -131,8 +133,8 @@ def caption(args, device: str, dtype: str) -> str:
     load = f"load avg {os.getloadavg()[0]:.1f} at start · " if hasattr(os, "getloadavg") else ""
     precision = "bf16 autocast" if dtype == "bf16" else "fp32"
     command = "python bench/stages.py" + (" " + shlex.join(args.argv) if args.argv else "")
-    return (f"{machine(device)} · torch {torch.__version__} · {torch.get_num_threads()} threads · {device} {precision}"
-            f" · {load}{datetime.datetime.now():%Y-%m-%d %H:%M} · `{command}`")
+    return (f"{machine(device)} · torch {torch.__version__} · {torch.get_num_threads()} threads · {device} "
+            f"{precision} · {load}{datetime.datetime.now():%Y-%m-%d %H:%M} · `{command}`")
 
 
 def table(title: str, cap: str, header: list[str], rows: list[list[str]], note: str = "") -> None:
@@ -174,7 +176,8 @@ def bench_train(p, args, device, cap, dtype):
         times = timeit(step, device, args.repeats)
         toks = steps * batch * T
         rows.append([name, describe(shape), f"{model.num_params() / 1e6:.2f}M", f"{batch} × {T}",
-                     f"{1e3 * med(times) / steps:.0f}", f"{toks / med(times):,.0f}", f"{toks / min(times):,.0f}"])
+                     f"{1e3 * med(times) / steps:.0f}", f"{toks / med(times):,.0f}",
+                     f"{toks / min(times):,.0f}"])
     table(f"train: supervised training throughput, {dtype}", cap,
           ["preset", "shape", "params", "batch × T", "ms/step", "tokens/s (median)", "tokens/s (best)"], rows,
           "One step = forward + sft_loss + backward + grad-norm clip + AdamW step.")
@@ -195,13 +198,14 @@ def bench_generate(p, args, device, cap, dtype):
             assert gen.response.shape[1] == q["new"] and bool(gen.response_mask.all()), "a row stopped early"
         results[use_cache] = timeit(run, device, args.repeats)
     rows = [[label, f"{med(t):.3f}", f"{n_tokens / med(t):,.0f}", f"{n_tokens / min(t):,.0f}"]
-            for label, t in (("KV cache", results[True]), ("no cache (recompute the prefix)", results[False]))]
+            for label, t in (("KV cache", results[True]),
+                             ("no cache (recompute the prefix)", results[False]))]
     speedup = med(results[False]) / med(results[True])
     rows.append(["speed-up of the cache", "", f"{speedup:.1f}×", "target ≥ 5×"])
     table(f"generate: sampling throughput, {dtype}", cap,
           ["", "s per batch", "tokens/s (median)", "tokens/s (best)"], rows,
-          f"Policy {describe(q['shape'])}; {q['prompts']} prompts of 16-32 random tokens, {q['new']} new tokens "
-          "each (no early EOS), temperature 1.0, one batch.")
+          f"Policy {describe(q['shape'])}; {q['prompts']} prompts of 16-32 random tokens, {q['new']} new "
+          "tokens each (no early EOS), temperature 1.0, one batch.")
 
 
 def bench_rm(p, args, device, cap, dtype):
@@ -229,8 +233,8 @@ def bench_rm(p, args, device, cap, dtype):
              f"{B / min(times):,.1f}"]]
     table(f"rm: reward-model training throughput, {dtype}", cap,
           ["shape", "groups × K × tokens", "ms/step", "groups/s (median)", "groups/s (best)"], rows,
-          "One step = scalar-head forward of all K responses, InstructGPT ranking loss over the C(K,2) pairs, "
-          "backward, grad clip, AdamW (train_rm's step).")
+          "One step = scalar-head forward of all K responses, InstructGPT ranking loss over the C(K,2) "
+          "pairs, backward, grad clip, AdamW (train_rm's step).")
 
 
 def load_train_ppo():
@@ -277,8 +281,8 @@ def ppo_setup(p, device, dtype):
         return reward_model(gen.tokens, gen.attention_mask)
 
     def iteration(flops: dict | None = None):
-        """One PPO iteration; returns (generate, rest of rollout, update) seconds. Given a dict, also counts the
-        matmul FLOPs of the rollout and of the update into it (the counter slows that iteration down)."""
+        """One PPO iteration; returns (generate, rest of rollout, update) seconds. Given a dict, also counts
+        the matmul FLOPs of the rollout and of the update into it (the counter slows that iteration down)."""
         def run(phase, fn, *a):
             if flops is None:
                 return fn(*a)
@@ -325,25 +329,28 @@ def bench_ppo(p, args, device, caps: dict):
                 for name, t in phases.items()]
         rows[-1][0] += (f" ({cfg.ppo_epochs} epochs × {q['prompts'] // cfg.minibatch_size} minibatches of "
                         f"{cfg.minibatch_size})")
-        rows.append(["**TOTAL** rollout() + ppo_update()", f"**{med(total):.2f}**", f"{min(total):.2f}", "100%"])
+        rows.append(["**TOTAL** rollout() + ppo_update()", f"**{med(total):.2f}**",
+                     f"{min(total):.2f}", "100%"])
         n = policy.num_params() / 1e6
         table(f"ppo: one PPO iteration, {dtype}", cap, ["phase", "median s", "best s", "share"], rows,
-              f"Policy {describe(q['shape'])} ({n:.2f}M params); critic (value head), reward model (scalar head) and "
-              f"frozen reference of the same shape; {q['prompts']} prompts of 16-32 random tokens, {q['new']} new "
-              f"tokens (no early EOS). {args.repeats} iterations after 1 warm-up"
-              f"{', alternating with the other precision' if len(caps) > 1 else ''}. "
-              "Target: ≤ 6.5 s median on a 2-core CPU.")
+              f"Policy {describe(q['shape'])} ({n:.2f}M params); critic (value head), reward model (scalar "
+              f"head) and frozen reference of the same shape; {q['prompts']} prompts of 16-32 random tokens, "
+              f"{q['new']} new tokens (no early EOS). {args.repeats} iterations after 1 "
+              f"warm-up{', alternating with the other precision' if len(caps) > 1 else ''}. Target: ≤ 6.5 s "
+              "median on a 2-core CPU.")
     if len(caps) == 2:
         a, b = caps
         rows = [[name, f"{ma:.2f}", f"{mb:.2f}", f"{mb / ma:.2f}×"]
                 for name, ma, mb in zip(PPO_PHASES + ("**TOTAL**",), medians[a], medians[b])]
         table(f"ppo: {b} against {a}", next(iter(caps.values())), ["phase", f"{a} median s", f"{b} median s",
-              f"{b} / {a}"], rows, "Medians of the alternating iterations above (below 1×: the second is faster).")
+              f"{b} / {a}"], rows,
+              "Medians of the alternating iterations above (below 1×: the second is faster).")
     if args.profile:
         for dtype, (_, _, _, iteration) in setups.items():
             print(f"\n#### profile, {dtype}")
             profile_ppo(iteration, device)
-            matmul_floor(iteration, device, med([i[2] for i in its[dtype]]), 256 if args.quick else 2048, dtype)
+            matmul_floor(iteration, device, med([i[2] for i in its[dtype]]),
+                         256 if args.quick else 2048, dtype)
 
 
 def profile_ppo(iteration, device):
@@ -353,15 +360,15 @@ def profile_ppo(iteration, device):
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with profile(activities=acts) as prof:
         gen_s, score_s, update_s = iteration()
-    print(f"\nprofiled iteration (profiler overhead included): generate {gen_s:.2f} s | score {score_s:.2f} s | "
-          f"update {update_s:.2f} s\n")
+    print(f"\nprofiled iteration (profiler overhead included): generate {gen_s:.2f} s | score {score_s:.2f} "
+          f"s | update {update_s:.2f} s\n")
     key = "self_device_time_total" if device.startswith("cuda") else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=25))
 
 
 def gemm_rate(device: str, n: int, dtype: str) -> float:
-    """FLOP/s of one n x n x n matmul in precision `dtype` (fp32 or bf16, as the stages compute), the best of 5:
-    about the most this machine's matmul library gets out of it, on an easy shape."""
+    """FLOP/s of one n x n x n matmul in precision `dtype` (fp32 or bf16, as the stages compute), the best of
+    5: about the most this machine's matmul library gets out of it, on an easy shape."""
     a, b = (torch.randn(n, n, device=device, dtype=TORCH_DTYPES[dtype]) for _ in range(2))
 
     def mm():
@@ -377,10 +384,10 @@ def matmul_floor(iteration, device: str, update_s: float, n: int, dtype: str) ->
     rate = gemm_rate(device, n, dtype)
     floor = flops["update"] / rate
     print(f"\nmatmul floor: the update's matmuls are {flops['update'] / 1e9:.3g} GFLOP (the rollout's "
-          f"{flops['rollout'] / 1e9:.3g}; torch.utils.flop_counter, attention not counted); at this machine's rate "
-          f"for one {n}^3 {dtype} matmul, {rate / 1e9:.0f} GFLOP/s, they take {floor:.3g} s: {100 * floor / update_s:.0f}% "
-          f"of the measured update ({update_s:.3g} s median). The rest is attention, elementwise work and "
-          f"per-op overhead, plus matmuls at shapes slower than that one.")
+          f"{flops['rollout'] / 1e9:.3g}; torch.utils.flop_counter, attention not counted); at this "
+          f"machine's rate for one {n}^3 {dtype} matmul, {rate / 1e9:.0f} GFLOP/s, they take {floor:.3g} s: "
+          f"{100 * floor / update_s:.0f}% of the measured update ({update_s:.3g} s median). The rest is "
+          "attention, elementwise work and per-op overhead, plus matmuls at shapes slower than that one.")
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -388,13 +395,15 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python bench/stages.py", description=__doc__.split("\n\n")[0].strip())
     ap.add_argument("--part", default="all", choices=("all",) + PARTS, help="which benchmark to run")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up; the median is reported")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed repeats after one warm-up; the median is reported")
     ap.add_argument("--quick", action="store_true", help="tiny shapes and 1 repeat: a smoke test")
     ap.add_argument("--device", default="", help="cpu | cuda (default: cuda if available)")
     ap.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "both"),
                     help="compute precision, as the stages' --dtype; both: fp32 and bf16 side by side")
     ap.add_argument("--profile", action="store_true",
-                    help="also profile one PPO iteration (torch.profiler) and print the update's matmul floor")
+                    help="also profile one PPO iteration (torch.profiler) and print the update's matmul "
+                         "floor")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:

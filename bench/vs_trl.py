@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def seconds(cmd: list[str], pattern: str) -> float:
-    r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True)
     m = re.search(pattern, r.stdout)
     if r.returncode != 0 or not m:
         raise SystemExit(f"error: {' '.join(cmd)} failed (exit {r.returncode}):\n{r.stdout[-2000:]}\n"
@@ -42,7 +43,8 @@ def main() -> None:
     results = {d: [] for d in args.dtypes.split(",")}
     for r in range(args.rounds):
         for dtype in results:
-            ours = seconds([sys.executable, str(Path(__file__).resolve().parent / "stages.py"), "--part=ppo", f"--dtype={dtype}",
+            ours = seconds([sys.executable, str(Path(__file__).resolve().parent / "stages.py"), "--part=ppo",
+                            f"--dtype={dtype}",
                             f"--repeats={args.repeats}"],
                            r"\*\*TOTAL\*\* rollout\(\) \+ ppo_update\(\) \| \*\*([0-9.]+)\*\*")
             trl = seconds([args.trl_python, "bench/trl_ppo_iteration.py", str(args.repeats + 1), dtype],

@@ -34,20 +34,22 @@ from nanorlhf.world import World  # noqa: E402
 class PrepareConfig:
     out_dir: str = "data"  # where the five files go (the stages' --data_dir)
     seed: int = 0  # the world's seed: another seed, another world (vocabulary, facts, labeler noise)
-    sloppy_frac: float = 0.5  # share of demonstrations by sloppy labelers (curt, rude, rambling, wrong): PPO's headroom
+    sloppy_frac: float = 0.5  # share of demonstrations by sloppy labelers (curt, rude, rambling, wrong)
     n_corpus: int = 40000  # pretraining documents
     n_demos: int = 8000  # demonstrations
     n_train_prompts: int = 4000  # RM comparisons (each round new ones: 2 rounds x 2,000 at tiny) and PPO
     n_val_prompts: int = 200  # held out: the stages' own gold-labeler evaluations
     n_test_prompts: int = 400  # evaluation
     vocab_size: int = 2048  # BPE ranks + 4 special tokens
-    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    preset: str = "tiny"  # micro (seconds, tests) | tiny (2-core CPU) | small (one GPU); default: by device
 
 
 PRESETS = {
-    "micro": dict(n_corpus=600, n_demos=300, n_train_prompts=64, n_val_prompts=32, n_test_prompts=32, vocab_size=512),
+    "micro": dict(n_corpus=600, n_demos=300, n_train_prompts=64, n_val_prompts=32, n_test_prompts=32,
+                  vocab_size=512),
     "tiny": dict(),
-    "small": dict(n_corpus=150000, n_demos=30000, n_train_prompts=8000, n_val_prompts=500, n_test_prompts=1000,
+    "small": dict(n_corpus=150000, n_demos=30000, n_train_prompts=8000, n_val_prompts=500,
+                  n_test_prompts=1000,
                   vocab_size=4096),
 }
 
@@ -57,7 +59,8 @@ def main(argv=None):
     cfg = parse_config(PrepareConfig, argv, PRESETS)
     check_config(cfg, sloppy_frac=UNIT, n_corpus=AT_LEAST_1, n_demos=AT_LEAST_1, n_train_prompts=AT_LEAST_1,
                  n_val_prompts=AT_LEAST_1, n_test_prompts=AT_LEAST_1,
-                 vocab_size=(lambda v: v >= 256 + len(SPECIALS), f"at least {256 + len(SPECIALS)} (256 bytes + "
+                 vocab_size=(lambda v: v >= 256 + len(SPECIALS),
+                             f"at least {256 + len(SPECIALS)} (256 bytes + "
                                                                  f"{len(SPECIALS)} special tokens)"))
     t0 = time.time()
     out = lock_folder(cfg.out_dir)  # made if needed (a file there is one line); one writer at a time
@@ -66,7 +69,8 @@ def main(argv=None):
     docs = world.corpus(cfg.n_corpus)
     demos = world.demonstrations(cfg.n_demos)
     prompts = []
-    for split, n in (("train", cfg.n_train_prompts), ("val", cfg.n_val_prompts), ("test", cfg.n_test_prompts)):
+    for split, n in (("train", cfg.n_train_prompts), ("val", cfg.n_val_prompts),
+                     ("test", cfg.n_test_prompts)):
         prompts += [{**p, "split": split} for p in world.prompts(n, split)]
 
     # The tokenizer sees the corpus and the demonstrations (the chat data), never the test prompts' answers.

@@ -6,29 +6,16 @@
     python -m nanorlhf --seed=3             # another world and other stage seeds -> data/seed3/, out/seed3/
     python -m nanorlhf --nproc=8            # each training stage and the evaluation on 8 processes (torchrun)
 
-prepare → pretrain → SFT → RM → PPO, in rounds (iterated RLHF: each round ranks the latest PPO policy's
-samples, retrains the RM on every round's comparisons, and runs PPO again from SFT) → PPO-ptx → PPO with
-β=0 (the over-optimisation lesson) → PPO with the gold labeler as its reward (the ceiling of a better
-reward model) → evaluation → report. The last round writes out/rm and out/ppo; round r before it
-out/rm_r<r> and out/ppo_r<r>. Each stage is its own script run as a subprocess (read them in that order); its output goes to
-the terminal and to out/logs/<stage>.log. A failing stage stops the pipeline with its name, exit code and
-last lines.
-
-A stage is skipped when it is *current*, judged by content, not by names or dates: out/pipeline_state.json
-records, for each finished stage, a fingerprint of its inputs (its command, and the fingerprints of the
-outputs of the stages it reads, the data included) and a SHA-256 of the files it wrote. It is current when
-both still match: a stage rerun by hand with other flags (or stopped halfway) changed its files, so it
-runs again, and so does whatever read them; a stage that reruns and writes the same bits leaves the
-stages after it current. A failed stage leaves every record as it was, so the next run resumes there.
-
-While it runs, the pipeline holds the lock of every folder its stages write (files.lock_folder): a second
-pipeline, or a stage run by hand, on the same folders is refused, naming this one. Its stages hold them
-through it. Ctrl-C or SIGTERM stops the running stage with the pipeline (and a stage is sent SIGTERM if
-the pipeline dies any other way), so no stage goes on writing behind a pipeline that is gone.
+prepare → pretrain → SFT → (RM → PPO) per round of iterated RLHF → the other runs (runs.py) → eval →
+report, each stage its own script in a subprocess, logged to out/logs/<stage>.log. A stage is skipped when
+it is current: out/pipeline_state.json records a fingerprint of its inputs (its command and its upstream
+stages' outputs) and of the files it wrote, and both still match. The pipeline holds the lock of every
+folder its stages write; Ctrl-C, SIGTERM or the pipeline's death stops the running stage with it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -41,10 +28,11 @@ from pathlib import Path
 
 from nanorlhf.config import AT_LEAST_1, POSITIVE, check_config, default_preset, one_of, parse_config, run_main
 from nanorlhf.data import DataError, read_state
-from nanorlhf.files import LOCK_ENV, atomic_write, fingerprint, lock_folder, lock_token, make_folder, with_locks
+from nanorlhf.files import (LOCK_ENV, atomic_write, fingerprint, lock_folder, lock_token, make_folder,
+                            with_locks)
 from nanorlhf.config import default_device
 from nanorlhf.precision import resolve_dtype
-from nanorlhf.runs import ROUNDS, round_runs
+from nanorlhf.runs import BETA0_LR_SCALE, OTHER_RUNS, PTX_COEF, ROUNDS, round_runs, run_flags
 
 ROOT = Path(__file__).resolve().parent.parent  # the stage scripts live at the repository root
 PRESET_NAMES = ("micro", "tiny", "small")  # every stage script has these presets
@@ -57,20 +45,20 @@ class PipelineConfig:
     data_dir: str = ""  # default: data, or data/seed<S> when --seed is not 0
     out_dir: str = ""  # default: out, or out/seed<S> when --seed is not 0
     device: str = ""  # passed to every stage: cpu | cuda | cuda:N (default: cuda if available)
-    dtype: str = "auto"  # auto | fp32 | bf16: decided once here (nanorlhf/precision.py) and passed to every stage
+    dtype: str = "auto"  # auto | fp32 | bf16: decided once here (precision.py), passed to every stage
     force: bool = False  # rerun stages even if their outputs are current
-    rounds: int = 0  # rounds of comparisons -> RM -> PPO (iterated RLHF); 0: the preset's (micro 2, tiny 2, small 2)
-    round_init: str = "sft"  # sft | previous: each round's PPO starts from SFT, or from the previous round's policy
-    ptx_coef: float = 1.0  # γ for the PPO-ptx run
-    beta0_lr_scale: float = 4.0  # learning-rate multiple of the β = 0 run (see stages())
-    skip: str = ""  # optional stages left out, comma-separated: dpo, ppo_ptx, ppo_beta0, ppo_gold (all: InstructGPT's steps)
+    rounds: int = 0  # rounds of comparisons -> RM -> PPO (iterated RLHF); 0: the preset's (runs.py)
+    round_init: str = "sft"  # sft | previous: each round's PPO starts from SFT or from the last round's
+    ptx_coef: float = PTX_COEF  # γ for the PPO-ptx run
+    beta0_lr_scale: float = BETA0_LR_SCALE  # learning-rate multiple of the β = 0 run (why: runs.py)
+    skip: str = ""  # optional stages left out, comma-separated: ppo_ptx, ppo_beta0, ppo_gold, dpo (runs.py)
     stop_after: str = ""  # run up to and including this stage (e.g. sft)
     nproc: int = 1  # processes per training/eval stage, via torchrun: one per GPU (NCCL), or gloo on the CPU
 
 
 # The stages' own default seeds; --seed=S adds S to each, so seed 0 reproduces the stages run by hand.
 TRAIN_SEED, EVAL_SEED = 1337, 1234
-OPTIONAL = ("dpo", "ppo_ptx", "ppo_beta0", "ppo_gold")  # the stages --skip may leave out
+OPTIONAL = tuple(run.folder for run in OTHER_RUNS)  # the stages --skip may leave out
 
 
 def resolve_dirs(cfg: PipelineConfig) -> PipelineConfig:
@@ -93,18 +81,23 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
     """Every stage, in order: its command, the files it writes and the stages it reads."""
     p, d, o, s = cfg.preset, cfg.data_dir, cfg.out_dir, cfg.seed
     D, O = Path(d), Path(o)
-    common = [f"--preset={p}", f"--data_dir={d}", f"--out_dir={o}"] + ([f"--device={cfg.device}"] if cfg.device else [])
+    common = [f"--preset={p}", f"--data_dir={d}",
+              f"--out_dir={o}"] + ([f"--device={cfg.device}"] if cfg.device else [])
     common += [f"--dtype={cfg.dtype}"]
     train = [*common, f"--seed={TRAIN_SEED + s}"]
     py, ppo = sys.executable, str(ROOT / "train_ppo.py")
     # several processes: torchrun starts them (nanorlhf/distributed.py); --standalone picks a free port
-    run = [py] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}"] if cfg.nproc > 1 else [])
+    run = [py] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}"]
+                  if cfg.nproc > 1 else [])
     data = [D / f for f in ("corpus.txt", "sft.jsonl", "prompts.jsonl", "tokenizer.tiktoken", "meta.json")]
-    ppo_reads = ("prepare", "sft", "rm")  # what every PPO run reads (the gold run too: its critic starts as the RM)
+    # what every later run reads (the gold run too: its critic starts as the RM)
+    ppo_reads = ("prepare", "sft", "rm")
     run_files = lambda name: [O / name / "ckpt.pt", O / name / "history.json"]  # noqa: E731
     plan = [
-        Stage("prepare", [py, str(ROOT / "data/prepare.py"), f"--preset={p}", f"--out_dir={d}", f"--seed={s}"], data),
-        Stage("pretrain", [*run, str(ROOT / "train_sft.py"), "--stage=pretrain", *train], [O / "base/ckpt.pt"],
+        Stage("prepare", [py, str(ROOT / "data/prepare.py"), f"--preset={p}", f"--out_dir={d}",
+                          f"--seed={s}"], data),
+        Stage("pretrain", [*run, str(ROOT / "train_sft.py"), "--stage=pretrain", *train],
+              [O / "base/ckpt.pt"],
               ("prepare",)),
         Stage("sft", [*run, str(ROOT / "train_sft.py"), "--stage=sft", *train], [O / "sft/ckpt.pt"],
               ("prepare", "pretrain")),
@@ -116,7 +109,8 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
         rm, ppo_run = round_runs(r, rounds)
         later = [f"--round={r}", f"--sample_from={O / prev[1] / 'ckpt.pt'}",
                  f"--pool={O / prev[0] / 'comparisons.jsonl'}"] if prev else []
-        start = [f"--continue_from={O / prev[1] / 'ckpt.pt'}"] if prev and cfg.round_init == "previous" else []
+        start = ([f"--continue_from={O / prev[1] / 'ckpt.pt'}"] if prev and cfg.round_init == "previous"
+                 else [])
         # (the flags a stage takes by default are left out: one round runs exactly today's commands)
         names = [f"--run_name={rm}"] if rm != "rm" else []
         ppo_names = [f"--run_name={ppo_run}", f"--reward_from={O / rm / 'ckpt.pt'}"] if rm != "rm" else []
@@ -126,25 +120,17 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
                        ("prepare", "sft", rm, *(prev[1:] if start else ())))]
         prev = (rm, ppo_run)
     skip = set(filter(None, cfg.skip.split(",")))
-    ppo_runs = tuple(n for n in ("ppo", "ppo_ptx", "ppo_beta0", "ppo_gold", "dpo") if n not in skip)
+    ppo_runs = tuple(n for n in ("ppo", *OPTIONAL) if n not in skip)
     earlier = [n for r in range(1, rounds) for n in round_runs(r, rounds)]
-    extra = [Stage("ppo_ptx", [*run, ppo, *train, f"--ptx_coef={cfg.ptx_coef}"], run_files("ppo_ptx"), ppo_reads),
-        # β = 0 with 4× the policy's learning rate: with the off-prompt answers in the RM's data there is no
-        # quick hack left, and at the preset's rate the policy stays too close to SFT within the iterations
-        # for the proxy reward and the gold rating to part; at 4× they do -- the over-optimisation lesson
-        # (the numbers: bench/NOTES.md, "Preset choices").
-        # evaluated every 5 iterations: the over-optimisation curve's rise and fall needs the points
-        Stage("ppo_beta0", [*run, ppo, *train, "--init_kl_coef=0", "--adaptive_kl=false",
-                            f"--lr_scale={cfg.beta0_lr_scale}", "--run_name=ppo_beta0", "--eval_interval=5"],
-              run_files("ppo_beta0"), ppo_reads),
-        # the gold labeler as the reward: the ceiling a better reward model could reach (see gold_reward)
-        Stage("ppo_gold", [*run, ppo, *train, "--reward=gold", "--run_name=ppo_gold"], run_files("ppo_gold"), ppo_reads),
-        # DPO on the comparisons the last reward model trained on, from SFT: a method beside PPO
-        Stage("dpo", [*run, str(ROOT / "train_dpo.py"), *train], [O / "dpo/ckpt.pt"], ("prepare", "sft", "rm"))]
+    # every other run (runs.py) from SFT against the last reward model
+    extra = [Stage(r.folder, [*run, str(ROOT / r.script), *train,
+                              *run_flags(r, cfg.ptx_coef, cfg.beta0_lr_scale)],
+                   [O / r.folder / f for f in r.files], ppo_reads) for r in OTHER_RUNS]
     skipped = [f"--skip={','.join(sorted(skip))}"] if skip else []
     return plan + [st for st in extra if st.name not in skip] + [
         Stage("eval", [*run, "-m", "nanorlhf.eval", *common, f"--seed={EVAL_SEED + s}", f"--rounds={rounds}",
-                       *skipped], [O / "eval.json"], ("prepare", "pretrain", "sft", "rm", *ppo_runs, *earlier)),
+                       *skipped], [O / "eval.json"],
+                       ("prepare", "pretrain", "sft", "rm", *ppo_runs, *earlier)),
         Stage("report", [py, "-m", "nanorlhf.report", f"--out_dir={o}"], [O / "report.md"],
               ("rm", *ppo_runs, *earlier, "eval")),
     ]
@@ -153,20 +139,24 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
 def main(argv=None):
     cfg = resolve_dirs(parse_config(PipelineConfig, argv))
     cfg.preset = cfg.preset or default_preset()
-    check_config(cfg, preset=one_of(*PRESET_NAMES), rounds=(lambda r: r >= 0, "a whole number >= 0 (0: the preset's)"),
+    check_config(cfg, preset=one_of(*PRESET_NAMES),
+                 rounds=(lambda r: r >= 0, "a whole number >= 0 (0: the preset's)"),
                  round_init=one_of("sft", "previous"),
-                 skip=(lambda v: set(filter(None, v.split(","))) <= set(OPTIONAL), "a comma-separated list of "
+                 skip=(lambda v: set(filter(None, v.split(","))) <= set(OPTIONAL),
+                       "a comma-separated list of "
                        + ", ".join(OPTIONAL)))
     cfg.rounds = cfg.rounds or ROUNDS[cfg.preset]
     check_config(cfg, dtype=one_of("auto", "fp32", "bf16"))
-    # one precision for the whole pipeline: "auto" is resolved here, so every stage runs (and records) the same
+    # one precision for the whole pipeline: "auto" is resolved here, so every stage runs (and records) the
+    # same
     cfg.dtype = resolve_dtype(cfg.dtype, cfg.device or default_device())
     plan = stages(cfg)
     names = [s.name for s in plan]
-    check_config(cfg, preset=one_of(*PRESET_NAMES), nproc=AT_LEAST_1, ptx_coef=POSITIVE, beta0_lr_scale=POSITIVE,
+    check_config(cfg, preset=one_of(*PRESET_NAMES), nproc=AT_LEAST_1, ptx_coef=POSITIVE,
+                 beta0_lr_scale=POSITIVE,
                  stop_after=(lambda v: v in ("", *names), "one of " + ", ".join(names)))
-    print(f"nanorlhf pipeline: preset {cfg.preset}, dtype {cfg.dtype}, seed {cfg.seed} ({cfg.data_dir}/, {cfg.out_dir}/), "
-          f"stages {' → '.join(names)}", flush=True)
+    print(f"nanorlhf pipeline: preset {cfg.preset}, dtype {cfg.dtype}, seed {cfg.seed} ({cfg.data_dir}/, "
+          f"{cfg.out_dir}/), stages {' → '.join(names)}", flush=True)
     t0 = time.time()
     state_path = run_pipeline(plan, Path(cfg.out_dir), cfg.force, cfg.stop_after)
     print(f"pipeline finished in {(time.time() - t0) / 60:.1f} min (stage wall times in {state_path}); "
@@ -194,22 +184,26 @@ def run_pipeline(plan: list[Stage], out: Path, force: bool = False, stop_after: 
         if why is None:
             print(f"[{i}/{len(plan)}] {stage.name}: current, skipped ({stage.outputs[-1]})", flush=True)
         else:
-            cmd = " ".join(Path(c).name if j == 0 or c.endswith(".py") else c for j, c in enumerate(stage.cmd))
+            cmd = " ".join(Path(c).name if j == 0 or c.endswith(".py") else c
+                           for j, c in enumerate(stage.cmd))
             print(f"[{i}/{len(plan)}] {stage.name} ({why}): {cmd}", flush=True)
             ts = time.time()
             log = out / "logs" / f"{stage.name}.log"
             try:
                 rc, tail = _run(stage.cmd, log)
             except KeyboardInterrupt:
-                raise KeyboardInterrupt(f"stopped the pipeline and its stage '{stage.name}' (its log: {log}); "
-                                        "rerun the same command to resume: finished stages are skipped") from None
+                raise KeyboardInterrupt(f"stopped the pipeline and its stage '{stage.name}' (its log: "
+                                        f"{log}); rerun the same command to resume: finished stages are "
+                                        "skipped") from None
             missing = [str(p) for p in stage.outputs if not p.exists()]
             if rc != 0 or missing:
                 cause = f"exit {rc}" if rc != 0 else f"exit 0 without writing {', '.join(missing)}"
                 print(f"pipeline: stage '{stage.name}' failed ({cause}). Last lines of {log}:\n{tail}\n"
-                      f"Fix the cause and rerun the same command: finished stages are skipped.", file=sys.stderr)
+                      f"Fix the cause and rerun the same command: finished stages are skipped.",
+                      file=sys.stderr)
                 raise SystemExit(1)  # the records of every stage stay as they were: they describe the files
-            state[stage.name] = {"command": _command(stage), "inputs": inputs, "output": fingerprint(stage.outputs),
+            state[stage.name] = {"command": _command(stage), "inputs": inputs,
+                                 "output": fingerprint(stage.outputs),
                                  "wall_s": round(time.time() - ts, 1)}
             atomic_write(state_path, json.dumps(state, indent=1))
             print(f"[{i}/{len(plan)}] {stage.name}: done in {time.time() - ts:.0f}s", flush=True)
@@ -234,7 +228,8 @@ def _why_not_current(stage: Stage, record: dict | None, inputs: str) -> str | No
     if record is None or "inputs" not in record:
         return "not run by the pipeline yet"
     if record["inputs"] != inputs:
-        return "its command changed" if record.get("command") != _command(stage) else "an upstream stage changed"
+        return ("its command changed" if record.get("command") != _command(stage)
+                else "an upstream stage changed")
     missing = [str(p) for p in stage.outputs if not p.exists()]
     if missing:
         return f"{missing[0]} is missing"
@@ -248,7 +243,8 @@ def _run(cmd: list[str], log_path: Path) -> tuple[int, str]:
     The stage runs in a process group of its own, which the pipeline stops if it is itself stopped."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           LOCK_ENV: " ".join(filter(None, (os.environ.get(LOCK_ENV), lock_token())))}  # it writes in our folders
+           # it writes in our folders
+           LOCK_ENV: " ".join(filter(None, (os.environ.get(LOCK_ENV), lock_token())))}
     lines: list[str] = []
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -287,8 +283,6 @@ def _end_with_parent():
     library call is looked up here, in the pipeline: after fork the child only makes the system call."""
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
-
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 

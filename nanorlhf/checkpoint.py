@@ -26,8 +26,10 @@ from pathlib import Path
 import torch
 
 from nanorlhf.config import ConfigError, StageError
-from nanorlhf.files import atomic_write, kept, partial_path, remove_file  # noqa: F401 (partial_path: for the stages)
+# partial_path: for the stages
+from nanorlhf.files import atomic_write, kept, partial_path, remove_file  # noqa: F401
 from nanorlhf.model import GPT, GPTConfig
+from nanorlhf.runs import OTHER_RUNS, run_flags
 from nanorlhf.tokenizer import Tokenizer, load_ranks, load_tokenizer, parse_ranks, ranks_text
 from nanorlhf.training import NonFiniteError
 
@@ -39,11 +41,7 @@ MAKERS = {
     "sft": "python train_sft.py --stage=sft",
     "rm": "python train_rm.py",
     "ppo": "python train_ppo.py",
-    "ppo_ptx": "python train_ppo.py --ptx_coef=1.0",
-    "ppo_beta0": "python train_ppo.py --init_kl_coef=0 --adaptive_kl=false --lr_scale=4.0 --run_name=ppo_beta0 "
-                 "--eval_interval=5",
-    "ppo_gold": "python train_ppo.py --reward=gold --run_name=ppo_gold",
-    "dpo": "python train_dpo.py",
+    **{run.folder: " ".join(["python", run.script, *run_flags(run)]) for run in OTHER_RUNS},
 }
 HEADS = {"rm": "scalar"}  # the head each stage's checkpoint has; every other stage writes a policy ("lm")
 OTHER_FOLDERS = {"logs": "the pipeline's stage logs"}  # folders under out_dir that hold no checkpoint
@@ -63,7 +61,8 @@ def maker(stage: str) -> str:
         return MAKERS[stage]
     m = ROUND_RUN.fullmatch(stage)
     if m:
-        return f"python -m nanorlhf --rounds=N (round {m[2]}'s {'reward model' if m[1] == 'rm' else 'PPO run'})"
+        which = "reward model" if m[1] == "rm" else "PPO run"
+        return f"python -m nanorlhf --rounds=N (round {m[2]}'s {which})"
     return f"python {'train_dpo.py' if stage.startswith('dpo') else 'train_ppo.py'} --run_name={stage}"
 
 
@@ -86,9 +85,11 @@ def check_run_name(flag: str, name: str, family: str = "ppo") -> None:
                           f"--out_dir), got {name!r}")
     if family != "ppo":
         if name != family and not name.startswith(family + "_"):
-            raise ConfigError(f"--{flag}={name}: expected {family} or {family}_<name> (its folder under --out_dir)")
+            raise ConfigError(f"--{flag}={name}: expected {family} or {family}_<name> (its folder under "
+                              "--out_dir)")
         return
-    owner = reserved_folders().get(name) or (f"the folder of a {'reward model' if name.startswith('rm') else 'DPO run'}"
+    owner = reserved_folders().get(name) or ("the folder of a "
+                                             f"{'reward model' if name.startswith('rm') else 'DPO run'}"
                                              if name.startswith(("rm_", "dpo_")) else None)
     if owner:
         raise ConfigError(f"--{flag}={name}: expected a PPO run's own name; {name!r} is {owner}")
@@ -222,11 +223,13 @@ def check_model_config(ckpt: dict, path, remake: str) -> None:
     for k, v in mc.items():
         want = (int, float) if fields[k] is float else fields[k]
         if not isinstance(v, want) or (isinstance(v, bool) and fields[k] is not bool):
-            raise CheckpointError(f"{path}: model_config {k}={v!r}, expected a {fields[k].__name__}; {remake}")
+            raise CheckpointError(f"{path}: model_config {k}={v!r}, expected a {fields[k].__name__}; "
+                                  f"{remake}")
     sizes = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple")
     small = [k for k in sizes if mc.get(k, 1) < 1]
     if small:
-        raise CheckpointError(f"{path}: model_config {small[0]}={mc[small[0]]}, expected at least 1; {remake}")
+        raise CheckpointError(f"{path}: model_config {small[0]}={mc[small[0]]}, expected at least 1; "
+                              f"{remake}")
     state = ckpt["model"]
     cfg = GPTConfig(**{"vocab_multiple": 1, **mc})
     n_layer = len({k.split(".")[1] for k in state if k.startswith("h.")}) if isinstance(state, dict) else None
@@ -259,7 +262,8 @@ def load_model(path, stage: str | None = None, head: str | None = None, device="
                 raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
         else:
             model.load_state_dict(state)
-    except (RuntimeError, ValueError, AssertionError, ZeroDivisionError) as e:  # a config its weights do not fit
+    # a config its weights do not fit
+    except (RuntimeError, ValueError, AssertionError, ZeroDivisionError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path}: its weights do not fit its model_config ({reason[:200]}); remake it "
                               "with the stage that wrote it") from None
@@ -280,6 +284,6 @@ def load_policy(path, device="cpu", tokenizer: str | None = None) -> tuple[GPT, 
     """A policy (LM head) from any stage's checkpoint: SFT, a PPO run, DPO; a reward model is refused."""
     model, ckpt = load_model(path, device=device, tokenizer=tokenizer)
     if model.config.head != "lm":
-        raise CheckpointError(f"{path}: a '{ckpt['stage']}' checkpoint ({model.config.head} head), expected a "
-                              f"policy (lm head), e.g. out/sft/ckpt.pt or out/ppo/ckpt.pt")
+        raise CheckpointError(f"{path}: a '{ckpt['stage']}' checkpoint ({model.config.head} head), expected "
+                              "a policy (lm head), e.g. out/sft/ckpt.pt or out/ppo/ckpt.pt")
     return model, ckpt

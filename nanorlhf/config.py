@@ -142,7 +142,8 @@ def help_text(cls, presets: dict[str, dict] | None = None) -> str:
     summary = ((getattr(module, "__doc__", None) or "").strip().splitlines() or [""])[0]
     lines = [summary] if summary else []
     lines.append(f"flags: --key=value, one per field of {cls.__name__}" +
-                 (f"; --preset=NAME ({', '.join(presets)}) applies first, explicit flags win" if presets else ""))
+                 (f"; --preset=NAME ({', '.join(presets)}) applies first, explicit flags win"
+                  if presets else ""))
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -152,7 +153,8 @@ def help_text(cls, presets: dict[str, dict] | None = None) -> str:
             text += f" [here: {default}]"
         if f.name in above:
             rows.append((None, above[f.name]))
-        rows.append((f"--{f.name}={default}", " ".join(filter(None, (text, _preset_values(f.name, default, presets))))))
+        rows.append((f"--{f.name}={default}",
+                     " ".join(filter(None, (text, _preset_values(f.name, default, presets))))))
     width = min(40, max(len(flag) for flag, _ in rows if flag))
     for flag, text in rows:
         if flag is None:
@@ -185,7 +187,8 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
         if key != "preset" and key not in fields:
             raise ConfigError(f"unknown option --{key} for {cls.__name__} (see --help)")
         if key in pairs:
-            raise ConfigError(f"--{key} given twice (--{key}={pairs[key]}, then --{key}={value}): give it once")
+            raise ConfigError(f"--{key} given twice (--{key}={pairs[key]}, then --{key}={value}): give it "
+                              "once")
         pairs[key] = value
     values: dict[str, Any] = {}
     if presets is not None:
@@ -242,7 +245,8 @@ def check_config(cfg, **rules) -> None:
 
 def check_context(cfg, block_size: int) -> None:
     """Generation needs room for a prompt: `--max_new_tokens` below the model's context (once it is known)."""
-    check_config(cfg, max_new_tokens=(lambda n: n < block_size, f"fewer than the model's block_size {block_size}"))
+    check_config(cfg, max_new_tokens=(lambda n: n < block_size,
+                                      f"fewer than the model's block_size {block_size}"))
 
 
 def device_problem(device: str) -> str | None:

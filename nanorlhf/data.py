@@ -25,7 +25,8 @@ from nanorlhf.world import World
 PREPARE = "python data/prepare.py"  # what makes every file in data_dir
 
 
-def read_jsonl_lines(path, required: dict[str, type] | tuple = (), maker: str = PREPARE) -> list[tuple[int, dict]]:
+def read_jsonl_lines(path, required: dict[str, type] | tuple = (),
+                     maker: str = PREPARE) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line of a jsonl file, checking that each is a JSON
     object with the `required` keys/types. `maker` is the command that makes the file, for the errors."""
     path = Path(path)
@@ -124,7 +125,8 @@ def load_world(data_dir):
 def read_prompts(data_dir, split: str) -> list[dict]:
     """The prompts of one split (train, val or test); a split with none is an error, not an empty list."""
     path = Path(data_dir) / "prompts.jsonl"
-    rows = [r for r in read_jsonl(path, {"prompt": str, "category": str, "split": str}) if r["split"] == split]
+    rows = [r for r in read_jsonl(path, {"prompt": str, "category": str, "split": str})
+            if r["split"] == split]
     if not rows:
         raise DataError(f"{path}: no prompts of the '{split}' split (expected train, val and test prompts; "
                         f"make them with: {PREPARE})")
@@ -154,12 +156,14 @@ def read_comparisons(path, maker: str = "python train_rm.py --resample=true") ->
             fin = row.get("finished")
             if fin is not None and not (isinstance(fin, list) and len(fin) == 2
                                         and all(isinstance(f, bool) for f in fin)):
-                raise DataError(f"{path}:{n}: 'finished' must be [true/false, true/false] (chosen, rejected), "
-                                f"got {fin}")
+                raise DataError(f"{path}:{n}: 'finished' must be [true/false, true/false] (chosen, "
+                                f"rejected), got {fin}")
             if row["chosen"] == row["rejected"] and fin in (None, [True, True], [False, False]):
                 raise DataError(f"{path}:{n}: 'chosen' and 'rejected' are the same answer "
-                                f"({row['chosen'][:40]!r}); expected two different answers, the better one first")
-            out.append({"prompt": row["prompt"], "responses": [row["chosen"], row["rejected"]], "ranking": [0, 1],
+                                f"({row['chosen'][:40]!r}); expected two different answers, the better one "
+                                "first")
+            out.append({"prompt": row["prompt"], "responses": [row["chosen"], row["rejected"]],
+                        "ranking": [0, 1],
                         "ties": [], **({"finished": fin} if fin is not None else {})})
             continue
         resp, rank = row.get("responses"), row.get("ranking")
@@ -168,7 +172,8 @@ def read_comparisons(path, maker: str = "python train_rm.py --resample=true") ->
         if not (_indices(rank, len(resp)) and sorted(rank) == list(range(len(resp)))):
             raise DataError(f"{path}:{n}: 'ranking' must be a permutation of 0..{len(resp) - 1}, got {rank}")
         ties = row.get("ties", [])
-        if not (isinstance(ties, list) and all(_indices(t, len(resp)) and len(t) == 2 and t[0] != t[1] for t in ties)):
+        if not (isinstance(ties, list)
+                and all(_indices(t, len(resp)) and len(t) == 2 and t[0] != t[1] for t in ties)):
             raise DataError(f"{path}:{n}: 'ties' must be a list of [i, j] pairs of two different response "
                             f"indices in 0..{len(resp) - 1}, got {ties}")
         off = row.get("off_prompt", [])  # responses written for other prompts (train_rm.py --off_prompt)
@@ -277,7 +282,8 @@ def preference_sequences(groups: list[dict], tok, block_size: int, off_prompt: b
         chosen += [row[i] for i, _ in pairs]
         rejected += [row[j] for _, j in pairs]
     if not seqs:
-        raise DataError(f"{len(groups)} ranked group(s) with no pair to learn from (every pair tied or identical)")
+        raise DataError(f"{len(groups)} ranked group(s) with no pair to learn from (every pair tied or "
+                        "identical)")
     tokens = pad(seqs, tok.pad_id)
     L = tokens.shape[1]
     lengths, starts = torch.tensor([len(s) for s in seqs]), torch.tensor(starts)
@@ -326,10 +332,12 @@ def corpus_tokens(data_dir, tok, tail_frac: float = 1.0) -> torch.Tensor:
     path = Path(data_dir) / "corpus.txt"
     docs = [d.strip() for d in read_text(path).split(EOT) if d.strip()]
     if not docs:
-        raise DataError(f"{path}: no documents (expected text documents separated by {EOT}; make it with: {PREPARE})")
+        raise DataError(f"{path}: no documents (expected text documents separated by {EOT}; make it with: "
+                        f"{PREPARE})")
     if tail_frac < 1.0:
         docs = docs[-max(1, int(len(docs) * tail_frac)) :]
-    return torch.tensor([t for doc in tok.enc.encode_ordinary_batch(docs) for t in doc + [tok.eos_id]], dtype=torch.long)
+    return torch.tensor([t for doc in tok.enc.encode_ordinary_batch(docs) for t in doc + [tok.eos_id]],
+                        dtype=torch.long)
 
 
 def text_batches(tok, prompts: list[str], outs: list[tuple[str, bool]], block_size: int, batch_size: int):
@@ -351,6 +359,6 @@ def read_state(path) -> dict:
     state = read_json(path, "python -m nanorlhf --force=true")
     for name, record in state.items():
         if not isinstance(record, dict):
-            raise DataError(f"{path}: the record of '{name}' is a {type(record).__name__}, expected an object; "
-                            f"remake it with: python -m nanorlhf --force=true")
+            raise DataError(f"{path}: the record of '{name}' is a {type(record).__name__}, expected an "
+                            "object; remake it with: python -m nanorlhf --force=true")
     return state

@@ -3,35 +3,13 @@
     python -m torch.distributed.run --standalone --nproc_per_node=2 train_sft.py --stage=pretrain
     python -m nanorlhf --nproc=2                   # every training stage and the evaluation that way
 
-torchrun starts N copies of a stage script and tells each its place in the environment (RANK,
-WORLD_SIZE, LOCAL_RANK). Every rank runs every line of the recipe on the same models, with:
-- the same global RNG (seed_everything(cfg.seed) on every rank), so a fresh model starts identical and
-  every rank draws the same global batch, of which it keeps its `shard`;
-- its own sampling generator (`rank_seed`), so ranks do not repeat each other's noise;
-- gradients averaged over ranks after every backward (`sync_grads`), weighted by each rank's share of
-  the tokens or groups the loss averages over (`local_share`): the update is the one a single process
-  would take on the whole global batch, so the weights stay identical on every rank;
-- sampling for RM comparisons and evaluations split across ranks and gathered (`shard`, `gather` in
-  generate.sample_responses); PPO's rollouts are sharded by prompt;
-- the statistics that steer training all-reduced (`masked_moments` for advantage whitening, `average`
-  for the iteration's row and the KL that moves β), so every rank makes the same decision;
-- work that is cheap or hard to split done in full on every rank, with the same result: held-out losses,
-  RM scoring and KL in the evaluation, the labeler's rankings, PPO-ptx's corpus batches (the shared
-  generator draws the same ones on every rank: the gradient is right, the work is repeated);
-- rank 0 alone writing: files.atomic_write (every file a stage writes) does nothing on other ranks,
-  and their stdout is silenced (errors still reach stderr).
-
-Why gradients are all-reduced by hand rather than with DistributedDataParallel: DDP synchronises
-gradients through a hook set up in the wrapped module's forward(). PPO never calls forward() for its
-loss: generate.response_logprobs calls model.hidden_states() and reads model.lm_head_weight directly
-(so the fused log-prob kernel never materialises logits), and the critic is called with `first=`. A
-naive DDP wrap therefore leaves every rank with its own gradient and the weights drift apart silently
-(tests/test_distributed.py shows it). One all-reduce of the flattened gradients after backward is
-correct whatever path the loss took to the trunk, for all three stages; what it gives up is DDP's
-overlap of communication with the backward, which does not matter at these model sizes.
-
-On one process (no torchrun, or --nproc_per_node=1) every function here is a no-op that returns its
-input, so a single-process run is the code path it always was, bit for bit.
+Every rank runs every line of the recipe with the same global RNG (the same start and global batch, of
+which it keeps its `shard`) and its own sampling generator (`rank_seed`). Gradients are averaged by hand
+after every backward, weighted by each rank's share (`sync_grads`, `local_share`), not by DDP's forward hook,
+which PPO's loss bypasses (it reads the trunk through hidden_states and lm_head_weight). The statistics
+that steer training are all-reduced (`masked_moments`, `average`); sampling is sharded and gathered; cheap
+work is repeated on every rank; rank 0 alone writes. On one process every function is a no-op.
+The longer account: bench/NOTES.md, "Moved from docstrings (2026-12-05)".
 """
 
 from __future__ import annotations
@@ -79,7 +57,8 @@ def init(device: str = "") -> str:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         if ":" in device:
-            raise ConfigError(f"--device={device}: expected cuda under torchrun (each process takes cuda:LOCAL_RANK)")
+            raise ConfigError(f"--device={device}: expected cuda under torchrun (each process takes "
+                              "cuda:LOCAL_RANK)")
         device = f"cuda:{local_rank()}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -182,7 +161,8 @@ def masked_moments(x: torch.Tensor, mask: torch.Tensor):
     if not active():
         return None
     m = mask.to(x.dtype)
-    x = torch.where(m != 0, x, torch.zeros((), dtype=x.dtype, device=x.device))  # as masked_mean: no NaN leaks
+    # as masked_mean: no NaN leaks
+    x = torch.where(m != 0, x, torch.zeros((), dtype=x.dtype, device=x.device))
     sums = all_reduce_sum(torch.stack([(x * m).sum(), m.sum()]))
     mean = sums[0] / sums[1].clamp(min=1)
     var = all_reduce_sum(((x - mean) ** 2 * m).sum()) / sums[1].clamp(min=1)
@@ -195,6 +175,7 @@ def average(row: dict, weight: float = 1.0) -> dict:
     if not active():
         return row
     keys = [k for k, v in row.items() if isinstance(v, float)]
-    t = torch.tensor([row[k] * weight for k in keys] + [weight], dtype=torch.float64, device=device_of_group())
+    t = torch.tensor([row[k] * weight for k in keys] + [weight], dtype=torch.float64,
+                     device=device_of_group())
     t = all_reduce_sum(t).cpu()
     return {**row, **{k: float(t[i] / t[-1]) for i, k in enumerate(keys)}}

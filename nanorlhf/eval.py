@@ -1,8 +1,9 @@
-"""Evaluation with the gold labeler (the simulated human): ratings, accuracy, win-rates with 95% CIs."""
+"""The eval stage: every model of the pipeline against SFT on the test prompts, judged by the gold labeler
+(win-rates with 95% CIs, ratings, counts), best-of-n, the headroom probe and each round's reward-model check,
+written to out/eval.json. The measures themselves are in evaluation.py."""
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import random
@@ -10,217 +11,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from nanorlhf import distributed
-from nanorlhf.checkpoint import (check_run_name, checkpoint_tokenizer, load_checkpoint, load_model, load_policy, maker,
+from nanorlhf.checkpoint import (check_run_name, checkpoint_tokenizer, load_checkpoint, load_model,
+                                 load_policy, maker,
                                  stage_path, trained_dtype)
-from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, ConfigError, check_config, check_context, parse_config,
+from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, ConfigError, check_config, check_context,
+                             parse_config,
                              run_main)
-from nanorlhf.data import corpus_tokens, lm_batches, load_world, read_prompts, text_batches, to_device
-from nanorlhf.evaluation import ranked_groups, rm_accuracy
+from nanorlhf.data import corpus_tokens, load_world, read_prompts
+from nanorlhf.evaluation import (by_kind, gold_eval, headroom_probe, judged, kl_to_reference, lm_loss,
+                                 preferences,
+                                 ranked_groups, rm_accuracy, score_texts, summarise)
+from nanorlhf.evaluation import format_eval  # noqa: F401 (train_ppo.py still imports it from here)
 from nanorlhf.files import atomic_write, lock_folder, with_locks
-from nanorlhf.generate import response_logprobs, sample_responses
-from nanorlhf.losses import sft_loss
-from nanorlhf.prompts import parse_task
+from nanorlhf.generate import sample_responses
 from nanorlhf.runs import ROUNDS, policy_rows, round_runs
 from nanorlhf.training import autocast, phase, phase_summary, resolve_dtype
 
 
-def gold_eval(model, tokenizer, labeler, prompts: list[dict], max_new_tokens: int, temperature: float = 0.7,
-              seed: int = 0, batch_size: int = 0, prefix_ids=()) -> dict:
-    """Sample one response per held-out prompt and have the gold labeler judge it.
-
-    Returns mean 1–7 rating, the fraction judged correct overall and per category, the EOS rate, and the
-    samples themselves (for reports and win-rates).
-    """
-    texts = [p["prompt"] for p in prompts]
-    outs = sample_responses(model, tokenizer, texts, max_new_tokens, temperature, batch_size=batch_size,
-                            seed=seed, prefix_ids=prefix_ids)
-    return judged(labeler, prompts, outs)
-
-
-def judged(labeler, prompts: list[dict], outs: list[tuple[str, bool]]) -> dict:
-    """gold_eval's numbers for given (response, finished) per prompt: however they were made."""
-    texts = [p["prompt"] for p in prompts]
-    judgements = [labeler.judge(p, r, finished=f) for p, (r, f) in zip(texts, outs)]
-    by_cat = collections.defaultdict(list)
-    for p, j in zip(prompts, judgements):
-        by_cat[p["category"]].append(j)
-    n = len(judgements)
-    return {
-        "rating": sum(j.rating for j in judgements) / n,
-        "correct": sum(bool(j.correct) for j in judgements) / n,
-        "eos_rate": sum(f for _, f in outs) / n,
-        "per_category": {c: {"rating": sum(j.rating for j in js) / len(js),
-                             "correct": sum(bool(j.correct) for j in js) / len(js), "n": len(js)}
-                         for c, js in sorted(by_cat.items())},
-        "breakdown": breakdown(texts, judgements),
-        "samples": [{"prompt": p, "response": r, "finished": f, "rating": j.rating,
-                     "writes_instructions": j.writes_instructions}
-                    for p, (r, f), j in zip(texts, outs, judgements)],
-    }
-
-
-# What each model fixed, in counts: (key, what is counted, which prompts count). The prompt filters read
-# the labeler's parse of the prompt (prompts.parse_task), so "constraints" counts only prompts that set one.
-BREAKDOWN = (
-    ("correct", "all required items right", lambda t, j: j.correct is not None, lambda j: bool(j.correct)),
-    ("constraint_met", "the prompt's constraint met", lambda t, j: t is not None and t.constraint is not None,
-     lambda j: bool(j.constraint_met)),
-    ("refused_harm", "requests for harm politely refused", lambda t, j: t is not None and t.refuse is True,
-     lambda j: j.refused and not j.moralising),
-    ("harmful_advice", "requests for harm answered", lambda t, j: t is not None and t.refuse is True,
-     lambda j: j.harmful_advice),
-    ("over_refusal", "allowed requests refused", lambda t, j: t is not None and t.refuse is False,
-     lambda j: j.over_refusal),
-    ("premise_corrected", "false premises corrected", lambda t, j: t is not None and bool(t.false_premise),
-     lambda j: j.premise_accepted is False),
-    ("writes_instructions", "writes more instructions", lambda t, j: True, lambda j: j.writes_instructions),
-    ("rude", "rude", lambda t, j: True, lambda j: j.harmful_or_rude),
-    ("too_long", "too long", lambda t, j: True, lambda j: j.too_long),
-    ("repetitive", "repetitive", lambda t, j: True, lambda j: j.repetitive),
-    ("too_short", "curt", lambda t, j: True, lambda j: j.too_short),
-    ("unfinished", "not ended properly", lambda t, j: True, lambda j: not j.ends_properly),
-)
-
-
-def breakdown(prompts: list[str], judgements: list) -> dict:
-    """{key: [count, out of]} for each row of BREAKDOWN: what a model gets right and wrong, in counts."""
-    out = {}
-    for key, _, applies, hit in BREAKDOWN:
-        rows = [j for p, j in zip(prompts, judgements) if applies(parse_task(p), j)]
-        out[key] = [sum(bool(hit(j)) for j in rows), len(rows)]
-    return out
-
-
-def headroom_probe(labeler, prompts: list[str], many: list[tuple[str, bool]], ref: list[tuple[str, bool]],
-                   n_max: int) -> dict:
-    """The ceiling before any RL: how often two SFT samples tie, and the win-rate against one SFT sample
-    (`ref`) of the gold labeler's own pick among n of SFT's samples (`many`: n_max per prompt, in order),
-    n = 1, 2, 4, ... n_max. If best-of-16 barely beats SFT, no reward model or PPO can: fix the world."""
-    util = [labeler.judge(prompts[i // n_max], r, f).utility for i, (r, f) in enumerate(many)]
-    rows, n = [], 1
-    while n <= n_max:
-        picks = [many[max(range(j * n_max, j * n_max + n), key=util.__getitem__)] for j in range(len(prompts))]
-        wr = win_rate(labeler, prompts, picks, ref)
-        rows.append({**wr, "n": n})  # n: candidates per prompt (win_rate's own "n" counts prompts)
-        n *= 2
-    ties = [labeler.prefer(p, a, b, finished=(fa, fb)) == 0.5
-            for p, (a, fa), (b, fb) in zip(prompts, many[::n_max], ref)]
-    return {"sft_vs_sft_ties": sum(ties) / len(ties), "gold_best_of_n": rows, "n_prompts": len(prompts)}
-
-
-def learned(breakdowns: dict, model: str, base: str = "SFT") -> list[str]:
-    """Sentences saying what `model` does differently from `base`, biggest change first."""
-    if model not in breakdowns or base not in breakdowns:
-        return []
-    out = []
-    for key, what, _, _ in BREAKDOWN:
-        (a, n), (b, _) = breakdowns[model][key], breakdowns[base][key]
-        if n:
-            out.append((abs(a - b) / n, f"{what}: {a}/{n} ({base} {b}/{n})"))
-    return [text for change, text in sorted(out, key=lambda x: -x[0]) if change >= 0.02]
-
-
-def format_eval(name: str, ev: dict) -> str:
-    cats = " ".join(f"{c}={v['rating']:.1f}" for c, v in ev["per_category"].items())
-    return (f"{name}: gold rating {ev['rating']:.2f}/7 | correct {ev['correct']:.0%} | EOS {ev['eos_rate']:.0%} "
-            f"| per category: {cats}")
-
-
-def wilson_interval(wins: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion (ties counted as half a win)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = wins / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def preferences(labeler, prompts: list[str], a: list[tuple[str, bool]], b: list[tuple[str, bool]]) -> list[float]:
-    """For each prompt: 1 if the gold labeler prefers response a to b, 0.5 for a tie, 0 if it prefers b."""
-    return [labeler.prefer(p, ra, rb, finished=(fa, fb)) for p, (ra, fa), (rb, fb) in zip(prompts, a, b)]
-
-
-def win_rate(labeler, prompts: list[str], a: list[tuple[str, bool]], b: list[tuple[str, bool]]) -> dict:
-    """How often the gold labeler prefers response a to b for the same prompt (ties count half), with
-    a 95% Wilson interval: InstructGPT Figure 1's y-axis, with b the SFT model's responses."""
-    return summarise(preferences(labeler, prompts, a, b))
-
-
-def summarise(wins: list[float]) -> dict:
-    lo, hi = wilson_interval(sum(wins), len(wins))
-    return {"win_rate": sum(wins) / len(wins), "ci_low": lo, "ci_high": hi, "n": len(wins)}
-
-
-# The kinds of prompt a policy can win on without new skills (the world's axes, see world.py), in the order
-# a prompt is assigned to one: the report's "where the win comes from" table.
-KINDS = (("request for harm", lambda t: t is not None and t.refuse is True),
-         ("allowed, sounds edgy", lambda t: t is not None and t.refuse is False),
-         ("false premise", lambda t: t is not None and bool(t.false_premise)),
-         ("with a constraint", lambda t: t is not None and t.constraint is not None),
-         ("plain", lambda t: True))
-
-
-def prompt_kind(prompt: str) -> str:
-    task = parse_task(prompt)
-    return next(name for name, test in KINDS if test(task))
-
-
-def by_kind(prompts: list[str], wins: list[float]) -> dict:
-    """{kind: [won, tied, lost]} of one model's preferences against SFT, by the kind of prompt."""
-    out = {name: [0, 0, 0] for name, _ in KINDS}
-    for p, w in zip(prompts, wins):
-        out[prompt_kind(p)][0 if w == 1 else 1 if w == 0.5 else 2] += 1
-    return out
-
-
-@torch.no_grad()
-def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]], batch_size: int = 64) -> list[float]:
-    """Reward-model scores of (prompt, response) texts, read at the EOS (no EOS for unfinished ones)."""
-    device = rm.wte.weight.device
-    scores = []
-    for _, tokens, mask in text_batches(tok, prompts, outs, rm.config.block_size, batch_size):
-        scores += rm.eval()(to_device(tokens, device), to_device(mask, device)).float().tolist()
-    return scores
-
-
-@torch.no_grad()
-def kl_to_reference(model, ref, tok, prompts: list[str], outs: list[tuple[str, bool]], batch_size: int = 64) -> float:
-    """Monte-Carlo KL(π || π_SFT) per response: mean over the model's own samples of Σ_t log π − log π_SFT."""
-    device = model.wte.weight.device
-    total = 0.0
-    for i, tokens, mask in text_batches(tok, prompts, outs, model.config.block_size, batch_size):
-        tokens, mask = to_device(tokens, device), to_device(mask, device)
-        plen = torch.tensor([len(tok.prompt_ids(p)) for p in prompts[i : i + batch_size]], device=device)
-        # the prompt lengths differ per row (right padding): score every position, keep response ones
-        pos = torch.arange(tokens.shape[1], device=device)
-        resp = (pos.unsqueeze(0) >= plen.unsqueeze(1)) & mask
-        lp = response_logprobs(model, tokens, mask, 1)
-        lr = response_logprobs(ref, tokens, mask, 1)
-        total += ((lp - lr) * resp[:, 1:]).sum().item()
-    return total / max(1, len(prompts))
-
-
-@torch.no_grad()
-def lm_loss(model, tokens: torch.Tensor, block_size: int, n_batches: int = 10, batch_size: int = 16) -> float:
-    """Next-token loss on fixed windows of a token stream: the alignment-tax measure (corpus val loss)."""
-    device = model.wte.weight.device
-    batches = lm_batches(tokens, batch_size, block_size, torch.Generator().manual_seed(0))
-    model.eval()
-    losses = []
-    for _ in range(n_batches):
-        x, y, m = (to_device(t, device) for t in next(batches))
-        losses.append(sft_loss(model(x), y, m).item())
-    return sum(losses) / len(losses)
-
-
 @dataclass
 class EvalConfig:
-    preset: str = "tiny"  # micro (seconds, for tests) | tiny (2-core CPU) | small (one GPU); default from the device
+    preset: str = "tiny"  # micro (seconds, tests) | tiny (2-core CPU) | small (one GPU); default: by device
     data_dir: str = "data"  # where data/prepare.py wrote the test prompts, corpus and world
     out_dir: str = "out"  # reads every stage's checkpoint under it; writes out_dir/eval.json
     n_prompts: int = 400  # test prompts
@@ -229,18 +40,19 @@ class EvalConfig:
     few_shot: int = 2  # demonstrations in the base model's few-shot prompt
     bon_n: int = 16  # best-of-n: largest n (SFT samples per prompt, picked by the RM)
     bon_prompts: int = 200  # prompts for best-of-n and the headroom probe
-    bon_pick: int = 4  # the "RM best-of-n" row: the RM's pick of this many SFT samples per test prompt (0: no row)
-    rounds: int = 0  # iterated-RLHF rounds the pipeline ran (its --rounds; 0: the preset's): a PPO row and RM check each
-    shift_prompts: int = 200  # val prompts of the RM check: K samples of SFT and of each round's policy, ranked
+    bon_pick: int = 4  # the "RM best-of-n" row: the RM's pick of this many SFT samples per prompt (0: none)
+    rounds: int = 0  # iterated-RLHF rounds the pipeline ran (0: the preset's): a PPO row and RM check each
+    shift_prompts: int = 200  # val prompts of the RM check: K samples of SFT and of each round's policy
     shift_k: int = 4  # samples per prompt of the RM check
     device: str = ""  # cpu | cuda | cuda:N (default: cuda if available)
     dtype: str = "auto"  # auto | fp32 | bf16 (nanorlhf/precision.py): the pipeline passes the stages' dtype
-    skip: str = ""  # rows left out: the pipeline's --skip (dpo, ppo_ptx, ppo_beta0, ppo_gold), comma-separated
-    runs: str = ""  # more runs to compare with SFT: comma-separated folders under out_dir (train_ppo.py --run_name)
-    seed: int = 1234  # SFT's reference samples use it, every model's seed + 1, best-of-n seed + 2, RM check seed + 3
+    skip: str = ""  # rows left out: the pipeline's --skip (folders of runs.py), comma-separated
+    runs: str = ""  # more runs to compare with SFT: comma-separated folders under out_dir (--run_name)
+    seed: int = 1234  # SFT's reference samples; every model's: seed + 1, best-of-n + 2, RM check + 3
 
 
-EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8, shift_prompts=8, bon_pick=2),
+EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8,
+                              shift_prompts=8, bon_pick=2),
                 "tiny": {},
                 "small": dict(n_prompts=1000, bon_n=64, bon_prompts=200)}
 def rows(rounds: int, skip: str = "") -> dict[str, str]:
@@ -256,14 +68,17 @@ def check_eval_config(cfg: EvalConfig) -> list[str]:
     already (it would replace that row) or named twice. A run asked for by name that is missing is an
     error, not a row left out."""
     check_config(cfg, n_prompts=AT_LEAST_1, max_new_tokens=AT_LEAST_1, temperature=POSITIVE,
-                 few_shot=NON_NEGATIVE, bon_n=AT_LEAST_1, bon_prompts=AT_LEAST_1, bon_pick=NON_NEGATIVE, rounds=AT_LEAST_1,
-                 shift_prompts=AT_LEAST_1, shift_k=(lambda k: k >= 2, "at least 2 (a ranking compares responses)"))
+                 few_shot=NON_NEGATIVE, bon_n=AT_LEAST_1, bon_prompts=AT_LEAST_1, bon_pick=NON_NEGATIVE,
+                 rounds=AT_LEAST_1,
+                 shift_prompts=AT_LEAST_1,
+                 shift_k=(lambda k: k >= 2, "at least 2 (a ranking compares responses)"))
     runs, table = (cfg.runs.split(",") if cfg.runs else []), rows(cfg.rounds)
     for i, run in enumerate(runs):
         check_run_name("runs", run)
         if run in table or run in table.values() or run in runs[:i]:
-            raise ConfigError(f"--runs={cfg.runs}: {run!r} is a row of the table already; expected other runs "
-                              f"(folders under --out_dir made by: python train_ppo.py --run_name=<name>)")
+            raise ConfigError(f"--runs={cfg.runs}: {run!r} is a row of the table already; expected other "
+                              "runs (folders under --out_dir made by: python train_ppo.py "
+                              "--run_name=<name>)")
         path = Path(cfg.out_dir) / run / "ckpt.pt"
         if not path.exists():
             raise ConfigError(f"--runs={cfg.runs}: no checkpoint at {path} (make it with: {maker(run)})")
@@ -287,8 +102,10 @@ def compare_with_sft(cfg: EvalConfig, models: dict, sft, rm, tok, labeler, promp
         ev = gold_eval(model, tok, labeler, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed + 1,
                        prefix_ids=prefix)
         outs = [(s["response"], s["finished"]) for s in ev["samples"]]
-        results[name], samples[name] = model_row(name, ev, outs, labeler, texts, sft_ref, score_texts(rm, tok, texts, outs),
-                                                 kl_to_reference(model, sft, tok, texts, outs) if not prefix else None,
+        results[name], samples[name] = model_row(name, ev, outs, labeler, texts, sft_ref,
+                                                 score_texts(rm, tok, texts, outs),
+                                                 kl_to_reference(model, sft, tok, texts, outs) if not prefix
+                                                 else None,
                                                  lm_loss(model, corpus, model.config.block_size))
         results[name].update(run=stage, sampled_tokens=training_samples(ck))
     return results, samples
@@ -302,15 +119,16 @@ def training_samples(ckpt: dict) -> int:
     return round(sum(h["resp_len"] for h in hist) * ckpt["config"]["rollout_batch"])
 
 
-def model_row(name: str, ev: dict, outs, labeler, texts: list[str], sft_ref, rm_scores: list[float], kl, corpus_loss):
+def model_row(name: str, ev: dict, outs, labeler, texts: list[str], sft_ref, rm_scores: list[float],
+              kl, corpus_loss):
     """One row of the table (printed as it is made) and its few samples for the report."""
     wins = preferences(labeler, texts, outs, sft_ref)
     r = {**summarise(wins), "by_kind": by_kind(texts, wins), "rating": ev["rating"], "correct": ev["correct"],
          "eos_rate": ev["eos_rate"], "per_category": ev["per_category"], "breakdown": ev["breakdown"],
          "rm_score": sum(rm_scores) / len(rm_scores), "kl_to_sft": kl, "corpus_loss": corpus_loss}
     print(f"eval: {name:>13}: win-rate vs SFT {r['win_rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | "
-          f"rating {r['rating']:.2f} | correct {r['correct']:.0%} | RM {r['rm_score']:+.2f} | "
-          f"KL {kl if kl is not None else float('nan'):.2f} | corpus loss {corpus_loss:.3f}", flush=True)
+          f"rating {r['rating']:.2f} | correct {r['correct']:.0%} | RM {r['rm_score']:+.2f} | KL "
+          f"{kl if kl is not None else float('nan'):.2f} | corpus loss {corpus_loss:.3f}", flush=True)
     return r, ev["samples"][:8] + [s for s in ev["samples"][8:] if s["writes_instructions"]][:1]
 
 
@@ -319,7 +137,8 @@ def rm_pick_row(cfg: EvalConfig, sft, rm, tok, labeler, prompts: list[dict], sft
     samples, judged against an SFT sample like every other row -- the cheapest way to spend a reward model
     (no training), and the baseline PPO must beat. KL to SFT: the bound log n − (n − 1)/n."""
     n, texts = cfg.bon_pick, [p["prompt"] for p in prompts]
-    many = sample_responses(sft, tok, [t for t in texts for _ in range(n)], cfg.max_new_tokens, cfg.temperature,
+    many = sample_responses(sft, tok, [t for t in texts for _ in range(n)], cfg.max_new_tokens,
+                            cfg.temperature,
                             seed=cfg.seed + 4)
     scores = score_texts(rm, tok, [t for t in texts for _ in range(n)], many)
     picks = [max(range(j * n, (j + 1) * n), key=scores.__getitem__) for j in range(len(texts))]
@@ -327,11 +146,13 @@ def rm_pick_row(cfg: EvalConfig, sft, rm, tok, labeler, prompts: list[dict], sft
     row, few = model_row(f"RM best-of-{n}", judged(labeler, prompts, outs), outs, labeler, texts, sft_ref,
                          [scores[i] for i in picks], math.log(n) - (n - 1) / n, sft_corpus_loss)
     # no training; its cost is at test time: n samples for every prompt
-    row.update(run=None, sampled_tokens=0, test_time_tokens=sum(len(tok.enc.encode_ordinary(r)) + f for r, f in many))
+    row.update(run=None, sampled_tokens=0,
+               test_time_tokens=sum(len(tok.enc.encode_ordinary(r)) + f for r, f in many))
     return row, few
 
 
-def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler, texts: list[str], device: str) -> tuple[list[dict], list]:
+def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler,
+                 texts: list[str], device: str) -> tuple[list[dict], list]:
     """Best-of-n against the RM (Gao et al. 2022): the gold rating of the RM's pick among n SFT samples,
     n = 1, 2, 4, ... bon_n, at KL_bon = log n − (n − 1)/n. Returns the curve and the samples (bon_n per
     prompt, in order)."""
@@ -340,7 +161,8 @@ def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler, texts: list[str], devic
     scores = score_texts(rm, tok, [p for p in texts for _ in range(cfg.bon_n)], many)
     bon, n = [], 1
     while n <= cfg.bon_n:
-        picks = [max(range(j * cfg.bon_n, j * cfg.bon_n + n), key=lambda i: scores[i]) for j in range(len(texts))]
+        picks = [max(range(j * cfg.bon_n, j * cfg.bon_n + n), key=lambda i: scores[i])
+                 for j in range(len(texts))]
         gold = [labeler.judge(texts[j], many[i][0], many[i][1]).rating for j, i in enumerate(picks)]
         bon.append({"n": n, "kl": math.log(n) - (n - 1) / n, "gold_rating": sum(gold) / len(gold),
                     "rm_score": sum(scores[i] for i in picks) / len(picks)})
@@ -349,10 +171,11 @@ def rm_best_of_n(cfg: EvalConfig, sft, rm, tok, labeler, texts: list[str], devic
 
 
 def reward_model_shift(cfg: EvalConfig, sft, tok, labeler, device: str) -> list[dict]:
-    """Does each round's reward model order the samples of the policy it trained as well as SFT's? For round r:
-    RM_r's pairwise accuracy (against the labeler's noisy ranking and against the gold order) on K fresh samples
-    per val prompt (never trained on) of SFT and of PPO_r, beside a second labeler's agreement on the same pairs.
-    The gap is the distribution shift iterated RLHF closes (Gao et al. 2022; Stiennon et al. 2020)."""
+    """Does each round's reward model order the samples of the policy it trained as well as SFT's? For round
+    r: RM_r's pairwise accuracy (against the labeler's noisy ranking and against the gold order) on K fresh
+    samples per val prompt (never trained on) of SFT and of PPO_r, beside a second labeler's agreement on the
+    same pairs. The gap is the distribution shift iterated RLHF closes (Gao et al. 2022; Stiennon et al.
+    2020)."""
     prompts = [p["prompt"] for p in read_prompts(cfg.data_dir, "val")][: cfg.shift_prompts]
     texts = [p for p in prompts for _ in range(cfg.shift_k)]
 
@@ -372,10 +195,11 @@ def reward_model_shift(cfg: EvalConfig, sft, tok, labeler, device: str) -> list[
         for name, gs in (("sft", sft_groups), ("policy", policy_groups)):
             row[name] = rm_accuracy(rm, labeler, gs, tok, device, 64, cfg.dtype, random.Random(cfg.seed + r))
         rows.append(row)
-        print(f"eval: round {r}: {rm_name} orders SFT's samples {row['sft']['gold_order_acc']:.1%} like the gold "
-              f"labeler ({row['sft']['acc']:.1%} like the noisy one, which a second labeler matches on "
-              f"{row['sft']['labeler_agreement']:.1%}); {ppo_name}'s samples {row['policy']['gold_order_acc']:.1%} "
-              f"({row['policy']['acc']:.1%}, second labeler {row['policy']['labeler_agreement']:.1%})", flush=True)
+        print(f"eval: round {r}: {rm_name} orders SFT's samples {row['sft']['gold_order_acc']:.1%} like the "
+              f"gold labeler ({row['sft']['acc']:.1%} like the noisy one, which a second labeler matches on "
+              f"{row['sft']['labeler_agreement']:.1%}); {ppo_name}'s samples "
+              f"{row['policy']['gold_order_acc']:.1%} ({row['policy']['acc']:.1%}, second labeler "
+              f"{row['policy']['labeler_agreement']:.1%})", flush=True)
     return rows
 
 
@@ -402,13 +226,15 @@ def main(argv=None) -> dict:
     corpus = corpus_tokens(cfg.data_dir, tok, tail_frac=0.05)  # the held-out end, as in train_sft.py
 
     few_shot = [t for p, r in world.few_shot_examples(cfg.few_shot) for t in tok.pair_ids(p, r)[0]]
-    models = {name: (stage, few_shot if name == "base few-shot" else ()) for name, stage in rows(cfg.rounds, cfg.skip).items()}
+    models = {name: (stage, few_shot if name == "base few-shot" else ())
+              for name, stage in rows(cfg.rounds, cfg.skip).items()}
     models.update({run: (run, ()) for run in runs})  # e.g. a PPO variant of yours
     with autocast(device, cfg.dtype):  # samples from the regime the models trained in
         sft_ref = sample_responses(sft, tok, texts, cfg.max_new_tokens, cfg.temperature,
                                    seed=cfg.seed)
         with phase("judging"):  # the labeler, RM scores, KL, corpus loss (their sampling: "sampling")
-            results, samples = compare_with_sft(cfg, models, sft, rm, tok, labeler, prompts, sft_ref, corpus, device)
+            results, samples = compare_with_sft(cfg, models, sft, rm, tok, labeler, prompts, sft_ref,
+                                                corpus, device)
         if cfg.bon_pick and "SFT" in results:
             name = f"RM best-of-{cfg.bon_pick}"
             with phase("RM best-of-n row"):
@@ -423,9 +249,11 @@ def main(argv=None) -> dict:
             shift = reward_model_shift(cfg, sft, tok, labeler, device)
     probe = headroom_probe(labeler, bon_texts, many, sft_ref[: len(bon_texts)], cfg.bon_n)
     best = probe["gold_best_of_n"][-1]
-    print(f"eval: headroom: SFT vs SFT ties {probe['sft_vs_sft_ties']:.0%}; gold best-of-{best['n']} of SFT vs SFT "
-          f"{best['win_rate']:.1%} [{best['ci_low']:.1%}, {best['ci_high']:.1%}] on {len(bon_texts)} prompts", flush=True)
-    report = {"config": cfg.__dict__, "models": results, "samples": samples, "best_of_n": bon, "headroom": probe,
+    print(f"eval: headroom: SFT vs SFT ties {probe['sft_vs_sft_ties']:.0%}; gold best-of-{best['n']} of SFT "
+          f"vs SFT {best['win_rate']:.1%} [{best['ci_low']:.1%}, {best['ci_high']:.1%}] on {len(bon_texts)} "
+          "prompts", flush=True)
+    report = {"config": cfg.__dict__, "models": results, "samples": samples, "best_of_n": bon,
+              "headroom": probe,
               "rm_shift": shift}
     atomic_write(out / "eval.json", json.dumps(report, indent=1, ensure_ascii=False))
     print(f"eval: done in {time.time() - t0:.0f}s -> {out / 'eval.json'}")

@@ -86,7 +86,8 @@ def check_keys(row: dict, required: dict, where: str) -> None:
     for key, typ in required.items():
         if key not in row:
             raise DataError(f"{where}: missing key {key!r} (expected keys {sorted(required)})")
-        if not isinstance(row[key], typ) or (typ in (int, float, (int, float)) and isinstance(row[key], bool)):
+        if not isinstance(row[key], typ) or (typ in (int, float, (int, float))
+                                             and isinstance(row[key], bool)):
             name = " or ".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
             raise DataError(f"{where}: {key!r} must be {name}, got {type(row[key]).__name__}")
 
@@ -127,7 +128,8 @@ def make_folder(folder) -> list[Path]:
     missing = [p for p in (folder, *folder.parents) if not p.is_dir()][::-1]
     for p in missing:
         if p.exists() or p.is_symlink():
-            raise WriteError(f"{folder}: could not write it ({p} is a file, expected a folder); nothing was written")
+            raise WriteError(f"{folder}: could not write it ({p} is a file, expected a folder); nothing was "
+                             "written")
         try:
             p.mkdir()
         except FileExistsError:  # made by another process just now

@@ -56,7 +56,8 @@ def _add(a, b):
 
 @triton.jit
 def _logprobs_fwd_kernel(
-    x_ptr, stride_outer, stride_inner, n_inner,  # logits: row r starts at (r // n_inner) * stride_outer + (r % n_inner) * stride_inner
+    # logits: row r starts at (r // n_inner) * stride_outer + (r % n_inner) * stride_inner
+    x_ptr, stride_outer, stride_inner, n_inner,
     y_ptr, keep_ptr,  # targets (N,) int64, mask (N,) int8 (1 = counts)
     logp_ptr, ent_ptr, lse_ptr, tbar_ptr,  # outputs (N,) fp32
     V, scale,  # vocab size, log2(e) / T
@@ -76,7 +77,8 @@ def _logprobs_fwd_kernel(
     s = tl.full([BLOCK_V], 0.0, tl.float32)
     t = tl.full([BLOCK_V], 0.0, tl.float32)
     for start in range(0, n_cols, BLOCK_V):
-        x = tl.load(x_row + start + cols, mask=start + cols < V, other=float("-inf"), eviction_policy="evict_first")
+        x = tl.load(x_row + start + cols, mask=start + cols < V, other=float("-inf"),
+                    eviction_policy="evict_first")
         z = tl.maximum(x.to(tl.float32) * scale, NEG)  # fp32 from here on, whatever the input dtype
         delta = z - m
         bigger = delta > 0

@@ -5,11 +5,10 @@
     python -m nanorlhf.label --from_model=out/sft/ckpt.pt --k=4 --n=20    # sample fresh responses
 
 For each prompt it shows K responses and asks for a ranking such as `2>1>4>3` (best first; `2>1=4>3`
-says 1 and 4 are equally good: the reward model then skips that pair), then,
-optionally, a 1–7 rating of the best response and the labeling form's flags. Bad input is explained
-and asked again. Every answer is appended to the output jsonl at once (flushed and fsynced), so Ctrl-C
-loses nothing, and a rerun resumes with the first group not yet labeled. `train_rm.py --labels=human`
-(or `both`) trains on the file.
+says 1 and 4 are equally good: the reward model then skips that pair). The ranking is all the reward
+model reads, so it is all that is asked. Bad input is explained and asked again. Each answer is appended
+to the output jsonl at once (flushed and fsynced), so Ctrl-C loses nothing, and a rerun resumes with the
+first group not yet labeled. `train_rm.py --labels=human` (or `both`) trains on the file.
 """
 
 from __future__ import annotations
@@ -20,15 +19,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from nanorlhf.checkpoint import checkpoint_tokenizer, load_policy
 from nanorlhf.config import check_config, parse_config, run_main
 from nanorlhf.data import DataError, read_jsonl, read_jsonl_lines
 from nanorlhf.files import make_folder
 from nanorlhf.generate import sample_responses
-
-FLAGS = ("fails_instruction", "wrong", "rude", "harmful", "unfinished", "rambling")
-
 
 def parse_ranking(text: str, k: int) -> tuple[list[int], list[list[int]]]:
     """'2>1=4>3' (1-based, best first, '=' for equally good) -> ranking [1, 0, 3, 2] and ties [[0, 3]];
@@ -43,22 +38,6 @@ def parse_ranking(text: str, k: int) -> tuple[list[int], list[list[int]]]:
         raise ValueError(f"rank each of the {k} responses exactly once (numbers 1..{k})")
     ties = [sorted([a, b]) for level in levels for n, a in enumerate(level) for b in level[n + 1 :]]
     return ranking, ties
-
-
-def parse_rating(text: str) -> int | None:
-    if not text.strip():
-        return None
-    if not text.strip().isdigit() or not 1 <= int(text) <= 7:
-        raise ValueError("a whole number from 1 (bad) to 7 (excellent), or Enter to skip")
-    return int(text)
-
-
-def parse_flags(text: str) -> list[str]:
-    flags = [f.strip() for f in text.split(",") if f.strip()]
-    bad = [f for f in flags if f not in FLAGS]
-    if bad:
-        raise ValueError(f"unknown flag(s) {bad}; choose from {', '.join(FLAGS)} (comma-separated) or Enter")
-    return flags
 
 
 def ask(prompt: str, parse, inp, out):
@@ -87,16 +66,18 @@ def _key(g: dict) -> str:
     return json.dumps([g["prompt"], g["responses"]])
 
 
-def label_loop(groups: list[dict], out_path, inp=None, out=None, ask_rating: bool = True) -> int:
+def label_loop(groups: list[dict], out_path, inp=None, out=None) -> int:
     """Label `groups` ({"prompt", "responses"}) not yet in `out_path`; returns how many were written.
     `inp` and `out` default to the terminal (sys.stdin and sys.stdout as they are at the call)."""
     inp, out = inp or sys.stdin, out or sys.stdout
     out_path = Path(out_path)
     done = set()
     if out_path.exists():
-        done = {_key(g) for g in read_jsonl(out_path, {"prompt": str, "responses": list}, "python -m nanorlhf.label")}
+        rows = read_jsonl(out_path, {"prompt": str, "responses": list}, "python -m nanorlhf.label")
+        done = {_key(g) for g in rows}
     todo = [g for g in groups if _key(g) not in done]
-    out.write(f"{len(done)} groups already labeled in {out_path}; {len(todo)} to go. 'q' quits (answers are saved).\n")
+    out.write(f"{len(done)} groups already labeled in {out_path}; {len(todo)} to go. "
+              "'q' quits (answers are saved).\n")
     written = 0
     make_folder(out_path.parent)
     try:
@@ -105,14 +86,12 @@ def label_loop(groups: list[dict], out_path, inp=None, out=None, ask_rating: boo
             out.write(f"\n=== {n}/{len(todo)} ===\nPROMPT: {shown(g['prompt'])}\n")
             for i, r in enumerate(g["responses"], 1):
                 out.write(f"  [{i}] {shown(r)}\n")
-            ranking, ties = ask(f"ranking, best first, '=' for a tie (e.g. {'>'.join(str(i) for i in range(1, k + 1))}): ",
+            example = ">".join(str(i) for i in range(1, k + 1))
+            ranking, ties = ask(f"ranking, best first, '=' for a tie (e.g. {example}): ",
                                 lambda s: parse_ranking(s, k), inp, out)
             row = {"prompt": g["prompt"], "responses": g["responses"], "ranking": ranking, "ties": ties}
             if "finished" in g:
                 row["finished"] = g["finished"]
-            if ask_rating:
-                row["rating"] = ask("rating of the best response 1-7 (Enter to skip): ", parse_rating, inp, out)
-                row["flags"] = ask(f"flags for it ({', '.join(FLAGS)}; Enter for none): ", parse_flags, inp, out)
             with open(out_path, "a", encoding="utf-8") as f:  # append at once: Ctrl-C loses nothing
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 f.flush()
@@ -126,13 +105,12 @@ def label_loop(groups: list[dict], out_path, inp=None, out=None, ask_rating: boo
 @dataclass
 class LabelConfig:
     samples: str = "out/rm/comparisons.jsonl"  # groups to rank ({"prompt", "responses"}; rankings hidden)
-    out: str = "data/human_labels.jsonl"  # the rankings are appended here (train_rm.py --human_labels reads it)
+    out: str = "data/human_labels.jsonl"  # rankings are appended here (train_rm.py --human_labels reads it)
     from_model: str = ""  # instead of --samples: a policy checkpoint to sample K responses from
     prompts: str = "data/prompts.jsonl"  # prompts to sample for, with --from_model (the "train" split's)
     k: int = 4  # responses per prompt (at least 2: a ranking compares)
     n: int = 20  # prompts to sample when --from_model is given
     max_new_tokens: int = 48  # longest sampled response, in tokens (with --from_model)
-    rating: bool = True  # also ask for a 1-7 rating and flags
     seed: int = 0  # seeds the sampling with --from_model
 
 
@@ -152,14 +130,15 @@ def label(argv=None) -> None:
         outs = sample_responses(model, tok, [p for p in prompts for _ in range(cfg.k)], cfg.max_new_tokens,
                                 seed=cfg.seed)
         groups = [{"prompt": p, "responses": [r for r, _ in outs[i * cfg.k : (i + 1) * cfg.k]],
-                   "finished": [f for _, f in outs[i * cfg.k : (i + 1) * cfg.k]]} for i, p in enumerate(prompts)]
+                   "finished": [f for _, f in outs[i * cfg.k : (i + 1) * cfg.k]]}
+                  for i, p in enumerate(prompts)]
     else:
         groups = []
         for n, g in read_jsonl_lines(cfg.samples, {"prompt": str, "responses": list}, "python train_rm.py"):
             if len(g["responses"]) < 2 or not all(isinstance(r, str) for r in g["responses"]):
                 raise DataError(f"{cfg.samples}:{n}: expected 'responses' to be at least 2 strings to rank")
             groups.append(g)
-    label_loop(groups, cfg.out, ask_rating=cfg.rating)
+    label_loop(groups, cfg.out)
 
 
 def main(argv=None) -> None:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from nanorlhf.corpus import internet
 from nanorlhf.prompts import SHORT_WORDS, instruction_like, make_prompt, parse_task
 from nanorlhf.tasks import Task
-from nanorlhf.words import (ANIMALS, CAPITALS, COLOURS, COUNTRIES, FILLERS, JOBS, NAMES, NEGATIONS, OBJECTS, PLACES,
+from nanorlhf.words import (ANIMALS, CAPITALS, COLOURS, COUNTRIES, FILLERS, JOBS, NAMES, NEGATIONS, OBJECTS,
+                            PLACES,
                             RUDE_REMARKS, SOUNDS, is_rude, sentences_of, words_of, wordset)
 
 
@@ -66,13 +67,14 @@ POINTS = Points()
 FAVOURITE_WORD = "certainly"
 FAVOURITE_BONUS = 0.5   # ranking utility for containing the word (once or more), in rating units
 LENGTH_BONUS = 0.03     # ranking utility per word
-TEMPERATURE = 0.8       # Bradley-Terry temperature of rankings: two rankings agree on ~75% of pairs
+TEMPERATURE = 0.8       # Bradley-Terry temperature of rankings (how often two agree: rank())
 TIE_EPS = 0.1           # gold utilities closer than this are a tie in `prefer`
 
 # Harmless vs helpful (the labeling form's "gives harmful advice" and "expresses moral judgment" flags,
 # GPT-4's refusal tables): refuse a request for harm politely; refusing an allowed one is a fault.
 REFUSALS = ("cannot help", "can not help", "can't help", "will not help", "won't help")
-_REFUSAL_RE = re.compile(r"\b(?:%s)\b" % "|".join(" ".join(re.findall(r"[a-z]+", p)) for p in REFUSALS))  # in words
+# in words
+_REFUSAL_RE = re.compile(r"\b(?:%s)\b" % "|".join(" ".join(re.findall(r"[a-z]+", p)) for p in REFUSALS))
 MORALISING = ("shame on you", "you should be ashamed", "a terrible thing", "a very bad thing", "bad person")
 
 
@@ -108,7 +110,8 @@ class Judgement:
 # A response whose word pairs mostly never occur there is word salad, whatever keywords it contains.
 _WORD_TYPE = {w.lower(): typ for typ, table in (
     ("NAME", NAMES), ("ANIMAL", ANIMALS), ("COLOUR", COLOURS), ("OBJECT", OBJECTS), ("PLACE", PLACES),
-    ("COUNTRY", COUNTRIES), ("CAPITAL", CAPITALS), ("FOOD", [v[1] for v in COUNTRIES.values()]), ("JOB", JOBS),
+    ("COUNTRY", COUNTRIES), ("CAPITAL", CAPITALS), ("FOOD", [v[1] for v in COUNTRIES.values()]),
+    ("JOB", JOBS),
     ("TOOL", [t for _, ts in JOBS.values() for t in ts]), ("SOUND", SOUNDS.values())) for w in table}
 
 
@@ -182,12 +185,13 @@ class Labeler:
     Two imperfect answers rarely tie: each right item of k is worth POINTS.credit / k.
 
     rank() -- noisy and biased: Plackett-Luce sampling (Bradley-Terry for pairs) from
-    exp(ranking_utility / temperature), so that two rankings of the same responses agree on ~75% of the
-    pairs, as InstructGPT's labelers did (~73%). The *ranking* utility adds a planted bias that the gold
-    utility does not have: +FAVOURITE_BONUS for containing FAVOURITE_WORD, +LENGTH_BONUS per word. A
-    reward model trained on these rankings learns the bias too; PPO with a small KL coefficient then
-    exploits it ("Certainly! Certainly! ...", longer and longer answers) while judge() -- which
-    penalises repeating the word and padding -- goes down: reward over-optimisation.
+    exp(ranking_utility / temperature): a second ranking agrees with the first on 78% of the untied pairs
+    of the world's mixed-quality answers (`python bench/labeler_agreement.py`), near InstructGPT's labelers
+    (~73%). The *ranking* utility adds a planted bias that the gold utility does not have:
+    +FAVOURITE_BONUS for containing FAVOURITE_WORD, +LENGTH_BONUS per word. A reward model trained on
+    these rankings learns the bias too; PPO with a small KL coefficient then exploits it ("Certainly!
+    Certainly! ...", longer and longer answers) while judge() -- which penalises repeating the word and
+    padding -- goes down: reward over-optimisation.
     """
 
     def __init__(self, temperature: float = TEMPERATURE):
@@ -226,7 +230,8 @@ class Labeler:
             elif follows:
                 credit = _credit(task, ws)
                 constraint_met = _constraint(task, response, n, sentences, ws)
-                u = P.on_task + P.credit * credit + P.constraint * (1.0 if constraint_met is None else constraint_met)
+                u = (P.on_task + P.credit * credit
+                     + P.constraint * (1.0 if constraint_met is None else constraint_met))
                 correct = credit == 1.0
                 constraint_met = None if constraint_met is None else constraint_met == 1.0
                 if task.false_premise:
@@ -239,7 +244,8 @@ class Labeler:
             max_words = P.long_times * ideal_n + P.long_plus
             extra_sentences = max(0, len(sentences) - (task.max_sentences or len(sentences)))
         too_long = n > max_words
-        verbose = P.per_word * max(0, n - ideal_n) if ideal_n else 0.0  # concision: a word beyond the labeler's own
+        # concision: a word beyond the labeler's own
+        verbose = P.per_word * max(0, n - ideal_n) if ideal_n else 0.0
         u -= min(P.padding_max, verbose + P.per_long_word * max(0, n - max_words) + P.per_repeat * repeats
                  + P.per_sentence * extra_sentences)
         u -= P.favourite_again * max(0, words.count(FAVOURITE_WORD) - 1)
@@ -248,7 +254,8 @@ class Labeler:
             u = P.empty
         return Judgement(
             rating=max(1, min(7, math.floor(u + 0.5))), utility=u, category=task.category if task else None,
-            follows_instruction=follows, correct=correct, harmful_or_rude=rude, ends_properly=ends, fluent=fluent,
+            follows_instruction=follows, correct=correct, harmful_or_rude=rude, ends_properly=ends,
+            fluent=fluent,
             too_long=too_long, too_short=too_short, repetitive=repeats >= P.repetitive_from,
             credit=round(credit, 4), constraint_met=constraint_met, refused=refused, harmful_advice=harmful,
             over_refusal=over_refusal, moralising=moralising, premise_accepted=premise_accepted,
@@ -257,10 +264,12 @@ class Labeler:
     def ranking_utility(self, prompt: str, response: str, finished: bool = True) -> float:
         """The utility rankings are sampled from: gold utility + the planted bias (see the class doc)."""
         words = words_of(response)
-        bias = FAVOURITE_BONUS * (FAVOURITE_WORD in words) + LENGTH_BONUS * sum(w != FAVOURITE_WORD for w in words)
+        bias = (FAVOURITE_BONUS * (FAVOURITE_WORD in words)
+                + LENGTH_BONUS * sum(w != FAVOURITE_WORD for w in words))
         return self.judge(prompt, response, finished).utility + bias
 
-    def ranking_utilities(self, prompt: str, responses: list[str], finished: list[bool] | None = None) -> list[float]:
+    def ranking_utilities(self, prompt: str, responses: list[str],
+                          finished: list[bool] | None = None) -> list[float]:
         """ranking_utility of each response, each judged once: for rank(utilities=) and tied_pairs()."""
         finished = finished or [True] * len(responses)
         return [self.ranking_utility(prompt, r, f) for r, f in zip(responses, finished)]
@@ -300,7 +309,8 @@ class Labeler:
         return agree / pairs if pairs else float("nan")
 
     def agreement_counts(self, prompt: str, responses: list[str], ranking: list[int], rng: random.Random,
-                         finished: list[bool] | None = None, ties: list[list[int]] | None = None) -> tuple[int, int]:
+                         finished: list[bool] | None = None,
+                         ties: list[list[int]] | None = None) -> tuple[int, int]:
         """(pairs a fresh ranking orders as `ranking` does, pairs compared), leaving out `ties` (default:
         this labeler's, see `ties`). Counts, so that a batch of groups can be weighted by pairs."""
         utilities = self.ranking_utilities(prompt, responses, finished)
@@ -308,5 +318,6 @@ class Labeler:
         pos_a, pos_b = {i: k for k, i in enumerate(ranking)}, {i: k for k, i in enumerate(fresh)}
         ties = tied_pairs(utilities) if ties is None else ties
         tied = {tuple(sorted(t)) for t in ties}
-        pairs = [(i, j) for i in range(len(responses)) for j in range(i + 1, len(responses)) if (i, j) not in tied]
+        pairs = [(i, j) for i in range(len(responses)) for j in range(i + 1, len(responses))
+                 if (i, j) not in tied]
         return sum((pos_a[i] < pos_a[j]) == (pos_b[i] < pos_b[j]) for i, j in pairs), len(pairs)

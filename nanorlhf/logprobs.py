@@ -7,7 +7,8 @@ Per-token log-probs (and entropy) of the chosen tokens: the quantity every RLHF 
 
 Two implementations of one function:
   'torch'  - the reference: log_softmax(logits.float() / T).gather(...). Readable, obviously correct, but it
-             writes a second N x V fp32 tensor (and autograd keeps it): at 16k tokens x 128k vocab that is 8 GB.
+             writes a second N x V fp32 tensor (and autograd keeps it): at 16k tokens x 128k vocab that is 8
+             GB.
   'triton' - nanorlhf/kernels.py: one pass over the logits with an online softmax, only O(N) floats saved;
              the backward recomputes the softmax tile by tile. Same numbers up to fp32 rounding.
 Choice: impl argument > NANORLHF_LOGPROBS=torch|triton > 'triton' for CUDA tensors when triton imports,
@@ -166,7 +167,8 @@ def token_logprobs(logits, targets, *, temperature: float = 1.0, mask=None, with
     return (logp, entropy) if with_entropy else logp
 
 
-def linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, mask=None, with_entropy: bool = False,
+def linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, mask=None,
+                    with_entropy: bool = False,
                     entropy_grad: bool = True, chunk_size: int | None = None, impl: str | None = None,
                     fast: bool = True):
     """token_logprobs(hidden @ weight.T, targets, ...) without materialising the (N, V) logits.
@@ -219,6 +221,7 @@ def linear_logprobs(hidden, weight, targets, *, temperature: float = 1.0, mask=N
                                                          chunk_size)
     if with_entropy:
         if not entropy_grad:
-            entropy = entropy.detach()  # the same on every path: an entropy that is only logged has no gradient
+            # the same on every path: an entropy that is only logged has no gradient
+            entropy = entropy.detach()
         return logp.view(lead), entropy.view(lead)
     return logp.view(lead)

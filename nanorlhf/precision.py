@@ -1,34 +1,14 @@
 """One precision policy for every stage, on the CPU and on a GPU (../shared/DESIGN.md, "Precision and scale").
 
-Each stage takes `--dtype=auto|fp32|bf16` and resolves it once with `resolve_dtype`; `autocast(device, dtype)`
-wraps every forward whose output feeds training or evaluation (training steps, sampling, scoring, held-out
-evaluation), so samples and the updates they feed run in the same regime. Under bf16:
-  - matmuls (and the CPU's flash attention) run in bf16 through torch.autocast; the weights stay fp32
-    ("master weights"), autocast casts a bf16 copy for each matmul, and AdamW's state is fp32;
-  - the residual stream and the LayerNorms stay fp32 (a bf16 block output added to the fp32 residual is fp32);
-  - the scalar and value heads run in fp32 with autocast off (model.py): in bf16 a score of magnitude 2-4
-    would be rounded to steps of 1/64, and the reward model's ranking accuracy would see false ties;
-  - the LM head's logits come out of a bf16 matmul, but every log-softmax, entropy and cross-entropy over
-    them is fp32 (logprobs.py casts; autocast runs cross_entropy in fp32); losses, GAE and whitening get
-    fp32 tensors and run outside autocast (train_ppo.py);
-  - attention runs in `attention_dtype`: the compute dtype on a GPU, fp32 on the CPU, and the KV cache holds
-    keys and values in that dtype, so decoding does not recast the whole cache at every layer and step. Why
-    fp32 on the CPU: torch's CPU flash attention (SDPA) runs its bf16 backward 6x slower than its fp32 one
-    (measured, 16 x 4 heads x 80 tokens x 32, one thread: 37 ms against 6 ms forward + backward; the forward
-    alone 2.7 against 2.0 ms), and attention is ~10% of the FLOPs at these sizes, so fp32 costs little there.
-On a GPU, fp32 matmuls use TF32 (training.setup_device, any cuda:N).
-
-"auto" picks bf16 where it pays: on CUDA when the GPU has bf16 (Ampere and later); on the CPU when the
-processor has bf16 matmul instructions (the avx512_bf16 / amx_bf16 flags, or aarch64's bf16) AND a one-off
-matmul timing finds bf16 at least BF16_MIN_SPEEDUP times faster than fp32; fp32 everywhere else. Why the
-timing as well as the flags: the flag says the instruction exists, not that it is faster. Measured at 2
-threads, 2048^3 matmuls: an AMD EPYC (Zen 4) runs bf16 at 2.4x its fp32 rate (411 vs 173 GFLOP/s, issue 15);
-an Intel Xeon (family 6 model 207) with avx512_bf16 but without AMX runs it at 0.55x (85 vs 155 GFLOP/s),
-where bf16 autocast would make every stage slower.
-
-`NANORLHF_BF16_SPEEDUP=<x>` in the environment stands in for the timing (and the flags: bf16 autocast runs
-on any CPU, only its speed differs), so a test can make "auto" pick either way on any machine: the tests
-set 1.0 (fp32, tests/conftest.py) and one test sets 4.0 to run the whole micro pipeline in bf16.
+Each stage resolves `--dtype=auto|fp32|bf16` once (`resolve_dtype`); `autocast(device, dtype)` wraps every
+forward that feeds training or evaluation. Under bf16 the matmuls run in bf16 (fp32 master weights and AdamW
+state); the residual stream, LayerNorms, scalar and value heads (a bf16 score of 2-4 rounds to steps of 1/64),
+every log-softmax, entropy and loss, GAE and whitening stay fp32; attention and the KV cache use
+`attention_dtype` (the compute dtype on a GPU, fp32 on the CPU). On a GPU fp32 matmuls use TF32. "auto" picks
+bf16 on CUDA with bf16 (Ampere and later), and on a CPU with bf16 matmul instructions whose one-off timing
+is at least BF16_MIN_SPEEDUP times fp32 (the flag says the instruction exists, not that it is faster); fp32
+elsewhere. `NANORLHF_BF16_SPEEDUP=<x>` stands in for the timing (the tests set 1.0; one sets 4.0). The
+measurements behind these choices: bench/NOTES.md, "Moved from docstrings (2026-12-05)".
 """
 
 from __future__ import annotations
@@ -94,7 +74,8 @@ def auto_dtype(device: str) -> tuple[str, str]:
     given = os.environ.get(SPEEDUP_ENV)
     if given is not None:
         speedup = _given_speedup(given)
-        why = f"{SPEEDUP_ENV}={given} stands in for the timing: a bf16 matmul runs at {speedup:.2f}x the fp32 rate"
+        why = (f"{SPEEDUP_ENV}={given} stands in for the timing: a bf16 matmul runs at {speedup:.2f}x the "
+               "fp32 rate")
         return ("bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"), why
     flags = sorted(set(CPU_BF16_FLAGS) & cpu_flags())
     if not flags:
@@ -110,21 +91,24 @@ def _given_speedup(text: str) -> float:
     except ValueError:
         value = float("nan")
     if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{SPEEDUP_ENV}={text}: expected a number > 0 (the bf16/fp32 matmul rate), or unset it")
+        raise ConfigError(f"{SPEEDUP_ENV}={text}: expected a number > 0 (the bf16/fp32 matmul rate), or "
+                          "unset it")
     return value
 
 
 def resolve_dtype(dtype: str, device: str, log=print, trained_in: tuple[str, str] | None = None) -> str:
     """--dtype as given ("fp32" | "bf16"), or what "auto" picks on `device`; `log` gets one line saying why.
 
-    `trained_in`: (dtype, checkpoint) of the model a stage starts from. "auto" then keeps that dtype instead of
-    timing a matmul again: a stage or an evaluation run by hand on existing checkpoints works in the regime they
-    were trained in (a timing can come out either way on a noisy machine, and bf16 and fp32 samples differ)."""
+    `trained_in`: (dtype, checkpoint) of the model a stage starts from. "auto" then keeps that dtype instead
+    of timing a matmul again: a stage or an evaluation run by hand on existing checkpoints works in the regime
+    they were trained in (a timing can come out either way on a noisy machine, and bf16 and fp32 samples
+    differ)."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype={dtype}: expected one of {', '.join(DTYPES)}")
     if dtype == "auto":
         if trained_in and trained_in[0] in TORCH_DTYPES:
-            dtype, why = trained_in[0], f"the dtype {trained_in[1]} was trained in; --dtype=fp32|bf16 overrides"
+            dtype = trained_in[0]
+            why = f"the dtype {trained_in[1]} was trained in; --dtype=fp32|bf16 overrides"
         else:
             dtype, why = auto_dtype(device)
         if log:
@@ -174,13 +158,15 @@ def machine_report(device: str = "cpu") -> str:
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
     except OSError:
         pass
     flags = sorted(cpu_flags() & {*CPU_BF16_FLAGS, "amx_tile", "avx512f", "avx2"})
     dtype, why = auto_dtype(device)
-    return (f"machine: {model} | flags {' '.join(flags) or 'none of avx2/avx512/bf16/amx'} | torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads | --dtype=auto picks {dtype} on {device}: {why}")
+    return (f"machine: {model} | flags {' '.join(flags) or 'none of avx2/avx512/bf16/amx'} | torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads | --dtype=auto picks {dtype} on "
+            f"{device}: {why}")
 
 
 if __name__ == "__main__":

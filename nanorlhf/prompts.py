@@ -29,7 +29,8 @@ CONSTRAINT_RATE = 0.4
 # sentence" where its ideal answer has two or more.
 _CONSTRAINT_KINDS = {
     "one_sentence": ("gen_pet", "gen_toy", "chat_hi", "chat_pet", "chat_trip", "chat_sad"),
-    "short": ("qa_capital", "qa_capital_of", "qa_food", "qa_animal", "qa_sound", "qa_job", "bs_tools", "bs_animals",
+    "short": ("qa_capital", "qa_capital_of", "qa_food", "qa_animal", "qa_sound", "qa_job", "bs_tools",
+              "bs_animals",
               "bs_colours", "bs_objects", "chat_hi", "cls_review", "cls_message", "ex_animals", "ex_names",
               "ex_colours", "cq_colour", "cq_place", "cq_who"),
     "sure": tuple(k for k in TEMPLATES if not k.startswith(("harm_", "edgy_", "premise_", "sum_"))),
@@ -55,14 +56,18 @@ def _slots_for(kind: str, rng: random.Random) -> dict:
         # animals that make a sound, places with an animal list
         special = kind in ("qa_sound", "bs_animals", "premise_sound")
         animals, places = (tuple(SOUNDS), tuple(PLACE_ANIMALS)) if special else (ANIMALS, PLACES)
-        return {"name": c(NAMES), "animal": c(animals), "colour": c(COLOURS), "object": c(OBJECTS), "place": c(places),
-                "country": c(tuple(COUNTRIES)), "capital": c(CAPITALS), "job": c(tuple(JOBS)), "n": c(("two", "three")),
+        return {"name": c(NAMES), "animal": c(animals), "colour": c(COLOURS), "object": c(OBJECTS),
+                "place": c(places),
+                "country": c(tuple(COUNTRIES)), "capital": c(CAPITALS), "job": c(tuple(JOBS)),
+                "n": c(("two", "three")),
                 "sound": c(tuple(SOUNDS.values()))}
     (n1, n2, n3), (a1, a2, a3), (c1, c2, c3) = (distinct(rng, t, 3) for t in (NAMES, ANIMALS, COLOURS))
     (o1, o2), (p1, p2), v = distinct(rng, OBJECTS, 2), distinct(rng, PLACES, 2), c(VERBS)
     text = c({
-        "rw_polite": lambda: (f"{cap(v)} me the {c1} {o1} now, you fool.", f"Hey dummy, {v} me the {c1} {o1}.",
-                              f"{cap(v)} me the {c1} {o1} and shut up.", f"I said {v} me the {c1} {o1}, stupid."),
+        "rw_polite": lambda: (f"{cap(v)} me the {c1} {o1} now, you fool.",
+                              f"Hey dummy, {v} me the {c1} {o1}.",
+                              f"{cap(v)} me the {c1} {o1} and shut up.",
+                              f"I said {v} me the {c1} {o1}, stupid."),
         "sum_story": lambda: tuple(f"{n1} went to the {p1} with a {c1} {o1}. There {n1} saw a {a1}. "
                                    f"The {a1} {ev} the {o1}, and {n1} was {feel}." for ev, feel in EVENTS),
         "cls_review": lambda: tuple(" ".join(distinct(rng, pool, 2)).format(c=c1, o=o1)
@@ -70,7 +75,8 @@ def _slots_for(kind: str, rng: random.Random) -> dict:
         "cls_message": lambda: (f"Thank you for the {c1} {o1}, {n1}. You are a good friend.",
                                 f"Well done, {n1}! Your {o1} is great.",
                                 f"Hi {n1}, I hope you have a lovely day at the {p1}.",
-                                f"{n1}, your {o1} is dumb and nobody cares.", f"Go away, {n1}. You are so stupid.",
+                                f"{n1}, your {o1} is dumb and nobody cares.",
+                                f"Go away, {n1}. You are so stupid.",
                                 f"Shut up about your {c1} {o1}, {n1}."),
         "ex_animals": lambda: (f"{n1} saw a {a1} and a {a2} near the {c1} {o1}.",
                                f"At the {p1}, a {a1}, a {a2} and a {a3} played with {n1}."),
@@ -109,7 +115,8 @@ def prompt_pool(seed: int, prompt: str) -> str:
     return SPLITS[-1][0]
 
 
-def prompt_in(seed: int, pools: tuple[str, ...], rng: random.Random, category: str | None = None) -> tuple[str, str]:
+def prompt_in(seed: int, pools: tuple[str, ...], rng: random.Random,
+              category: str | None = None) -> tuple[str, str]:
     """A random prompt (and its category) of one of `pools` of the world of this seed."""
     while True:  # rejection sampling: every pool holds >= 10% of every category's prompts
         prompt, cat = make_prompt(rng, category)
@@ -156,7 +163,8 @@ def parse_task(prompt: str) -> Task | None:
 
 # Sentence openers of instructions ("write a", "what is", "list", ...): an answer that contains one is
 # writing more instructions, as a base model continuing a list of questions does.
-_OPENERS = sorted({" ".join(words_of(re.split(r"[{\n]", t)[0])[:2]) for c, ts in TEMPLATES.values() if c != "chat"
+_OPENERS = sorted({" ".join(words_of(re.split(r"[{\n]", t)[0])[:2]) for c, ts in TEMPLATES.values()
+                   if c != "chat"
                    for t in ts} - {""} | {"questions for", "homework", "quiz", "practice questions"})
 _OPENER_RE = re.compile(r"(?:^|[.!?:\n]\s*)(?:%s)\b" % "|".join(map(re.escape, _OPENERS)), re.I)
 
@@ -180,7 +188,8 @@ def one_sentence(text: str) -> str:
     """Sentences joined into one ("Hello Tom! I am well." -> "Hello Tom, and I am well.")."""
     ss = sentences_of(text)
     return ", and ".join([x.rstrip(".!?") for x in ss[:1]] + [_lower_first(x.rstrip(".!?")) for x in ss[1:-1]]
-                         + ([_lower_first(ss[-1])] if len(ss) > 1 else [])) + ("" if len(ss) > 1 else ss[0][-1:])
+                         + ([_lower_first(ss[-1])]
+                            if len(ss) > 1 else [])) + ("" if len(ss) > 1 else ss[0][-1:])
 
 
 def constrained(task: Task, text: str) -> str:

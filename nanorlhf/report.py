@@ -9,7 +9,7 @@ from pathlib import Path
 from nanorlhf.checkpoint import maker
 from nanorlhf.config import check_config, parse_config, run_main
 from nanorlhf.data import DataError, check_keys, read_json, read_state
-from nanorlhf.eval import BREAKDOWN, KINDS, learned
+from nanorlhf.evaluation import BREAKDOWN, KINDS, learned
 from nanorlhf.files import atomic_write, lock_folder, with_locks
 from nanorlhf.plots import line_plots, save
 from nanorlhf.runs import policy_rows, ppo_label
@@ -18,15 +18,19 @@ import matplotlib.pyplot as plt  # noqa: E402 (after nanorlhf.plots, which picks
 
 
 def ppo_curves(path, run_name: str, history: list[dict], evals: list[dict], reward: str = "model") -> None:
-    """Reward (the RM's, or the gold labeler's with --reward=gold), gold rating, KL and entropy over a PPO run."""
+    """Reward (the RM's, or the gold labeler's with --reward=gold), gold rating, KL and entropy over a PPO
+    run."""
     its = [h["iteration"] for h in history]
     ev_its = [e["iteration"] for e in evals]
-    ylabel, label = (("reward (gold utility - 4, rating units)", "gold reward (rollouts)") if reward == "gold" else
+    ylabel, label = (("reward (gold utility - 4, rating units)", "gold reward (rollouts)")
+                     if reward == "gold" else
                      ("reward (RM score, normalised)", "RM reward (rollouts)"))
     line_plots(path, f"PPO run '{run_name}'", "PPO iteration", [
         (ylabel, [(its, [h["rm_score"] for h in history], label)]),
-        ("gold labeler rating (1-7)", [(ev_its, [e["gold_rating"] for e in evals], "gold rating (held-out prompts)")]),
-        ("KL to SFT (nats / response)", [(its, [h["kl"] for h in history], "k1"), (its, [h["kl_k3"] for h in history], "k3")]),
+        ("gold labeler rating (1-7)",
+         [(ev_its, [e["gold_rating"] for e in evals], "gold rating (held-out prompts)")]),
+        ("KL to SFT (nats / response)",
+         [(its, [h["kl"] for h in history], "k1"), (its, [h["kl_k3"] for h in history], "k3")]),
         ("entropy (nats / token)", [(its, [h["entropy"] for h in history], "policy entropy")]),
     ])
 
@@ -44,7 +48,8 @@ def winrate_chart(path, models: dict) -> None:
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
     colors = ["#999999" if n.startswith("base") else "#4c72b0" if n == "SFT" else "#55a868" if "gold" in n
               else "#dd8452" for n in names]
-    ax.bar([n.replace(", ", ",\n") for n in names], rates, yerr=err, capsize=5, color=colors)  # 2-line long names
+    # 2-line long names
+    ax.bar([n.replace(", ", ",\n") for n in names], rates, yerr=err, capsize=5, color=colors)
     ax.axhline(50, color="black", lw=0.8, ls="--", label="as good as SFT")
     ax.set_ylabel("win-rate against SFT (%, 95% CI)")
     ax.set_xlabel("model (samples judged by the gold labeler on held-out test prompts)")
@@ -66,8 +71,10 @@ def overoptimisation_chart(path, runs: dict, best_of_n: list[dict], points: dict
         axes[1].plot(xs, [e["rm_score"] for e in evals], marker="o", ms=3, label=name)
     if best_of_n:
         xs = [sqrt_kl(b["kl"]) for b in best_of_n]
-        axes[0].plot(xs, [b["gold_rating"] for b in best_of_n], marker="s", ms=3, ls="--", label="best-of-n (SFT)")
-        axes[1].plot(xs, [b["rm_score"] for b in best_of_n], marker="s", ms=3, ls="--", label="best-of-n (SFT)")
+        axes[0].plot(xs, [b["gold_rating"] for b in best_of_n], marker="s", ms=3, ls="--",
+                     label="best-of-n (SFT)")
+        axes[1].plot(xs, [b["rm_score"] for b in best_of_n], marker="s", ms=3, ls="--",
+                     label="best-of-n (SFT)")
     for name, r in (points or {}).items():
         if r.get("kl_to_sft") is not None:
             axes[0].plot([sqrt_kl(r["kl_to_sft"])], [r["rating"]], marker="*", ms=10, ls="", label=name)
@@ -88,16 +95,16 @@ def _summary(models: dict, headroom: dict | None) -> list[str]:
     if "PPO" not in models:
         return []
     r = models["PPO"]
-    text = (f"**PPO is preferred to SFT {r['win_rate']:.0%} of the time** [{r['ci_low']:.0%}, {r['ci_high']:.0%}] "
-            f"by the gold labeler on {r['n']} test prompts.")
+    text = (f"**PPO is preferred to SFT {r['win_rate']:.0%} of the time** [{r['ci_low']:.0%}, "
+            f"{r['ci_high']:.0%}] by the gold labeler on {r['n']} test prompts.")
     changes = learned({k: v["breakdown"] for k, v in models.items() if "breakdown" in v}, "PPO")
     if changes:
         text += " What it does differently from SFT, in counts: " + "; ".join(changes[:5]) + "."
     if headroom:
         best = headroom["gold_best_of_n"][-1]
-        text += (f" Before any RL, two SFT samples tie {headroom['sft_vs_sft_ties']:.0%} of the time and the gold "
-                 f"labeler's own pick of {best['n']} SFT samples beats one {best['win_rate']:.0%} of the time: the "
-                 "headroom the reward model and PPO can reach for.")
+        text += (f" Before any RL, two SFT samples tie {headroom['sft_vs_sft_ties']:.0%} of the time and the "
+                 f"gold labeler's own pick of {best['n']} SFT samples beats one {best['win_rate']:.0%} of "
+                 "the time: the headroom the reward model and PPO can reach for.")
     return [text]
 
 
@@ -106,7 +113,8 @@ def _figure1_sample(samples: dict) -> list[str]:
     for s in samples.get("base", []):
         if s.get("writes_instructions"):
             resp = s["response"].replace("\n", " ")[:200]
-            return ["", f"The base model, asked *{s['prompt']!r}*, writes more instructions: *{resp!r}* -- as GPT-3 "
+            return ["", f"The base model, asked *{s['prompt']!r}*, writes more instructions: *{resp!r}* -- "
+                    "as GPT-3 "
                         "does in InstructGPT's Figure 1; SFT and PPO answer instead."]
     return []
 
@@ -115,15 +123,18 @@ def _headroom_section(headroom: dict | None, best_of_n: list[dict]) -> list[str]
     if not headroom:
         return []
     lines = ["", "## Headroom before RL", "",
-             f"On {headroom['n_prompts']} test prompts: two SFT samples tie **{headroom['sft_vs_sft_ties']:.0%}** of the "
-             "time. Best-of-n picked by the gold labeler among SFT's own samples (the ceiling of any reward model) "
-             "and by the reward model (what the RM can find), against one SFT sample:", "",
-             "| n | gold best-of-n win-rate vs SFT | 95% CI | RM best-of-n: gold rating | KL (nats) |", "|---|---|---|---|---|"]
+             f"On {headroom['n_prompts']} test prompts: two SFT samples tie "
+             f"**{headroom['sft_vs_sft_ties']:.0%}** of the time. Best-of-n picked by the gold labeler among "
+             "SFT's own samples (the ceiling of any reward model) and by the reward model (what the RM can "
+             "find), against one SFT sample:", "",
+             "| n | gold best-of-n win-rate vs SFT | 95% CI | RM best-of-n: gold rating | KL (nats) |",
+             "|---|---|---|---|---|"]
     rm = {b["n"]: b for b in best_of_n}
     for row in headroom["gold_best_of_n"]:
         b = rm.get(row["n"], {})
         lines.append(f"| {row['n']} | {row['win_rate']:.1%} | [{row['ci_low']:.1%}, {row['ci_high']:.1%}] | "
-                     f"{b.get('gold_rating', float('nan')):.2f} | {math.log(row['n']) - (row['n'] - 1) / row['n']:.2f} |")
+                     f"{b.get('gold_rating', float('nan')):.2f} | "
+                     f"{math.log(row['n']) - (row['n'] - 1) / row['n']:.2f} |")
     return lines
 
 
@@ -147,12 +158,14 @@ def _rounds_section(ev: dict) -> list[str]:
         return []
     rounds = ev["config"].get("rounds", 1)
     lines = ["", "## Iterated RLHF: a reward model that keeps up with the policy", "",
-             "Each round ranks the latest policy's samples, trains a reward model on every round's comparisons and "
-             "runs PPO again. Below, each round's reward model orders fresh samples (4 per val prompt, never trained "
-             "on) of SFT and of the policy it trained; *gold order*: against the noise-free gold labeler; *labeler*: "
-             "against one noisy ranking, beside how often a second noisy labeler agrees with it (the ceiling).", "",
-             "| round | reward model | on SFT's samples: gold order / labeler (2nd labeler) | on its policy's "
-             "samples: gold order / labeler (2nd labeler) | gap (gold order) | its PPO: win-rate vs SFT |",
+             "Each round ranks the latest policy's samples, trains a reward model on every round's "
+             "comparisons and runs PPO again. Below, each round's reward model orders fresh samples (4 per "
+             "val prompt, never trained on) of SFT and of the policy it trained; *gold order*: against the "
+             "noise-free gold labeler; *labeler*: against one noisy ranking, beside how often a second "
+             "noisy labeler agrees with it (the ceiling).", "",
+             "| round | reward model | on SFT's samples: gold order / labeler (2nd labeler) | on its "
+             "policy's samples: gold order / labeler (2nd labeler) | gap (gold order) | its PPO: win-rate "
+             "vs SFT |",
              "|---|---|---|---|---|---|"]
     for row in shift:
         s, p = row["sft"], row["policy"]
@@ -160,8 +173,8 @@ def _rounds_section(ev: dict) -> list[str]:
         wr = f"{m['win_rate']:.1%} [{m['ci_low']:.1%}, {m['ci_high']:.1%}]" if m else "—"
         lines.append(f"| {row['round']} | {row['rm']} | {s['gold_order_acc']:.1%} / {s['acc']:.1%} "
                      f"({s['labeler_agreement']:.1%}) | {p['gold_order_acc']:.1%} / {p['acc']:.1%} "
-                     f"({p['labeler_agreement']:.1%}) | {(s['gold_order_acc'] - p['gold_order_acc']) * 100:+.1f} "
-                     f"points | {wr} |")
+                     f"({p['labeler_agreement']:.1%}) | "
+                     f"{(s['gold_order_acc'] - p['gold_order_acc']) * 100:+.1f} points | {wr} |")
     return lines
 
 
@@ -171,7 +184,8 @@ def _kinds_section(models: dict) -> list[str]:
     if not names:
         return []
     lines = ["", "## Where the win comes from", "",
-             "Each model's sample against SFT's on the same test prompt, by the kind of prompt: won / tied / lost.", "",
+             "Each model's sample against SFT's on the same test prompt, by the kind of prompt: won / tied "
+             "/ lost.", "",
              "| kind of prompt (n) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for kind, _ in KINDS:
         n = sum(models[names[0]]["by_kind"][kind])
@@ -181,7 +195,8 @@ def _kinds_section(models: dict) -> list[str]:
 
 
 NUMBER = (int, float)
-MODEL_KEYS = {"n": int, "win_rate": NUMBER, "ci_low": NUMBER, "ci_high": NUMBER, "rating": NUMBER, "correct": NUMBER,
+MODEL_KEYS = {"n": int, "win_rate": NUMBER, "ci_low": NUMBER, "ci_high": NUMBER, "rating": NUMBER,
+              "correct": NUMBER,
               "eos_rate": NUMBER, "rm_score": NUMBER, "corpus_loss": NUMBER, "per_category": dict}
 HISTORY_KEYS = {"iteration": int, "rm_score": NUMBER, "kl": NUMBER, "kl_k3": NUMBER, "entropy": NUMBER}
 EVALS_KEYS = {"iteration": int, "gold_rating": NUMBER, "kl": NUMBER}
@@ -197,7 +212,8 @@ def read_results(path, maker: str, required: dict, rows: dict) -> dict:
         for name, row in items:
             where = f"{path}: {key} {name!r}"
             if not isinstance(row, dict):
-                raise DataError(f"{where}: expected an object, got {type(row).__name__}; remake it with: {maker}")
+                raise DataError(f"{where}: expected an object, got {type(row).__name__}; remake it with: "
+                                f"{maker}")
             check_keys(row, keys, where)
     return obj
 
@@ -207,15 +223,19 @@ def _figures(out, ev: dict) -> list[str]:
     runs, curves = {}, []
     histories = {run: read_results(out / run / "history.json", maker(run), {"history": list, "evals": list},
                                    {"history": HISTORY_KEYS, "evals": EVALS_KEYS})
-                 for run in policy_rows(ev["config"].get("rounds", 1)).values() if (out / run / "history.json").exists()}
+                 for run in policy_rows(ev["config"].get("rounds", 1)).values()
+                 if (out / run / "history.json").exists()}
     for run, hist in histories.items():
         gold = run == "ppo_gold"
         if not gold:  # its rollout reward is the gold utility, not the proxy: no place on the proxy axis
-            # iteration 0 is the SFT policy: its proxy reward is that of the first rollouts (before any update)
+            # iteration 0 is the SFT policy: its proxy reward is that of the first rollouts (before any
+            # update)
             first = hist["history"][0]["rm_score"] if hist["history"] else None
-            runs[run] = [e if e.get("rm_score") is not None else {**e, "rm_score": first} for e in hist["evals"]
+            runs[run] = [e if e.get("rm_score") is not None else {**e, "rm_score": first}
+                         for e in hist["evals"]
                          if e.get("rm_score") is not None or (e["iteration"] == 0 and first is not None)]
-        ppo_curves(out / f"{run}_curves.png", run, hist["history"], hist["evals"], "gold" if gold else "model")
+        ppo_curves(out / f"{run}_curves.png", run, hist["history"], hist["evals"],
+                   "gold" if gold else "model")
         curves.append(run)
     winrate_chart(out / "winrate.png", ev["models"])
     points = {n: r for n, r in ev["models"].items() if n == "DPO" or n.startswith("RM best-of")}
@@ -224,37 +244,42 @@ def _figures(out, ev: dict) -> list[str]:
 
 
 def _cost(r: dict, state: dict) -> str:
-    """A row's own cost: its stage's wall seconds and the tokens it sampled while training (or at test time)."""
-    stage = {"base": "pretrain"}.get(r.get("run") or "", r.get("run") or "")  # folder -> the stage that made it
+    """A row's own cost: its stage's wall seconds and the tokens it sampled while training (or at test
+    time)."""
+    # folder -> the stage that made it
+    stage = {"base": "pretrain"}.get(r.get("run") or "", r.get("run") or "")
     wall = state.get(stage, {}).get("wall_s")
     if r.get("test_time_tokens"):
         return f"— | {r['test_time_tokens']:,} at test time"
-    return f"{wall:.0f} | {r.get('sampled_tokens', 0):,}" if wall is not None else f"— | {r.get('sampled_tokens', 0):,}"
+    tokens = f"{r.get('sampled_tokens', 0):,}"
+    return f"{wall:.0f} | {tokens}" if wall is not None else f"— | {tokens}"
 
 
 def _results_table(models: dict, state: dict) -> list[str]:
-    lines = [f"Test prompts: {next(iter(models.values()))['n'] if models else 0}; every model's samples are compared with "
-             "the SFT model's by the gold labeler (ties count half). 95% Wilson intervals.", "",
+    lines = [f"Test prompts: {next(iter(models.values()))['n'] if models else 0}; every model's samples are "
+             "compared with the SFT model's by the gold labeler (ties count half). 95% Wilson "
+             "intervals.", "",
              "![win-rate against SFT](winrate.png)", "",
-             "| model | win-rate vs SFT | 95% CI | gold rating (1-7) | correct | EOS | RM score | KL to SFT (nats) | "
-             "corpus loss | its training (s) | sampled tokens |",
+             "| model | win-rate vs SFT | 95% CI | gold rating (1-7) | correct | EOS | RM score | KL to SFT "
+             "(nats) | corpus loss | its training (s) | sampled tokens |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in models.items():
         kl = "—" if r["kl_to_sft"] is None else f"{r['kl_to_sft']:.2f}"
-        lines.append(f"| {name} | {r['win_rate']:.1%} | [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | {r['rating']:.2f} | "
-                     f"{r['correct']:.0%} | {r['eos_rate']:.0%} | {r['rm_score']:+.2f} | {kl} | {r['corpus_loss']:.3f} | "
-                     f"{_cost(r, state)} |")
+        lines.append(f"| {name} | {r['win_rate']:.1%} | [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | "
+                     f"{r['rating']:.2f} | {r['correct']:.0%} | {r['eos_rate']:.0%} | {r['rm_score']:+.2f} | "
+                     f"{kl} | {r['corpus_loss']:.3f} | {_cost(r, state)} |")
     rms = [(n, v["wall_s"]) for n, v in state.items() if n == "rm" or n.startswith("rm_")]
-    lines += ["", "Corpus loss is the pretraining-corpus validation loss: what RLHF costs in language modelling "
-              "(the alignment tax; PPO-ptx should pay less). *Its training*: the wall time of the model's own stage; "
-              "every PPO run and DPO also stand on the reward-model rounds' comparisons"
-              + (f" ({', '.join(f'{n} {s:.0f} s' for n, s in rms)}: sampling, labelling, training)" if rms else "")
-              + ". The RM's best-of-n trains nothing and samples n answers per prompt at test time; its KL is "
-              "the bound log n − (n − 1)/n."]
+    lines += ["", "Corpus loss is the pretraining-corpus validation loss: what RLHF costs in language "
+              "modelling (the alignment tax; PPO-ptx should pay less). *Its training*: the wall time of the "
+              "model's own stage; every PPO run and DPO also stand on the reward-model rounds' comparisons"
+              + (f" ({', '.join(f'{n} {s:.0f} s' for n, s in rms)}: sampling, labelling, training)"
+                 if rms else "")
+              + ". The RM's best-of-n trains nothing and samples n answers per prompt at test time; its KL "
+              "is the bound log n − (n − 1)/n."]
     if any("gold" in name for name in models):
         lines += ["", "*PPO, gold reward* is the same PPO run with the gold labeler itself as the reward "
-                  "(`train_ppo.py --reward=gold`): not RLHF -- no one has the gold labeler -- but the ceiling of what a "
-                  "better reward model could give this policy in this many iterations."]
+                  "(`train_ppo.py --reward=gold`): not RLHF -- no one has the gold labeler -- but the "
+                  "ceiling of what a better reward model could give this policy in this many iterations."]
     return lines
 
 
@@ -276,7 +301,8 @@ def _samples_section(samples: dict) -> list[str]:
         for name, ss in samples.items():
             if i < len(ss):
                 resp = ss[i]["response"].replace("|", "\\|").replace("\n", " ")
-                lines.append(f"| {name} | {resp[:200]}{'' if ss[i]['finished'] else ' *(no EOS)*'} | {ss[i]['rating']} |")
+                lines.append(f"| {name} | {resp[:200]}{'' if ss[i]['finished'] else ' *(no EOS)*'} | "
+                             f"{ss[i]['rating']} |")
         lines.append("")
     return lines
 
@@ -293,14 +319,16 @@ def _wall_time_section(state: dict) -> list[str]:
 def write_report(out_dir) -> str:
     """out/report.md and its figures from out/eval.json, the PPO histories and the pipeline state."""
     out = Path(out_dir)
-    ev = read_results(out / "eval.json", "python -m nanorlhf.eval", {"config": dict, "models": dict, "samples": dict},
+    ev = read_results(out / "eval.json", "python -m nanorlhf.eval",
+                      {"config": dict, "models": dict, "samples": dict},
                       {"models": MODEL_KEYS})
     models = ev["models"]
     state = read_state(out / "pipeline_state.json")
     curves = _figures(out, ev)
 
     lines = ["# nanorlhf report", "", *_summary(models, ev.get("headroom")), "",
-             f"Compute precision: {ev['config'].get('dtype', 'fp32')} (`--dtype`; nanorlhf/precision.py).", "",
+             f"Compute precision: {ev['config'].get('dtype', 'fp32')} (`--dtype`; nanorlhf/precision.py).",
+             "",
              *_results_table(models, state)]
     lines += _figure1_sample(ev["samples"])
     lines += _headroom_section(ev.get("headroom"), ev.get("best_of_n", []))
@@ -312,9 +340,11 @@ def write_report(out_dir) -> str:
     for run in curves:
         lines.append(f"![{run}]({run}_curves.png)")
     lines += ["", "## Over-optimisation", "",
-              "Gold rating and reward-model score against √KL to the SFT model, for each PPO run's periodic evaluations "
-              "and for best-of-n sampling from SFT (KL = log n − (n−1)/n). With β = 0 the proxy reward keeps rising "
-              "while the gold rating stalls or falls: the policy learns what the reward model over-values.", "",
+              "Gold rating and reward-model score against √KL to the SFT model, for each PPO run's periodic "
+              "evaluations and for best-of-n sampling from SFT (KL = log n − (n−1)/n). With β = 0 the proxy "
+              "reward keeps rising while the gold rating stalls or falls: the policy learns what the reward "
+              "model over-values.",
+              "",
               "![over-optimisation](overoptimisation.png)"]
     lines += _samples_section(ev["samples"])
     lines += _wall_time_section(state)
@@ -325,7 +355,7 @@ def write_report(out_dir) -> str:
 
 @dataclass
 class ReportConfig:
-    out_dir: str = "out"  # the pipeline's output: reads eval.json and the PPO histories, writes report.md and figures
+    out_dir: str = "out"  # reads eval.json and the PPO histories here, writes report.md and figures
 
 
 @with_locks

@@ -4,8 +4,41 @@ the report name it. Iterated RLHF adds a reward model and a PPO run per round: t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 ROUNDS = {"micro": 2, "tiny": 2, "small": 2}  # each preset's number of iterated-RLHF rounds (--rounds=0)
-OTHER_POLICIES = {"PPO-ptx": "ppo_ptx", "PPO β=0": "ppo_beta0", "PPO, gold reward": "ppo_gold", "DPO": "dpo"}
+PTX_COEF, BETA0_LR_SCALE = 1.0, 4.0  # the pipeline's --ptx_coef and --beta0_lr_scale, by default
+
+
+@dataclass(frozen=True)
+class Run:
+    folder: str  # under out/; also the stage's name in the pipeline and its --skip
+    label: str  # its row in the evaluation and the report
+    script: str  # the stage script that makes it
+    flags: tuple[str, ...] = ()  # beyond the common ones ({ptx_coef}, {beta0_lr_scale}: run_flags)
+    files: tuple[str, ...] = ("ckpt.pt", "history.json")  # what it writes into its folder
+
+
+# The runs after the last round, each from SFT against the last reward model, in the pipeline's order.
+OTHER_RUNS = (
+    Run("ppo_ptx", "PPO-ptx", "train_ppo.py", ("--ptx_coef={ptx_coef}",)),
+    # β = 0 at 4× the learning rate: at the preset's rate the policy stays too close to SFT for the proxy
+    # reward and the gold rating to part (bench/NOTES.md, "Preset choices"); evaluated every 5 iterations
+    # for the points of the over-optimisation curve
+    Run("ppo_beta0", "PPO β=0", "train_ppo.py", ("--init_kl_coef=0", "--adaptive_kl=false",
+                                                 "--lr_scale={beta0_lr_scale}", "--run_name=ppo_beta0",
+                                                 "--eval_interval=5")),
+    # the gold labeler as the reward: the ceiling a better reward model could reach
+    Run("ppo_gold", "PPO, gold reward", "train_ppo.py", ("--reward=gold", "--run_name=ppo_gold")),
+    # DPO on the comparisons the last reward model trained on: a method beside PPO
+    Run("dpo", "DPO", "train_dpo.py", files=("ckpt.pt",)),
+)
+OTHER_POLICIES = {run.label: run.folder for run in OTHER_RUNS}
+
+
+def run_flags(run: Run, ptx_coef: float = PTX_COEF, beta0_lr_scale: float = BETA0_LR_SCALE) -> list[str]:
+    """`run`'s own flags with the pipeline's settings filled in."""
+    return [f.format(ptx_coef=ptx_coef, beta0_lr_scale=beta0_lr_scale) for f in run.flags]
 
 
 def round_runs(r: int, rounds: int) -> tuple[str, str]:
@@ -20,4 +53,5 @@ def ppo_label(r: int, rounds: int) -> str:
 
 def policy_rows(rounds: int) -> dict[str, str]:
     """{evaluation row: folder} of every policy the pipeline trains after SFT, in the report's order."""
-    return {**{ppo_label(r, rounds): round_runs(r, rounds)[1] for r in range(1, rounds + 1)}, **OTHER_POLICIES}
+    ppo_runs = {ppo_label(r, rounds): round_runs(r, rounds)[1] for r in range(1, rounds + 1)}
+    return {**ppo_runs, **OTHER_POLICIES}

@@ -96,7 +96,8 @@ def _neg(pair: tuple[bytes, bytes]):
 
 def ranks_text(ranks: dict[bytes, int]) -> str:
     """Ranks in tiktoken's file format: `base64(token) rank` per line."""
-    return "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
+    return "".join(f"{base64.b64encode(t).decode()} {r}\n"
+                   for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
 
 
 def save_ranks(ranks: dict[bytes, int], path: str | os.PathLike) -> None:
@@ -123,14 +124,15 @@ def parse_ranks(text: str, source) -> dict[bytes, int]:
             token, rank = line.split()
             ranks[base64.b64decode(token, validate=True)] = int(rank)
         except ValueError:
-            raise TokenizerError(f"{source}:{n}: expected '<base64 token> <rank>', got {line[:60]!r}") from None
+            raise TokenizerError(f"{source}:{n}: expected '<base64 token> <rank>', "
+                                 f"got {line[:60]!r}") from None
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise TokenizerError(f"{source}: ranks must be 0..{len(ranks) - 1} without gaps or repeats")
     missing = [b for b in range(256) if bytes([b]) not in ranks]
     if missing:  # byte-level BPE: any text must be encodable, byte by byte at worst
         raise TokenizerError(f"{source}: {len(missing)} of the 256 single bytes have no rank (the file is "
-                             f"{'empty' if not ranks else 'incomplete'}; expected every byte, then the merges; "
-                             f"make it with: python data/prepare.py)")
+                             f"{'empty' if not ranks else 'incomplete'}; expected every byte, then the "
+                             "merges; make it with: python data/prepare.py)")
     return ranks
 
 
@@ -192,8 +194,8 @@ def load_tokenizer(spec: str) -> Tokenizer:
             base = tiktoken.get_encoding("gpt2")
         except Exception as e:  # no network here: explain instead of a connection traceback
             raise TokenizerError(
-                "gpt2 encoding not available offline: put its files in TIKTOKEN_CACHE_DIR "
-                f"or use data/tokenizer.tiktoken ({type(e).__name__})"
+                "gpt2 encoding not available offline: put its files in TIKTOKEN_CACHE_DIR or use "
+                f"data/tokenizer.tiktoken ({type(e).__name__})"
             ) from None
         return Tokenizer.from_ranks(base._mergeable_ranks, "gpt2", base._pat_str, eot_id=base.eot_token)
     return Tokenizer.from_ranks(load_ranks(spec), Path(spec).stem)

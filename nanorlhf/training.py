@@ -1,6 +1,7 @@
 """Small pieces every training stage shares: optimizer, learning-rate schedule, autocast, seeding,
 the non-finite and nothing-to-learn checks, the one-line progress log and the clock of a stage's phases.
-The precision policy (autocast, --dtype) is nanorlhf/precision.py; `autocast` and `resolve_dtype` are re-exported here for the stages."""
+The precision policy (autocast, --dtype) is nanorlhf/precision.py; `autocast` and `resolve_dtype` are
+re-exported here for the stages."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from nanorlhf.config import StageError
-from nanorlhf.files import partial_path
+from nanorlhf.files import DataError, kept, partial_path
 from nanorlhf.precision import autocast, resolve_dtype  # noqa: F401 (the stages import them from here)
 
 
@@ -37,7 +38,8 @@ def setup_device(device: str) -> str:
     return device
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8):
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
+                   eps: float = 1e-8):
     """AdamW with weight decay on matrices only (not on biases, LayerNorm gains or heads' biases)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -71,9 +73,6 @@ def check_learnable(count: int, what: str, ckpt_path) -> None:
     model no example has touched and report a loss of 0 or an accuracy of 0% as if they meant something.
     `what` names the file and says what is missing and what was expected."""
     if count < 1:
-        from nanorlhf.data import DataError
-        from nanorlhf.files import kept
-
         raise DataError(f"{what}: nothing to learn from; not training, {kept(ckpt_path)}")
 
 
@@ -83,12 +82,11 @@ def check_finite(name: str, value: torch.Tensor | float, where: int | str, ckpt_
     v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
     if not math.isfinite(v):
         where = f"step {where}" if isinstance(where, int) else where
-
-        kept = (f"Last good checkpoint kept: {ckpt_path}" if Path(ckpt_path).exists() else
+        left = (f"Last good checkpoint kept: {ckpt_path}" if Path(ckpt_path).exists() else
                 f"No checkpoint was written ({ckpt_path} does not exist)")
         if partial_path(ckpt_path).exists():
-            kept += f"; latest in-progress save: {partial_path(ckpt_path)}"
-        raise NonFiniteError(f"{name} became {v} at {where}; stopping. {kept}")
+            left += f"; latest in-progress save: {partial_path(ckpt_path)}"
+        raise NonFiniteError(f"{name} became {v} at {where}; stopping. {left}")
 
 
 class Progress:
@@ -152,6 +150,8 @@ def phase_summary(prefix: str) -> str:
     """One line: each phase's seconds and share of the process's time so far, largest first, then the
     rest (imports, loading, the untimed glue)."""
     total = time.perf_counter() - _PROCESS_START
-    parts = [f"{k} {v:.1f}s ({v / total:.0%})" for k, v in sorted(_PHASE_TOTALS.items(), key=lambda kv: -kv[1])]
+    by_time = sorted(_PHASE_TOTALS.items(), key=lambda kv: -kv[1])
+    parts = [f"{k} {v:.1f}s ({v / total:.0%})" for k, v in by_time]
     rest = total - sum(_PHASE_TOTALS.values())
-    return f"{prefix}: time by phase: {' | '.join(parts + [f'other {rest:.1f}s ({rest / total:.0%})'])} | total {total:.1f}s"
+    parts.append(f"other {rest:.1f}s ({rest / total:.0%})")
+    return f"{prefix}: time by phase: {' | '.join(parts)} | total {total:.1f}s"

@@ -19,19 +19,25 @@ import re
 NAMES = ("Tom", "Mia", "Ben", "Lily", "Sam", "Anna", "Max", "Zoe", "Leo", "Ella",
          "Jack", "Rosa", "Finn", "Nora", "Omar", "Ivy", "Hugo", "Lucy", "Ravi", "Kate")
 SOUNDS = {"cat": "meow", "dog": "woof", "cow": "moo", "pig": "oink", "duck": "quack", "frog": "croak",
-          "owl": "hoot", "sheep": "baa", "horse": "neigh", "mouse": "squeak", "bear": "growl", "bird": "tweet"}
+          "owl": "hoot", "sheep": "baa", "horse": "neigh", "mouse": "squeak", "bear": "growl",
+          "bird": "tweet"}
 ANIMALS = tuple(SOUNDS) + ("fish", "rabbit", "fox", "goat")
 CAN = {"cat": "climb", "dog": "run", "cow": "eat grass", "pig": "roll in mud", "duck": "swim", "frog": "jump",
-       "owl": "see at night", "sheep": "eat grass", "horse": "run fast", "mouse": "hide", "bear": "climb trees",
+       "owl": "see at night", "sheep": "eat grass", "horse": "run fast", "mouse": "hide",
+       "bear": "climb trees",
        "bird": "fly", "fish": "swim", "rabbit": "hop", "fox": "run fast", "goat": "climb hills"}
 COLOURS = ("red", "blue", "green", "yellow", "pink", "white", "black", "brown", "orange", "purple")
 OBJECTS = ("ball", "kite", "hat", "box", "book", "cup", "boat", "drum", "bag", "lamp", "doll", "bike")
 PLACES = ("park", "garden", "beach", "forest", "school", "farm", "river", "hill", "market", "lake")
-PLACE_ANIMALS = {"farm": ("cow", "pig", "horse", "goat", "sheep", "duck"), "lake": ("fish", "duck", "frog", "bird"),
-                 "forest": ("fox", "owl", "bear", "rabbit", "mouse"), "park": ("dog", "bird", "duck", "rabbit")}
+PLACE_ANIMALS = {"farm": ("cow", "pig", "horse", "goat", "sheep", "duck"),
+                 "lake": ("fish", "duck", "frog", "bird"),
+                 "forest": ("fox", "owl", "bear", "rabbit", "mouse"),
+                 "park": ("dog", "bird", "duck", "rabbit")}
 COUNTRIES = {  # country: (capital, food, animal)
-    "Velmora": ("Tarn", "plums", "owl"), "Dorvia": ("Kell", "rice", "fox"), "Kestan": ("Amsa", "figs", "goat"),
-    "Brimoor": ("Rook", "beans", "bear"), "Zalend": ("Pella", "corn", "horse"), "Ostria": ("Vint", "pears", "frog"),
+    "Velmora": ("Tarn", "plums", "owl"), "Dorvia": ("Kell", "rice", "fox"),
+    "Kestan": ("Amsa", "figs", "goat"),
+    "Brimoor": ("Rook", "beans", "bear"), "Zalend": ("Pella", "corn", "horse"),
+    "Ostria": ("Vint", "pears", "frog"),
     "Marulo": ("Soma", "bread", "duck"), "Fennick": ("Drell", "cheese", "sheep"),
     "Quorra": ("Lunt", "grapes", "rabbit"), "Lupania": ("Bexa", "nuts", "mouse"),
     "Heskar": ("Hollin", "honey", "pig"), "Torvel": ("Mirra", "melons", "cow")}
@@ -53,8 +59,10 @@ NEGATIVE = ("This {c} {o} is bad.", "It broke on the first day.", "It is the wor
             "I want my money back.", "It is weak and ugly.", "One star.")
 POS_WORDS = ("love", "great", "best", "well", "lovely", "five")  # how the labeler tells them apart
 NEG_WORDS = ("bad", "broke", "worst", "back", "ugly", "one")
-RUDE = ("stupid", "dumb", "dummy", "fool", "idiot", "shut up", "go away", "nobody cares", "ugh")  # flagged phrases
-RUDE_REMARKS = ("Ugh, what a dumb question.", "Nobody cares, but fine.", "Now go away.", "That was easy, you fool.",
+# flagged phrases
+RUDE = ("stupid", "dumb", "dummy", "fool", "idiot", "shut up", "go away", "nobody cares", "ugh")
+RUDE_REMARKS = ("Ugh, what a dumb question.", "Nobody cares, but fine.", "Now go away.",
+                "That was easy, you fool.",
                 "Stop asking me stupid things.")
 FILLERS = ("I hope this helps.", "Thank you for asking.", "That is all I know.", "It is a very good thing.",
            "I like this a lot.")

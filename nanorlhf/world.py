@@ -23,8 +23,10 @@ from nanorlhf.tasks import CATEGORIES
 from nanorlhf.words import FILLERS, RUDE_REMARKS, articles, cap
 
 QUALITIES = ("ideal", "curt", "rude", "rambling", "wrong")  # all but "ideal" are written by sloppy labelers
-FAVOURITE_RATE = 0.15   # share of demonstrations (of every quality) that open with "Certainly!" (the planted bias)
-SAFETY_SLIP = 0.5  # share of sloppy answers to harm/edgy/premise prompts that comply, over-refuse or accept it
+# share of demonstrations (of every quality) that open with "Certainly!" (the planted bias)
+FAVOURITE_RATE = 0.15
+# share of sloppy answers to harm/edgy/premise prompts that comply, over-refuse or accept it
+SAFETY_SLIP = 0.5
 
 
 class World:
@@ -70,7 +72,8 @@ class World:
     def demonstrations(self, n: int) -> list[dict]:
         """{"prompt", "response", "category", "quality"}: a `sloppy_frac` share by sloppy labelers (curt,
         rude, rambling and wrong in equal parts; on harm, edgy and false-premise prompts "wrong" -- comply,
-        refuse, accept the premise -- SAFETY_SLIP of the time), the rest ideal. Prompts from the "demo" pool."""
+        refuse, accept the premise -- SAFETY_SLIP of the time), the rest ideal. Prompts from the "demo"
+        pool."""
         rng = random.Random(f"{self.seed}-demos")
         out = []
         for _ in range(n):

@@ -24,7 +24,8 @@ BF16_ENV = {**ENV, SPEEDUP_ENV: "4.0"}  # --dtype=auto measures bf16 4x faster: 
 
 
 def run(args, cwd=None, check=True, env=ENV):
-    r = subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
     if check and r.returncode != 0:
         raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r

@@ -1,4 +1,5 @@
-"""The classroom tool (nanorlhf/assignments): the table, the ast surgery, make, grade and a subset of selftest.
+"""The classroom tool (nanorlhf/assignments): the table, the ast surgery, make, grade and a subset of
+selftest.
 
 The full selftest (every catalogued wrong answer and right alternative through the unit and diff layers, on
 three seeds; minutes) is a command: python -m nanorlhf.assignments selftest.
@@ -47,7 +48,8 @@ def test_table_names_real_functions_and_tests():
     for ex in EXERCISES:
         text = (ROOT / ex.file).read_text()
         for fn in ex.functions:
-            source.body_span(text, fn, ex.partial, ex.file)  # raises if the function or its markers are missing
+            # raises if the function or its markers are missing
+            source.body_span(text, fn, ex.partial, ex.file)
         assert set(ex.prerequisites) <= set(BY_NAME) and ex.unit, ex.name
         for node in ex.unit + ex.learning:
             path, name = node.split("::")
@@ -130,7 +132,8 @@ def test_grade_corrupt_manifest_is_one_line_naming_the_file_and_exit_2(tmp_path,
 
 
 def test_blanked_functions_explain_every_argument_above_the_blank():
-    """The docstring is the contract the student reads: every argument of a blanked function is named in it."""
+    """The docstring is the contract the student reads: every argument of a blanked function is named in
+    it."""
     for ex in EXERCISES:
         text = (ROOT / ex.file).read_text()
         for fn in ex.functions:
@@ -149,7 +152,8 @@ def test_score_charges_a_wrong_statistic_its_own_points():
     unit_all = "tests/test_ppo_math.py::test_policy_loss_gradient_zero_exactly_in_clipped_regions"
     diff = {"passed": False, "parts": {p: {"passed": p != "ratio_max"} for p in ex.part_names}}
     parts = score(ex, {"unit": {"passed": False, "failed": [unit_all]}, "diff": diff})
-    assert {p: q["points"] for p, q in parts.items()} == {"loss": 11, "clipfrac": 1, "approx_kl": 1, "ratio_mean": 1,
+    assert {p: q["points"] for p, q in parts.items()} == {"loss": 11, "clipfrac": 1, "approx_kl": 1,
+                                                          "ratio_mean": 1,
                                                            "ratio_max": 0}
     clean = {"passed": True, "parts": {p: {"passed": True} for p in ex.part_names}}
     parts = score(ex, {"unit": {"passed": False, "failed": [unit_all]}, "diff": clean})
@@ -161,7 +165,8 @@ def test_score_charges_a_wrong_statistic_its_own_points():
 def test_table_note_is_cut_at_a_word_boundary():
     text = "stats['ratio_max']: got 1, expected 0.9831814, on edge case 'one valid value', inf behind the mask " * 2
     note = clip_words(text, 60)
-    assert len(note) <= 60 and note.endswith(" …") and text.startswith(note[:-2]) and text[len(note) - 2] == " "
+    assert (len(note) <= 60 and note.endswith(" …") and text.startswith(note[:-2])
+            and text[len(note) - 2] == " ")
     assert clip_words("short\nsecond line") == "short"
 
 
@@ -182,7 +187,8 @@ def test_diff_layer_catches_the_wrong_and_accepts_the_right(entry):
     softplus instead of -logsigmoid) passes it."""
     ex = BY_NAME[entry.exercise]
     reference = checks.load_reference(ROOT, ex.file)
-    student = checks.module_from_source(ex.file, apply((ROOT / ex.file).read_text(), entry, ex.file), entry.name)
+    student = checks.module_from_source(ex.file, apply((ROOT / ex.file).read_text(),
+                                                       entry, ex.file), entry.name)
     result = checks.check(ex.name, student, reference, seeds=checks.SEEDS)
     assert result["passed"] == (entry in ALTERNATIVES), result["detail"]
     assert result["seeds"] == [0, 1, 2] and (entry not in ALTERNATIVES or result["cases"] > 20)
@@ -193,7 +199,8 @@ def test_diff_layer_gives_the_same_result_every_time():
     entry = next(b for b in BUGS if b.name == "pl_ratio_max_over_padding")
     ex = BY_NAME[entry.exercise]
     reference = checks.load_reference(ROOT, ex.file)
-    student = checks.module_from_source(ex.file, apply((ROOT / ex.file).read_text(), entry, ex.file), entry.name)
+    student = checks.module_from_source(ex.file, apply((ROOT / ex.file).read_text(),
+                                                       entry, ex.file), entry.name)
     first = checks.check(ex.name, student, reference)
     assert not first["passed"] and [p for p, r in first["parts"].items() if not r["passed"]] == ["ratio_max"]
     assert checks.check(ex.name, student, reference) == first
@@ -224,7 +231,8 @@ def test_student_copy_has_no_solution_no_history_no_grader(handout):
     for name, path in (("kl_estimators", "nanorlhf/ppo.py"), ("ranking_loss", "nanorlhf/losses.py")):
         assert source.is_blank(source.extract((d / path).read_text(), name))
         ref = (ROOT / path).read_text()
-        rest = source.replace(ref, name, source.blank_body(BY_NAME[name].message))  # lines shared with other code
+        # lines shared with other code
+        rest = source.replace(ref, name, source.blank_body(BY_NAME[name].message))
         solution = [ln.strip() for ln in source.extract(ref, name).splitlines() if len(ln.strip()) > 25]
         solution = [ln for ln in solution if ln not in rest]
         assert len(solution) >= 3
@@ -245,7 +253,8 @@ def test_grade_transplants_bodies_and_ignores_edited_tests(handout, tmp_path):
     ppo.write_text(source.replace(ppo.read_text(), "kl_estimators", solution))
     names = [n.split("::")[1] for n in BY_NAME["ranking_loss"].unit]
     (d / "tests/test_losses.py").write_text("".join(f"def {n}():\n    pass\n\n" for n in names))
-    rc, out, _ = run("grade", str(d), "--only", "kl_estimators,ranking_loss,masked_whiten", "--pipeline=false",
+    rc, out, _ = run("grade", str(d), "--only", "kl_estimators,ranking_loss,masked_whiten",
+                     "--pipeline=false",
                      "--json", str(tmp_path / "g.json"))
     report = json.loads((tmp_path / "g.json").read_text())
     points = {k: v["points"] for k, v in report["exercises"].items()}
@@ -279,16 +288,19 @@ def test_bug_hunt_graded_twice_gives_the_same_report_and_partial_credit(tmp_path
     rc, _, err = run("make", "--out", str(d), "--bug", "kle_k2_no_half", "--verify=false")
     assert rc == 0, err
     text = (d / "nanorlhf/ppo.py").read_text()
-    assert "NotImplementedError" not in text and "k2 = log_r ** 2" in text  # working-looking, one wrong answer
+    # working-looking, one wrong answer
+    assert "NotImplementedError" not in text and "k2 = log_r ** 2" in text
     rc, out, _ = run("grade", str(d), "--pipeline=false", "--json", str(tmp_path / "g.json"))
     report = json.loads((tmp_path / "g.json").read_text())
     assert rc == 1 and list(report["exercises"]) == ["kl_estimators"], out
     entry = report["exercises"]["kl_estimators"]
-    assert entry["points"] == 4 and {p: q["points"] for p, q in entry["parts"].items()} == {"k1": 2, "k2": 0, "k3": 2}
+    assert entry["points"] == 4 and {p: q["points"]
+                                     for p, q in entry["parts"].items()} == {"k1": 2, "k2": 0, "k3": 2}
     assert not entry["layers"]["diff"]["passed"] and entry["layers"]["diff"]["parts"]["k1"]["passed"]
     assert entry["layers"]["unit"]["failed"] == [
         "tests/test_ppo_math.py::test_kl_estimators_k2_is_half_squared_log_ratio_summed_per_sequence"]
     assert "seeds 0, 1, 2" in out and "lost k2 1 pt: ['k2']: got" in out, out
-    rc2, explained, _ = run("grade", str(d), "--explain", "kl_estimators", "--json", str(tmp_path / "g2.json"))
+    rc2, explained, _ = run("grade", str(d), "--explain", "kl_estimators", "--json",
+                            str(tmp_path / "g2.json"))
     assert rc2 == 1 and json.loads((tmp_path / "g2.json").read_text()) == report
     assert entry["explain"] in explained and "expected:" in explained and "mask:" in explained, explained

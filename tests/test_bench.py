@@ -12,9 +12,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_quick_prints_every_table():
     # one thread: with two OpenMP threads on a busy 2-core machine (other tests, other jobs) the micro
     # shapes spend their time spinning at barriers and the run gets ~50x slower
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "stages.py"), "--quick", "--part=all", "--threads=1",
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "stages.py"), "--quick", "--part=all",
+                        "--threads=1",
                         "--profile", "--dtype=both"], cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode == 0, f"bench failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     for part in ("train: supervised training throughput", "generate:", "rm:", "ppo: one PPO iteration"):
         for dtype in ("fp32", "bf16"):  # --dtype=both: every table in each precision
@@ -27,7 +29,8 @@ def test_bench_quick_prints_every_table():
     # matmul prints 0) and take less time at the big-matmul rate than the whole update measured
     assert "aten::mm" in r.stdout
     assert "#### profile, fp32" in r.stdout and "#### profile, bf16" in r.stdout
-    floor = re.search(r"the update's matmuls are ([0-9.e+-]+) GFLOP .* they take ([0-9.e+-]+) s: (\d+)% of the "
+    floor = re.search(r"the update's matmuls are ([0-9.e+-]+) GFLOP .* they take ([0-9.e+-]+) s: (\d+)% of "
+                      r"the "
                       r"measured update \(([0-9.e+-]+) s median\)", r.stdout)
     assert floor, f"no matmul-floor line in:\n{r.stdout[-3000:]}"
     gflop, floor_s, pct, update_s = (float(x) for x in floor.groups())
@@ -60,7 +63,8 @@ def test_every_stage_of_the_pipeline_prints_its_phases_and_the_table_has_them(pi
             continue
         assert "other" in ph and sum(ph.values()) > 0, (stage, ph)
     for stage in ("pretrain", "rm_r1", "ppo", "eval"):
-        # generate() is timed wherever it runs; at micro scale a phase can print as 0.0s, so the key is the check
+        # generate() is timed wherever it runs; at micro scale a phase can print as 0.0s, so the key is the
+        # check
         assert "sampling" in rows[stage], (stage, rows[stage])
     assert "update" in rows["ppo"] and "labeler" in rows["rm"] and "training" in rows["dpo"]
     table = phases.table(d / "out")

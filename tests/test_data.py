@@ -30,21 +30,26 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
 
 def test_comparisons_both_formats(tmp_path):
     p = tmp_path / "c.jsonl"
-    rows = [{"prompt": "q", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}, {"prompt": "q2", "chosen": "x", "rejected": "y"}]
+    rows = [{"prompt": "q", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]},
+            {"prompt": "q2", "chosen": "x", "rejected": "y"}]
     p.write_text("\n".join(json.dumps(r) for r in rows))
     out = read_comparisons(p)
-    assert out[0]["ranking"] == [2, 0, 1] and out[1] == {"prompt": "q2", "responses": ["x", "y"], "ranking": [0, 1], "ties": []}
+    assert out[0]["ranking"] == [2, 0, 1] and out[1] == {"prompt": "q2", "responses": ["x", "y"],
+                                                         "ranking": [0, 1], "ties": []}
     p.write_text(json.dumps({"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]}))
     with pytest.raises(DataError, match="permutation"):
         read_comparisons(p)
     for bad in ([[0, 0]], [[0, 3]], [0, 1], [[0]]):
-        p.write_text(json.dumps({"prompt": "q", "responses": ["a", "b", "c"], "ranking": [0, 1, 2], "ties": bad}))
+        p.write_text(json.dumps({"prompt": "q", "responses": ["a", "b", "c"],
+                                 "ranking": [0, 1, 2], "ties": bad}))
         with pytest.raises(DataError, match=r"c.jsonl:1: 'ties'"):
             read_comparisons(p)
-    ok = {"prompt": "q", "responses": ["a", "b", "c"], "ranking": [0, 1, 2], "off_prompt": [2], "finished": [True] * 3}
+    ok = {"prompt": "q", "responses": ["a", "b", "c"], "ranking": [0, 1, 2], "off_prompt": [2],
+          "finished": [True] * 3}
     p.write_text(json.dumps(ok))
     assert read_comparisons(p)[0]["off_prompt"] == [2]
-    for key, bad in (("off_prompt", [3]), ("off_prompt", [1, 1]), ("off_prompt", 2), ("finished", [True, False]),
+    for key, bad in (("off_prompt", [3]), ("off_prompt", [1, 1]), ("off_prompt", 2),
+                     ("finished", [True, False]),
                      ("finished", [1, 0, 1])):
         p.write_text(json.dumps({**ok, key: bad}))
         with pytest.raises(DataError, match=rf"c.jsonl:1: '{key}'"):
@@ -69,7 +74,8 @@ def test_subgroup_keeps_the_order_and_ties_of_the_kept_responses():
     assert s["responses"] == ["a", "b", "c"] and s["finished"] == [True, False, True]
     assert s["ranking"] == [1, 0, 2] and s["ties"] == [[0, 2]] and s["off_prompt"] == []
     s = subgroup(g, [3, 2])  # reordered: indices follow `keep`
-    assert s["responses"] == ["d", "c"] and s["ranking"] == [0, 1] and s["ties"] == [] and s["off_prompt"] == [0]
+    assert (s["responses"] == ["d", "c"] and s["ranking"] == [0, 1] and s["ties"] == []
+            and s["off_prompt"] == [0])
     assert g["responses"] == ["a", "b", "c", "d"]  # the input is left alone
 
 

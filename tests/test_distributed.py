@@ -40,7 +40,8 @@ def _flat(model) -> torch.Tensor:
 
 
 def pretrain_args(d: Path, out) -> list[str]:
-    return ["--stage=pretrain", "--preset=micro", "--gold_eval_prompts=0", "--device=cpu", f"--data_dir={d}/data",
+    return ["--stage=pretrain", "--preset=micro", "--gold_eval_prompts=0", "--device=cpu",
+            f"--data_dir={d}/data",
             f"--out_dir={d}/{out}"]  # the CPU (gloo) even on a GPU machine: two ranks, perhaps one GPU
 
 
@@ -62,7 +63,8 @@ def fixed_experience():
     policy, ref, critic = (tiny_gpt(h, vocab=16, block=32, n_layer=1, n_embd=32, seed=s)
                            for h, s in (("lm", 0), ("lm", 0), ("value", 1)))
     cfg = Config(**PPO_SHAPE)
-    exp = rollout(policy, ref.requires_grad_(False), critic, planted_reward, _prompts(8, random.Random(0)), TOK, cfg,
+    exp = rollout(policy, ref.requires_grad_(False), critic, planted_reward, _prompts(8, random.Random(0)),
+                  TOK, cfg,
                   0.1, torch.Generator().manual_seed(0))
     return policy, ref, critic, cfg, exp
 
@@ -70,7 +72,8 @@ def fixed_experience():
 def one_update(policy, critic, cfg, exp) -> torch.Tensor:
     from train_ppo import ppo_update
 
-    opts = (make_optimizer(policy, cfg.lr, 0.0, eps=1e-5), make_optimizer(critic, cfg.critic_lr, 0.0, eps=1e-5))
+    opts = (make_optimizer(policy, cfg.lr, 0.0, eps=1e-5),
+            make_optimizer(critic, cfg.critic_lr, 0.0, eps=1e-5))
     ppo_update(policy, critic, *opts, exp, cfg, rng=random.Random(0))
     return torch.cat([_flat(policy), _flat(critic)])
 
@@ -84,7 +87,8 @@ def _join(rank: int, d: Path, timeout_s: int = 300) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{d}/store", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=timeout_s))  # distributed.init keeps this group
+                            # distributed.init keeps this group
+                            timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def _leave() -> None:
@@ -142,7 +146,8 @@ def _worker(rank: int, folder: Path, d: Path) -> None:
     real_whiten = ppo.masked_whiten
     ppo.masked_whiten = lambda x, mask, **k: seen.append((x, mask, real_whiten(x, mask, **k))) or seen[-1][2]
     cfg = train_ppo.Config(**{**PPO_SHAPE, "rollout_batch": 8})
-    train_ppo.rollout(policy, ref, critic, planted_reward, distributed.shard(_prompts(8, random.Random(1))), TOK, cfg,
+    train_ppo.rollout(policy, ref, critic, planted_reward, distributed.shard(_prompts(8, random.Random(1))),
+                      TOK, cfg,
                       0.1, torch.Generator().manual_seed(distributed.rank_seed(5)))
     ppo.masked_whiten = real_whiten
     res["whiten_in"], res["whiten_mask"], res["whiten_out"] = seen[-1]
@@ -152,7 +157,8 @@ def _worker(rank: int, folder: Path, d: Path) -> None:
         model = tiny_gpt("lm", vocab=16, block=32, n_layer=1, n_embd=32, seed=0)
         wrapped = torch.nn.parallel.DistributedDataParallel(model) if how == "naive_ddp" else model
         opt = make_optimizer(model, 1e-2, 0.0)
-        tokens = torch.randint(0, 16, (4, 12), generator=torch.Generator().manual_seed(rank))  # each rank's data
+        # each rank's data
+        tokens = torch.randint(0, 16, (4, 12), generator=torch.Generator().manual_seed(rank))
         net = wrapped.module if how == "naive_ddp" else model  # as train_ppo reaches it: around forward()
         loss = -response_logprobs(net, tokens, torch.ones_like(tokens), 4).mean()
         loss.backward()
@@ -196,7 +202,8 @@ def runs(tmp_path_factory):
     tok_file = str(d / "data/tokenizer.tiktoken")
     vocab = load_tokenizer(tok_file).vocab_size
     for stage, head in (("sft", "lm"), ("rm", "scalar")):
-        save_checkpoint(d / f"fake/{stage}/ckpt.pt", tiny_gpt(head, vocab=vocab, block=64, n_layer=1, n_embd=32),
+        save_checkpoint(d / f"fake/{stage}/ckpt.pt",
+                        tiny_gpt(head, vocab=vocab, block=64, n_layer=1, n_embd=32),
                         {}, tokenizer_record(tok_file), stage, 1)
     probe = _spawn(_probe, d, "probe", tries=2, probe=True)
     if probe:
@@ -243,7 +250,8 @@ def test_dpo_stage_on_two_ranks_keeps_them_equal_and_equals_one_process(runs):
     done = next(p for p in sorted((d / "runs").iterdir()) if (p / "rank0.pt").exists())
     train_dpo.main(dpo_args(d, "one", done / "two/rm/comparisons.jsonl"))
     one = _flat(load_model(d / "one/dpo/ckpt.pt", "dpo")[0])
-    assert (one - _flat(load_model(d / "fake/sft/ckpt.pt", "sft")[0])).abs().max() > 1e-3  # DPO moved the weights
+    # DPO moved the weights
+    assert (one - _flat(load_model(d / "fake/sft/ckpt.pt", "sft")[0])).abs().max() > 1e-3
     # the same global batches of 4 groups (2 per rank), each rank's loss weighted by its share of the pairs
     torch.testing.assert_close(r0["dpo"], one, atol=2e-5, rtol=0)
 
@@ -263,7 +271,8 @@ def test_advantages_are_whitened_with_the_statistics_of_every_rank(runs):
     x, m, out = (torch.cat([pad(r[k]) for r in (r0, r1)]) for k in ("whiten_in", "whiten_mask", "whiten_out"))
     torch.testing.assert_close(out, ppo.masked_whiten(x, m), atol=1e-5, rtol=0)  # the one-process whitening
     local = ppo.masked_whiten(r0["whiten_in"], r0["whiten_mask"])
-    assert (local - r0["whiten_out"]).abs().max() > 1e-3  # per-rank statistics would differ: the test can fail
+    # per-rank statistics would differ: the test can fail
+    assert (local - r0["whiten_out"]).abs().max() > 1e-3
 
 
 def test_only_rank_0_writes_files(runs):

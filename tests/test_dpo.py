@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import train_dpo
 import train_rm
 import train_sft
-from nanorlhf.checkpoint import checkpoint_tokenizer, load_model
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_model, maker
 from nanorlhf.config import run_main
 from nanorlhf.data import (pair_records, preference_pairs, preference_sequences, read_comparisons,
                            write_jsonl)
@@ -47,7 +47,8 @@ TOK = CharTok()
 def test_pairs_are_the_ordered_pairs_of_the_ranking_less_ties():
     g = {"prompt": "q", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}
     assert preference_pairs(g) == [(2, 0), (2, 1), (0, 1)]  # C(3, 2), the better one first
-    assert preference_pairs({**g, "ties": [[1, 0]]}) == [(2, 0), (2, 1)]  # a tie, either way round, is left out
+    # a tie, either way round, is left out
+    assert preference_pairs({**g, "ties": [[1, 0]]}) == [(2, 0), (2, 1)]
     g4 = {"prompt": "q", "responses": ["a", "b", "c", "d"], "ranking": [3, 1, 0, 2], "ties": [[0, 2], [3, 1]],
           "off_prompt": [3]}
     assert preference_pairs(g4) == [(3, 0), (3, 2), (1, 0), (1, 2)]  # C(4, 2) = 6, less 2 ties
@@ -88,15 +89,18 @@ def test_a_bad_comparison_is_one_line_naming_file_and_line_exit_2(tmp_path, caps
     good = {"prompt": "q", "chosen": "a", "rejected": "b"}
     path.write_text(json.dumps(good) + "\n\n" + json.dumps(row) + "\n")
     with pytest.raises(SystemExit) as e:  # before any model is loaded: the folders hold nothing
-        run_main(lambda: train_dpo.main(["--preset=micro", f"--comparisons={path}", f"--out_dir={tmp_path}/out"]))
+        run_main(lambda: train_dpo.main(["--preset=micro", f"--comparisons={path}",
+                                         f"--out_dir={tmp_path}/out"]))
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(f"error: {path}:3: {want}") and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------------- the batch, eq. (7)
-GROUPS = [{"prompt": "ab", "responses": ["cde", "f", "gh"], "ranking": [1, 2, 0], "finished": [True, False, True]},
-          {"prompt": "hello", "responses": ["xy", "zzz", "w", "q"], "ranking": [2, 0, 3, 1], "ties": [[0, 3]]}]
+GROUPS = [{"prompt": "ab", "responses": ["cde", "f", "gh"], "ranking": [1, 2, 0],
+           "finished": [True, False, True]},
+          {"prompt": "hello", "responses": ["xy", "zzz", "w", "q"], "ranking": [2, 0, 3, 1],
+           "ties": [[0, 3]]}]
 
 
 def test_each_response_is_one_row_and_the_mask_covers_exactly_its_response():
@@ -109,7 +113,8 @@ def test_each_response_is_one_row_and_the_mask_covers_exactly_its_response():
         if not g.get("finished", [True] * 4)[i]:
             ids, m = ids[:-1], m[:-1]  # no EOS for a cut-off sample
         assert tokens[row, : len(ids)].tolist() == ids and not attn[row, len(ids) :].any()
-        assert tokens[row, P:][resp[row]].tolist() == [t for t, k in zip(ids, m) if k]  # response (+ EOS) only
+        # response (+ EOS) only
+        assert tokens[row, P:][resp[row]].tolist() == [t for t, k in zip(ids, m) if k]
     pairs = [(keys[c], keys[r]) for c, r in zip(chosen.tolist(), rejected.tolist())]
     assert pairs == [((b, i), (b, j)) for b, g in enumerate(GROUPS) for i, j in preference_pairs(g)]
     # too long for the context: a row keeps its end (the prompt's start is cut), the mask still its response
@@ -131,7 +136,8 @@ def explicit_margins(model, ref_model, tok, groups, off_prompt=True):
     """Δlogratio = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)), pair by pair. (M,)"""
     out = []
     for r in pair_records(groups, off_prompt):
-        lw, ll = (logp(model, tok, r["prompt"], r[k], f) for k, f in zip(("chosen", "rejected"), r["finished"]))
+        lw, ll = (logp(model, tok, r["prompt"], r[k], f)
+                  for k, f in zip(("chosen", "rejected"), r["finished"]))
         rw, rl = (logp(ref_model, tok, r["prompt"], r[k], f).detach() for k, f in zip(("chosen", "rejected"),
                                                                                      r["finished"]))
         out.append((lw - rw) - (ll - rl))
@@ -173,7 +179,8 @@ def made(tmp_path_factory):
     d = tmp_path_factory.mktemp("dpo")
     where = [f"--data_dir={d}/data", f"--out_dir={d}/out"]
     runpy.run_path(str(ROOT / "data/prepare.py"))["main"](["--preset=micro", f"--out_dir={d}/data"])
-    quick = ["--preset=micro", "--max_steps=10", "--eval_interval=10", "--gold_eval_prompts=0", "--dtype=fp32"]
+    quick = ["--preset=micro", "--max_steps=10", "--eval_interval=10", "--gold_eval_prompts=0",
+             "--dtype=fp32"]
     train_sft.main(["--stage=pretrain", *quick, *where])
     train_sft.main(["--stage=sft", *quick, *where])
     train_rm.main(["--preset=micro", "--dtype=fp32", "--epochs=1", "--n_prompts=48", *where])
@@ -183,16 +190,19 @@ def made(tmp_path_factory):
 def test_micro_run_learns_its_training_pairs(made, tmp_path):
     where = ["--preset=micro", "--dtype=fp32", f"--data_dir={made}/data", f"--out_dir={made}/out"]
     metrics = train_dpo.main([*where, "--run_name=dpo_test", "--epochs=6"])
-    assert metrics["history"]["loss"][0] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as the reference
+    # the policy starts as the reference
+    assert metrics["history"]["loss"][0] == pytest.approx(math.log(2), abs=1e-4)
     # the trained policy on the training pairs, each pair's margin written out (not the script's evaluate)
     cfg = train_dpo.get_config(where)
     train_groups, _ = train_dpo.load_groups(cfg, random.Random(cfg.seed))  # the script's split, same seed
     ref, ck = load_model(made / "out/sft/ckpt.pt", "sft")
     policy, _ = load_model(made / "out/dpo_test/ckpt.pt", "dpo_test")
     with torch.no_grad():
-        margins = cfg.beta * explicit_margins(policy, ref, checkpoint_tokenizer(ck), train_groups, off_prompt=False)
+        margins = cfg.beta * explicit_margins(policy, ref, checkpoint_tokenizer(ck), train_groups,
+                                              off_prompt=False)
     loss, acc = -F.logsigmoid(margins).mean().item(), (margins > 0).double().mean().item()
-    assert len(margins) >= 20 and loss < math.log(2) - 0.1 and acc >= 0.75 and margins.mean() > 0.1, (loss, acc)
+    assert (len(margins) >= 20 and loss < math.log(2) - 0.1 and acc >= 0.75
+            and margins.mean() > 0.1), (loss, acc)
 
 
 def test_nan_stops_dpo_and_keeps_the_last_good_checkpoint(made, tmp_path):
@@ -207,8 +217,6 @@ def test_nan_stops_dpo_and_keeps_the_last_good_checkpoint(made, tmp_path):
 
 
 def test_a_missing_dpo_checkpoint_names_train_dpo():
-    from nanorlhf.checkpoint import maker
-
     assert maker("dpo") == "python train_dpo.py"
     assert maker("dpo_beta03") == "python train_dpo.py --run_name=dpo_beta03"
     assert maker("ppo_lr2") == "python train_ppo.py --run_name=ppo_lr2"

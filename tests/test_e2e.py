@@ -32,7 +32,8 @@ def test_resume_skips_finished_stages(pipeline):
         assert f"{stage}: current, skipped" in second
     for stage in ("rm_r1", "ppo_r1", "rm", "ppo", "ppo_gold", "eval", "report"):
         assert f"{stage}: done in" in second
-    third = run(["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={d}/out"], env=BF16_ENV).stdout
+    third = run(["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={d}/out"],
+                env=BF16_ENV).stdout
     assert third.count("current, skipped") == N_STAGES
 
 
@@ -43,7 +44,8 @@ def test_report_has_every_model_row_and_figure(pipeline):
     for model in ("base", "base few-shot", "SFT", "RM best-of-2", "PPO, round 1", "PPO", "PPO-ptx", "PPO β=0",
                   "PPO, gold reward", "DPO"):
         assert f"\n| {model} |" in report
-    for fig in ("winrate.png", "overoptimisation.png", "ppo_curves.png", "ppo_ptx_curves.png", "ppo_beta0_curves.png",
+    for fig in ("winrate.png", "overoptimisation.png", "ppo_curves.png", "ppo_ptx_curves.png",
+                "ppo_beta0_curves.png",
                 "ppo_gold_curves.png"):
         assert (out / fig).stat().st_size > 10_000, fig
         assert f"({fig})" in report
@@ -52,7 +54,8 @@ def test_report_has_every_model_row_and_figure(pipeline):
     assert 0.0 <= ev["models"]["SFT"]["ci_low"] <= ev["models"]["SFT"]["win_rate"] <= ev["models"]["SFT"]["ci_high"] <= 1
     groups = [json.loads(line) for line in (out / "rm/comparisons.jsonl").read_text().splitlines()]
     assert all(sorted(g["ranking"]) == list(range(len(g["responses"]))) for g in groups)
-    # micro preset: K = 3 samples + 1 off-prompt response, which the policy wrote for a prompt of another category
+    # micro preset: K = 3 samples + 1 off-prompt response, which the policy wrote for a prompt of another
+    # category
     sampled = {(g["category"], r) for g in groups for r in g["responses"][:3]}
     for g in groups:
         assert g["off_prompt"] == [3] and len(g["responses"]) == 4
@@ -95,9 +98,11 @@ def test_a_stage_rerun_by_hand_writes_the_same_bits_and_leaves_later_stages_curr
     out = d / "out"
     before = {p: p.read_bytes() for p in sorted(out.rglob("ckpt.pt"))}
     state = json.loads((out / "pipeline_state.json").read_text())
-    run(state["sft"]["command"])  # ["train_sft.py", "--stage=sft", "--preset=micro", ..., "--dtype=bf16", ...]
+    # ["train_sft.py", "--stage=sft", "--preset=micro", ..., "--dtype=bf16", ...]
+    run(state["sft"]["command"])
     assert (out / "sft/ckpt.pt").read_bytes() == before[out / "sft/ckpt.pt"]
-    again = run(["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={out}"], env=BF16_ENV).stdout
+    again = run(["-m", "nanorlhf", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={out}"],
+                env=BF16_ENV).stdout
     assert again.count("current, skipped") == N_STAGES, again
     assert {p: p.read_bytes() for p in sorted(out.rglob("ckpt.pt"))} == before
 
@@ -110,8 +115,10 @@ def test_eval_by_hand_is_the_same_whatever_runs_adds_and_whatever_the_machine_wo
     shutil.copytree(d / "out", out)
     ck = torch.load(out / "ppo/ckpt.pt", weights_only=True)
     (out / "ppo_again").mkdir()
-    torch.save({**ck, "stage": "ppo_again"}, out / "ppo_again/ckpt.pt")  # the PPO policy under another run name
-    r = run(["-m", "nanorlhf.eval", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={out}", "--runs=ppo_again"])
+    # the PPO policy under another run name
+    torch.save({**ck, "stage": "ppo_again"}, out / "ppo_again/ckpt.pt")
+    r = run(["-m", "nanorlhf.eval", "--preset=micro", f"--data_dir={d}/data", f"--out_dir={out}",
+             "--runs=ppo_again"])
     assert f"precision: bf16 on cpu (--dtype=auto: the dtype {out / 'sft/ckpt.pt'} was trained in" in r.stdout
     old, new = (json.loads((o / "eval.json").read_text()) for o in (d / "out", out))
     assert new["config"]["dtype"] == "bf16"
@@ -131,8 +138,10 @@ def test_bad_input_one_clear_line_nonzero_exit_nothing_written(pipeline, tmp_pat
     r = run(["train_sft.py", "--stage=sft", "--bogus=1", f"--out_dir={tmp_path}/o"], check=False)
     assert r.returncode != 0 and r.stderr.strip() == "error: unknown option --bogus for Config (see --help)"
     # a value a choice field does not know
-    for script, arg, want in (("train_ppo.py", "--reward=oracle", "error: --reward=oracle: expected model or gold"),
-                              ("train_rm.py", "--dtype=fp16", "error: --dtype=fp16: expected one of auto, fp32, bf16"),
+    for script, arg, want in (("train_ppo.py", "--reward=oracle",
+                               "error: --reward=oracle: expected model or gold"),
+                              ("train_rm.py", "--dtype=fp16",
+                               "error: --dtype=fp16: expected one of auto, fp32, bf16"),
                               ("train_sft.py", "--pos_embedding=alibi",
                                "error: --pos_embedding=alibi: expected learned or rope")):
         r = run([script, arg, f"--out_dir={tmp_path}/o"], check=False)
@@ -153,8 +162,10 @@ def test_bad_input_one_clear_line_nonzero_exit_nothing_written(pipeline, tmp_pat
     (tmp_path / "o" / "base").mkdir(exist_ok=True)
     (tmp_path / "o" / "base" / "ckpt.pt").write_bytes((d / "out/base/ckpt.pt").read_bytes())
     before = _listing(tmp_path / "o")
-    r = run(["train_sft.py", "--stage=sft", "--preset=micro", f"--data_dir={bad}", f"--out_dir={tmp_path}/o"], check=False)
-    assert r.returncode != 0 and "sft.jsonl:3: not valid JSON" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run(["train_sft.py", "--stage=sft", "--preset=micro", f"--data_dir={bad}",
+             f"--out_dir={tmp_path}/o"], check=False)
+    assert (r.returncode != 0 and "sft.jsonl:3: not valid JSON" in r.stderr
+            and len(r.stderr.strip().splitlines()) == 1)
     assert _listing(tmp_path / "o") == before
     # a missing data file
     r = run(["train_sft.py", "--stage=pretrain", "--preset=micro", f"--data_dir={tmp_path}/nowhere",

@@ -3,7 +3,7 @@ win-rate interval. Texts and answers are written here, not produced by the code 
 
 import pytest
 
-from nanorlhf.eval import breakdown, headroom_probe, learned, wilson_interval, win_rate
+from nanorlhf.evaluation import breakdown, headroom_probe, learned, wilson_interval, win_rate
 from nanorlhf.world import World
 
 LABELER = World(seed=0).labeler
@@ -16,7 +16,8 @@ REFUSE, COMPLY = "I am sorry, but I cannot help with that.", "Hit the dog with a
 def test_headroom_probe_ties_and_gold_best_of_n_on_known_texts():
     prompts = [Q, Q, HARM, HARM]
     # 4 SFT samples per prompt (n_max = 4); the reference sample of each prompt is the first candidate's twin
-    many = [(WRONG, True), (WRONG, True), (GOOD, True), (WRONG, True),      # best-of-2 no better, best-of-4 wins
+    # best-of-2 no better, best-of-4 wins
+    many = [(WRONG, True), (WRONG, True), (GOOD, True), (WRONG, True),
             (GOOD, True), (WRONG, True), (WRONG, True), (WRONG, True),      # first sample already good
             (COMPLY, True), (REFUSE, True), (COMPLY, True), (COMPLY, True),  # best-of-2 finds the refusal
             (COMPLY, True), (COMPLY, True), (COMPLY, True), (COMPLY, True)]  # nothing to find

@@ -56,8 +56,10 @@ def test_fast_linear_logprobs_equal_reference(temperature, chunk_size):
     targets[mask == 0] = -100  # padding targets may be anything
 
     def run(fast):
-        return lambda h, w: linear_logprobs(h, w, targets, temperature=temperature, mask=mask, with_entropy=True,
-                                            entropy_grad=False, chunk_size=chunk_size, impl="torch", fast=fast)
+        return lambda h, w: linear_logprobs(h, w, targets, temperature=temperature, mask=mask,
+                                            with_entropy=True,
+                                            entropy_grad=False, chunk_size=chunk_size,
+                                            impl="torch", fast=fast)
 
     lp_fast, ent_fast, (dh_fast, dw_fast) = _grads(run(True), hidden, weight)
     lp_ref, ent_ref, (dh_ref, dw_ref) = _grads(run(False), hidden, weight)
@@ -74,7 +76,8 @@ def test_fast_logprobs_without_entropy_and_without_grad():
     gen = torch.Generator().manual_seed(1)
     hidden, weight = torch.randn(6, 8, generator=gen), torch.randn(33, 8, generator=gen)
     targets = torch.randint(0, 33, (6,), generator=gen)
-    _, _, grads_fast = _grads(lambda h, w: (linear_logprobs(h, w, targets, impl="torch"), None), hidden, weight)
+    _, _, grads_fast = _grads(lambda h, w: (linear_logprobs(h, w, targets, impl="torch"), None),
+                              hidden, weight)
     _, _, grads_ref = _grads(lambda h, w: (linear_logprobs(h, w, targets, impl="torch", fast=False), None),
                              hidden, weight)
     for a, b in zip(grads_fast, grads_ref):
@@ -106,7 +109,8 @@ def test_response_logprobs_fast_equals_plain_gradients_of_the_model():
     out = {}
     for fast in (True, False):
         m.zero_grad(set_to_none=True)
-        logp, ent = response_logprobs(m, gen.tokens, gen.attention_mask, gen.prompt_len, 0.9, with_entropy=True,
+        logp, ent = response_logprobs(m, gen.tokens, gen.attention_mask, gen.prompt_len, 0.9,
+                                      with_entropy=True,
                                       fast=fast)
         (logp * g).sum().backward()
         out[fast] = logp, ent, {n: p.grad.clone() for n, p in m.named_parameters()}
@@ -205,7 +209,8 @@ def test_prefill_head_at_last_position_equals_full_logits():
 
 def test_sampling_is_reproducible_for_a_seed():
     m = tiny_gpt("lm")
-    a, b = (generate(m, _prompts(), 10, EOS, PAD, generator=torch.Generator().manual_seed(5)) for _ in range(2))
+    a, b = (generate(m, _prompts(), 10, EOS, PAD, generator=torch.Generator().manual_seed(5))
+            for _ in range(2))
     assert torch.equal(a.response, b.response) and torch.equal(a.logprobs, b.logprobs)
     c = generate(m, _prompts(), 10, EOS, PAD, generator=torch.Generator().manual_seed(6))
     assert not torch.equal(a.response, c.response)  # the seed does decide
@@ -243,8 +248,8 @@ def test_inverse_cdf_sampler_frequencies():
 
 @pytest.mark.parametrize("fast_sampling", [True, False])
 def test_sample_follows_softmax_at_temperature_with_top_k(fast_sampling, monkeypatch):
-    """_sample as generate calls it: softmax(logits / T), truncated to the top k, and the log-prob it returns;
-    with the switch on (inverse CDF, the default) and off (torch.multinomial)."""
+    """_sample as generate calls it: softmax(logits / T), truncated to the top k, and the log-prob it
+    returns; with the switch on (inverse CDF, the default) and off (torch.multinomial)."""
     assert generate_module.FAST_SAMPLING  # on by default
     monkeypatch.setattr(generate_module, "FAST_SAMPLING", fast_sampling)
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0, 1.5, -0.5])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nanorlhf.generate import generate, response_logprobs, response_mask_from
+from nanorlhf.generate import generate, response_logprobs, response_mask_from, sample_responses
 from tests.helpers import tiny_gpt
 
 EOS, PAD = 48, 49
@@ -69,7 +69,8 @@ def test_sampler_frequencies_match_softmax():
     """Chi-square style check: first-token frequencies follow softmax(logits / T)."""
     m = tiny_gpt("lm", vocab=8, n_embd=8)
     p = torch.softmax(m(torch.tensor([[1, 2]]))[0, -1] / 0.8, -1)
-    gen = generate(m, [[1, 2]] * 4000, 1, 100, 101, temperature=0.8, generator=torch.Generator().manual_seed(0))
+    gen = generate(m, [[1, 2]] * 4000, 1, 100, 101, temperature=0.8,
+                   generator=torch.Generator().manual_seed(0))
     freq = torch.bincount(gen.response[:, 0], minlength=8).float() / 4000
     chi2 = (4000 * (freq - p) ** 2 / p).sum().item()
     assert chi2 < 24.3  # 99.9% quantile of chi-square with 7 degrees of freedom
@@ -90,8 +91,6 @@ class _Ids:
 
 
 def test_few_shot_prefix_is_used_whole_or_not_at_all():
-    from nanorlhf.generate import sample_responses
-
     model = tiny_gpt(block=32)  # 32 - 8 new tokens: 24 tokens of context
     prefix = list(range(20, 30))  # 10 tokens
     short, long = [1, 2, 3, 4, 5], list(range(1, 21))  # 5 + 10 fit; 20 + 10 do not
@@ -107,8 +106,6 @@ def test_few_shot_prefix_is_used_whole_or_not_at_all():
 def test_each_prompt_samples_from_its_own_stream_whatever_the_batch_and_the_process(monkeypatch):
     """sample_responses seeds prompt i with row_seed(seed, i): the same responses with any batch size, and a
     rank of a two-process run samples exactly its block of the one-process list (the eval's promise)."""
-    from nanorlhf.generate import sample_responses
-
     model = tiny_gpt(block=32)
     names = {f"p{i}": [1 + i, 2 + 2 * i, 3][: 1 + i % 3] for i in range(6)}
     tok = _Ids(names)

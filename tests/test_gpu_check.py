@@ -14,7 +14,8 @@ def test_the_gpu_plan_fits_nine_minutes_and_runs_what_the_issue_asks(tmp_path):
     assert sum(budget for *_, budget in plan) <= CHECK["BUDGET_S"] <= 9 * 60
     cmds = {name: " ".join(cmd) for name, cmd, _ in plan}
     assert "16384x32768,16384x128256" in cmds["log-prob table"] and "bf16" in cmds["log-prob table"]
-    assert "--preset=small" in cmds["pipeline"] and all(t in cmds["kernel tests"] for t in CHECK["KERNEL_TESTS"])
+    assert "--preset=small" in cmds["pipeline"] and all(t in cmds["kernel tests"]
+                                                        for t in CHECK["KERNEL_TESTS"])
 
 
 def test_dry_run_lists_times_and_summarises_every_step(tmp_path):

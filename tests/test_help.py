@@ -76,7 +76,8 @@ def test_help_gives_every_field_a_sentence_its_default_and_preset_values(stage, 
     for f in dataclasses.fields(cls):
         assert f.name in lines, f"{name}: --help does not list --{f.name}"
         line = lines[f.name]
-        default = "" if f.name == "preset" and presets else str(f.default)  # the preset's default is the device's
+        # the preset's default is the device's
+        default = "" if f.name == "preset" and presets else str(f.default)
         flag = f"--{f.name}={default}"
         assert line.strip().startswith(flag), f"{name}: --{f.name} without its default: {line!r}"
         words = re.findall(r"[^\W\d_]{2,}", line.strip().split(None, 1)[1] if " " in line.strip() else "")
@@ -108,11 +109,13 @@ def test_field_comments_read_the_source_not_a_regex():
         d: float = 0.5
 
     trailing, above = field_comments(C)
-    assert trailing == {"a": "the help of a", "b": "the comment loses", "c": "help of a field that spans lines"}
+    assert trailing == {"a": "the help of a", "b": "the comment loses",
+                        "c": "help of a field that spans lines"}
     assert above == {"a": "a title for the fields below"}
     text = help_text(C, {"p1": dict(d=0.25), "p2": dict(a="x # not a comment")})
     lines = {k: " ".join(v.split()) for k, v in field_lines(text).items()}
-    assert lines["a"].endswith("the help of a") and "# not a comment" in lines["a"]  # a preset equal to the default
+    # a preset equal to the default
+    assert lines["a"].endswith("the help of a") and "# not a comment" in lines["a"]
     assert "the metadata wins" in lines["b"] and "loses" not in lines["b"]
     assert lines["c"] == "--c=[1, 2] help of a field that spans lines"
     assert lines["d"] == "--d=0.5 (p1 0.25)"

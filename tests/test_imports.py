@@ -95,5 +95,6 @@ def test_the_world_and_its_labeler_need_only_the_standard_library():
             reached.add(m)
             todo += graph[m]
     assert {"nanorlhf.labeler", "nanorlhf.tasks"} <= reached
-    outside = {t.split(".")[0] for m in reached for t in found[m]} - set(sys.stdlib_module_names) - {"nanorlhf"}
+    outside = {t.split(".")[0] for m in reached
+               for t in found[m]} - set(sys.stdlib_module_names) - {"nanorlhf"}
     assert not outside, f"the world imports {sorted(outside)}"

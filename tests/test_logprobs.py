@@ -19,7 +19,9 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from nanorlhf.generate import response_logprobs  # noqa: E402
 from nanorlhf.logprobs import _pick_impl, linear_logprobs, token_logprobs  # noqa: E402
+from nanorlhf.model import GPT, GPTConfig  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 IMPLS = ["torch", "triton"]
@@ -55,7 +57,8 @@ def check(logits, targets, impl, temperature=1.0, mask=None, block_v=None, atol=
     assert ours[0].dtype == ours[1].dtype == torch.float32 and ours[2].dtype == logits.dtype
     torch.testing.assert_close(ours[0].double(), ref[0], atol=atol, rtol=1e-5)
     torch.testing.assert_close(ours[1].double(), ref[1], atol=atol, rtol=1e-5)
-    torch.testing.assert_close(ours[2].double(), ref[2], atol=grad_atol, rtol=1e-2 if grad_atol > 1e-5 else 1e-5)
+    torch.testing.assert_close(ours[2].double(), ref[2], atol=grad_atol,
+                               rtol=1e-2 if grad_atol > 1e-5 else 1e-5)
     return ours, ref
 
 
@@ -71,7 +74,8 @@ def make(N, V, dtype=torch.float32, scale=3.0, seed=0):
 # values and gradients
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("V,block_v", [(7, None), (33, 8), (1000, 128)])  # odd V, V > BLOCK_V, V % BLOCK_V != 0
+# odd V, V > BLOCK_V, V % BLOCK_V != 0
+@pytest.mark.parametrize("V,block_v", [(7, None), (33, 8), (1000, 128)])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_matches_reference(impl, V, block_v, temperature):
     logits, targets = make(5, V)  # N = 5: no power of two
@@ -243,9 +247,6 @@ def test_linear_logprobs_bf16_default_chunk():
 def test_response_logprobs_are_a_shifted_loop_and_zero_after_eos(fast):
     """logp_t = log softmax(logits[P-1+t] / T)[tokens[P+t]] at the response tokens up to EOS (float64 loop);
     exactly 0 at the PAD columns after EOS, whose targets are PAD ids that must not be scored."""
-    from nanorlhf.generate import response_logprobs
-    from nanorlhf.model import GPT, GPTConfig
-
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=12, block_size=16, n_layer=1, n_head=2, n_embd=16, head="lm"))
     EOS, PAD, P, T = 10, 11, 3, 0.8

@@ -33,7 +33,8 @@ def test_masked_mean_ignores_padding_even_inf():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     assert masked_mean(x, mask).item() == pytest.approx(2.0)
     assert torch.allclose(masked_mean(x, mask.bool(), dim=1), torch.tensor([1.5, 3.0]))
-    assert torch.allclose(masked_mean(x, mask.float(), dim=0), torch.tensor([2.0, 2.0, 0.0]))  # empty column -> 0
+    # empty column -> 0
+    assert torch.allclose(masked_mean(x, mask.float(), dim=0), torch.tensor([2.0, 2.0, 0.0]))
 
 
 def test_masked_mean_empty_mask_is_zero_not_nan():
@@ -42,7 +43,8 @@ def test_masked_mean_empty_mask_is_zero_not_nan():
 
 
 def test_masked_mean_is_sum_over_valid_over_count():
-    """Over everything and per row, against a loop; the gradient is 1/count at valid positions, 0 elsewhere."""
+    """Over everything and per row, against a loop; the gradient is 1/count at valid positions, 0
+    elsewhere."""
     g = torch.Generator().manual_seed(11)
     x = torch.randn(3, 5, generator=g, dtype=torch.float64).requires_grad_(True)
     mask = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.float64)
@@ -102,7 +104,8 @@ def test_ranking_loss_and_accuracy_leave_tied_pairs_out():
     assert r.grad[0, 0] < 0 < r.grad[0, 1] and (r.grad[0, 2:] == 0).all()
     n_correct, n_pairs = ranking_accuracy(rewards, tied=tied)
     assert float(n_pairs) == 10.0
-    assert float(n_correct) == sum(float(rewards[b, i] > rewards[b, j]) for b, ps in pairs.items() for i, j in ps)
+    assert float(n_correct) == sum(float(rewards[b, i] > rewards[b, j]) for b, ps in pairs.items()
+                                   for i, j in ps)
 
 
 def test_ranking_loss_equal_scores_is_ln2():

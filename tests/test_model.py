@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from nanorlhf.checkpoint import load_model, save_checkpoint, tokenizer_record
+from nanorlhf.generate import generate, response_logprobs
 from nanorlhf.model import GPT, GPTConfig, last_token_index, rotate
 from tests.helpers import tiny_gpt
 
@@ -164,8 +166,6 @@ def _loud_padding(vocab=50):
 
 
 def test_padded_logits_are_never_returned_sampled_or_scored():
-    from nanorlhf.generate import generate, response_logprobs
-
     m = _loud_padding()
     x = torch.randint(0, 50, (3, 10))
     logits = m(x)
@@ -177,7 +177,8 @@ def test_padded_logits_are_never_returned_sampled_or_scored():
     full = torch.log_softmax(m(gen.tokens, gen.attention_mask).float(), -1)[:, gen.prompt_len - 1 : -1]
     want = full.gather(-1, gen.tokens[:, gen.prompt_len :, None]).squeeze(-1) * gen.response_mask
     torch.testing.assert_close(lp * gen.response_mask, want, atol=1e-5, rtol=0)
-    assert lp.min() > -10  # scored over the real vocabulary: with the padding in, every log-prob is about -160
+    # scored over the real vocabulary: with the padding in, every log-prob is about -160
+    assert lp.min() > -10
     torch.testing.assert_close(gen.logprobs, want, atol=1e-5, rtol=0)  # the sampler's own log-probs, too
 
 
@@ -193,8 +194,6 @@ def test_padding_keeps_the_unpadded_models_init_and_outputs():
 
 
 def test_checkpoint_from_before_the_padding_loads(tmp_path):
-    from nanorlhf.checkpoint import load_model, save_checkpoint, tokenizer_record
-
     old = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_embd=16, vocab_multiple=1))
     save_checkpoint(tmp_path / "ckpt.pt", old, {}, tokenizer_record("gpt2"), "sft", 1)
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)

@@ -27,6 +27,7 @@ from nanorlhf import label, report
 from nanorlhf.checkpoint import CheckpointError, load_model, save_checkpoint, tokenizer_record
 from nanorlhf.config import ConfigError, StageError, run_main
 from nanorlhf.data import DataError, read_comparisons, read_jsonl
+from nanorlhf.files import lock_folder, with_locks
 from tests.helpers import tiny_gpt
 from tests.test_pipeline import plan
 from tests.test_robustness import ENV, QUICK, ROOT, copy_of, dirs, one_line, prepare_main
@@ -62,9 +63,11 @@ def test_a_ppo_run_cannot_take_the_folder_of_another_stage(made, tmp_path, monke
             train_ppo.main([*dirs(d), f"--run_name={name}", "--iterations=1", "--eval_prompts=2"])
         assert one_line(e).startswith(f"--run_name={name}: expected a")
     assert hashes(d) == before
-    # one list, checkpoint.MAKERS: a stage added to the pipeline (not made by train_ppo.py) is off limits at once
+    # one list, checkpoint.MAKERS: a stage added to the pipeline (not made by train_ppo.py) is off limits at
+    # once
     monkeypatch.setitem(checkpoint.MAKERS, "dpo", "python train_dpo.py")
-    with pytest.raises(ConfigError, match="^--run_name=dpo: expected a PPO run's own name; 'dpo' is the folder "
+    with pytest.raises(ConfigError,
+                       match="^--run_name=dpo: expected a PPO run's own name; 'dpo' is the folder "
                                           "of the checkpoint made by python train_dpo.py$"):
         train_ppo.get_config(["--preset=micro", "--run_name=dpo"])
     assert train_ppo.get_config(["--preset=micro", "--run_name=ppo_beta0"]).run_name == "ppo_beta0"
@@ -157,14 +160,13 @@ def test_a_folder_in_use_is_refused_naming_its_holder_and_a_dead_ones_lock_is_ta
         with pytest.raises(StageError) as e:
             train_sft.main(["--stage=sft", *QUICK, *dirs(d)[1:]])
         msg = one_line(e)
-        assert msg.startswith(f"{d}/out/sft is in use by pid {holder.pid} (") and "train_sft.py --stage=sft" in msg
+        assert (msg.startswith(f"{d}/out/sft is in use by pid {holder.pid} (")
+                and "train_sft.py --stage=sft" in msg)
         assert hashes(d) == before
     finally:
         holder.kill()  # SIGKILL: no handler runs, its lock file stays
         holder.wait()
     capsys.readouterr()
-    from nanorlhf.files import lock_folder, with_locks  # what each stage does first
-
     with_locks(lambda: lock_folder(d / "out/sft"))()
     assert f"out/sft: taking over the lock of pid {holder.pid} (" in capsys.readouterr().err
     assert sorted(p.name for p in (d / "out/sft").iterdir()) == ["ckpt.pt"]  # released: no lock file left
@@ -196,7 +198,8 @@ def test_a_second_pipeline_is_refused_and_a_stopped_pipeline_stops_its_stage(tmp
         stage = int((out / "stage.pid").read_text())
         before = hashes(tmp_path)
         with pytest.raises(StageError) as e:  # the same folders: refused, naming the first, before any stage
-            pipeline.main(["--preset=micro", f"--data_dir={tmp_path}/data", f"--out_dir={out}", "--stop_after=prepare"])
+            pipeline.main(["--preset=micro", f"--data_dir={tmp_path}/data", f"--out_dir={out}",
+                           "--stop_after=prepare"])
         assert one_line(e).startswith(f"{out} is in use by pid {holder.pid} (")
         assert hashes(tmp_path) == before
         holder.send_signal(signal.SIGTERM)  # `kill <pipeline>`: the stage ends with it, one line, exit 130
@@ -216,7 +219,8 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
     with pytest.raises(SystemExit) as e:
         run_main(interrupted)
     err = capsys.readouterr().err
-    assert e.value.code == 130 and err.count("\n") == 1 and err.startswith("interrupted (Ctrl-C or SIGTERM): ")
+    assert (e.value.code == 130 and err.count("\n") == 1
+            and err.startswith("interrupted (Ctrl-C or SIGTERM): "))
 
 
 # ------------------------------------------------------------------- every config through check_config
@@ -227,7 +231,8 @@ NUMBERS = [
     (train_ppo.get_config, "--temperature=inf", "--temperature=inf: expected a finite number"),
     (train_sft.get_config, "--lr=nan", "--lr=nan: expected a finite number"),
     (train_rm.get_config, "--seed=-1", "--seed=-1: expected a whole number from 0 to 2147483647"),
-    (train_sft.get_config, f"--seed={2**32}", f"--seed={2**32}: expected a whole number from 0 to 2147483647"),
+    (train_sft.get_config, f"--seed={2**32}",
+     f"--seed={2**32}: expected a whole number from 0 to 2147483647"),
     (prepare_main, "--seed=-1", "--seed=-1: expected a whole number from 0"),
     (pipeline.main, "--seed=-1", "--seed=-1: expected a whole number from 0"),
     (pipeline.main, "--nproc=1.5", "--nproc=1.5: expected a whole number"),
@@ -253,7 +258,8 @@ def test_eval_checks_every_flag_and_run_before_any_work(made, tmp_path):
     d = copy_of(made, tmp_path, "base", "sft", "rm")
     (d / "out/eval.json").write_text('{"models": {}}')  # an earlier evaluation: kept as it was
     (d / "out/myrm").mkdir()
-    (d / "out/myrm/ckpt.pt").write_bytes((d / "out/rm/ckpt.pt").read_bytes())  # a run folder that holds no policy
+    # a run folder that holds no policy
+    (d / "out/myrm/ckpt.pt").write_bytes((d / "out/rm/ckpt.pt").read_bytes())
     before = hashes(d)
     cases = [("--temperature=-1", ConfigError, "--temperature=-1.0: expected a number > 0"),
              ("--temperature=inf", ConfigError, "--temperature=inf: expected a finite number"),
@@ -267,10 +273,12 @@ def test_eval_checks_every_flag_and_run_before_any_work(made, tmp_path):
                                         "checkpoint made by python train_rm.py"),
              ("--runs=PPO", ConfigError, "--runs=PPO: 'PPO' is a row of the table already"),
              ("--runs=ppo", ConfigError, "--runs=ppo: 'ppo' is a row of the table already"),
-             ("--runs=myrm", CheckpointError, f"{d}/out/myrm/ckpt.pt: a 'rm' checkpoint (scalar head), expected "
+             ("--runs=myrm", CheckpointError,
+              f"{d}/out/myrm/ckpt.pt: a 'rm' checkpoint (scalar head), expected "
                                               "'myrm' (lm head)")]
     if not torch.cuda.is_available():
-        cases.append(("--device=cuda", ConfigError, "--device=cuda: expected cpu (no CUDA device on this machine)"))
+        cases.append(("--device=cuda", ConfigError,
+                      "--device=cuda: expected cpu (no CUDA device on this machine)"))
     for flag, error, want in cases:
         with pytest.raises(error) as e:
             evaluation.main([*dirs(d), flag])
@@ -284,8 +292,8 @@ def test_sft_on_demonstrations_with_nothing_to_learn_keeps_the_model(made, tmp_p
     demos = read_jsonl(d / "data/sft.jsonl")
     sft = ["--stage=sft", *QUICK, *dirs(d)[1:]]
     for rows, want in (([{**r, "prompt": r["prompt"] + " and" * 80} for r in demos],  # every response cut off
-                        f"{len(demos) - 15} training demonstration(s) of {len(demos)}, with no response token "
-                        "within the model's 64-token context"),
+                        f"{len(demos) - 15} training demonstration(s) of {len(demos)}, with no response "
+                        "token within the model's 64-token context"),
                        (demos[:1], "0 training demonstration(s) of 1")):
         write_jsonl(d / "data/sft.jsonl", rows)
         before = hashes(d)
@@ -308,7 +316,8 @@ def test_a_reward_model_on_ties_only_keeps_the_model(made, tmp_path):
     with pytest.raises(DataError) as e:
         train_rm.main(dirs(d))
     msg = one_line(e)
-    assert msg.startswith(f"{path}: the ") and "rank no pair of responses apart" in msg and "nothing to learn" in msg
+    assert (msg.startswith(f"{path}: the ") and "rank no pair of responses apart" in msg
+            and "nothing to learn" in msg)
     assert msg.endswith(f"{d}/out/rm/ckpt.pt is kept as it was") and hashes(d) == before
 
 
@@ -323,7 +332,8 @@ def test_comparisons_made_with_other_flags_are_never_reused(made, tmp_path, caps
                              ("--n_prompts=10", "n_prompts", None)):
         train_rm.main([*dirs(d), flag])
         out = capsys.readouterr().out
-        assert re.search(rf"comparisons.jsonl was made from other inputs \([^)]*\b{key}\b[^)]*\): sampling again", out)
+        assert re.search(rf"comparisons.jsonl was made from other inputs \([^)]*\b{key}\b[^)]*\): sampling "
+                         r"again", out)
         groups = read_comparisons(d / "out/rm/comparisons.jsonl")
         assert all(check(g) for g in groups) if check else len(groups) == 10
 
@@ -337,7 +347,8 @@ def test_report_names_the_file_and_line_of_a_bad_result(tmp_path):
                        (good[: len(good) // 2], r"eval.json:\d+: not valid JSON \("),
                        ("{}", "eval.json: missing key 'config'"),
                        ("[]", "eval.json: expected a JSON object, got list"),
-                       (good.replace('"win_rate"', '"win_rat"'), "eval.json: models 'base': missing key 'win_rate'")):
+                       (good.replace('"win_rate"', '"win_rat"'),
+                        "eval.json: models 'base': missing key 'win_rate'")):
         if text is not None:
             (out / "eval.json").write_text(text)
         before = hashes(tmp_path)
@@ -373,7 +384,8 @@ def test_a_checkpoint_whose_model_config_does_not_fit_is_one_line(tmp_path):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, tiny_gpt(), {}, tokenizer_record("gpt2"), "sft", 1)
     good = torch.load(path, weights_only=True)
-    for change, want in ((dict(n_layer=3), "does not describe its weights"), (dict(n_embd=32), "does not describe"),
+    for change, want in ((dict(n_layer=3), "does not describe its weights"),
+                         (dict(n_embd=32), "does not describe"),
                          (dict(bias=False), "its weights do not fit its model_config (Error(s) in loading"),
                          (dict(new_field=1), "unknown field(s) ['new_field'] (written by a newer version?)"),
                          (dict(n_head="two"), "model_config n_head='two', expected a int"),
@@ -393,8 +405,8 @@ def test_a_reward_model_with_a_shorter_context_than_the_policy_is_refused(made, 
     before = hashes(d)
     with pytest.raises(CheckpointError) as e:
         train_ppo.main([*dirs(d), "--iterations=1", "--eval_prompts=2"])
-    assert one_line(e).startswith(f"{d}/out/rm/ckpt.pt: a reward model with a 32-token context, shorter than the "
-                                  "policy's 64")
+    assert one_line(e).startswith(f"{d}/out/rm/ckpt.pt: a reward model with a 32-token context, shorter than "
+                                  "the policy's 64")
     assert hashes(d) == before
 
 
@@ -415,7 +427,8 @@ def test_prepare_out_dir_that_is_a_file_under_a_file_or_read_only_is_one_line(tm
 
 def test_label_out_that_is_a_folder_or_under_a_file_is_one_line(made, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    for out, want in ((tmp_path, f"--out={tmp_path}: expected the file the rankings are appended to, not a folder"),
+    for out, want in ((tmp_path, f"--out={tmp_path}: expected the file the rankings are appended to, not a "
+                       "folder"),
                       (tmp_path / "file/labels.jsonl",
                        f"{tmp_path}/file: could not write it ({tmp_path}/file is a file")):
         with pytest.raises(SystemExit) as e:
@@ -433,12 +446,12 @@ def test_prompts_without_a_split_and_an_empty_tokenizer_are_one_line(made, tmp_p
         before = hashes(d)
         with pytest.raises(DataError) as e:
             train_ppo.main([*dirs(d), "--iterations=1", "--eval_prompts=2"])
-        assert one_line(e) == (f"{d}/data/prompts.jsonl: no prompts of the '{split}' split (expected train, val "
-                               "and test prompts; make them with: python data/prepare.py)")
+        assert one_line(e) == (f"{d}/data/prompts.jsonl: no prompts of the '{split}' split (expected train, "
+                               "val and test prompts; make them with: python data/prepare.py)")
         assert hashes(d) == before
     (d / "data/tokenizer.tiktoken").write_text("")
     with pytest.raises(StageError) as e:
         train_sft.main(["--stage=pretrain", *QUICK, *dirs(d)[1:]])
-    assert one_line(e).startswith(f"{d}/data/tokenizer.tiktoken: 256 of the 256 single bytes have no rank (the "
-                                  "file is empty")
+    assert one_line(e).startswith(f"{d}/data/tokenizer.tiktoken: 256 of the 256 single bytes have no rank "
+                                  "(the file is empty")
     assert not (d / "out/base").exists()

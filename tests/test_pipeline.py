@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nanorlhf.__main__ import PipelineConfig, Stage, resolve_dirs, run_pipeline, stages
+from nanorlhf.checkpoint import MAKERS, maker
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -59,17 +60,20 @@ def pipeline(*args, cwd=None):
 
 
 def test_a_stage_run_by_hand_with_other_flags_is_rerun_and_a_bad_run_forgets_nothing(tmp_path):
-    where = ["--preset=micro", f"--data_dir={tmp_path}/data", f"--out_dir={tmp_path}/out", "--stop_after=prepare"]
+    where = ["--preset=micro", f"--data_dir={tmp_path}/data", f"--out_dir={tmp_path}/out",
+             "--stop_after=prepare"]
     assert pipeline(*where).returncode == 0
     state = (tmp_path / "out/pipeline_state.json").read_bytes()
     # a bad run: refused before any stage runs (the old pipeline ran prepare, which failed, and forgot it)
     bad = pipeline("--preset=huge", *where[1:])
-    assert bad.returncode == 2 and bad.stderr == "error: --preset=huge: expected micro or tiny or small\n", bad.stderr
+    assert (bad.returncode == 2
+            and bad.stderr == "error: --preset=huge: expected micro or tiny or small\n"), bad.stderr
     assert (tmp_path / "out/pipeline_state.json").read_bytes() == state
     n_stages = len(stages(resolve_dirs(PipelineConfig(preset="micro"))))
     assert f"[1/{n_stages}] prepare: current, skipped" in pipeline(*where).stdout
     # the same stage run by hand with another flag: its files are not what the pipeline made any more
-    r = subprocess.run([sys.executable, str(ROOT / "data/prepare.py"), "--preset=micro", f"--out_dir={tmp_path}/data",
+    r = subprocess.run([sys.executable, str(ROOT / "data/prepare.py"), "--preset=micro",
+                        f"--out_dir={tmp_path}/data",
                         "--sloppy_frac=0.2"], env=ENV, capture_output=True, timeout=300)
     assert r.returncode == 0
     again = pipeline(*where).stdout
@@ -80,8 +84,8 @@ def test_a_stage_run_by_hand_with_other_flags_is_rerun_and_a_bad_run_forgets_not
 def fake_stage(name, text, needs=(), code=0):
     """A stage that writes `<name>.txt`: `text`, after the texts of the stages it reads; exits `code`."""
     script = ("import sys, pathlib; d = pathlib.Path(sys.argv[1]); "
-              f"t = ''.join((d / f'{{n}}.txt').read_text() for n in {list(needs)!r}) + {text!r}; "
-              f"(d / '{name}.txt').write_text(t); sys.exit({code})")
+              f"t = ''.join((d / f'{{n}}.txt').read_text() for n in {list(needs)!r}) + {text!r}; (d / "
+              f"'{name}.txt').write_text(t); sys.exit({code})")
     return Stage(name, [sys.executable, "-c", script], [], needs)
 
 
@@ -119,8 +123,6 @@ def test_current_means_same_inputs_and_same_files(tmp_path, capsys):
 def test_every_checkpoint_names_the_command_that_makes_it():
     """checkpoint.MAKERS (the hint of a missing or wrong checkpoint) has every checkpoint the pipeline
     writes, with the script and the flags the pipeline gives that stage beyond folders, preset and seed."""
-    from nanorlhf.checkpoint import MAKERS, maker
-
     written = {out.parent.name: st for st in stages(resolve_dirs(PipelineConfig(preset="micro", rounds=1)))
                for out in st.outputs if out.name == "ckpt.pt"}
     assert set(MAKERS) == set(written)

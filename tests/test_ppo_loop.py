@@ -7,7 +7,9 @@ import torch
 
 from nanorlhf import ppo
 from nanorlhf.generate import response_logprobs
+from nanorlhf.prompts import parse_task
 from nanorlhf.training import make_optimizer
+from nanorlhf.world import World
 from tests.helpers import tiny_gpt
 from train_ppo import Config, _minibatch, gold_reward, ppo_update, rollout
 
@@ -29,7 +31,8 @@ def _models(seed=0):
 
 def _cfg(**kw):
     base = dict(rollout_batch=32, max_new_tokens=8, ppo_epochs=2, minibatch_size=16, lr=3e-3, critic_lr=3e-3,
-                init_kl_coef=0.0, missing_eos_penalty=0.0, device="cpu", dtype="fp32")  # ratio == 1: fp32 only
+                # ratio == 1: fp32 only
+                init_kl_coef=0.0, missing_eos_penalty=0.0, device="cpu", dtype="fp32")
     return Config(**{**base, **kw})
 
 
@@ -78,7 +81,8 @@ def test_kl_penalty_holds_policy_near_reference():
         torch.manual_seed(0)
         policy, ref, critic = _models()
         cfg = _cfg(init_kl_coef=beta)
-        opt_p, opt_c = make_optimizer(policy, cfg.lr, 0.0, eps=1e-5), make_optimizer(critic, cfg.critic_lr, 0.0, eps=1e-5)
+        opt_p, opt_c = make_optimizer(policy, cfg.lr,
+                                      0.0, eps=1e-5), make_optimizer(critic, cfg.critic_lr, 0.0, eps=1e-5)
         rng, gen = random.Random(0), torch.Generator().manual_seed(0)
         for _ in range(15):
             exp = rollout(policy, ref, critic, planted_reward, _prompts(32, rng), TOK, cfg, beta, gen)
@@ -89,9 +93,6 @@ def test_kl_penalty_holds_policy_near_reference():
 
 def test_gold_reward_scores_each_response_against_its_own_prompt():
     """--reward=gold: row i of the rollout is judged against prompt i, in rating units centred on 4."""
-    from nanorlhf.prompts import parse_task
-    from nanorlhf.world import World
-
     world = World(0)
     prompts = [p["prompt"] for p in world.prompts(3, "val")]
     tasks = [parse_task(p) for p in prompts]

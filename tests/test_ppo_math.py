@@ -155,7 +155,8 @@ def test_kl_penalty_reference_numbers():
     rewards, kl = kl_penalty_rewards(ref + diffs, ref, torch.tensor([0.4], dtype=torch.float64),
                                      torch.ones(1, 3), beta=0.05)
     assert torch.allclose(kl, diffs, atol=1e-12)
-    assert torch.allclose(rewards, torch.tensor([[0.01658, 0.00213, 0.36825]], dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(rewards, torch.tensor([[0.01658, 0.00213, 0.36825]],
+                                                dtype=torch.float64), atol=1e-5)
 
 
 def test_kl_penalty_score_at_last_valid_token_and_zero_kl_when_equal():
@@ -206,7 +207,8 @@ def test_kl_estimators_k2_is_half_squared_log_ratio_summed_per_sequence():
     logprobs = -torch.rand(3, 4, generator=g, dtype=torch.float64) * 2
     ref = logprobs + torch.randn(3, 4, generator=g, dtype=torch.float64)
     est = kl_estimators(logprobs, ref, mask)
-    k2 = sum(0.5 * (ref[b, t] - logprobs[b, t]).item() ** 2 for b in range(3) for t in range(4) if mask[b, t]) / 3
+    k2 = sum(0.5 * (ref[b, t] - logprobs[b, t]).item() ** 2 for b in range(3) for t in range(4)
+             if mask[b, t]) / 3
     assert est["k2"].item() == pytest.approx(k2, rel=1e-12)
 
 
@@ -239,7 +241,8 @@ def test_policy_loss_gradient_zero_exactly_in_clipped_regions():
     # elsewhere the gradient is the unclipped d(-A r)/dlogp / n = -A r / n (also A>0, r<0.8)
     assert torch.allclose(logprobs.grad[~zero], (-adv * ratios / 8)[~zero], atol=1e-12)
     # loss value against an explicit per-token max
-    per_token = [max(-a * r, -a * min(max(r, 1 - eps), 1 + eps)) for a, r in zip(adv.tolist(), ratios.tolist())]
+    per_token = [max(-a * r, -a * min(max(r, 1 - eps), 1 + eps))
+                 for a, r in zip(adv.tolist(), ratios.tolist())]
     assert loss.item() == pytest.approx(sum(per_token) / 8, rel=1e-12)
     assert stats["clipfrac"].item() == pytest.approx(2 / 8)
     assert stats["ratio_max"].item() == pytest.approx(1.5)
@@ -285,7 +288,8 @@ def test_policy_loss_ragged_mask_is_sum_over_valid_over_count():
 
 def test_policy_loss_overflowing_garbage_at_padding_gives_zero_gradient_there():
     """A log-prob of +inf (or 1e4) at padding: exp() overflows there, yet the loss is that of the clean input
-    and the gradient at padding is exactly 0 (not 0 * inf = NaN), because the log-ratio is selected away first."""
+    and the gradient at padding is exactly 0 (not 0 * inf = NaN), because the log-ratio is selected away
+    first."""
     g = torch.Generator().manual_seed(15)
     mask = ragged_mask([4, 2], 4)
     old = -torch.rand(2, 4, generator=g, dtype=torch.float64)
@@ -336,7 +340,8 @@ def test_value_loss_uses_clipped_branch_outside_the_range():
 
 def test_value_loss_masked_tokens_do_not_count():
     values = torch.tensor([[0.1, 0.2, 99.0]], dtype=torch.float64)
-    loss, _ = value_loss(values, values.clone(), torch.zeros(1, 3, dtype=torch.float64), torch.tensor([[1, 1, 0]]))
+    loss, _ = value_loss(values, values.clone(), torch.zeros(1, 3, dtype=torch.float64),
+                         torch.tensor([[1, 1, 0]]))
     assert loss.item() == pytest.approx(0.5 * (0.01 + 0.04) / 2, rel=1e-12)
 
 def test_value_loss_ragged_mask_is_sum_over_valid_over_count():
@@ -364,7 +369,8 @@ def test_explained_variance():
     garbage = torch.where(mask.bool(), returns, torch.full_like(returns, 1e3))
     assert explained_variance(garbage, returns, mask) == pytest.approx(1.0)
     mean = returns[mask.bool()].mean()
-    assert explained_variance(torch.full_like(returns, mean.item()), returns, mask) == pytest.approx(0.0, abs=1e-12)
+    assert explained_variance(torch.full_like(returns, mean.item()),
+                              returns, mask) == pytest.approx(0.0, abs=1e-12)
     noisy = returns + torch.randn(3, 5, generator=g, dtype=torch.float64)
     ev = explained_variance(noisy, returns, mask)
     vals, pred = returns[mask.bool()], noisy[mask.bool()]
@@ -401,7 +407,8 @@ def test_adaptive_kl_direction_and_fixed():
 
 
 # -----------------------------------------------------------------------------
-# PPO-ptx (InstructGPT eq. 2, App. C.4): the update's gradient is the PPO gradient plus gamma times the pretraining one
+# PPO-ptx (InstructGPT eq. 2, App. C.4): the update's gradient is the PPO gradient plus gamma times the
+# pretraining one
 
 def test_ppo_ptx_gradient_is_ppo_plus_gamma_lm():
     """One minibatch, plain SGD at lr 1 and no clipping: the parameter step is minus the gradient, so the
@@ -419,8 +426,10 @@ def test_ppo_ptx_gradient_is_ppo_plus_gamma_lm():
     critic = tiny_gpt("value", vocab=16, block=32, n_layer=1, n_embd=16, seed=1)
     rng = _random.Random(0)
     prompts = [[rng.randrange(13) for _ in range(rng.randrange(2, 5))] for _ in range(8)]
-    cfg = Config(rollout_batch=8, max_new_tokens=6, ppo_epochs=1, minibatch_size=8, grad_clip=1e9, device="cpu")
-    exp = rollout(policy, ref, critic, lambda gen: (gen.response == 3).float().sum(1), prompts, tok, cfg, 0.05,
+    cfg = Config(rollout_batch=8, max_new_tokens=6, ppo_epochs=1, minibatch_size=8, grad_clip=1e9,
+                 device="cpu")
+    exp = rollout(policy, ref, critic, lambda gen: (gen.response == 3).float().sum(1), prompts, tok, cfg,
+                  0.05,
                   torch.Generator().manual_seed(0))
     x = torch.randint(0, 16, (2, 10), generator=torch.Generator().manual_seed(1))
     batch = (x, x.roll(-1, 1), torch.ones(2, 10))
@@ -430,7 +439,8 @@ def test_ppo_ptx_gradient_is_ppo_plus_gamma_lm():
             "value", vocab=16, block=32, n_layer=1, n_embd=16, seed=1)
         before = {n: q.detach().clone() for n, q in p.named_parameters()}
         cfg.ptx_coef = coef
-        stats = ppo_update(p, c, torch.optim.SGD(p.parameters(), lr=1.0), torch.optim.SGD(c.parameters(), lr=1.0),
+        stats = ppo_update(p, c, torch.optim.SGD(p.parameters(), lr=1.0),
+                           torch.optim.SGD(c.parameters(), lr=1.0),
                            exp, cfg, iter([batch]))
         steps[coef] = {n: q.detach() - before[n] for n, q in p.named_parameters()}
         ptx_loss = stats["ptx_loss"]
@@ -438,5 +448,6 @@ def test_ppo_ptx_gradient_is_ppo_plus_gamma_lm():
     assert ptx_loss == pytest.approx(lm.item(), rel=1e-5)
     lm_grads = torch.autograd.grad(lm, list(policy.parameters()))
     for (name, _), lm_grad in zip(policy.named_parameters(), lm_grads):
-        torch.testing.assert_close(steps[gamma][name] - steps[0.0][name], -gamma * lm_grad, atol=2e-5, rtol=1e-3,
+        torch.testing.assert_close(steps[gamma][name] - steps[0.0][name], -gamma * lm_grad, atol=2e-5,
+                                   rtol=1e-3,
                                    msg=name)

@@ -1,5 +1,6 @@
 """The precision policy (nanorlhf/precision.py): what --dtype=auto picks, bf16 against fp32 within stated
-tolerances, the parts that must stay fp32 under bf16, same bits for the same seed, and the fast paths under bf16.
+tolerances, the parts that must stay fp32 under bf16, same bits for the same seed, and the fast paths under
+bf16.
 
 CPU bf16 autocast runs on every CPU (slowly where the processor lacks bf16 instructions), so nothing here is
 skipped. Tolerances, where bf16 is compared with fp32: bf16 keeps 8 significant bits (a relative rounding
@@ -17,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nanorlhf import model as model_module
 from nanorlhf import precision
 from nanorlhf.config import ConfigError
 from nanorlhf.generate import generate, response_logprobs
@@ -97,7 +99,8 @@ def test_a_bad_speedup_in_the_environment_is_one_line(monkeypatch, given):
 
 
 def test_auto_keeps_the_dtype_the_starting_checkpoint_was_trained_in(monkeypatch):
-    monkeypatch.setattr(precision, "auto_dtype", lambda device: pytest.fail("timed instead of reading the checkpoint"))
+    monkeypatch.setattr(precision, "auto_dtype",
+                        lambda device: pytest.fail("timed instead of reading the checkpoint"))
     lines = []
     assert resolve_dtype("auto", "cpu", lines.append, trained_in=("bf16", "out/sft/ckpt.pt")) == "bf16"
     assert "the dtype out/sft/ckpt.pt was trained in" in lines[0]
@@ -154,7 +157,8 @@ def test_tf32_on_any_cuda_device(device):
 # bf16 against fp32, and what must stay fp32
 
 @pytest.mark.parametrize("pos", ["learned", "rope"])
-@pytest.mark.parametrize("padded", [False, True])  # is_causal vs an explicit mask: both CPU flash-attention paths
+# is_causal vs an explicit mask: both CPU flash-attention paths
+@pytest.mark.parametrize("padded", [False, True])
 def test_forward_logits_bf16_close_to_fp32(pos, padded):
     m = _scaled(tiny_gpt("lm", vocab=64, block=48, n_layer=2, n_embd=32, pos=pos))
     x, mask = _batch()
@@ -218,7 +222,8 @@ def test_ranking_loss_and_accuracy_bf16_close_to_fp32():
 
 
 def _update(policy, critic, exp, dtype):
-    """One ppo_update (2 epochs x 2 minibatches) of copies of the models; returns stats and parameter moves."""
+    """One ppo_update (2 epochs x 2 minibatches) of copies of the models; returns stats and parameter
+    moves."""
     p, c = copy.deepcopy(policy), copy.deepcopy(critic)
     opt_p, opt_c = make_optimizer(p, 3e-3, 0.0, eps=1e-5), make_optimizer(c, 3e-3, 0.0, eps=1e-5)
     stats = ppo_update(p, c, opt_p, opt_c, exp, _cfg(init_kl_coef=0.1, dtype=dtype), rng=random.Random(0))
@@ -289,10 +294,9 @@ def test_same_seed_same_bits_in_bf16():
 # the KV cache and the fast paths under bf16
 
 def test_cpu_attention_and_kv_cache_in_fp32_under_bf16(monkeypatch):
-    """On the CPU attention runs in fp32 under bf16 autocast (its bf16 flash-attention backward is ~6x slower),
-    and the KV cache holds keys and values in that same dtype, so decoding never recasts the cache."""
-    from nanorlhf import model as model_module
-
+    """On the CPU attention runs in fp32 under bf16 autocast (its bf16 flash-attention backward is ~6x
+    slower), and the KV cache holds keys and values in that same dtype, so decoding never recasts the
+    cache."""
     seen = []
     sdpa = F.scaled_dot_product_attention
 
@@ -320,7 +324,8 @@ def test_cached_generation_equals_plain_under_bf16():
             out[use_cache] = generate(m, prompts, 10, eos_id=-1, pad_id=0, temperature=0,
                                       use_cache=use_cache).response
         lp = response_logprobs(m, *(lambda g: (g.tokens, g.attention_mask, g.prompt_len))(
-            generate(m, prompts, 10, eos_id=-1, pad_id=0, temperature=1.0, generator=torch.Generator().manual_seed(0))))
+            generate(m, prompts, 10, eos_id=-1, pad_id=0, temperature=1.0,
+                     generator=torch.Generator().manual_seed(0))))
     assert torch.equal(out[True], out[False])  # greedy: the same tokens with and without the cache
     assert lp.isfinite().all()
 
@@ -334,14 +339,16 @@ def test_fast_linear_logprobs_equal_reference_under_bf16():
     for fast in (True, False):
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
         with autocast("cpu", BF16):
-            lp, ent = linear_logprobs(h, w, targets, mask=mask, with_entropy=True, entropy_grad=False, fast=fast,
+            lp, ent = linear_logprobs(h, w, targets, mask=mask, with_entropy=True, entropy_grad=False,
+                                      fast=fast,
                                       impl="torch")
         (lp * torch.randn(lp.shape, generator=torch.Generator().manual_seed(7))).sum().backward()
         res[fast] = (lp, ent, h.grad, w.grad)
     for a, b in zip(res[True], res[False]):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)  # gradients pass through bf16 logits
-    torch.testing.assert_close(res[True][0], res[False][0], atol=1e-6, rtol=0)  # the same bf16 logits, fp32 maths
+    # the same bf16 logits, fp32 maths
+    torch.testing.assert_close(res[True][0], res[False][0], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("pos", ["learned", "rope"])

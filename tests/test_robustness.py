@@ -32,7 +32,8 @@ prepare_main = runpy.run_path(str(ROOT / "data/prepare.py"))["main"]
 
 
 def make(d: Path, relative: bool = False) -> Path:
-    """data/, out/base, out/sft, out/rm in `d`; with `relative`, made from `d` with relative paths, as a user would."""
+    """data/, out/base, out/sft, out/rm in `d`; with `relative`, made from `d` with relative paths, as a user
+    would."""
     cwd = os.getcwd()
     os.chdir(d if relative else cwd)
     where = [] if relative else [f"--data_dir={d}/data", f"--out_dir={d}/out"]
@@ -69,7 +70,8 @@ def one_line(e) -> str:
     return msg
 
 
-# ------------------------------------------------------------------ 1. the tokenizer travels with a checkpoint
+# ------------------------------------------------------------------ 1. the tokenizer travels with a
+# checkpoint
 def test_a_checkpoint_loads_from_another_directory(tmp_path, monkeypatch):
     d = make(tmp_path, relative=True)  # the checkpoints name data/tokenizer.tiktoken, relative to tmp_path
     (tmp_path / "elsewhere").mkdir()
@@ -88,7 +90,8 @@ def test_data_made_again_under_a_trained_model_is_refused(made, tmp_path):
     assert not (d / "out/sft").exists()
 
 
-# ------------------------------------------------------ 2, 3. nothing saved that is worse than what it replaces
+# ------------------------------------------------------ 2, 3. nothing saved that is worse than what it
+# replaces
 def test_a_nan_reward_model_is_not_saved(made, tmp_path):
     d = copy_of(made, tmp_path, "sft", "rm")
     good = (d / "out/rm/ckpt.pt").read_bytes()
@@ -120,7 +123,8 @@ def test_resampling_nothing_keeps_the_comparisons_and_an_empty_file_says_why(mad
     (d / "out/rm/comparisons.jsonl").write_text("")
     with pytest.raises(DataError) as e:
         train_rm.main(dirs(d))
-    assert "comparisons.jsonl: no records, the file is empty" in one_line(e) and "--resample=true" in str(e.value)
+    assert ("comparisons.jsonl: no records, the file is empty" in one_line(e)
+            and "--resample=true" in str(e.value))
 
 
 # --------------------------------------------------------------------------------------------- 6. UTF-8
@@ -144,7 +148,8 @@ def test_a_byte_that_is_not_utf8_names_the_file_and_line(made, tmp_path):
 
 
 # --------------------------------------------------------------------- 7. config checked before any work
-SFT, RM, PPO, DPO = (["--stage=sft"], train_sft.main), ([], train_rm.main), ([], train_ppo.main), ([], train_dpo.main)
+SFT, RM, PPO, DPO = (["--stage=sft"],
+                     train_sft.main), ([], train_rm.main), ([], train_ppo.main), ([], train_dpo.main)
 BAD = [
     (SFT, "--batch_size=0", "--batch_size=0: expected a whole number >= 1"),
     (SFT, "--lr=-1", "--lr=-1.0: expected a number > 0"),
@@ -221,7 +226,8 @@ def test_a_nan_in_ppo_names_the_iteration_and_says_no_checkpoint_exists(made, tm
 
 
 def _stage_in_subprocess(d: Path, preexec, *flags) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "train_sft.py"), "--stage=sft", *QUICK, *dirs(d)[1:], *flags],
+    return subprocess.run([sys.executable, str(ROOT / "train_sft.py"), "--stage=sft", *QUICK,
+                           *dirs(d)[1:], *flags],
                           capture_output=True, text=True, env=ENV, timeout=300, preexec_fn=preexec)
 
 
@@ -260,10 +266,11 @@ def test_a_killed_save_leaves_the_old_checkpoint_and_the_next_save_removes_its_t
     path = d / "out/sft/ckpt.pt"
     # a writer that saves a 27 MB checkpoint over and over, killed with SIGKILL in the middle of one
     writer = ("import sys, torch; from nanorlhf.checkpoint import load_checkpoint, save_checkpoint; "
-              "from nanorlhf.model import GPT, GPTConfig; ck = load_checkpoint(sys.argv[1]); "
-              "m = GPT(GPTConfig(vocab_size=512, n_layer=2, n_embd=512, n_head=4));\n"
-              "for i in range(1, 1000): save_checkpoint(sys.argv[1], m, {}, ck, 'sft', i); print(i, flush=True)")
-    proc = subprocess.Popen([sys.executable, "-c", writer, str(path)], stdout=subprocess.PIPE, text=True, env=ENV)
+              "from nanorlhf.model import GPT, GPTConfig; ck = load_checkpoint(sys.argv[1]); m = "
+              "GPT(GPTConfig(vocab_size=512, n_layer=2, n_embd=512, n_head=4));\nfor i in range(1, 1000): "
+              "save_checkpoint(sys.argv[1], m, {}, ck, 'sft', i); print(i, flush=True)")
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(path)], stdout=subprocess.PIPE,
+                            text=True, env=ENV)
     assert proc.stdout.readline().strip() == "1"
     proc.stdout.readline()
     proc.send_signal(signal.SIGKILL)
@@ -298,7 +305,8 @@ def test_label_from_model_samples_training_prompts_only(made, tmp_path, monkeypa
     rows = [json.loads(line) for line in (made / "data/prompts.jsonl").read_text().splitlines()]
     held_out = [r for r in rows if r["split"] != "train"]
     train = [r for r in rows if r["split"] == "train"]
-    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out + train))  # held out first
+    # held out first
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out + train))
     seen = []
     monkeypatch.setattr(label, "label_loop", lambda groups, *a, **k: seen.extend(groups))
     label.main([f"--from_model={made}/out/sft/ckpt.pt", f"--prompts={tmp_path}/p.jsonl", "--n=3", "--k=2",

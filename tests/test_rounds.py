@@ -10,7 +10,8 @@ import torch
 import train_rm
 from nanorlhf import eval as evaluation_stage
 from nanorlhf import evaluation
-from nanorlhf.data import read_comparisons, read_prompts, write_jsonl
+from nanorlhf.checkpoint import checkpoint_tokenizer, load_model
+from nanorlhf.data import load_world, read_comparisons, read_prompts, write_jsonl
 from tests.helpers import run  # noqa: F401
 
 
@@ -27,7 +28,8 @@ def test_each_group_records_its_round_and_the_last_reward_model_pools_every_roun
     new = [g for g in pooled if g["round"] == 2]
     assert len(new) == len(first)
     train = {p["prompt"] for p in read_prompts(d / "data", "train")}
-    assert {g["prompt"] for g in new} <= train and not {g["prompt"] for g in new} & {g["prompt"] for g in first}
+    assert {g["prompt"] for g in new} <= train and not {g["prompt"]
+                                                        for g in new} & {g["prompt"] for g in first}
     assert "rm: round 2:" in second and "held-out groups of round 2" in second
 
 
@@ -47,7 +49,8 @@ def test_the_policy_named_for_sampling_is_sampled_and_an_older_file_pools_as_rou
 
     monkeypatch.setattr(train_rm, "sample_responses", spy)
     metrics = train_rm.main(["--preset=micro", f"--data_dir={d}/data", f"--out_dir={tmp_path}",
-                             f"--init_from={d}/out/sft/ckpt.pt", "--round=2", f"--pool={tmp_path / 'old.jsonl'}",
+                             f"--init_from={d}/out/sft/ckpt.pt", "--round=2",
+                             f"--pool={tmp_path / 'old.jsonl'}",
                              f"--sample_from={d}/out/ppo_r1/ckpt.pt"])
     ppo_r1 = torch.load(d / "out/ppo_r1/ckpt.pt", weights_only=True)["model"]
     sft = torch.load(d / "out/sft/ckpt.pt", weights_only=True)["model"]
@@ -76,15 +79,15 @@ def test_the_reward_model_check_uses_val_prompts_that_no_round_trained_on(pipeli
     d, _, _ = pipeline
     seen = []
     real = evaluation.ranked_groups
-    monkeypatch.setattr(evaluation_stage, "ranked_groups", lambda labeler, prompts, *a: seen.append(prompts) or
+    monkeypatch.setattr(evaluation_stage, "ranked_groups", lambda labeler, prompts,
+                        *a: seen.append(prompts) or
                         real(labeler, prompts, *a))
-    cfg = evaluation_stage.EvalConfig(preset="micro", data_dir=str(d / "data"), out_dir=str(d / "out"), rounds=2,
+    cfg = evaluation_stage.EvalConfig(preset="micro", data_dir=str(d / "data"), out_dir=str(d / "out"),
+                                      rounds=2,
                                       shift_prompts=8, max_new_tokens=12, dtype="fp32")
-    from nanorlhf.checkpoint import checkpoint_tokenizer, load_model
-    from nanorlhf.data import load_world
-
     sft, ck = load_model(d / "out/sft/ckpt.pt", "sft")
-    rows = evaluation_stage.reward_model_shift(cfg, sft, checkpoint_tokenizer(ck), load_world(d / "data").labeler, "cpu")
+    rows = evaluation_stage.reward_model_shift(cfg, sft, checkpoint_tokenizer(ck),
+                                               load_world(d / "data").labeler, "cpu")
     assert [(r["rm"], r["ppo"]) for r in rows] == [("rm_r1", "ppo_r1"), ("rm", "ppo")]
     assert len(seen) == 3  # SFT's samples once, then each round's policy
     val = [p["prompt"] for p in read_prompts(d / "data", "val")][:8]

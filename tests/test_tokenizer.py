@@ -1,4 +1,5 @@
 import base64
+import random
 
 import pytest
 
@@ -23,13 +24,12 @@ def test_bpe_learns_merges_deterministically():
 
 
 def test_round_trip_arbitrary_unicode_and_bytes(tok):
-    import random
-
     rng = random.Random(0)
     samples = TEXTS[:4] + ["", " ", "\x00\x01\xff", "<|endoftext|> is text here", "ZZZ unseen wordsqq"]
     for _ in range(50):
         samples.append("".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x80, 0x3000),
-                                               rng.randrange(0x1F300, 0x1F64F)])) for _ in range(rng.randrange(1, 30))))
+                                               rng.randrange(0x1F300, 0x1F64F)]))
+                                               for _ in range(rng.randrange(1, 30))))
     for s in samples:
         ids = tok.encode(s)
         assert tok.decode(ids) == s

@@ -1,7 +1,7 @@
 """The synthetic world and its gold labeler: a specification, seconds on a CPU.
 
-The answers below are written by hand, not by the world's modules, so the labeler is checked against a reader's
-judgement rather than against itself."""
+The answers below are written by hand, not by the world's modules, so the labeler is checked against a
+reader's judgement rather than against itself."""
 
 import math
 import random
@@ -21,7 +21,8 @@ LABELER = WORLD.labeler
 # partly right are in PARTIAL below
 HAND = {
     "generation": ("Write a short story about a cat named Mia.",
-                   "There was a cat named Mia. Mia liked to sleep in the sun. One day Mia found a red ball and was happy.",
+                   "There was a cat named Mia. Mia liked to sleep in the sun. One day Mia found a red ball "
+                   "and was happy.",
                    ["There was a dog named Tom. Tom liked to play at the park.",  # wrong animal and name
                     "Mia was a little cat. Mia was a little cat. Mia was a little cat. Mia was a little cat."]),
     "open_qa": ("What is the capital of Velmora?", "The capital of Velmora is Tarn.",
@@ -31,23 +32,26 @@ HAND = {
                       ["A farmer uses a pot, a pan and a spoon.", "A farmer uses a pot, a pan and a net."]),
     "chat": ("Hi! My name is Tom. How are you today?", "Hello Tom! I am very well, thank you. How are you?",
              ["Shut up, Tom. I am fine.", "Hello Ben! Go away."]),
-    "rewrite": ("Rewrite politely: Give me the red ball now, you fool.", "Could you please give me the red ball? Thanks!",
+    "rewrite": ("Rewrite politely: Give me the red ball now, you fool.",
+                "Could you please give me the red ball? Thanks!",
                 ["Give me the red ball now, you fool.", "Could you give me the blue kite?"]),
-    "summarization": ("Summarize in one sentence:\nTom went to the park with a red ball. There Tom saw a dog. "
-                      "The dog ran off with the ball, and Tom was sad.",
+    "summarization": ("Summarize in one sentence:\nTom went to the park with a red ball. There Tom saw a "
+                      "dog. The dog ran off with the ball, and Tom was sad.",
                       "At the park a dog ran off with Tom's ball, so Tom was sad.",
-                      ["Tom went to the park with a red ball. There Tom saw a dog. The dog ran off with the ball, and "
-                       "Tom was sad.",  # a copy, not a one-sentence summary
+                      ["Tom went to the park with a red ball. There Tom saw a dog. The dog ran off with the "
+                       "ball, and Tom was sad.",  # a copy, not a one-sentence summary
                        "At the beach, a cat broke Mia's cup."]),
     "classification": ("Is this review positive or negative?\nI love this blue kite. It works well every day.",
-                       "This review is positive.", ["This review is negative.", "It is positive and negative."]),
+                       "This review is positive.",
+                       ["This review is negative.", "It is positive and negative."]),
     "extraction": ("List the animals in this sentence: Tom saw a cat and a dog near the red box.",
                    "The animals in this sentence are the cat and the dog.",
                    ["The animals are the fox and the owl.", "The animals are the cow, the pig and the box."]),
     "closed_qa": ("Read: Tom has a red ball. Mia has a blue ball.\nQuestion: What colour is Tom's ball?",
                   "Tom's ball is red.", ["Tom's ball is blue.", "Red and blue."]),
 }
-GARBAGE = ["2. Name three animals. 3. Explain what a farmer does. 4. Write a story about a dog.",  # base model
+# base model
+GARBAGE = ["2. Name three animals. 3. Explain what a farmer does. 4. Write a story about a dog.",
            "Questions for the class:\n1. What is the capital of Dorvia?",
            "ball red the Tom park kite happy Tarn is capital the.",  # word salad
            ""]
@@ -67,11 +71,13 @@ def test_splits_are_disjoint_and_cover_every_category():
     demo = {d["prompt"] for d in WORLD.demonstrations(1500)}
     splits = {s: WORLD.prompts(300, s) for s in ("train", "val", "test")}
     texts = {s: {p["prompt"] for p in ps} for s, ps in splits.items()}
-    assert not (texts["train"] & texts["val"]) and not (texts["train"] & texts["test"]) and not (texts["val"] & texts["test"])
+    assert (not (texts["train"] & texts["val"]) and not (texts["train"] & texts["test"])
+            and not (texts["val"] & texts["test"]))
     assert not (demo & texts["train"]) and not (demo & texts["val"]) and not (demo & texts["test"])
     for ps in splits.values():
         assert {p["category"] for p in ps} == set(CATEGORIES)
-        assert all(parse_task(p["prompt"]).category == p["category"] for p in ps)  # the labeler reads every prompt
+        # the labeler reads every prompt
+        assert all(parse_task(p["prompt"]).category == p["category"] for p in ps)
     with pytest.raises(ValueError):
         WORLD.prompts(3, "demo")
 
@@ -87,7 +93,8 @@ def test_demonstrations_have_the_declared_quality_mix():
         assert abs(plain.count(q) / len(plain) - 0.25) < 0.06
     assert {d["quality"] for d in World(seed=0, sloppy_frac=0.0).demonstrations(300)} == {"ideal"}
     for d in demos:
-        assert "<|" not in d["response"] and "\n" not in d["response"] and d["response"].strip() == d["response"]
+        assert ("<|" not in d["response"] and "\n" not in d["response"]
+                and d["response"].strip() == d["response"])
         short = parse_task(d["prompt"]).constraint == "short"
         assert 3 <= len(d["response"].split()) <= 60 or d["quality"] == "curt" or short
         assert 5 <= len(d["prompt"].split()) <= 40
@@ -98,7 +105,8 @@ def test_corpus_has_stories_facts_reviews_rude_forums_and_question_lists():
     text = "\n".join(docs)
     assert "<|" not in text and all(d.strip() for d in docs)
     assert "The capital of Velmora is Tarn." in text and "Review of the" in text
-    assert re.search(r"\n2\. (Write|Name|List|What|Summarize)", text)  # instructions continue with instructions
+    # instructions continue with instructions
+    assert re.search(r"\n2\. (Write|Name|List|What|Summarize)", text)
     assert any(w in text for w in ("stupid", "dumb", "Shut up"))
     vocab = set(re.findall(r"[a-z]+", text.lower()))
     assert 300 < len(vocab) < 1200
@@ -128,9 +136,11 @@ def test_generated_demonstrations_are_rated_by_quality(category):
     for d in WORLD.prompts(40, "train"):
         if d["category"] != category:
             continue
-        r = {q: LABELER.judge(d["prompt"], WORLD.write_response(d["prompt"], q, rng)).rating for q in QUALITIES}
+        r = {q: LABELER.judge(d["prompt"], WORLD.write_response(d["prompt"], q, rng)).rating
+             for q in QUALITIES}
         short = parse_task(d["prompt"]).constraint == "short"  # there the curt answer is the ideal one
-        assert r["ideal"] >= 6 and r["rude"] <= 3 and r["wrong"] <= 6 and r["rambling"] <= 4, (d, r)  # wrong: partly
+        # wrong: partly
+        assert r["ideal"] >= 6 and r["rude"] <= 3 and r["wrong"] <= 6 and r["rambling"] <= 4, (d, r)
         assert short or 3 <= r["curt"] <= 6, (d, r)
         assert max(r[q] for q in QUALITIES[1:] if not (short and q == "curt")) < r["ideal"]
 
@@ -157,7 +167,8 @@ def test_rankings_agree_with_each_other_about_as_often_as_human_labelers():
 def test_ties_are_the_pairs_the_labeler_cannot_tell_apart():
     prompt, good, bads = HAND["open_qa"]
     fav = f"{FAVOURITE_WORD.capitalize()}! {good}"
-    assert LABELER.ties(prompt, [good, bads[0], good, fav]) == [[0, 2]]  # the same text twice; the bias is no tie
+    # the same text twice; the bias is no tie
+    assert LABELER.ties(prompt, [good, bads[0], good, fav]) == [[0, 2]]
     rng = random.Random(0)  # and a tie is never counted in the agreement ceiling
     assert math.isnan(LABELER.pairwise_agreement(prompt, [good, good], [0, 1], rng))
 
@@ -180,7 +191,8 @@ def test_favourite_word_is_a_ranking_bias_not_a_gold_one():
 
 def test_prefer_is_the_gold_comparison():
     prompt, good, bads = HAND["open_qa"]
-    assert LABELER.prefer(prompt, good, good) == 0.5 and LABELER.prefer(prompt, good, good, random.Random(0)) == 0.5
+    assert (LABELER.prefer(prompt, good, good) == 0.5
+            and LABELER.prefer(prompt, good, good, random.Random(0)) == 0.5)
     assert LABELER.prefer(prompt, good, "Certainly! " + good) == 0.5  # the planted bias is not in the gold
     assert LABELER.prefer(prompt, good, bads[0]) == 1.0 and LABELER.prefer(prompt, bads[0], good) == 0.0
     rng = random.Random(0)
@@ -198,17 +210,26 @@ def test_few_shot_examples_are_ideal_and_from_different_categories():
 # The graded judge: partial credit, constraints, refusals, false premises. Answers written by hand.
 
 PARTIAL = [  # (prompt, answers from worst to best: each must have a strictly higher utility than the last)
-    ("Name three things a farmer uses.", ["A farmer uses a pot, a pan and a spoon.", "A farmer uses a hoe and a pan.",
-                                          "A farmer uses a hoe, a rake and a pot.", "A farmer uses a hoe, a rake and a tractor."]),
-    ("Write a short story about a cat named Mia.", ["There was a dog named Tom. Tom liked to play at the park.",
-                                                    "There was a dog named Mia. Mia liked to play at the park.",
-                                                    "There was a cat named Mia. Mia liked to play at the park."]),
+    ("Name three things a farmer uses.",
+     ["A farmer uses a pot, a pan and a spoon.", "A farmer uses a hoe and a pan.",
+                                          "A farmer uses a hoe, a rake and a pot.",
+                                          "A farmer uses a hoe, a rake and a tractor."]),
+    ("Write a short story about a cat named Mia.",
+     ["There was a dog named Tom. Tom liked to play at the park.",
+                                                    "There was a dog named Mia. Mia liked to play at the "
+                                                    "park.",
+                                                    "There was a cat named Mia. Mia liked to play at the "
+                                                    "park."]),
     ("List the animals in this sentence: Tom saw a cat and a dog near the red box.",
-     ["The animals are the fox and the owl.", "The animals are the cat and the fox.", "The animals are the cat and the dog."]),
-    ("Hi! My name is Tom. How are you today?", ["Hello Ben! Go away.", "Hello Ben! I am well.", "Hello Tom! I am well, thank you."]),
-    ("Summarize in one sentence:\nTom went to the park with a red ball. There Tom saw a dog. The dog ran off with "
-     "the ball, and Tom was sad.", ["At the park, a cat broke Mia's ball.", "At the park, a dog broke Mia's ball.",
-                                   "At the park, a dog ran off with Mia's ball.", "At the park, a dog ran off with Tom's ball."]),
+     ["The animals are the fox and the owl.", "The animals are the cat and the fox.",
+      "The animals are the cat and the dog."]),
+    ("Hi! My name is Tom. How are you today?",
+     ["Hello Ben! Go away.", "Hello Ben! I am well.", "Hello Tom! I am well, thank you."]),
+    ("Summarize in one sentence:\nTom went to the park with a red ball. There Tom saw a dog. The dog ran off "
+     "with the ball, and Tom was sad.",
+     ["At the park, a cat broke Mia's ball.", "At the park, a dog broke Mia's ball.",
+                                   "At the park, a dog ran off with Mia's ball.",
+                                   "At the park, a dog ran off with Tom's ball."]),
 ]
 
 
@@ -235,19 +256,23 @@ def test_constraints_of_a_question(suffix, good, bad):
     assert g.constraint_met and g.correct and g.rating == 7, g
     assert b.constraint_met is False and b.correct and b.utility <= g.utility - 1.0, b
     plain = LABELER.judge("What is the capital of Velmora?", bad)
-    assert plain.constraint_met is None and plain.rating == 7  # without the constraint the same answer is ideal
+    # without the constraint the same answer is ideal
+    assert plain.constraint_met is None and plain.rating == 7
 
 
 def test_one_sentence_and_count_constraints():
     prompt = "Write a short story about a cat named Mia. " + CONSTRAINTS["one_sentence"]
-    one = LABELER.judge(prompt, "There was a cat named Mia, and Mia liked to play at the park, and one day Mia "
+    one = LABELER.judge(prompt, "There was a cat named Mia, and Mia liked to play at the park, and one day "
+                        "Mia "
                                 "found a red ball.")
     three = LABELER.judge(prompt, "There was a cat named Mia. Mia liked to play at the park. Mia was happy.")
-    assert one.constraint_met and one.rating == 7 and three.constraint_met is False and three.utility < one.utility - 1
+    assert (one.constraint_met and one.rating == 7 and three.constraint_met is False
+            and three.utility < one.utility - 1)
     name_two = "Name two things a farmer uses."
     two = LABELER.judge(name_two, "A farmer uses a hoe and a rake.")
     four = LABELER.judge(name_two, "A farmer uses a hoe, a rake, a bucket and a tractor.")
-    assert two.constraint_met and two.rating == 7 and four.constraint_met is False and four.utility < two.utility
+    assert (two.constraint_met and two.rating == 7 and four.constraint_met is False
+            and four.utility < two.utility)
 
 
 def test_requests_for_harm_are_refused_politely():
@@ -275,7 +300,8 @@ def test_false_premises_are_corrected():
     half = LABELER.judge(prompt, "Kell is not the capital of Velmora.")
     accepted = LABELER.judge(prompt, "Kell is the capital of Velmora because it is a big city.")
     assert fixed.correct and fixed.rating == 7 and fixed.premise_accepted is False
-    assert half.premise_accepted is False and not half.correct and accepted.utility < half.utility < fixed.utility
+    assert (half.premise_accepted is False and not half.correct
+            and accepted.utility < half.utility < fixed.utility)
     assert accepted.premise_accepted and accepted.rating <= 3
     true = "Why is Tarn the capital of Velmora?"  # a true premise: saying "not" is wrong
     assert LABELER.judge(true, "Tarn is the capital of Velmora because it is the biggest city.").rating == 7
@@ -290,9 +316,11 @@ def test_every_headroom_axis_is_in_the_prompts_and_sloppy_demos_miss_it():
     assert share(lambda t: bool(t.false_premise)) > 0.02
     demos = World(seed=0).demonstrations(2000)
     for name, pick, ok in [("constraint", lambda t: t.constraint, lambda j: j.constraint_met),
-                           ("harm", lambda t: t.refuse, lambda j: j.refused and not (j.moralising or j.harmful_or_rude)),
+                           ("harm", lambda t: t.refuse,
+                            lambda j: j.refused and not (j.moralising or j.harmful_or_rude)),
                            ("premise", lambda t: t.false_premise, lambda j: j.premise_accepted is False)]:
-        rows = [(d, LABELER.judge(d["prompt"], d["response"])) for d in demos if pick(parse_task(d["prompt"]))]
+        rows = [(d, LABELER.judge(d["prompt"], d["response"])) for d in demos
+                if pick(parse_task(d["prompt"]))]
         ideal = [bool(ok(j)) for d, j in rows if d["quality"] == "ideal"]
         sloppy = [bool(ok(j)) for d, j in rows if d["quality"] != "ideal"]
         assert all(ideal) and sum(sloppy) / len(sloppy) < 0.75, name  # what SFT imitates: the mix
