@@ -181,10 +181,10 @@ EXERCISES: tuple[Exercise, ...] = (
              unit_parts=tuple((LOSSES + t, ("loss", "rewards")) for t in (
                  "test_dpo_loss_is_ln2_when_policy_equals_ref", "test_dpo_loss_matches_paper_formula",
                  "test_dpo_loss_gradient_raises_chosen_lowers_rejected"))),
-    Exercise("ppo_ptx", "train_ppo.py", ("ppo_update",),
-             "InstructGPT eq. (2), last term: loss += gamma * (pretraining next-token loss on a corpus batch)", 5,
-             (PPO + "test_ppo_ptx_gradient_is_ppo_plus_gamma_lm",),
-             prerequisites=("sft_loss",), stage="train_ppo.py --ptx_coef=1.0", partial=True,
+    Exercise("ppo_ptx", "train_ppo.py", ("ptx_loss",),
+             "InstructGPT eq. (2), last term: the next-token loss on a corpus batch (ppo_update adds gamma times it)",
+             5, (PPO + "test_ppo_ptx_gradient_is_ppo_plus_gamma_lm",),
+             prerequisites=("sft_loss",), stage="train_ppo.py --ptx_coef=1.0",
              parts=(("update", 4), ("ptx_loss", 1)),
              unit_parts=((PPO + "test_ppo_ptx_gradient_is_ppo_plus_gamma_lm", ("update", "ptx_loss")),)),
 )
