@@ -414,13 +414,12 @@ ALT_BY_NAME = {b.name: b for b in ALTERNATIVES}
 
 def apply(text: str, bug: Bug, path: str = "?") -> str:
     """The file `text` with `bug`'s edits made in its function's body (or its body replaced)."""
-    partial = BY_NAME[bug.exercise].partial
     if bug.body:
-        return source.replace(text, bug.function, bug.body, partial, path)
-    body = source.extract(text, bug.function, partial, path)
+        return source.replace(text, bug.function, bug.body, path)
+    body = source.extract(text, bug.function, path)
     for old, new in bug.edits:
         n = body.count(old)
         if n != 1:
             raise source.SourceError(f"bug {bug.name}: {old!r} occurs {n} times in {path}:{bug.function}, expected once")
         body = body.replace(old, new)
-    return source.replace(text, bug.function, body, partial, path)
+    return source.replace(text, bug.function, body, path)
