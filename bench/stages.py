@@ -299,7 +299,7 @@ def ppo_setup(p, device, dtype):
         run("update", tp.ppo_update, policy, critic, opt_policy, opt_critic, exp, cfg, None, rng)
         sync(device)
         t2 = time.perf_counter()
-        assert exp["mask"].shape[1] == q["new"] and bool(exp["mask"].all()), "a row stopped early"
+        assert exp.mask.shape[1] == q["new"] and bool(exp.mask.all()), "a row stopped early"
         return gen_times[-1], t1 - t0 - gen_times[-1], t2 - t1
 
     return q, cfg, policy, iteration

@@ -20,9 +20,7 @@ from nanorlhf.config import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, ConfigError, ch
                              run_main)
 from nanorlhf.data import corpus_tokens, load_world, read_prompts
 from nanorlhf.evaluation import (by_kind, gold_eval, headroom_probe, judged, kl_to_reference, lm_loss,
-                                 preferences,
-                                 ranked_groups, rm_accuracy, score_texts, summarise)
-from nanorlhf.evaluation import format_eval  # noqa: F401 (train_ppo.py still imports it from here)
+                                 preferences, ranked_groups, rm_accuracy, score_texts, summarise)
 from nanorlhf.files import atomic_write, lock_folder, with_locks
 from nanorlhf.generate import sample_responses
 from nanorlhf.runs import ROUNDS, policy_rows, round_runs

@@ -48,8 +48,7 @@ def test_table_names_real_functions_and_tests():
     for ex in EXERCISES:
         text = (ROOT / ex.file).read_text()
         for fn in ex.functions:
-            # raises if the function or its markers are missing
-            source.body_span(text, fn, ex.partial, ex.file)
+            source.body_span(text, fn, ex.file)  # raises if the function is missing
         assert set(ex.prerequisites) <= set(BY_NAME) and ex.unit, ex.name
         for node in ex.unit + ex.learning:
             path, name = node.split("::")
@@ -60,16 +59,16 @@ def test_table_names_real_functions_and_tests():
 def test_blank_and_transplant_round_trip_every_exercise():
     for ex in EXERCISES:
         text = (ROOT / ex.file).read_text()
-        for fn in ex.functions[:1] if ex.partial else ex.functions:
-            body = source.extract(text, fn, ex.partial, ex.file)
-            blanked = source.replace(text, fn, source.blank_body(ex.message), ex.partial, ex.file)
-            assert source.is_blank(source.extract(blanked, fn, ex.partial, ex.file))
+        for fn in ex.functions:
+            body = source.extract(text, fn, ex.file)
+            blanked = source.replace(text, fn, source.blank_body(ex.message), ex.file)
+            assert source.is_blank(source.extract(blanked, fn, ex.file))
             assert f'raise NotImplementedError("exercise {ex.name}: see ASSIGNMENTS.md#{ex.name}")' in blanked
             assert body not in blanked
             doc = ast.get_docstring(source._find_def(ast.parse(text), fn, ex.file))
-            if doc and not ex.partial:  # the docstring (the contract) stays
+            if doc:  # the docstring (the contract) stays
                 assert doc == ast.get_docstring(source._find_def(ast.parse(blanked), fn, ex.file))
-            assert source.replace(blanked, fn, body, ex.partial, ex.file) == text
+            assert source.replace(blanked, fn, body, ex.file) == text
 
 
 def test_catalogue_has_25_wrong_answers_that_apply_to_the_reference():

@@ -138,7 +138,7 @@ def _worker(rank: int, folder: Path, d: Path) -> None:
 
     # one PPO update: the same experience on both ranks, each updating on its half of the rows
     policy, ref, critic, cfg, exp = fixed_experience()
-    half = {k: distributed.shard(v) if isinstance(v, torch.Tensor) and v.dim() else v for k, v in exp.items()}
+    half = exp.rows(distributed.shard(torch.arange(len(exp.tokens))))
     res["update"] = one_update(policy, critic, cfg, half)
 
     # a sharded rollout: record what advantage whitening gets and gives

@@ -47,14 +47,14 @@ def test_rollout_logprobs_equal_recomputed_ratio_is_one_before_update():
     exp = rollout(policy, ref, critic, planted_reward, _prompts(32, random.Random(0)), TOK, cfg, 0.1,
                   torch.Generator().manual_seed(0))
     mb = _minibatch(exp, torch.arange(16))
-    new = response_logprobs(policy, mb["tokens"], mb["attn"], mb["P"], cfg.temperature)
-    ratio = torch.exp(new - mb["logprobs"])[mb["mask"].bool()]
+    new = response_logprobs(policy, mb.tokens, mb.attn, mb.P, cfg.temperature)
+    ratio = torch.exp(new - mb.logprobs)[mb.mask.bool()]
     torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-4, rtol=0)
     # policy == reference: the KL part of the reward is exactly zero, so rewards are the score at EOS only
-    assert exp["kl"].abs().max().item() < 1e-5
+    assert exp.kl.abs().max().item() < 1e-5
     # the critic's rollout values are what it predicts on the trimmed minibatch too
-    v = critic(mb["tokens"], mb["attn"])[:, mb["P"] - 1 : -1]
-    torch.testing.assert_close(v * mb["mask"], mb["values"] * mb["mask"], atol=1e-5, rtol=1e-5)
+    v = critic(mb.tokens, mb.attn)[:, mb.P - 1 : -1]
+    torch.testing.assert_close(v * mb.mask, mb.values * mb.mask, atol=1e-5, rtol=1e-5)
 
 
 def test_ppo_raises_planted_reward():
@@ -67,7 +67,7 @@ def test_ppo_raises_planted_reward():
     rewards = []
     for _ in range(25):
         exp = rollout(policy, ref, critic, planted_reward, _prompts(32, rng), TOK, cfg, 0.0, gen)
-        rewards.append(exp["scores"].mean().item())
+        rewards.append(exp.scores.mean().item())
         ppo_update(policy, critic, opt_p, opt_c, exp, cfg, rng=rng)
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert start < 0.15  # 1/16 by chance
@@ -87,7 +87,7 @@ def test_kl_penalty_holds_policy_near_reference():
         for _ in range(15):
             exp = rollout(policy, ref, critic, planted_reward, _prompts(32, rng), TOK, cfg, beta, gen)
             ppo_update(policy, critic, opt_p, opt_c, exp, cfg, rng=rng)
-        finals[beta] = ppo.kl_estimators(exp["logprobs"], exp["ref_logprobs"], exp["mask"])["k1"].item()
+        finals[beta] = ppo.kl_estimators(exp.logprobs, exp.ref_logprobs, exp.mask)["k1"].item()
     assert finals[2.0] < 0.5 * finals[0.0], finals
 
 

@@ -265,10 +265,10 @@ def test_bf16_rollout_ratio_near_one_not_asserted_exact():
                       torch.Generator().manual_seed(0))
         mb = _minibatch(exp, torch.arange(16))
         with autocast("cpu", dtype):
-            new = response_logprobs(policy, mb["tokens"], mb["attn"], mb["P"], cfg.temperature)
-        log_ratio = (new - mb["logprobs"])[mb["mask"].bool()]
+            new = response_logprobs(policy, mb.tokens, mb.attn, mb.P, cfg.temperature)
+        log_ratio = (new - mb.logprobs)[mb.mask.bool()]
         assert log_ratio.abs().max() < 0.01, (dtype, log_ratio.abs().max())
-        lps[dtype] = exp["logprobs"]
+        lps[dtype] = exp.logprobs
     assert not torch.equal(lps["fp32"], lps[BF16])  # the bf16 rollout really ran in bf16
 
 
@@ -283,7 +283,7 @@ def test_same_seed_same_bits_in_bf16():
         for _ in range(2):
             exp = rollout(policy, ref, critic, planted_reward, _prompts(32, rng), TOK, cfg, 0.0, gen)
             ppo_update(policy, critic, opt_p, opt_c, exp, cfg, rng=rng)
-        return exp["tokens"], [p.detach().clone() for p in (*policy.parameters(), *critic.parameters())]
+        return exp.tokens, [p.detach().clone() for p in (*policy.parameters(), *critic.parameters())]
     (t1, p1), (t2, p2) = run(), run()
     assert torch.equal(t1, t2)
     assert all(torch.equal(a, b) for a, b in zip(p1, p2))

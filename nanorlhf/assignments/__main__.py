@@ -202,8 +202,8 @@ def pristine_copy(dest: Path) -> Path:
 
 
 def blank(copy: Path, ex: Exercise) -> None:
-    for fn in (ex.functions[:1] if ex.partial else ex.functions):
-        source.edit_file(copy / ex.file, lambda t: source.replace(t, fn, source.blank_body(ex.message), ex.partial, ex.file))
+    for fn in ex.functions:
+        source.edit_file(copy / ex.file, lambda t: source.replace(t, fn, source.blank_body(ex.message), ex.file))
 
 
 def plant(copy: Path, bug_name: str) -> None:
@@ -218,12 +218,12 @@ def student_bodies(student: Path, ex: Exercise) -> dict[str, str]:
     if not path.is_file():
         raise source.SourceError(f"{path}: missing (expected the handout's {ex.file})")
     text = path.read_text()
-    return {fn: source.extract(text, fn, ex.partial, str(path)) for fn in (ex.functions[:1] if ex.partial else ex.functions)}
+    return {fn: source.extract(text, fn, str(path)) for fn in ex.functions}
 
 
 def transplant(copy: Path, ex: Exercise, bodies: dict[str, str]) -> None:
     for fn, body in bodies.items():
-        source.edit_file(copy / ex.file, lambda t: source.replace(t, fn, body, ex.partial, ex.file))
+        source.edit_file(copy / ex.file, lambda t: source.replace(t, fn, body, ex.file))
 
 
 def leaks(copy: Path, files: list[str], bodies: list[str], window: int = 3) -> list[str]:
@@ -272,7 +272,7 @@ def cmd_list(args) -> int:
         ex = BY_NAME.get(args.name)
         if ex is None:
             raise UsageError(f"unknown exercise {args.name!r}; expected one of: {', '.join(BY_NAME)}")
-        print(f"{ex.name} ({ex.points} points): {ex.file} {', '.join(ex.functions)}{' (the SOLUTION lines)' * ex.partial}")
+        print(f"{ex.name} ({ex.points} points): {ex.file} {', '.join(ex.functions)}")
         print(f"  equation:      {ex.equation}")
         print(f"  prerequisites: {', '.join(ex.prerequisites) or 'none'}")
         print(f"  then run:      {ex.stage}")
@@ -286,7 +286,7 @@ def cmd_list(args) -> int:
         return 0
     print(f"{'exercise':20s} {'pts':>3s}  {'file: function':58s} prerequisites")
     for e in EXERCISES:
-        where = f"{e.file}: {', '.join(e.functions)}{' (partial)' * e.partial}"
+        where = f"{e.file}: {', '.join(e.functions)}"
         print(f"{e.name:20s} {e.points:3d}  {where:58s} {', '.join(e.prerequisites) or '-'}")
     total = sum(e.points for e in EXERCISES) + PIPELINE_POINTS
     print(f"{'pipeline':20s} {PIPELINE_POINTS:3d}  micro pipeline with every handed-out exercise at once   (total {total})")

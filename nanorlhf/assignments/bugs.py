@@ -228,11 +228,12 @@ return [(i, j) for i, j in pairs if frozenset((i, j)) not in tied and not ({i, j
          "only the rejected side checked for an off-prompt answer (one ranked above another stays)",
          ("not ({i, j} & off)", "j not in off")),
     # ppo_ptx
-    _bug("ptx_sign", "ppo_ptx", "the pretraining loss is subtracted", ("loss = loss + cfg.ptx_coef * ptx",
-                                                                       "loss = loss - cfg.ptx_coef * ptx")),
-    _bug("ptx_no_coef", "ppo_ptx", "gamma left out", ("loss = loss + cfg.ptx_coef * ptx", "loss = loss + ptx")),
+    _bug("ptx_sign", "ppo_ptx", "the pretraining loss is negated: the update lowers the corpus likelihood",
+         ("return sft_loss(policy(x), y, m)", "return -sft_loss(policy(x), y, m)")),
+    _bug("ptx_inputs_as_targets", "ppo_ptx", "the inputs as targets: each position learns to copy its own token",
+         ("sft_loss(policy(x), y, m)", "sft_loss(policy(x), x, m)")),
     _bug("ptx_detached", "ppo_ptx", "the pretraining loss is detached: it reaches the log, not the gradient",
-         ("ptx = sft_loss(policy(x), y, m)", "ptx = sft_loss(policy(x), y, m).detach()")),
+         ("sft_loss(policy(x), y, m)", "sft_loss(policy(x), y, m).detach()")),
 
     # caught by the comparison with the reference only (they pass every unit test of their exercise)
     _bug("pl_ratio_max_over_padding", "policy_loss", "ratio_max over every position: padding's ratio of 1 counts",
@@ -274,7 +275,7 @@ return [(i, j) for i, j in pairs if frozenset((i, j)) not in tied and not ({i, j
           "return F.cross_entropy(logits.reshape(B * T, V), torch.where(mask.bool(), targets, -100).reshape(B * T))"),
          only="diff"),
     _bug("ptx_ignores_mask", "ppo_ptx", "the corpus batch's mask is ignored: padded targets are trained on",
-         ("ptx = sft_loss(policy(x), y, m)", "ptx = sft_loss(policy(x), y, torch.ones_like(m))"), only="diff"),
+         ("sft_loss(policy(x), y, m)", "sft_loss(policy(x), y, torch.ones_like(m))"), only="diff"),
     _bug("rlp_entropy_grad_ignored", "response_logprobs", "entropy_grad not passed on: an entropy bonus gets no gradient",
          ("entropy_grad=entropy_grad", "entropy_grad=False"), only="diff"),
     _bug("pairs_off_prompt_key", "preference_pairs",
@@ -366,13 +367,12 @@ if dim is None:
 return x.sum(dim) / count.sum(dim).clamp(min=1)
 """),
     _bug("alt_ptx_cross_entropy", "ppo_ptx", "the masked next-token loss written out with cross_entropy", body="""\
-x, y, m = (to_device(t, device) for t in next(ptx_batches))
-with autocast(device, cfg.dtype):
+x, y, m = (to_device(t, device) for t in batch)
+with autocast(device, dtype):
     logits = policy(x)
 nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
 keep = m.flatten() != 0
-ptx = torch.where(keep, nll, torch.zeros_like(nll)).sum() / keep.sum().clamp(min=1)
-loss = loss + cfg.ptx_coef * ptx
+return torch.where(keep, nll, torch.zeros_like(nll)).sum() / keep.sum().clamp(min=1)
 """),
     _bug("alt_pairs_combinations", "preference_pairs",
          "itertools.combinations of the ranking, a loop with continue", body="""\
@@ -414,13 +414,12 @@ ALT_BY_NAME = {b.name: b for b in ALTERNATIVES}
 
 def apply(text: str, bug: Bug, path: str = "?") -> str:
     """The file `text` with `bug`'s edits made in its function's body (or its body replaced)."""
-    partial = BY_NAME[bug.exercise].partial
     if bug.body:
-        return source.replace(text, bug.function, bug.body, partial, path)
-    body = source.extract(text, bug.function, partial, path)
+        return source.replace(text, bug.function, bug.body, path)
+    body = source.extract(text, bug.function, path)
     for old, new in bug.edits:
         n = body.count(old)
         if n != 1:
             raise source.SourceError(f"bug {bug.name}: {old!r} occurs {n} times in {path}:{bug.function}, expected once")
         body = body.replace(old, new)
-    return source.replace(text, bug.function, body, partial, path)
+    return source.replace(text, bug.function, body, path)

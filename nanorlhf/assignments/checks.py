@@ -1028,9 +1028,9 @@ def preference_pairs(ck, S, R):
 
 
 def ppo_ptx(ck, S, R):
-    """One ppo_update of a small policy against the reference's: gamma 1, 0.5 with a corpus mask that has
-    padding, and 30; two PPO epochs (a fresh corpus batch per minibatch). Parts: the update (the policy's
-    parameters afterwards) and ptx_loss (the logged term)."""
+    """One ppo_update (which calls the student's ptx_loss) of a small policy against the reference's: gamma 1,
+    0.5 with a corpus mask that has padding, and 30; two PPO epochs (a fresh corpus batch per minibatch).
+    Parts: the update (the policy's parameters afterwards) and ptx_loss (the logged term)."""
     from nanorlhf.model import GPT, GPTConfig
     from nanorlhf.training import make_optimizer
 

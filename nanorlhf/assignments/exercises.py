@@ -1,8 +1,7 @@
 """The exercise table: what a student writes, where, and which checks grade it.
 
 Each entry blanks the body of one or more functions (after the docstring, which stays: it is the
-contract), or, for a partial blank, the lines between `### BEGIN SOLUTION` and `### END SOLUTION` inside a
-function. Checks come in three layers, run by `grade` in this order:
+contract). Checks come in three layers, run by `grade` in this order:
     unit      pytest functions of the project's own test suite (a function counts as passed when all
               its parametrised cases pass); the student can run these in the handout
     diff      nanorlhf/assignments/checks.py: the student's function against the reference on fixed edge
@@ -32,7 +31,6 @@ class Exercise:
     learning: tuple[str, ...] = ()
     prerequisites: tuple[str, ...] = ()  # exercises whose functions this one's checks call
     stage: str = ""  # the stage script to run once the checks pass
-    partial: bool = False  # blank only the SOLUTION-marked lines of functions[0]
     diff: bool = True  # checks.py has a differential check named after the exercise
     parts: tuple[tuple[str, int], ...] = ()  # (part, points): main quantity first; () = one part, "output"
     unit_parts: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (unit test, the parts it checks); default main
@@ -181,10 +179,10 @@ EXERCISES: tuple[Exercise, ...] = (
              unit_parts=tuple((LOSSES + t, ("loss", "rewards")) for t in (
                  "test_dpo_loss_is_ln2_when_policy_equals_ref", "test_dpo_loss_matches_paper_formula",
                  "test_dpo_loss_gradient_raises_chosen_lowers_rejected"))),
-    Exercise("ppo_ptx", "train_ppo.py", ("ppo_update",),
-             "InstructGPT eq. (2), last term: loss += gamma * (pretraining next-token loss on a corpus batch)", 5,
-             (PPO + "test_ppo_ptx_gradient_is_ppo_plus_gamma_lm",),
-             prerequisites=("sft_loss",), stage="train_ppo.py --ptx_coef=1.0", partial=True,
+    Exercise("ppo_ptx", "train_ppo.py", ("ptx_loss",),
+             "InstructGPT eq. (2), last term: the next-token loss on a corpus batch (ppo_update adds gamma times it)",
+             5, (PPO + "test_ppo_ptx_gradient_is_ppo_plus_gamma_lm",),
+             prerequisites=("sft_loss",), stage="train_ppo.py --ptx_coef=1.0",
              parts=(("update", 4), ("ptx_loss", 1)),
              unit_parts=((PPO + "test_ppo_ptx_gradient_is_ppo_plus_gamma_lm", ("update", "ptx_loss")),)),
 )

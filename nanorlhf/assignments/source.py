@@ -1,9 +1,8 @@
 """Source surgery with ast: find a function's body, blank it, lift it out of a student's file, put it back.
 
 A body is the lines after the docstring (which stays: it is the exercise's contract) down to the last
-line of the function; for a partial blank, the lines strictly between `### BEGIN SOLUTION` and
-`### END SOLUTION` inside the function. Bodies move as text, dedented, and are re-indented to where they
-land, so a student's comments travel with the code.
+line of the function. Bodies move as text, dedented, and are re-indented to where they land, so a
+student's comments travel with the code.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import textwrap
 import tokenize
 from pathlib import Path
 
-BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"  # nbgrader's markers
 ROOT = Path(__file__).resolve().parents[2]  # the instructor's repository: the reference
 
 
@@ -52,7 +50,7 @@ def _header_end(lines: list[str], fn) -> int:
     raise SourceError(f"no ':' after def {fn.name}")
 
 
-def body_span(text: str, qualname: str, partial: bool = False, path: str = "?") -> tuple[int, int, str]:
+def body_span(text: str, qualname: str, path: str = "?") -> tuple[int, int, str]:
     """(start, end, indent): lines[start:end] (0-based) are the body to blank; indent is the body's."""
     try:
         tree = ast.parse(text)
@@ -60,15 +58,6 @@ def body_span(text: str, qualname: str, partial: bool = False, path: str = "?") 
         raise SourceError(f"{path}:{e.lineno}: does not parse ({e.msg})") from None
     fn = _find_def(tree, qualname, path)
     lines = text.splitlines(keepends=True)
-    if partial:
-        inside = range(fn.lineno - 1, fn.end_lineno)
-        begins = [i for i in inside if lines[i].strip() == BEGIN]
-        ends = [i for i in inside if lines[i].strip() == END]
-        if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
-            raise SourceError(f"{path}: {qualname} needs one '{BEGIN}' line and one '{END}' line after it")
-        b, e = begins[0], ends[0]
-        indent = lines[b][: len(lines[b]) - len(lines[b].lstrip())]
-        return b + 1, e, indent
     first = fn.body[0]
     has_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
     start = first.end_lineno if has_doc else _header_end(lines, fn) + 1
@@ -76,15 +65,15 @@ def body_span(text: str, qualname: str, partial: bool = False, path: str = "?") 
     return start, fn.end_lineno, indent
 
 
-def extract(text: str, qualname: str, partial: bool = False, path: str = "?") -> str:
+def extract(text: str, qualname: str, path: str = "?") -> str:
     """The body (dedented text) of `qualname` in `text`."""
-    start, end, _ = body_span(text, qualname, partial, path)
+    start, end, _ = body_span(text, qualname, path)
     return textwrap.dedent("".join(text.splitlines(keepends=True)[start:end]))
 
 
-def replace(text: str, qualname: str, body: str, partial: bool = False, path: str = "?") -> str:
+def replace(text: str, qualname: str, body: str, path: str = "?") -> str:
     """`text` with the body of `qualname` replaced by `body` (any indentation; re-indented here)."""
-    start, end, indent = body_span(text, qualname, partial, path)
+    start, end, indent = body_span(text, qualname, path)
     lines = text.splitlines(keepends=True)
     body = textwrap.indent(textwrap.dedent(body), indent)
     if body and not body.endswith("\n"):
