@@ -19,18 +19,22 @@ import ctypes
 import hashlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanorlhf.config import AT_LEAST_1, POSITIVE, check_config, default_preset, one_of, parse_config, run_main
+import torch
+
+from nanorlhf.config import (AT_LEAST_1, POSITIVE, check_config, default_device, default_preset, one_of,
+                             parse_config, run_main)
 from nanorlhf.data import DataError, read_state
 from nanorlhf.files import (LOCK_ENV, atomic_write, fingerprint, lock_folder, lock_token, make_folder,
                             with_locks)
-from nanorlhf.config import default_device
 from nanorlhf.precision import resolve_dtype
 from nanorlhf.runs import BETA0_LR_SCALE, OTHER_RUNS, PTX_COEF, ROUNDS, round_runs, run_flags
 
@@ -54,6 +58,7 @@ class PipelineConfig:
     skip: str = ""  # optional stages left out, comma-separated: ppo_ptx, ppo_beta0, ppo_gold, dpo (runs.py)
     stop_after: str = ""  # run up to and including this stage (e.g. sft)
     nproc: int = 1  # processes per training/eval stage, via torchrun: one per GPU (NCCL), or gloo on the CPU
+    jobs: int = 0  # stages run side by side where none reads another's files (0: 2 on a CPU, else 1)
 
 
 # The stages' own default seeds; --seed=S adds S to each, so seed 0 reproduces the stages run by hand.
@@ -75,6 +80,7 @@ class Stage:
     cmd: list[str]
     outputs: list[Path]  # the files it writes (all must exist once it has finished)
     needs: tuple[str, ...] = ()  # the stages whose outputs it reads
+    threads: int = 0  # torch's threads (OMP_NUM_THREADS); 0: torch's default, all of the machine's cores
 
 
 def stages(cfg: PipelineConfig) -> list[Stage]:
@@ -136,6 +142,23 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
     ]
 
 
+def share_cores(plan: list[Stage], jobs: int, threads: int) -> list[Stage]:
+    """Give each stage that may run beside another (neither reads the other's files, even through a third)
+    its share of the `threads`: fixed by the plan, not by what happens to run at the same time, so a stage
+    computes the same bits whatever the order the stages end in (the thread count changes CPU sums' bits).
+    Why: at the tiny model's size two threads run a stage only ~1.4x as fast as one, while two stages side
+    by side on a thread each keep ~0.93x each (bench/NOTES.md, "Stages side by side")."""
+    if jobs <= 1:
+        return plan
+    above = {}  # every stage's upstream stages, through any chain of reads
+    for st in plan:
+        above[st.name] = set(st.needs).union(*(above.get(n, set()) for n in st.needs))
+    for st in plan:
+        if any(o is not st and st.name not in above[o.name] and o.name not in above[st.name] for o in plan):
+            st.threads = max(1, threads // jobs)
+    return plan
+
+
 def main(argv=None):
     cfg = resolve_dirs(parse_config(PipelineConfig, argv))
     cfg.preset = cfg.preset or default_preset()
@@ -150,7 +173,11 @@ def main(argv=None):
     # one precision for the whole pipeline: "auto" is resolved here, so every stage runs (and records) the
     # same
     cfg.dtype = resolve_dtype(cfg.dtype, cfg.device or default_device())
-    plan = stages(cfg)
+    check_config(cfg, jobs=(lambda j: j >= 0, "a whole number >= 0 (0: 2 on a CPU, else 1)"))
+    # side by side only on a CPU with threads to share; GPU stages and torchrun's processes run one at a time
+    on_cpu = (cfg.device or default_device()) == "cpu" and cfg.nproc == 1
+    cfg.jobs = cfg.jobs or (2 if on_cpu and torch.get_num_threads() >= 2 else 1)
+    plan = share_cores(stages(cfg), cfg.jobs, torch.get_num_threads())
     names = [s.name for s in plan]
     check_config(cfg, preset=one_of(*PRESET_NAMES), nproc=AT_LEAST_1, ptx_coef=POSITIVE,
                  beta0_lr_scale=POSITIVE,
@@ -158,15 +185,17 @@ def main(argv=None):
     print(f"nanorlhf pipeline: preset {cfg.preset}, dtype {cfg.dtype}, seed {cfg.seed} ({cfg.data_dir}/, "
           f"{cfg.out_dir}/), stages {' → '.join(names)}", flush=True)
     t0 = time.time()
-    state_path = run_pipeline(plan, Path(cfg.out_dir), cfg.force, cfg.stop_after)
+    state_path = run_pipeline(plan, Path(cfg.out_dir), cfg.force, cfg.stop_after, cfg.jobs)
     print(f"pipeline finished in {(time.time() - t0) / 60:.1f} min (stage wall times in {state_path}); "
           f"report: {Path(cfg.out_dir) / 'report.md'}", flush=True)
 
 
 @with_locks
-def run_pipeline(plan: list[Stage], out: Path, force: bool = False, stop_after: str = "") -> Path:
-    """Run the stages of `plan` that are not current (all with `force`), in order, holding the lock of
-    every folder they write; return the state file."""
+def run_pipeline(plan: list[Stage], out: Path, force: bool = False, stop_after: str = "",
+                 jobs: int = 1) -> Path:
+    """Run the stages of `plan` that are not current (all with `force`), holding the lock of every folder
+    they write; return the state file. A stage starts once every stage it reads has finished, up to `jobs`
+    at once (in the plan's order); if one fails, those running finish and are recorded, no other starts."""
     for folder in [out, *sorted({p.parent for stage in plan for p in stage.outputs} - {out})]:
         lock_folder(folder)
     make_folder(out / "logs")
@@ -178,43 +207,66 @@ def run_pipeline(plan: list[Stage], out: Path, force: bool = False, stop_after: 
             raise
         print(f"pipeline: {e}; --force=true: every stage runs and the records are written anew", flush=True)
         state = {}
-    for i, stage in enumerate(plan, 1):
-        inputs = _inputs(stage, state)
-        why = "--force=true" if force else _why_not_current(stage, state.get(stage.name), inputs)
-        if why is None:
-            print(f"[{i}/{len(plan)}] {stage.name}: current, skipped ({stage.outputs[-1]})", flush=True)
-        else:
-            cmd = " ".join(Path(c).name if j == 0 or c.endswith(".py") else c
-                           for j, c in enumerate(stage.cmd))
-            print(f"[{i}/{len(plan)}] {stage.name} ({why}): {cmd}", flush=True)
-            ts = time.time()
-            log = out / "logs" / f"{stage.name}.log"
-            try:
-                rc, tail = _run(stage.cmd, log)
-            except KeyboardInterrupt:
-                raise KeyboardInterrupt(f"stopped the pipeline and its stage '{stage.name}' (its log: "
-                                        f"{log}); rerun the same command to resume: finished stages are "
-                                        "skipped") from None
+    number, total = {stage.name: i for i, stage in enumerate(plan, 1)}, len(plan)
+    if stop_after:
+        plan = plan[: number[stop_after]]
+    waiting, running, finished, failed = list(plan), {}, set(), []
+    ended: queue.Queue = queue.Queue()  # (stage, exit code, last lines) from the stages' output threads
+    try:
+        while waiting or running:
+            for stage in [s for s in waiting if not failed]:
+                if len(running) >= jobs or any(n in number and n not in finished for n in stage.needs):
+                    continue
+                waiting.remove(stage)
+                tag = f"[{number[stage.name]}/{total}] {stage.name}"
+                inputs = _inputs(stage, state)
+                why = "--force=true" if force else _why_not_current(stage, state.get(stage.name), inputs)
+                if why is None:
+                    print(f"{tag}: current, skipped ({stage.outputs[-1]})", flush=True)
+                    finished.add(stage.name)
+                    continue
+                cmd = " ".join(Path(c).name if j == 0 or c.endswith(".py") else c
+                               for j, c in enumerate(stage.cmd))
+                print(f"{tag} ({why}): {cmd}", flush=True)
+                log = out / "logs" / f"{stage.name}.log"
+                prefix = f"    {stage.name} | " if jobs > 1 and stage.threads else "    "
+                running[stage.name] = (stage, _start(stage, log, prefix, ended), inputs, time.time(), log)
+            if not running:
+                break  # nothing left that may start: a failure stopped the rest
+            stage, rc, tail = ended.get()
+            _, _, inputs, ts, log = running.pop(stage.name)
             missing = [str(p) for p in stage.outputs if not p.exists()]
             if rc != 0 or missing:
                 cause = f"exit {rc}" if rc != 0 else f"exit 0 without writing {', '.join(missing)}"
-                print(f"pipeline: stage '{stage.name}' failed ({cause}). Last lines of {log}:\n{tail}\n"
-                      f"Fix the cause and rerun the same command: finished stages are skipped.",
-                      file=sys.stderr)
-                raise SystemExit(1)  # the records of every stage stay as they were: they describe the files
+                failed.append(f"pipeline: stage '{stage.name}' failed ({cause}). Last lines of {log}:\n"
+                              f"{tail}")
+                continue  # the records of every stage stay as they were: they describe the files
             state[stage.name] = {"command": _command(stage), "inputs": inputs,
-                                 "output": fingerprint(stage.outputs),
-                                 "wall_s": round(time.time() - ts, 1)}
+                                 "output": fingerprint(stage.outputs), "wall_s": round(time.time() - ts, 1)}
             atomic_write(state_path, json.dumps(state, indent=1))
-            print(f"[{i}/{len(plan)}] {stage.name}: done in {time.time() - ts:.0f}s", flush=True)
-        if stage.name == stop_after:
-            break
+            finished.add(stage.name)
+            print(f"[{number[stage.name]}/{total}] {stage.name}: done in {time.time() - ts:.0f}s",
+                  flush=True)
+    except BaseException as e:  # Ctrl-C, SIGTERM (run_main turns it into KeyboardInterrupt), a broken pipe
+        for _, proc, _, _, _ in running.values():
+            _stop(proc)
+        if not isinstance(e, KeyboardInterrupt) or not running:
+            raise
+        names = ", ".join(f"'{name}' (its log: {r[4]})" for name, r in running.items())
+        raise KeyboardInterrupt(f"stopped the pipeline and its stage{'s' * (len(running) > 1)} {names}; "
+                                "rerun the same command to resume: finished stages are skipped") from None
+    if failed:
+        print("\n".join(failed) + "\nFix the cause and rerun the same command: finished stages are skipped.",
+              file=sys.stderr)
+        raise SystemExit(1)
     return state_path
 
 
 def _command(stage: Stage) -> list[str]:
-    """The command without the interpreter's and the repository's paths (moving either changes nothing)."""
-    return [Path(c).name if c.endswith(".py") else c for c in stage.cmd[1:]]
+    """The command without the interpreter's and the repository's paths (moving either changes nothing),
+    after the thread count it runs with when that is not the machine's (the count changes the bits)."""
+    threads = [f"OMP_NUM_THREADS={stage.threads}"] if stage.threads else []
+    return threads + [Path(c).name if c.endswith(".py") else c for c in stage.cmd[1:]]
 
 
 def _inputs(stage: Stage, state: dict) -> str:
@@ -238,28 +290,43 @@ def _why_not_current(stage: Stage, record: dict | None, inputs: str) -> str | No
     return None
 
 
-def _run(cmd: list[str], log_path: Path) -> tuple[int, str]:
-    """Run a stage, streaming its output to the terminal and to its log; return (exit code, last lines).
-    The stage runs in a process group of its own, which the pipeline stops if it is itself stopped."""
+_PRINTING = threading.Lock()  # stages side by side: one line at a time on the terminal
+
+
+def _start(stage: Stage, log_path: Path, prefix: str, ended: queue.Queue) -> subprocess.Popen:
+    """Start a stage, with a thread that streams its output to the terminal (each line after `prefix`) and to
+    its log, then puts (stage, exit code, last lines) on `ended`. The stage runs in a process group of its
+    own, which the pipeline stops if it is itself stopped."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            # it writes in our folders
            LOCK_ENV: " ".join(filter(None, (os.environ.get(LOCK_ENV), lock_token())))}
-    lines: list[str] = []
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                cwd=os.getcwd(), start_new_session=True, preexec_fn=_end_with_parent())
+    if stage.threads:
+        env["OMP_NUM_THREADS"] = str(stage.threads)
+    log = open(log_path, "w")
+    proc = subprocess.Popen(stage.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=os.getcwd(), start_new_session=True, preexec_fn=_end_with_parent())
+
+    def stream():
+        lines: list[str] = []
+        terminal = True
         try:
-            for line in proc.stdout:
-                sys.stdout.write("    " + line)
-                sys.stdout.flush()
-                log.write(line)
-                lines = (lines + [line.rstrip()])[-8:]
-            rc = proc.wait()
-        except BaseException:  # Ctrl-C, SIGTERM (run_main turns it into KeyboardInterrupt), a broken pipe
-            _stop(proc)
-            raise
-    return rc, "\n".join("    " + s for s in lines)
+            with log:
+                for line in proc.stdout:
+                    try:
+                        if terminal:
+                            with _PRINTING:
+                                sys.stdout.write(prefix + line)
+                                sys.stdout.flush()
+                    except (OSError, ValueError):  # the terminal is gone: the log still gets every line
+                        terminal = False
+                    log.write(line)
+                    lines = (lines + [line.rstrip()])[-8:]
+        finally:
+            ended.put((stage, proc.wait(), "\n".join("    " + s for s in lines)))
+
+    threading.Thread(target=stream, daemon=True).start()
+    return proc
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -1,5 +1,6 @@
 """The one-command pipeline's plumbing: seeds and folders, and when a stage counts as current."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nanorlhf.__main__ import PipelineConfig, Stage, resolve_dirs, run_pipeline, stages
+from nanorlhf.__main__ import PipelineConfig, Stage, resolve_dirs, run_pipeline, share_cores, stages
 from nanorlhf.checkpoint import MAKERS, maker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,3 +137,49 @@ def test_every_checkpoint_names_the_command_that_makes_it():
         script, *flags = MAKERS[name].split()[1:]
         assert script == Path(st.cmd[1]).name, name
         assert set(flags) == {a for a in st.cmd[2:] if not a.startswith(where)}, name
+
+
+def waiting_stage(d, name, other, needs=(), code=0, linger=0.0):
+    """A stage that says it started, then waits (10 s at most) for stage `other` to have started too: it
+    ends well only if the two ran side by side. It writes its OMP_NUM_THREADS into `<name>.txt` `linger`
+    seconds later."""
+    script = ("import os, sys, time, pathlib; d = pathlib.Path(sys.argv[1]); "
+              f"(d / '{name}.started').touch(); t = time.time()\n"
+              f"while not (d / '{other}.started').exists() and time.time() < t + 10: time.sleep(0.05)\n"
+              f"time.sleep({linger}); (d / '{name}.txt').write_text(os.environ.get('OMP_NUM_THREADS', '-')); "
+              f"sys.exit({code} if (d / '{other}.started').exists() else 3)")
+    return Stage(name, [sys.executable, "-c", script, str(d)], [d / f"{name}.txt"], needs)
+
+
+def test_stages_that_read_nothing_of_each_other_run_side_by_side_each_on_its_share_of_the_cores(tmp_path):
+    plan = [fake_stage("a", "A"), waiting_stage(tmp_path, "b", "c", ("a",)),
+            waiting_stage(tmp_path, "c", "b", ("a",)), fake_stage("d", "D", ("b", "c"))]
+    for s in (plan[0], plan[3]):
+        s.cmd.append(str(tmp_path))
+        s.outputs = [tmp_path / f"{s.name}.txt"]
+    plan = share_cores(plan, jobs=2, threads=4)
+    assert [s.threads for s in plan] == [0, 2, 2, 0]  # only b and c may run beside another
+    state = run_pipeline(plan, tmp_path, jobs=2)
+    assert (tmp_path / "b.txt").read_text() == "2" and (tmp_path / "c.txt").read_text() == "2"
+    assert (tmp_path / "d.txt").read_text() == "22D"  # after both: it read their files
+    assert json.loads(state.read_text())["b"]["command"][0] == "OMP_NUM_THREADS=2"  # (a rerun if it changes)
+
+
+def test_a_failure_beside_a_running_stage_lets_it_finish_and_starts_nothing_more(tmp_path, capsys):
+    plan = [waiting_stage(tmp_path, "a", "b", code=3), waiting_stage(tmp_path, "b", "a", linger=1.0),
+            fake_stage("c", "C")]
+    plan[2].cmd.append(str(tmp_path))
+    plan[2].outputs = [tmp_path / "c.txt"]
+    with pytest.raises(SystemExit):
+        run_pipeline(plan, tmp_path, jobs=2)
+    assert "pipeline: stage 'a' failed (exit 3)" in capsys.readouterr().err
+    assert set(json.loads((tmp_path / "pipeline_state.json").read_text())) == {"b"}
+    assert not (tmp_path / "c.txt").exists()
+
+
+def test_the_runs_after_the_last_round_are_the_stages_that_share_the_cores():
+    plan = stages(resolve_dirs(PipelineConfig(preset="micro")))
+    shared = {s.name for s in share_cores(plan, jobs=2, threads=2) if s.threads == 1}
+    assert shared == {"ppo", "ppo_ptx", "ppo_beta0", "ppo_gold", "dpo"}
+    alone = stages(resolve_dirs(PipelineConfig(preset="micro", skip="ppo_ptx,ppo_beta0,ppo_gold,dpo")))
+    assert not any(s.threads for s in share_cores(alone, jobs=2, threads=2))
