@@ -1,18 +1,15 @@
 """Checkpoints: a plain dict {model_config, config, model, stage, tokenizer, step, metrics}.
 
-A checkpoint carries what is needed to use it: the stage that made it (base, sft, rm, or a PPO run's
-name), its head (in model_config), and its tokenizer: the ranks themselves (`tokenizer_ranks`, so it
-loads from any directory) and their SHA-256 (`tokenizer_sha256`, checked against the tokenizer file the
-loading stage reads its data with: data regenerated under a trained model is an error, not garbage).
-`tokenizer` keeps the ranks file's path as given, for readers that load the tokenizer by path.
-
-Written atomically (files.atomic_write), never with non-finite weights or metrics and never before a
-training step was taken, and loaded with `torch.load(weights_only=True)`, which unpickles only tensors
-and plain containers (never arbitrary code). A checkpoint records whether its run finished: the saves a
-stage makes while it trains go to `ckpt.partial.pt` beside the finished `ckpt.pt` (partial_path), so a
-run stopped halfway never replaces a finished model with an intermediate one, and no stage loads a
-checkpoint that did not finish. A checkpoint's model_config is checked against GPTConfig and its weights
-before a model is built from it.
+A checkpoint carries what is needed to use it: the stage that made it (base, sft, rm, or a PPO run's name),
+its head (in model_config), and its tokenizer: the ranks (`tokenizer_ranks`, so it loads from any directory)
+and their SHA-256 (`tokenizer_sha256`, checked against the tokenizer file the loading stage reads its data
+with: data regenerated under a trained model is an error, not garbage); `tokenizer` keeps the ranks file's
+path as given, for readers that load the tokenizer by path. Written atomically (files.atomic_write), never
+with non-finite weights or metrics nor before a training step was taken; loaded with
+`torch.load(weights_only=True)` (tensors and plain containers only, never arbitrary code), its model_config
+checked against GPTConfig and its weights first. It records whether its run finished: a stage's saves while it
+trains go to `ckpt.partial.pt` beside the finished `ckpt.pt` (partial_path), so a run stopped halfway never
+replaces a finished model, and no stage loads a checkpoint that did not finish.
 """
 
 from __future__ import annotations

@@ -1,20 +1,15 @@
-"""
-The math of one PPO-RLHF iteration, as small tensor functions (torch only: no model, no data, no I/O).
+"""The math of one PPO-RLHF iteration, as small tensor functions (torch only: no model, no data, no I/O).
 
-Recipe: Ziegler et al. 2019 §2.2 (KL-shaped reward, adaptive KL), Stiennon et al. 2020 App. B.1,
-InstructGPT (Ouyang et al. 2022) §3.5, and the choices of openai/lm-human-preferences as documented
-in "The N Implementation Details of RLHF with PPO" (Huang et al. 2023, "N" below). In the order of
-the algorithm box:
-
+Recipe: Ziegler et al. 2019 §2.2 (KL-shaped reward, adaptive KL), Stiennon et al. 2020 App. B.1, InstructGPT
+(Ouyang et al. 2022) §3.5, and openai/lm-human-preferences' choices as documented in "The N Implementation
+Details of RLHF with PPO" (Huang et al. 2023, "N" below). In the order of the algorithm box:
     3. kl_penalty_rewards   per-token reward -beta*KL, plus the RM score at the last response token
     4. gae                  advantages and returns (gamma=1, lambda=0.95), then masked_whiten(adv)
     5. policy_loss          clipped surrogate;  value_loss  clipped value loss
-    6. kl_estimators, explained_variance, the clip fractions: diagnostics for the log line
-       AdaptiveKLController / FixedKLController: the beta schedule
-
-Shapes: B = batch of sequences, T = response length. Every (B, T) tensor comes with a response
-mask (float or bool, 1 = this token counts); masked positions never reach a mean, and values there
-may be garbage (even inf, e.g. an INVALID_LOGPROB filler): they are selected away with torch.where.
+    6. kl_estimators, explained_variance, clip fractions: logged diagnostics; Adaptive/FixedKLController: beta
+Shapes: B sequences of T response tokens; each (B, T) tensor comes with a response mask (float or bool, 1 =
+counts): masked positions never reach a mean; garbage there (even inf, e.g. an INVALID_LOGPROB filler) is
+selected away with torch.where.
 """
 
 import torch

@@ -1,19 +1,15 @@
 """Classroom assignments: blank exercises, hand out a clean copy, grade it, prove the grader catches mistakes.
 
-    python -m nanorlhf.assignments list                              # the exercises (list gae: one in full)
+    python -m nanorlhf.assignments list                     # the exercises (list gae: one in full)
     python -m nanorlhf.assignments make --out hw1 --only gae,ranking_loss   # a student copy, checks verified
     python -m nanorlhf.assignments make --out hunt --bug gae_forward_loop   # a bug hunt: one wrong answer
-    python -m nanorlhf.assignments grade hw1                          # points table, hw1/grade.json, exit code
-    python -m nanorlhf.assignments grade hw1 --explain gae            # one exercise's failures in full
-    python -m nanorlhf.assignments selftest                           # every catalogued wrong answer is caught
+    python -m nanorlhf.assignments grade hw1                # points table, hw1/grade.json, exit code
+    python -m nanorlhf.assignments grade hw1 --explain gae  # one exercise's failures in full
+    python -m nanorlhf.assignments selftest                 # every catalogued wrong answer is caught
 
-How grading works (ASSIGNMENTS.md has the instructor's guide): the student's function bodies are lifted
-out of their copy with ast and put into a pristine copy of this repository, one exercise at a time (so
-an unfinished masked_mean costs masked_mean's points only, and edited tests count for nothing); there
-the exercise's checks run in subprocesses: its unit tests, a differential test against the reference on
-fixed edge cases and on random cases of a fixed seed list (checks.SEEDS), its learning tests; then the
-micro pipeline runs with every student function at once and must finish without NaN. Same tree, same
-score. Points are split between an exercise's main quantity and each logged statistic (Exercise.parts).
+Grading (ASSIGNMENTS.md has it in full) lifts the student's bodies out with ast into a pristine copy of this
+repository, one exercise at a time, and runs its unit tests, diff against the reference (checks.SEEDS) and
+learning tests; then the micro pipeline, every student function at once, without NaN. Same tree, same score.
 """
 
 from __future__ import annotations

@@ -1,19 +1,15 @@
-"""The catalogue of wrong answers, and of right answers written another way.
+"""The catalogue of wrong answers, and of right answers written another way (not in the student copy).
 
-BUGS: plausible mistakes, each a small edit of one reference body. `selftest` applies every entry to a
-pristine copy and proves that `grade` fails it, naming the layers that caught it; `make --bug NAME`
-hands out a copy with one of them (a bug hunt). An entry with only="diff" passes every unit test of its
-exercise and is caught by the comparison with the reference alone: selftest fails if a unit test
-catches it, since the entry would no longer prove the diff layer. Most are what the project's tests
-cannot see: a logged statistic taken over padding, a form that is exact in algebra but overflows at
-extreme inputs, an argument of the contract ignored.
+BUGS: plausible mistakes, each a small edit of one reference body, most of them what the project's tests
+cannot see (a statistic logged over padding, a form exact in algebra that overflows at extreme inputs, an
+ignored argument of the contract); only="diff" marks one that passes every unit test of its exercise: selftest
+fails if a unit test catches it, as it would no longer prove the diff layer. `selftest` proves on pristine
+copies that `grade` fails every entry (naming the layers that caught it) and accepts every one of the
+ALTERNATIVES, right answers written another way (a loop, logsumexp for log_softmax, softplus for -logsigmoid).
+`make --bug NAME` hands out a copy with one wrong answer (a bug hunt).
 
-ALTERNATIVES: correct answers written another way (a loop, logsumexp instead of log_softmax, softplus
-instead of -logsigmoid); selftest proves that grade accepts each of them.
-
-Each edit is a list of (old, new) replacements in the dedented body; every `old` must occur exactly
-once there, so an entry that no longer matches the reference fails loudly instead of testing nothing.
-`body` replaces the whole body instead. Not in the student copy.
+An edit is a list of (old, new) replacements in the dedented body, each `old` found exactly once there (an
+entry that no longer matches the reference fails loudly instead of testing nothing), or `body`, a new body.
 """
 
 from __future__ import annotations

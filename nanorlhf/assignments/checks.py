@@ -1,28 +1,15 @@
 """Differential checks: a student's function against the reference, on the same cases every time.
 
-Run inside a graded copy (the student's bodies put into a pristine tree), so `import nanorlhf.ppo` gives
-the student's code; the reference is the same file of the instructor's repository, loaded under another
-module name. One function per exercise, named after it. Each runs
-  - its fixed edge cases, every time: everything masked, one valid value, NaN and ±inf behind the mask,
-    extreme logits and margins, and every optional argument of the contract at a value other than its
-    default (each check's docstring lists them);
-  - RANDOM_CASES random cases for each seed of the seed list (SEEDS unless --seeds).
-So the same tree and the same seeds give the same result.
+Run inside a graded copy (a pristine tree with the student's bodies put in), so `import nanorlhf.ppo` gives
+the student's code; the reference, the same file of the instructor's repository, is loaded under another
+module name. Each exercise's check, a function named after it, runs its fixed edge cases every time
+(everything masked, one valid value, NaN and ±inf behind the mask, extreme logits and margins, every optional
+argument of the contract off its default: the check's docstring lists them), then RANDOM_CASES random cases
+for each seed of the seed list (SEEDS unless --seeds): the same tree and the same seeds give the same result.
 
-Parts: the main quantity and each logged statistic of an exercise (Exercise.parts) are compared apart. A part
-fails on its first differing case, with a message that names the case, what came back and what was expected
-(first line), then the call, the inputs, the tolerance and, for a form that is numerically off, the form the
-contract asks for (the rest).
-
-Tolerances: what a correct answer written another way may differ by.
-  float64  |got - want| <= 1e-10 + 1e-8 |want|: the same sums in another order differ by ~1e-15, and
-           library functions approximate (F.softplus is x above 20: e^-20 = 2e-9 off, in the gradient too).
-  fp32     |got - want| <= 1e-6 + 8 u S + 1e-5 |want|, u = 2^-24 (the fp32 unit roundoff), S the largest
-           |input| (for log-probs max |logit / T|). An fp32 input is only known to u·S, and a log-prob moves
-           by up to 2uS when each logit moves by uS: log_softmax(z)[y] and z_y - logsumexp(z) both round at
-           scale S a few times (at logits near 1234.5, 8uS = 5.9e-4; they differ by at most ~2.4e-4). The
-           relative term covers the softmax's sum of V <= 64 terms in another order (V·u = 4e-6).
-  bf16     a gradient handed back in bf16 is rounded there: one bf16 step, 2^-7 relative.
+Parts (Exercise.parts: the main quantity and each logged statistic) are compared apart. A part fails on its
+first differing case, with a message naming the case, what came back and what was expected (first line), then
+the call, the inputs, the tolerance (Tol, below) and, for a numerically off form, the form the contract wants.
 """
 
 from __future__ import annotations
@@ -45,6 +32,16 @@ RANDOM_CASES = 8  # per seed and check (a model-sized check runs fewer)
 EDGE_SEED = 1234  # the values inside the fixed edge cases (their masks and options are written out below)
 
 
+# Tolerances: what a correct answer written another way may differ by.
+#   float64  |got - want| <= 1e-10 + 1e-8 |want|: the same sums in another order differ by ~1e-15, and library
+#            functions approximate (F.softplus is x above 20: e^-20 = 2e-9 off, in the gradient too).
+#   fp32     |got - want| <= 1e-6 + 8 u S + 1e-5 |want|, u = 2^-24 (the fp32 unit roundoff), S the largest
+#            |input| (for log-probs max |logit / T|). An fp32 input is only known to u·S, and a log-prob
+#            moves by up to 2uS when each logit moves by uS: log_softmax(z)[y] and z_y - logsumexp(z) both
+#            round at scale S a few times (at logits near 1234.5, 8uS = 5.9e-4; they differ by at most
+#            ~2.4e-4). The relative term covers the softmax's sum of V <= 64 terms in another order
+#            (V·u = 4e-6).
+#   bf16     a gradient handed back in bf16 is rounded there: one bf16 step, 2^-7 relative.
 @dataclass(frozen=True)
 class Tol:
     atol: float
@@ -61,7 +58,7 @@ F64 = Tol(1e-10, 1e-8, "float64: the same sums in another order differ by ~1e-15
 
 
 def fp32(scale: float = 1.0) -> Tol:
-    """The fp32 tolerance at inputs of magnitude up to `scale` (see the module docstring)."""
+    """The fp32 tolerance at inputs of magnitude up to `scale` (see the comment above Tol)."""
     return Tol(1e-6 + 8 * U32 * scale, 1e-5, f"fp32 at inputs up to {scale:.5g}: 1e-6 + 8·2^-24·{scale:.5g}")
 
 

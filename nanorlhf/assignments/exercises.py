@@ -1,18 +1,14 @@
 """The exercise table: what a student writes, where, and which checks grade it.
 
-Each entry blanks the body of one or more functions (after the docstring, which stays: it is the
-contract). Checks come in three layers, run by `grade` in this order:
-    unit      pytest functions of the project's own test suite (a function counts as passed when all
-              its parametrised cases pass); the student can run these in the handout
+Each entry blanks the body of one or more functions (after the docstring, which stays: it is the contract).
+Checks come in three layers, run by `grade` in this order, then the micro pipeline (`pipeline` in __main__.py)
+over all exercises at once; partial credit is the comment above `Exercise.parts`:
+    unit      pytest functions of the project's own test suite (a function counts as passed when all its
+              parametrised cases pass); the student can run these in the handout
     diff      nanorlhf/assignments/checks.py: the student's function against the reference on fixed edge
-              cases and seeded random cases (ragged masks, garbage at padding, float64, tight tolerances); hidden
+              cases and seeded random cases (ragged masks, garbage at padding, float64, tight tolerances);
+              hidden
     learning  pytest learning tests (a planted preference / reward must be learned)
-and, over all exercises at once, the micro pipeline (`pipeline` in __main__.py).
-
-Partial credit: `parts` splits an exercise's points between its main quantity (first) and each logged
-statistic. The diff layer scores each part apart. A failing unit test costs the parts it checks
-(`unit_parts`, default the main one) that the diff layer also found wrong, or all of them when the diff
-layer found none of them wrong; a failing learning test costs the main part.
 """
 
 from __future__ import annotations
@@ -32,6 +28,10 @@ class Exercise:
     prerequisites: tuple[str, ...] = ()  # exercises whose functions this one's checks call
     stage: str = ""  # the stage script to run once the checks pass
     diff: bool = True  # checks.py has a differential check named after the exercise
+    # Partial credit: `parts` splits an exercise's points between its main quantity (first) and each logged
+    # statistic. The diff layer scores each part apart. A failing unit test costs the parts it checks
+    # (`unit_parts`, default the main one) that the diff layer also found wrong, or all of them when the diff
+    # layer found none of them wrong; a failing learning test costs the main part.
     parts: tuple[tuple[str, int], ...] = ()  # (part, points): main quantity first; () = one part, "output"
     unit_parts: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (unit test, the parts it checks); default main
     hints: tuple[tuple[str, str], ...] = ()  # (unit test, what to look at when it fails)
