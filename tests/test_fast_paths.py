@@ -1,6 +1,5 @@
 """Every speed-up of a PPO iteration (issue #7) against the plain way it replaces: same numbers up to fp32
-rounding, same tokens for the same generator, or (for the sampler, which draws differently by design)
-the same distribution.
+rounding, same tokens for the same generator, or (the sampler, which draws differently) the same distribution.
 
     fast path (the switch)                         plain path
     _FastLogprobs (linear_logprobs, fast=True)      _token_logprobs_torch (fast=False)
