@@ -159,8 +159,8 @@ def logits_table(shapes, dt, dev, cuda, peak, no_compile_above):
     dtype = DTYPES[dt]
     elt = torch.finfo(dtype).bits // 8
     print(f"\n### logits -> log-probs, {dt}\n")
-    print("| N × V | method | fwd ms | fwd GB/s (% spec) | fwd extra MB | fwd+bwd ms | fwd+bwd GB/s (% spec) "
-          "| fwd+bwd extra MB |")
+    print("| N × V | method | fwd ms | fwd GB/s (% spec) | fwd extra MB | fwd+bwd ms "
+          "| fwd+bwd GB/s (% spec) | fwd+bwd extra MB |")
     print("|---|---|---|---|---|---|---|---|")
     for N, V, view in shapes:
         try:

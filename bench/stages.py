@@ -123,8 +123,8 @@ def caption(args, device: str, dtype: str) -> str:
     load = f"load avg {os.getloadavg()[0]:.1f} at start · " if hasattr(os, "getloadavg") else ""
     precision = "bf16 autocast" if dtype == "bf16" else "fp32"
     command = "python bench/stages.py" + (" " + shlex.join(args.argv) if args.argv else "")
-    return (f"{machine(device)} · torch {torch.__version__} · {torch.get_num_threads()} threads · {device} "
-            f"{precision} · {load}{datetime.datetime.now():%Y-%m-%d %H:%M} · `{command}`")
+    return (f"{machine(device)} · torch {torch.__version__} · {torch.get_num_threads()} threads · "
+            f"{device} {precision} · {load}{datetime.datetime.now():%Y-%m-%d %H:%M} · `{command}`")
 
 
 def table(title: str, cap: str, header: list[str], rows: list[list[str]], note: str = "") -> None:
@@ -169,8 +169,8 @@ def bench_train(p, args, device, cap, dtype):
                      f"{1e3 * med(times) / steps:.0f}", f"{toks / med(times):,.0f}",
                      f"{toks / min(times):,.0f}"])
     table(f"train: supervised training throughput, {dtype}", cap,
-          ["preset", "shape", "params", "batch × T", "ms/step", "tokens/s (median)", "tokens/s (best)"], rows,
-          "One step = forward + sft_loss + backward + grad-norm clip + AdamW step.")
+          ["preset", "shape", "params", "batch × T", "ms/step", "tokens/s (median)", "tokens/s (best)"],
+          rows, "One step = forward + sft_loss + backward + grad-norm clip + AdamW step.")
 
 
 def bench_generate(p, args, device, cap, dtype):
@@ -219,8 +219,8 @@ def bench_rm(p, args, device, cap, dtype):
         opt.step()
 
     times = timeit(step, device, args.repeats)
-    rows = [[describe(q["shape"]), f"{B} × {K} × ≤{T}", f"{1e3 * med(times):.0f}", f"{B / med(times):,.1f}",
-             f"{B / min(times):,.1f}"]]
+    rows = [[describe(q["shape"]), f"{B} × {K} × ≤{T}", f"{1e3 * med(times):.0f}",
+             f"{B / med(times):,.1f}", f"{B / min(times):,.1f}"]]
     table(f"rm: reward-model training throughput, {dtype}", cap,
           ["shape", "groups × K × tokens", "ms/step", "groups/s (median)", "groups/s (best)"], rows,
           "One step = scalar-head forward of all K responses, InstructGPT ranking loss over the C(K,2) "
@@ -332,8 +332,8 @@ def bench_ppo(p, args, device, caps: dict):
               f"Policy {describe(q['shape'])} ({n:.2f}M params); critic (value head), reward model (scalar "
               f"head) and frozen reference of the same shape; {q['prompts']} prompts of 16-32 random tokens, "
               f"{q['new']} new tokens (no early EOS). {args.repeats} iterations after 1 "
-              f"warm-up{', alternating with the other precision' if len(caps) > 1 else ''}. Target: ≤ 6.5 s "
-              "median on a 2-core CPU.")
+              f"warm-up{', alternating with the other precision' if len(caps) > 1 else ''}. "
+              "Target: ≤ 6.5 s median on a 2-core CPU.")
     if len(caps) == 2:
         a, b = caps
         rows = [[name, f"{ma:.2f}", f"{mb:.2f}", f"{mb / ma:.2f}×"]

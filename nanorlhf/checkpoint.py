@@ -172,8 +172,8 @@ def load_checkpoint(path, stage: str | None = None, tokenizer: str | None = None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})".replace(
-            "\n", " ")) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})"
+                              .replace("\n", " ")) from None
     remake = f"remake it with: {maker(stage)}" if stage else "remake it with the stage that wrote it"
     if not isinstance(ckpt, dict) or not {"model_config", "model", "stage", "tokenizer_sha256"} <= set(ckpt):
         raise CheckpointError(f"{path}: a checkpoint without its stage and tokenizer (written by an older "
