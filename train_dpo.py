@@ -5,29 +5,11 @@
     python train_dpo.py --comparisons=pairs.jsonl # {"prompt","chosen","rejected"} lines (or K-way rankings)
     python -m nanorlhf.eval --runs=dpo            # its gold win-rate vs SFT, beside the other models
 
-No reward model and no sampling: DPO eq. (7) fits the preferences directly,
-
+No reward model, no sampling: DPO eq. (7) on the ranked groups train_rm.py wrote, π_ref the frozen SFT model,
     loss = −E_(x, y_w, y_l) [ log σ( β log π(y_w|x)/π_ref(y_w|x) − β log π(y_l|x)/π_ref(y_l|x) ) ]
-
-with π_ref the frozen SFT model and log π(y|x) summed over the response tokens and the EOS only
-(losses.dpo_loss). The policy's implicit reward r(x, y) = β log π(y|x)/π_ref(y|x) (§5) orders answers
-like a reward model: its accuracy on the held-out pairs is printed beside the reward model's own.
-Data: the ranked groups train_rm.py wrote (the same comparisons the reward model learned from), each
-K-way ranking expanded to its C(K, 2) ordered pairs less the ties and identical answers
-(data.preference_pairs); the groups are split as train_rm.py splits them, so with the same seed DPO
-holds out the groups the RM was measured on. Pair files are read too (one group of K = 2 per line).
-
-Departures from the paper:
-1. AdamW with warmup and cosine decay (the other stages' optimizer), not RMSprop at a constant 1e-6, and a
-   learning rate sized for a 1M-parameter model; β 0.3 on the tiny preset (bench/NOTES.md, "DPO on the
-   tiny preset": at the paper's 0.1 the policy drifts further from SFT and gets fewer answers right).
-2. A batch holds whole ranked groups: each response goes through the model once for all its K − 1 pairs,
-   and a prompt's pairs share a step (InstructGPT §3.5: a prompt's pairs as separate data points overfit).
-   The loss is still eq. (7)'s mean over pairs.
-3. The off-prompt answers that train_rm.py ranks with each group (answers to other prompts) are left out
-   by default (--off_prompt): pairs won by pushing down an answer the policy would hardly write; measured,
-   they cost 4 points of gold win-rate (bench/NOTES.md, "DPO on the tiny preset").
-4. The reference log-probs are computed once before training: the reference is frozen.
+Departures (why: bench/NOTES.md): 1) AdamW with warmup and cosine decay, not RMSprop at 1e-6; β 0.3 on tiny;
+2) a batch holds whole ranked groups, each response through the model once; 3) answers to other prompts are
+left out by default (--off_prompt); 4) the reference log-probs are computed once before training.
 """
 
 from __future__ import annotations
@@ -105,7 +87,10 @@ def get_config(argv=None) -> Config:
 # ------------------------------------------------------------------------------------------------ data
 def load_groups(cfg: Config, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """(training groups, held-out groups): the ranked comparisons split as train_rm.py splits them; groups
-    with no pair left (every pair tied or identical) dropped after the split, so the split stays the RM's."""
+    with no pair left (every pair tied or identical) dropped after the split, so the split stays the RM's.
+    Each K-way ranking gives its C(K, 2) ordered pairs less the ties and identical answers
+    (data.preference_pairs); with the same seed DPO holds out the groups the RM was measured on. Pair files
+    are read too (one group of K = 2 per line)."""
     path = cfg.comparisons or Path(cfg.out_dir) / "rm" / "comparisons.jsonl"
     train, val = split_groups(read_comparisons(path, "python train_rm.py"), cfg.val_frac, rng)
     train = [g for g in train if preference_pairs(g, cfg.off_prompt)]
@@ -119,8 +104,8 @@ def load_groups(cfg: Config, rng: random.Random) -> tuple[list[dict], list[dict]
 
 # ----------------------------------------------------------------------------- log-probs, the DPO step
 def sequence_logps(model, tokens, attn, P: int, resp) -> torch.Tensor:
-    """log π(y|x) of each row: the response tokens' log-probs summed (the shared log-prob path, logprobs.py).
-    (N,)"""
+    """log π(y|x) of each row: the log-probs of its response tokens and EOS only, summed (the shared log-prob
+    path, logprobs.py). (N,)"""
     logps = response_logprobs(model, tokens, attn, P)  # (N, L - P), fp32
     return torch.where(resp, logps, 0.0).sum(1)
 
@@ -166,7 +151,8 @@ def dpo_step(policy, groups: list[dict], tok, block: int, beta: float, off_promp
 @torch.no_grad()
 def evaluate(policy, groups: list[dict], tok, block: int, cfg: Config, device: str) -> dict:
     """Held-out loss, implicit-reward margin and pairwise accuracy, over the pairs of the groups' K
-    samples."""
+    samples. The implicit reward r(x, y) = β log π(y|x)/π_ref(y|x) (DPO §5) orders answers like a reward
+    model: its accuracy is printed beside the reward model's own."""
     policy.eval()
     sums, n = {"loss": 0.0, "margin": 0.0, "acc": 0.0}, 0
     for a in range(0, len(groups), 4 * cfg.batch_size):

@@ -6,12 +6,10 @@ r"""Step 4 of InstructGPT: optimise the policy against the reward model with PPO
     python train_ppo.py --init_kl_coef=0 --adaptive_kl=false --lr_scale=4.0 \
         --run_name=ppo_beta0 --eval_interval=5                # no KL penalty: reward hacking (the pipeline's)
 
-InstructGPT eq. 2:
+InstructGPT eq. 2, in steps 1 rollout, 2 score, 3 KL-shaped rewards, 4 GAE (`rollout`), 5 `ppo_update`, 6 log:
     max_φ E_(x,y)~π_φ[r_θ(x, y) − β log(π_φ(y|x) / π_SFT(y|x))] + γ E_x~D_pretrain[log π_φ(x)].
-One iteration, as in the algorithm box: 1 rollout, 2 score, 3 KL-shaped rewards, 4 GAE (`rollout`), 5 K epochs
-of minibatch updates (`ppo_update`), 6 log; the maths is in nanorlhf/ppo.py. Departures: 1) the KL is per
-token (k1), as in N+ / TRL; 2) a response that never ends has its reward lowered by `missing_eos_penalty`
-(newer TRL), not replaced; 3) advantages are whitened per batch.
+Departures: 1) per-token KL (k1), as N+ / TRL; 2) a response that never ends has its reward lowered by
+`missing_eos_penalty` (newer TRL), not replaced; 3) advantages are whitened per batch. Maths: nanorlhf/ppo.py.
 """
 
 from __future__ import annotations

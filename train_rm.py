@@ -7,13 +7,9 @@
     python train_rm.py --round=2 --sample_from=out/ppo/ckpt.pt --pool=out/rm/comparisons.jsonl \\
         --run_name=rm_r2                       # iterated RLHF: rank the policy's samples, train on both
 
-"A prompt and several model outputs are sampled. A labeler ranks the outputs from best to worst. This
-data is used to train our reward model." The SFT GPT with a scalar head read at the EOS; InstructGPT
-eq. (1) over all pairs of one prompt's group in one batch element (losses.ranking_loss), ties skipped; a
-final bias makes SFT demonstrations score 0 on average (§3.5/App. C). Each group adds `off_prompt`
-answers written for other prompts (collect_comparisons). Round r > 1 (iterated RLHF, Stiennon et al. 2020;
-Bai et al. 2022) ranks the round-(r-1) policy's samples on unused training prompts, pools every earlier
-round's groups (--pool) and trains a fresh reward model from SFT.
+The SFT GPT with a scalar head read at the EOS; InstructGPT eq. (1) over all pairs of one prompt's group (plus
+`off_prompt` answers to other prompts: collect_comparisons) in one batch element (losses.ranking_loss), ties
+skipped; a final bias makes SFT demonstrations score 0 on average (§3.5/App. C). Rounds: `comparisons`.
 """
 
 from __future__ import annotations
@@ -159,7 +155,11 @@ def _recorded(path: Path):
 def comparisons(cfg: Config, sample_path, tok, labeler, device: str) -> list[dict]:
     """Step 1's ranked groups: every earlier round's (--pool), the simulated labeler's of this round (reused
     from comparisons.jsonl if made by the same recipe, unless --resample; else sampled from `sample_path`
-    and ranked now), and with --labels=human or both, a person's (python -m nanorlhf.label)."""
+    and ranked now), and with --labels=human or both, a person's (python -m nanorlhf.label).
+
+    Round r > 1 (iterated RLHF, Stiennon et al. 2020; Bai et al. 2022) ranks the round-(r-1) policy's samples
+    on unused training prompts, pools every earlier round's groups (--pool), and main trains a fresh reward
+    model from SFT."""
     out = Path(cfg.out_dir) / cfg.run_name
     comp_path, recipe_path = out / "comparisons.jsonl", out / "comparisons.recipe.json"
     groups = []

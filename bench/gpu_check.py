@@ -5,46 +5,11 @@
     python bench/gpu_check.py --estimate            # the FLOP counts behind the estimate below (meta tensors)
     python bench/gpu_check.py --out=DIR --nproc=8   # another folder; the pipeline on 8 GPUs (torchrun)
 
-Steps, each with a wall-time budget (a step past its budget is stopped and recorded as such, so the whole
-check stays under BUDGET_S; the pipeline keeps its finished stages in DIR/out, so a second run of the same
-command resumes where the first stopped, in out/gpu_check/):
-  1. environment   device name, driver, torch/triton versions            -> DIR/environment.log
-  2. kernel tests  tests/test_logprobs.py, test_fast_paths.py, test_distributed.py on the GPU
-  3. log-prob table  LOGPROB_BENCH: fwd and fwd+bwd at 16k×32k and 16k×128k, bf16, % of HBM bandwidth,
-                   vs eager and torch.compile                             -> DIR/logprob_table.log
-  4. pipeline      python -m nanorlhf --preset=small (prepare ... eval, report) in out/gpu_check/ (git
-                   ignores it: checkpoints are large); its report.md, eval.json and stage times are copied
-  5. summary       DIR/summary.md: device, date, every command with its exit code and wall time, the
-                   pipeline's stage wall times and the win-rates vs SFT (from its eval.json)
-
-ESTIMATE of the small pipeline on one H100 -- an estimate, not a measurement: no GPU has run it yet.
-Measured here (`python bench/gpu_check.py --estimate`, 2026-12-01, a quiet 2-core Intel Xeon): FLOPs counted
-by torch.utils.flop_counter on meta tensors for the small shapes (6 layers, d 384, context 256, V 1,337 --
-what the BPE of the small data reaches, padded to 1,344 rows -- 11.2M parameters), and the gold labeler's
-time per judgement:
-  pretraining/SFT step (64 × 256 tokens, fwd+bwd)        1.21 TFLOP × (3,000 + 1,500) steps  =  5.4 PFLOP
-  RM step (32 groups × 7 responses × 104 tokens)         1.55 TFLOP × 160 steps              =  0.25 PFLOP
-  PPO minibatch (64 × 104 tokens, policy + critic)       0.91 TFLOP × 16 × 200 × 4 runs      = 11.6 PFLOP
-  PPO rollout forwards (ref, critic, RM: 256 × 104)      ~1.8 TFLOP × 200 × 4 runs           =  1.4 PFLOP
-  one decoding step (batch 256, 56 cached tokens)        0.006 TFLOP: nothing in FLOPs, all launches
-  gold labeler                                           ~90 µs per warm judgement of a demonstration
-                                                         (the tiny run's RM samples, longer: ~200 µs)
-Assumed for an H100 SXM (stated, not measured): ~250 TFLOP/s reached by these small d=384 bf16 matmuls
-(a quarter of the dense peak); eager PyTorch at ~10 µs per kernel launch incl. Python, so ~1.5-2 ms per
-decoding step (~110 launches; 512 rows, generate.sample_batch on a GPU) and ~5 ms per model
-fwd+bwd+AdamW step (~350 launches); a step takes the larger of its FLOP time and its launch time.
-  training: 4,660 steps × max(4.8 ms FLOPs, 5 ms) + 12,800 PPO minibatches × max(3.6, 2 × 5 ms) ≈ 150 s
-  decoding: RM 36,000 samples / 512 × 48 tokens = 3,400 steps; PPO rollouts 4 × 200 × 48 = 38,400;
-            PPO evaluations 4 × 11 × 48 = 2,100; evaluation (8,000 + 12,800) / 512 × 48 = 2,000;
-            ≈ 46,000 steps × 1.5-2 ms                                                        ≈  80 s
-  labeler: RM 6,000 groups × 7 × ~2.2 (rank and ties judge each response; the held-out groups again)
-           + PPO 4 × 11 × 400 + the gold-reward run 200 × 256 + evaluation ~35,000
-           ≈ 196,000 judgements × 0.1-0.2 ms                                                  ≈ 20-40 s
-  model loading, imports, rollout forwards (11 stage processes)                                 ≈  60 s
-  ≈ 310-330 s ≈ 5.5 min by this estimate: under the 8-minute target and the 350 s the pipeline step is
-given below. What dominates is not the GPU's FLOPs (~75 s) but kernel launches: CUDA graphs for decoding
-and the PPO minibatch are the way further down. (An earlier version of this estimate timed the labeler's
-first, cold judgements on a loaded CPU, 1.0-1.4 ms each, and came to 8-9.5 min.)
+Five steps (listed above `steps`), each stopped past its wall-time budget so the check stays under BUDGET_S:
+environment, kernel tests, the log-prob table, the small pipeline (a rerun resumes it), DIR/summary.md.
+ESTIMATE of the small pipeline on one H100, not a measurement (the FLOP counts, assumptions and breakdown are
+in bench/NOTES.md): ≈ 310-330 s ≈ 5.5 min, under the 8-minute target and the pipeline step's 350 s; kernel
+launches dominate, not the GPU's FLOPs (~75 s).
 """
 
 from __future__ import annotations
@@ -73,6 +38,17 @@ ENVIRONMENT = ("import torch, triton, platform; c = torch.cuda.is_available(); "
                "torch.version.cuda); print('gpus:', torch.cuda.device_count())")
 
 
+# The steps, each with a wall-time budget (a step past its budget is stopped and recorded as such, so the
+# whole check stays under BUDGET_S; the pipeline keeps its finished stages, so a second run of the same
+# command resumes where the first stopped, in out/gpu_check/):
+#   1. environment   device name, driver, torch/triton versions            -> DIR/environment.log
+#   2. kernel tests  tests/test_logprobs.py, test_fast_paths.py, test_distributed.py on the GPU
+#   3. log-prob table  LOGPROB_BENCH: fwd and fwd+bwd at 16k×32k and 16k×128k, bf16, % of HBM
+#                    bandwidth, vs eager and torch.compile                  -> DIR/logprob_table.log
+#   4. pipeline      python -m nanorlhf --preset=small (prepare ... eval, report) in out/gpu_check/ (git
+#                    ignores it: checkpoints are large); its report.md, eval.json and stage times are copied
+#   5. summary       DIR/summary.md: device, date, every command with its exit code and wall time, the
+#                    pipeline's stage wall times and the win-rates vs SFT (from its eval.json)
 def steps(work: Path, dry: bool, nproc: int) -> list[tuple[str, list[str], int]]:
     """(name, command, budget in seconds) of each step, the pipeline's files under `work`; --dry-run: the
     same steps on tiny shapes."""

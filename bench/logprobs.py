@@ -6,23 +6,10 @@ Benchmark of per-token log-probs: naive PyTorch vs torch.compile vs the fused Tr
     python bench/logprobs.py --shapes 16384x32768,4096x128256 --dtype bf16
     python bench/logprobs.py --tune               # BLOCK_V / num_warps sweep of both kernels
 
-Design (as Liger-Kernel and flash-attention benchmark their cross-entropy kernels): every method runs on the
-same inputs in one process; times are triton.testing.do_bench (which flushes L2) on CUDA and a perf_counter
-loop on CPU. Effective bandwidth = the bytes a perfect kernel must move / time: forward reads the logits once
-(N V bytes-per-element), forward + backward reads them twice and writes the gradient once (3 N V). It is
-printed against the spec sheet's HBM bandwidth and next to two ceilings measured here (x.amax(-1): read only;
-copy_: read + write). "Extra MB" = peak allocated memory during the call minus what was allocated before
-(inputs, upstream grads); for fwd+bwd it includes the N x V gradient that autograd must return.
-
-Methods:
-  eager     log_softmax(x.float(), -1).gather(-1, y)            the textbook line
-  rowloop   the same over chunks of 1024 rows (TRL's selective_log_softmax idea): less memory, same reads
-  compiled  torch.compile(eager, dynamic=False)                 one compile per shape
-  ours      token_logprobs(x, y)                                 Triton on CUDA; on CPU the torch path
-  ours+H    token_logprobs(x, y, with_entropy=True), gradients through both outputs
-By default fp32 runs only at N=16384, V in {32768, 128256} (spot checks), and torch.compile is skipped at
-N=65536 to keep the run short (it recompiles for every shape). On CPU the Triton kernel is not run (the
-interpreter is no benchmark): 'ours' is then the torch path, and torch.compile is skipped.
+Every method (eager, rowloop, compiled, ours, ours+H: listed above their definitions) runs on the same inputs
+in one process, timed by triton.testing.do_bench on CUDA and a perf_counter loop on CPU; effective bandwidth
+(the bytes a perfect kernel must move / time) is printed against the spec sheet's HBM bandwidth and two
+measured ceilings, with the extra memory of each call (how both are counted: above `bench_ms`).
 """
 
 import argparse
@@ -43,6 +30,15 @@ PEAK_GBS = {"H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 NVL": 3900, "H100 PC
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+# Methods:
+#   eager     log_softmax(x.float(), -1).gather(-1, y)            the textbook line
+#   rowloop   the same over chunks of 1024 rows (TRL's selective_log_softmax idea): less memory, same reads
+#   compiled  torch.compile(eager, dynamic=False)                 one compile per shape
+#   ours      token_logprobs(x, y)                                 Triton on CUDA; on CPU the torch path
+#   ours+H    token_logprobs(x, y, with_entropy=True), gradients through both outputs
+# By default fp32 runs only at N=16384, V in {32768, 128256} (spot checks), and torch.compile is skipped at
+# N=65536 to keep the run short (it recompiles for every shape). On CPU the Triton kernel is not run (the
+# interpreter is no benchmark): 'ours' is then the torch path, and torch.compile is skipped.
 def eager(x, y):
     return F.log_softmax(x.float(), dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
 
@@ -61,6 +57,13 @@ def ours_h(x, y):
 
 # ----------------------------------------------------------------------------------------------------------
 # measuring
+# Design (as Liger-Kernel and flash-attention benchmark their cross-entropy kernels): every method runs on the
+# same inputs in one process; times are triton.testing.do_bench (which flushes L2) on CUDA and a perf_counter
+# loop on CPU. Effective bandwidth = the bytes a perfect kernel must move / time: forward reads the logits
+# once (N V bytes-per-element), forward + backward reads them twice and writes the gradient once (3 N V). It
+# is printed against the spec sheet's HBM bandwidth and next to two ceilings measured here (x.amax(-1): read
+# only; copy_: read + write). "Extra MB" = peak allocated memory during the call minus what was allocated
+# before (inputs, upstream grads); for fwd+bwd it includes the N x V gradient that autograd must return.
 
 def bench_ms(fn, cuda):
     if cuda:
@@ -156,8 +159,8 @@ def logits_table(shapes, dt, dev, cuda, peak, no_compile_above):
     dtype = DTYPES[dt]
     elt = torch.finfo(dtype).bits // 8
     print(f"\n### logits -> log-probs, {dt}\n")
-    print("| N × V | method | fwd ms | fwd GB/s (% spec) | fwd extra MB | fwd+bwd ms | fwd+bwd GB/s (% spec) "
-          "| fwd+bwd extra MB |")
+    print("| N × V | method | fwd ms | fwd GB/s (% spec) | fwd extra MB | fwd+bwd ms "
+          "| fwd+bwd GB/s (% spec) | fwd+bwd extra MB |")
     print("|---|---|---|---|---|---|---|---|")
     for N, V, view in shapes:
         try:

@@ -1,5 +1,4 @@
-"""
-Where the pipeline's seconds go: each stage split into its phases, and one stage's top torch ops.
+"""Where the pipeline's seconds go: each stage split into its phases, and one stage's top torch ops.
 
     python bench/phases.py out                      # after `python -m nanorlhf`: a markdown table, one row
                                                      # per stage: wall time and its phases (from out/logs)
@@ -7,20 +6,10 @@ Where the pipeline's seconds go: each stage split into its phases, and one stage
                                                      # one stage under torch.profiler: top ops by self time,
                                                      # and the share of the time spent outside torch ops
 
-Phases: every stage wraps its work in `nanorlhf.training.phase(name)` and prints one line at its end,
-"<stage>: time by phase: sampling 12.3s (25%) | update ... | other ...". Sampling is every call of
-generate.generate (KV-cache decoding, wherever it happens: RM comparisons, PPO rollouts, evaluations);
-"labeler" the simulated human's judging; "update" forward + backward + optimizer step; "other" is
-imports, loading and the untimed glue. The table reads those lines from the pipeline's logs
-(out/logs/<stage>.log) and the stage wall times from out/pipeline_state.json: it costs nothing to
-rerun, and any pipeline run (fp32 or bf16, any seed) gives one.
-
---run executes a stage script in this process (runpy, as `python <script> <flags>` would) inside
-torch.profiler (CPU activities), then prints the ops with the most self time and the sum of all ops'
-self time against the wall time: what is left is Python, the labeler and everything else outside torch
-ops. The profiler adds its own overhead per op, so the Python share is an upper bound; time a stage
-without it by its phase line. Point --run at a scratch --run_name (and --out_dir) so that no result of
-yours is replaced.
+The table reads the phase line each stage prints at its end (nanorlhf.training.phase) from the pipeline's
+logs: it costs nothing to rerun, and any pipeline run gives one (see `table`). --run profiles a stage in this
+process; point it at a scratch --run_name (and --out_dir) so that no result of yours is replaced
+(`profile_run`).
 """
 
 from __future__ import annotations
@@ -54,6 +43,13 @@ def phases_of(log: Path) -> dict[str, float]:
 
 
 def table(out_dir: Path) -> str:
+    """Phases: every stage wraps its work in `nanorlhf.training.phase(name)` and prints one line at its end,
+    "<stage>: time by phase: sampling 12.3s (25%) | update ... | other ...". Sampling is every call of
+    generate.generate (KV-cache decoding, wherever it happens: RM comparisons, PPO rollouts, evaluations);
+    "labeler" the simulated human's judging; "update" forward + backward + optimizer step; "other" is
+    imports, loading and the untimed glue. The table reads those lines from the pipeline's logs
+    (out/logs/<stage>.log) and the stage wall times from out/pipeline_state.json: it costs nothing to
+    rerun, and any pipeline run (fp32 or bf16, any seed) gives one."""
     state_path = out_dir / "pipeline_state.json"
     walls = {}
     if state_path.exists():
@@ -81,6 +77,12 @@ def table(out_dir: Path) -> str:
 
 
 def profile_run(command: str, top: int) -> None:
+    """--run: execute a stage script in this process (runpy, as `python <script> <flags>` would) inside
+    torch.profiler (CPU activities), then print the ops with the most self time and the sum of all ops'
+    self time against the wall time: what is left is Python, the labeler and everything else outside torch
+    ops. The profiler adds its own overhead per op, so the Python share is an upper bound; time a stage
+    without it by its phase line. Point --run at a scratch --run_name (and --out_dir) so that no result of
+    yours is replaced."""
     import torch  # only here: the table above needs nothing but the logs
     from torch.profiler import ProfilerActivity, profile
 

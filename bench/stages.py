@@ -1,5 +1,4 @@
-"""
-Stage benchmark: how fast each piece of the pipeline runs on this machine, as markdown tables for the README.
+"""Stage benchmark: how fast each piece of the pipeline runs on this machine: markdown tables for the README.
 
     python bench/stages.py                             # every part (CPU: about 3.5 minutes on 2 cores)
     python bench/stages.py --part=ppo --repeats=5      # one PPO iteration at the README's shape
@@ -10,28 +9,7 @@ Stage benchmark: how fast each piece of the pipeline runs on this machine, as ma
     python bench/stages.py --part=ppo --dtype=both     # fp32 and bf16 side by side, iterations alternating
     python bench/stages.py --part=ppo --dtype=both --profile   # ... and where each one's time goes
 
---dtype is the stages' flag (nanorlhf/precision.py): auto (default: what the stages would pick on this
-machine) | fp32 | bf16; `both` runs every part in fp32 and in bf16. For the PPO part the two precisions'
-iterations alternate (fp32, bf16, fp32, ...), so that other processes on the machine slow both alike, and a
-last table gives each phase's bf16/fp32 ratio of medians.
-
-Parts (random weights and random token ids: speed does not depend on what the model has learned):
-  train     supervised tokens/s, forward + backward + grad clip + AdamW step (train_sft's step) at the
-            `tiny` shape (vocab 1306: our tokenizer at the tiny preset) and the `small` shape
-  generate  sampled tokens/s with the KV cache and without it (use_cache=False recomputes the prefix every
-            step), 64 prompts, 48 new tokens, and the speed-up (target >= 5x)
-  rm        reward-model comparison groups/s, K = 4 (forward, ranking loss, backward, AdamW: train_rm's step)
-  ppo       ONE PPO iteration (train_ppo.rollout + train_ppo.ppo_update) at a fixed GPT-2-shaped size,
-            split into 1 generate | 2-4 score, reference, values, rewards, GAE | 5 update
-
-The PPO part must time exactly the code a PPO run executes, so it loads `rollout`, `ppo_update` and `Config`
-from the repository's train_ppo.py by path (importlib: a private copy, see load_train_ppo; this is a script
-beside the package, which itself never imports a stage script or a benchmark). To split rollout() without
-running anything twice, the private copy of train_ppo loaded here has its `generate` wrapped in a stopwatch;
-"score" is the rest of rollout(). No sampled token can be the EOS (eos_id = -1), so every row generates all
-its tokens and every repeat does the same work. Times are wall clock (perf_counter) around the work, after a
-device synchronise on CUDA; we report the median (and the best) of --repeats after one warm-up. Other
-processes on the machine slow every number: the load average at start is printed with each table.
+Comments in the code say what each part times (PARTS), how (timeit, load_train_ppo) and --dtype (parse_args).
 """
 
 from __future__ import annotations
@@ -61,6 +39,15 @@ from nanorlhf.model import GPT, GPTConfig
 from nanorlhf.precision import TORCH_DTYPES
 from nanorlhf.training import autocast, make_optimizer, resolve_dtype, setup_device
 
+# Parts (random weights and random token ids: speed does not depend on what the model has learned):
+#   train     supervised tokens/s, forward + backward + grad clip + AdamW step (train_sft's step) at the
+#             `tiny` shape (vocab 1306: our tokenizer at the tiny preset) and the `small` shape
+#   generate  sampled tokens/s with the KV cache and without it (use_cache=False recomputes the prefix every
+#             step), 64 prompts, 48 new tokens, and the speed-up (target >= 5x)
+#   rm        reward-model comparison groups/s, K = 4 (forward, ranking loss, backward, AdamW: train_rm's
+#             step)
+#   ppo       ONE PPO iteration (train_ppo.rollout + train_ppo.ppo_update) at a fixed GPT-2-shaped size,
+#             split into 1 generate | 2-4 score, reference, values, rewards, GAE | 5 update
 PARTS = ("train", "generate", "rm", "ppo")
 # model shapes (GPTConfig fields); TINY/SMALL are the pipeline's presets, PPO the README's PPO benchmark shape
 TINY = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=1306)
@@ -88,6 +75,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# Times are wall clock (perf_counter) around the work, after a device synchronise on CUDA; we report the
+# median (and the best) of --repeats after one warm-up. Other processes on the machine slow every number: the
+# load average at start is printed with each table.
 def timeit(fn, device: str, repeats: int, warmup: int = 1) -> list[float]:
     """Seconds per call of fn(), `repeats` times after `warmup` untimed calls."""
     for _ in range(warmup):
@@ -133,8 +123,8 @@ def caption(args, device: str, dtype: str) -> str:
     load = f"load avg {os.getloadavg()[0]:.1f} at start · " if hasattr(os, "getloadavg") else ""
     precision = "bf16 autocast" if dtype == "bf16" else "fp32"
     command = "python bench/stages.py" + (" " + shlex.join(args.argv) if args.argv else "")
-    return (f"{machine(device)} · torch {torch.__version__} · {torch.get_num_threads()} threads · {device} "
-            f"{precision} · {load}{datetime.datetime.now():%Y-%m-%d %H:%M} · `{command}`")
+    return (f"{machine(device)} · torch {torch.__version__} · {torch.get_num_threads()} threads · "
+            f"{device} {precision} · {load}{datetime.datetime.now():%Y-%m-%d %H:%M} · `{command}`")
 
 
 def table(title: str, cap: str, header: list[str], rows: list[list[str]], note: str = "") -> None:
@@ -179,8 +169,8 @@ def bench_train(p, args, device, cap, dtype):
                      f"{1e3 * med(times) / steps:.0f}", f"{toks / med(times):,.0f}",
                      f"{toks / min(times):,.0f}"])
     table(f"train: supervised training throughput, {dtype}", cap,
-          ["preset", "shape", "params", "batch × T", "ms/step", "tokens/s (median)", "tokens/s (best)"], rows,
-          "One step = forward + sft_loss + backward + grad-norm clip + AdamW step.")
+          ["preset", "shape", "params", "batch × T", "ms/step", "tokens/s (median)", "tokens/s (best)"],
+          rows, "One step = forward + sft_loss + backward + grad-norm clip + AdamW step.")
 
 
 def bench_generate(p, args, device, cap, dtype):
@@ -229,14 +219,20 @@ def bench_rm(p, args, device, cap, dtype):
         opt.step()
 
     times = timeit(step, device, args.repeats)
-    rows = [[describe(q["shape"]), f"{B} × {K} × ≤{T}", f"{1e3 * med(times):.0f}", f"{B / med(times):,.1f}",
-             f"{B / min(times):,.1f}"]]
+    rows = [[describe(q["shape"]), f"{B} × {K} × ≤{T}", f"{1e3 * med(times):.0f}",
+             f"{B / med(times):,.1f}", f"{B / min(times):,.1f}"]]
     table(f"rm: reward-model training throughput, {dtype}", cap,
           ["shape", "groups × K × tokens", "ms/step", "groups/s (median)", "groups/s (best)"], rows,
           "One step = scalar-head forward of all K responses, InstructGPT ranking loss over the C(K,2) "
           "pairs, backward, grad clip, AdamW (train_rm's step).")
 
 
+# The PPO part must time exactly the code a PPO run executes, so it loads `rollout`, `ppo_update` and `Config`
+# from the repository's train_ppo.py by path (importlib: a private copy, see load_train_ppo; this is a script
+# beside the package, which itself never imports a stage script or a benchmark). To split rollout() without
+# running anything twice, the private copy of train_ppo loaded here has its `generate` wrapped in a stopwatch;
+# "score" is the rest of rollout(). No sampled token can be the EOS (eos_id = -1), so every row generates all
+# its tokens and every repeat does the same work.
 def load_train_ppo():
     """A private copy of the repository's train_ppo.py (the module the PPO stage runs)."""
     path = Path(__file__).resolve().parent.parent / "train_ppo.py"  # bench/ sits beside the stage scripts
@@ -336,8 +332,8 @@ def bench_ppo(p, args, device, caps: dict):
               f"Policy {describe(q['shape'])} ({n:.2f}M params); critic (value head), reward model (scalar "
               f"head) and frozen reference of the same shape; {q['prompts']} prompts of 16-32 random tokens, "
               f"{q['new']} new tokens (no early EOS). {args.repeats} iterations after 1 "
-              f"warm-up{', alternating with the other precision' if len(caps) > 1 else ''}. Target: ≤ 6.5 s "
-              "median on a 2-core CPU.")
+              f"warm-up{', alternating with the other precision' if len(caps) > 1 else ''}. "
+              "Target: ≤ 6.5 s median on a 2-core CPU.")
     if len(caps) == 2:
         a, b = caps
         rows = [[name, f"{ma:.2f}", f"{mb:.2f}", f"{mb / ma:.2f}×"]
@@ -391,6 +387,10 @@ def matmul_floor(iteration, device: str, update_s: float, n: int, dtype: str) ->
 
 
 # ------------------------------------------------------------------------------------------------ main
+# --dtype is the stages' flag (nanorlhf/precision.py): auto (default: what the stages would pick on this
+# machine) | fp32 | bf16; `both` runs every part in fp32 and in bf16. For the PPO part the two precisions'
+# iterations alternate (fp32, bf16, fp32, ...), so that other processes on the machine slow both alike, and
+# a last table gives each phase's bf16/fp32 ratio of medians.
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python bench/stages.py", description=__doc__.split("\n\n")[0].strip())
     ap.add_argument("--part", default="all", choices=("all",) + PARTS, help="which benchmark to run")

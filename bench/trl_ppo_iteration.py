@@ -1,24 +1,15 @@
 """The "usual library" baseline of issue 7: one PPO iteration of TRL's PPOTrainer at the shape that
 `python bench/stages.py --part=ppo` times, on the same machine, so the two figures can be compared.
 
-Not part of nanorlhf and not run by the tests: it needs TRL, which the project does not depend on.
-The current TRL (1.16) has no PPOTrainer; 0.19.1 has one and is the version measured:
+Not part of nanorlhf and not run by the tests: it needs TRL 0.19.1 (the current TRL, 1.16, has no PPOTrainer).
 
     python -m venv --system-site-packages /tmp/trlenv && . /tmp/trlenv/bin/activate
     pip install trl==0.19.1 transformers==4.53.3
     python bench/trl_ppo_iteration.py 6          # 6 iterations; the first is the warm-up
     python bench/trl_ppo_iteration.py 6 bf16     # the same with TRL's bf16=True (CPU bf16 autocast)
 
-bench/vs_trl.py runs this beside `python bench/stages.py --part=ppo` in one alternating sequence, in fp32
-and in bf16, and prints the ratios.
-
-Shape (as bench/stages.py): GPT-2 d=128, 4 layers, 4 heads, vocabulary 4096, context 256; policy, frozen
-reference, reward model and value model all of that shape; 64 prompts of 16-32 random tokens; 48 new
-tokens with no early stop; 4 PPO epochs x 4 minibatches of 16; fp32 (or bf16=True) on the CPU with 2 threads.
-TRL's rollout batch is per_device_train_batch_size x gradient_accumulation_steps (16 x 4 = 64), split into
-num_mini_batches = 4 minibatches of 16, each one forward/backward of 16 rows, as ours. One difference: with
-gradient accumulation 4, TRL steps the optimisers once per 4 minibatches where we step once per
-minibatch -- AdamW on 1.35M parameters is a negligible share of the time either way.
+bench/vs_trl.py runs this beside `python bench/stages.py --part=ppo` in one alternating sequence, in fp32 and
+in bf16, and prints the ratios. The shape, and how it matches ours: `main`.
 """
 
 import random
@@ -48,6 +39,13 @@ class IterationClock(TrainerCallback):
 
 
 def main(iterations: int, dtype: str = "fp32") -> None:
+    """Shape (as bench/stages.py): GPT-2 d=128, 4 layers, 4 heads, vocabulary 4096, context 256; policy,
+    frozen reference, reward model and value model all of that shape; 64 prompts of 16-32 random tokens; 48
+    new tokens with no early stop; 4 PPO epochs x 4 minibatches of 16; fp32 (or bf16=True) on the CPU with 2
+    threads. TRL's rollout batch is per_device_train_batch_size x gradient_accumulation_steps (16 x 4 = 64),
+    split into num_mini_batches = 4 minibatches of 16, each one forward/backward of 16 rows, as ours. One
+    difference: with gradient accumulation 4, TRL steps the optimisers once per 4 minibatches where we step
+    once per minibatch -- AdamW on 1.35M parameters is a negligible share of the time either way."""
     torch.set_num_threads(2)
     torch.manual_seed(0)
     rng = random.Random(0)

@@ -3,14 +3,13 @@
     python data/prepare.py                      # preset picked from the device (tiny on CPU)
     python data/prepare.py --preset=micro --out_dir=/tmp/d   # seconds, for tests
 
-Writes into `out_dir` (default data/):
+Writes into `out_dir` (default data/), each file through a temp name and a rename (nanorlhf.files), so an
+interrupted run leaves no half-written file:
     corpus.txt          the synthetic "internet", documents separated by <|endoftext|> (pretraining)
     sft.jsonl           demonstrations {"prompt", "response", "category", "quality"} (SFT)
     prompts.jsonl       {"prompt", "category", "split"}: train (RM sampling, PPO), val, test (evaluation)
     tokenizer.tiktoken  our byte-level BPE ranks in tiktoken's format
     meta.json           the seed and world parameters, so every stage rebuilds the same gold labeler
-Each file is written to a temp name and renamed (nanorlhf.files), so an interrupted run leaves no
-half-written file.
 """
 
 from __future__ import annotations

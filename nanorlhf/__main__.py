@@ -6,11 +6,10 @@
     python -m nanorlhf --seed=3             # another world and other stage seeds -> data/seed3/, out/seed3/
     python -m nanorlhf --nproc=8            # each training stage and the evaluation on 8 processes (torchrun)
 
-prepare → pretrain → SFT → (RM → PPO) per round of iterated RLHF → the other runs (runs.py) → eval →
-report, each stage its own script in a subprocess, logged to out/logs/<stage>.log. A stage is skipped when
-it is current: out/pipeline_state.json records a fingerprint of its inputs (its command and its upstream
-stages' outputs) and of the files it wrote, and both still match. The pipeline holds the lock of every
-folder its stages write; Ctrl-C, SIGTERM or the pipeline's death stops the running stage with it.
+prepare → pretrain → SFT → (RM → PPO) per round of iterated RLHF → other runs (runs.py) → eval →
+report, each stage a script in a subprocess, logged to out/logs/<stage>.log, skipped when current (its
+command, upstream outputs and written files match their fingerprints in out/pipeline_state.json). The pipeline
+locks every folder its stages write; Ctrl-C, SIGTERM or its death stops the running stage with it.
 """
 
 from __future__ import annotations

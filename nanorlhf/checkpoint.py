@@ -1,18 +1,15 @@
 """Checkpoints: a plain dict {model_config, config, model, stage, tokenizer, step, metrics}.
 
-A checkpoint carries what is needed to use it: the stage that made it (base, sft, rm, or a PPO run's
-name), its head (in model_config), and its tokenizer: the ranks themselves (`tokenizer_ranks`, so it
-loads from any directory) and their SHA-256 (`tokenizer_sha256`, checked against the tokenizer file the
-loading stage reads its data with: data regenerated under a trained model is an error, not garbage).
-`tokenizer` keeps the ranks file's path as given, for readers that load the tokenizer by path.
-
-Written atomically (files.atomic_write), never with non-finite weights or metrics and never before a
-training step was taken, and loaded with `torch.load(weights_only=True)`, which unpickles only tensors
-and plain containers (never arbitrary code). A checkpoint records whether its run finished: the saves a
-stage makes while it trains go to `ckpt.partial.pt` beside the finished `ckpt.pt` (partial_path), so a
-run stopped halfway never replaces a finished model with an intermediate one, and no stage loads a
-checkpoint that did not finish. A checkpoint's model_config is checked against GPTConfig and its weights
-before a model is built from it.
+A checkpoint carries what is needed to use it: the stage that made it (base, sft, rm, or a PPO run's name),
+its head (in model_config), and its tokenizer: the ranks (`tokenizer_ranks`, so it loads from any directory)
+and their SHA-256 (`tokenizer_sha256`, checked against the tokenizer file the loading stage reads its data
+with: data regenerated under a trained model is an error, not garbage); `tokenizer` keeps the ranks file's
+path as given, for readers that load the tokenizer by path. Written atomically (files.atomic_write), never
+with non-finite weights or metrics nor before a training step was taken; loaded with
+`torch.load(weights_only=True)` (tensors and plain containers only, never arbitrary code), its model_config
+checked against GPTConfig and its weights first. It records whether its run finished: a stage's saves while it
+trains go to `ckpt.partial.pt` beside the finished `ckpt.pt` (partial_path), so a run stopped halfway never
+replaces a finished model, and no stage loads a checkpoint that did not finish.
 """
 
 from __future__ import annotations
@@ -175,8 +172,8 @@ def load_checkpoint(path, stage: str | None = None, tokenizer: str | None = None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})".replace(
-            "\n", " ")) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})"
+                              .replace("\n", " ")) from None
     remake = f"remake it with: {maker(stage)}" if stage else "remake it with the stage that wrote it"
     if not isinstance(ckpt, dict) or not {"model_config", "model", "stage", "tokenizer_sha256"} <= set(ckpt):
         raise CheckpointError(f"{path}: a checkpoint without its stage and tokenizer (written by an older "

@@ -1,19 +1,15 @@
 """Dataclass configs overridden from the command line, and named presets.
 
-Every stage script has one `@dataclass` config. `parse_config(Config, argv)` turns each field into a
-`--name=value` flag, applies `--preset=<name>` first, then the explicit flags. An unknown flag is an
-error that names it, and so is a flag given twice. No `exec` of config files (nanoGPT's configurator is
-"probably a terrible idea").
-
-`--help` teaches the config: for every field, the comment that ends its line in the source (or a
-`field(metadata={"help": ...})`), its default, and the values the presets give it; a comment on a line
-of its own titles the fields below it. So a config field is documented once, where it is defined.
+One `@dataclass` config per stage script: `parse_config(Config, argv)` turns each field into a `--name=value`
+flag, applies `--preset=<name>` first, then the explicit flags; an unknown flag or one given twice is an error
+that names it. No `exec` of config files (nanoGPT's configurator is "probably a terrible idea"). `--help`
+documents a field where it is defined: the comment ending its line (or `field(metadata={"help": ...})`), its
+default, the presets' values; a comment on a line of its own titles the fields below it.
 
 Each entry point checks its whole config in one place, `check_config(cfg, **rules)`, before any work: every
-bad value is one line `--name=value: expected ...` and exit 2, instead of a traceback halfway through. Besides
-the stage's own rules it checks what holds for every config: numbers are finite (`--lr=inf` passes "> 0"),
-a seed is one NumPy accepts, and the device exists. An integer field takes only a whole number (`2.5e0`
-is an error, not 2), at parsing.
+bad value is one line `--name=value: expected ...` and exit 2, not a traceback halfway through. Besides the
+stage's rules it checks what holds for every config: numbers are finite (`--lr=inf` passes "> 0"), a seed is
+one NumPy accepts, the device exists; parsing takes only whole numbers for integers (`2.5e0` errs, not 2).
 """
 
 from __future__ import annotations

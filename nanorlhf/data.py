@@ -168,7 +168,8 @@ def read_comparisons(path, maker: str = "python train_rm.py --resample=true") ->
             continue
         resp, rank = row.get("responses"), row.get("ranking")
         if not (isinstance(resp, list) and all(isinstance(r, str) for r in resp) and len(resp) >= 2):
-            raise DataError(f"{path}:{n}: expected 'responses' (a list of ≥2 strings) or 'chosen'/'rejected'")
+            raise DataError(f"{path}:{n}: expected 'responses' (a list of ≥2 strings) "
+                            "or 'chosen'/'rejected'")
         if not (_indices(rank, len(resp)) and sorted(rank) == list(range(len(resp)))):
             raise DataError(f"{path}:{n}: 'ranking' must be a permutation of 0..{len(resp) - 1}, got {rank}")
         ties = row.get("ties", [])

@@ -1,21 +1,15 @@
 """Writing files so that nothing is lost, reading text with an error that names the bad byte, and
 fingerprints of what was written.
 
-Every file a stage writes goes through `atomic_write`: the new content goes to a temporary file next to
-the target (so on the same filesystem), is flushed to disk, and only then renamed over the target
-(`os.replace` is atomic on POSIX and Windows). A reader, or the next run after a SIGKILL, a full disk or a
-read-only folder, finds the old file or the new one, never half of one. The temporary file of a writer
-that was killed is removed by the next write of the same file.
-
-Under torchrun only rank 0 writes (see distributed.py): every rank runs the same recipe and holds the
-same weights, so the other ranks' writes would be copies racing for the same path.
-
-One writer per output folder: every stage (and the pipeline, for every folder its stages write) takes the
-folder's lock, `lock_folder`, before any work. Two runs on the same folders would otherwise both "succeed",
-each file being whichever wrote it last. The lock is a file in the folder naming its holder (pid, command,
-start time) and held with flock(2): the kernel lets go of it when the holder dies, however it dies, so a
-lock file left by a killed run is taken over (with a message), never waited on. The stages the pipeline
-starts hold their folders through its lock (the token in NANORLHF_LOCKS).
+Every file a stage writes goes through `atomic_write`: to a temporary file beside the target (same
+filesystem), flushed to disk, then renamed over it (`os.replace` is atomic on POSIX and Windows). A reader, or
+the next run after a SIGKILL, a full disk or a read-only folder, finds the old file or the new one, never half
+of one; the next write removes a killed writer's temporary file. Under torchrun only rank 0 writes (every rank
+holds the same weights: the others' writes would be copies racing for one path). One writer per output folder:
+every stage (and the pipeline, for its stages' folders, which they hold through its token in NANORLHF_LOCKS)
+takes the folder's lock, `lock_folder`, before any work, or two runs would both "succeed", each file being
+whichever wrote it last. The lock is a file naming its holder (pid, command, start time), held with flock(2),
+which the kernel frees however the holder dies: a killed run's lock is taken over, never waited on.
 """
 
 from __future__ import annotations

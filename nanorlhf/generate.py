@@ -152,8 +152,8 @@ def response_logprobs(model: GPT, tokens, attention_mask, prompt_len: int, tempe
     impl: the log-prob implementation, 'torch' | 'triton' | None (logprobs.py picks).
 
     Alignment: the hidden state at column t predicts token t + 1 (a causal LM's shift), so the response
-    tokens are scored by hidden states P−1 … P+T−2; prompt positions no loss reads are never sent through
-    the output layer. The fused path never materialises the (B, T, V) logits (see logprobs.py).
+    tokens are scored by hidden states P−1 … P+T−2; prompt positions no loss reads are never sent
+    through the output layer. The fused path never materialises the (B, T, V) logits (see logprobs.py).
     The last block runs only at positions P−1… (hidden_states' `first`), the only ones read here.
     The entropy is for logging (train_ppo's `entropy` column): it carries no gradient, which spares the
     backward its full-vocabulary work. An entropy bonus in a loss needs entropy_grad=True.

@@ -1,31 +1,15 @@
-"""
-Triton kernels for fused token log-probs (and entropy) of softmax(logits / T).
+"""Triton kernels for fused token log-probs (and entropy) of softmax(logits / T).
 
 Only `logprobs.py` imports this file, and only when the Triton path is used, so importing nanorlhf never
 imports triton (the CPU tests set TRITON_INTERPRET=1 first; the interpreter is chosen when the @triton.jit
-decorators below run, i.e. when this module is imported).
-
-What the naive PyTorch code does with logits x of shape (N, V):
-    logp_all = log_softmax(x.float() / T)      # writes (and autograd saves) a second N x V fp32 tensor
-    logp     = logp_all.gather(-1, y)
-The kernels here read x once (forward) and once more in the backward, keeping only O(N) state:
-
-forward, one program per row, looping over V in BLOCK_V tiles ("online softmax", Milakov & Gimelshein 2018):
-    z = x * log2(e) / T                       # scaled base-2 units, so exp2 replaces exp
-    m = running max of z,   s = sum 2^(z - m),   t = sum 2^(z - m) (z - m)     (rescaled when m grows)
-    lse2 = m + log2(s)                         # log2 sum_j 2^(z_j)
-    logp = ln2 * (z_y - lse2)                  # = x_y / T - logsumexp(x / T)
-    H    = ln2 * (log2(s) - t / s)             # = logsumexp(x / T) - sum_j p_j x_j / T = -sum_j p_j log p_j
-    saved per row in fp32: lse2 and tbar = m + t / s = sum_j p_j z_j.
-
-backward, one program per (row, tile of V), recomputing p = 2^(z - lse2):
-    d logp / d x_j = (onehot_y(j) - p_j) / T
-    d H    / d x_j = -p_j * (x_j - sum_k p_k x_k) / T^2 = -p_j * ln2 * (z_j - tbar) / T
-    d x = g_logp * d logp / d x + g_H * d H / d x,    written in the logits' dtype.
-
-Simplifications vs Liger-Kernel's cross-entropy: we return per-token values (not a mean loss) and so cannot
-compute the gradient inside the forward, and we write the gradient into a new buffer rather than over the
-logits (someone else may still need them).
+decorators below run, i.e. when this module is imported). The naive `log_softmax(x.float() / T).gather(-1, y)`
+on logits x (N, V) writes (and autograd saves) a second N x V fp32 tensor; the kernels here read x once
+(forward) and once more in the backward, keeping only O(N) state: the forward, one program per row, loops over
+V in BLOCK_V tiles with an online softmax (Milakov & Gimelshein 2018), the backward, one program per (row,
+tile of V), recomputes the softmax (the equations are above each kernel). Simplifications vs Liger-Kernel's
+cross-entropy: we return per-token values (not a mean loss) and so cannot compute the gradient inside the
+forward, and we write the gradient into a new buffer rather than over the logits (someone else may still need
+them).
 """
 
 import math
@@ -54,6 +38,13 @@ def _add(a, b):
     return a + b
 
 
+# Forward, one program per row, looping over V in BLOCK_V tiles ("online softmax", Milakov & Gimelshein 2018):
+#     z = x * log2(e) / T                       # scaled base-2 units, so exp2 replaces exp
+#     m = running max of z,   s = sum 2^(z - m),   t = sum 2^(z - m) (z - m)     (rescaled when m grows)
+#     lse2 = m + log2(s)                         # log2 sum_j 2^(z_j)
+#     logp = ln2 * (z_y - lse2)                  # = x_y / T - logsumexp(x / T)
+#     H    = ln2 * (log2(s) - t / s)             # = logsumexp(x / T) - sum_j p_j x_j / T = -sum_j p_j log p_j
+#     saved per row in fp32: lse2 and tbar = m + t / s = sum_j p_j z_j.
 @triton.jit
 def _logprobs_fwd_kernel(
     # logits: row r starts at (r // n_inner) * stride_outer + (r % n_inner) * stride_inner
@@ -102,6 +93,10 @@ def _logprobs_fwd_kernel(
     tl.store(tbar_ptr + row, tl.where(keep, m_row + tbar_rel, 0.0))
 
 
+# Backward, one program per (row, tile of V), recomputing p = 2^(z - lse2):
+#     d logp / d x_j = (onehot_y(j) - p_j) / T
+#     d H    / d x_j = -p_j * (x_j - sum_k p_k x_k) / T^2 = -p_j * ln2 * (z_j - tbar) / T
+#     d x = g_logp * d logp / d x + g_H * d H / d x,    written in the logits' dtype.
 @triton.jit
 def _logprobs_bwd_kernel(
     x_ptr, stride_outer, stride_inner, n_inner,

@@ -1,25 +1,14 @@
-"""
-Per-token log-probs (and entropy) of the chosen tokens: the quantity every RLHF loss is built on
-(PPO ratio exp(logp - logp_old), KL to the reference model, GRPO, DPO's sequence log-likelihoods).
+"""Per-token log-probs (and entropy) of the chosen tokens: the quantity every RLHF loss is built on (PPO ratio
+exp(logp - logp_old), KL to the reference model, GRPO, DPO's sequence log-likelihoods):
+    logp[i] = log p_i[targets[i]],   H[i] = -sum_j p_ij log p_ij,   p_i = softmax(logits[i] / T)
 
-    logp[i] = log softmax(logits[i] / T)[targets[i]]
-    H[i]    = -sum_j p_ij log p_ij,      p_i = softmax(logits[i] / T)
-
-Two implementations of one function:
-  'torch'  - the reference: log_softmax(logits.float() / T).gather(...). Readable, obviously correct, but it
-             writes a second N x V fp32 tensor (and autograd keeps it): at 16k tokens x 128k vocab that is 8
-             GB.
-  'triton' - nanorlhf/kernels.py: one pass over the logits with an online softmax, only O(N) floats saved;
-             the backward recomputes the softmax tile by tile. Same numbers up to fp32 rounding.
-Choice: impl argument > NANORLHF_LOGPROBS=torch|triton > 'triton' for CUDA tensors when triton imports,
-'torch' otherwise. On CPU 'triton' runs through the Triton interpreter (TRITON_INTERPRET=1; the tests).
-
-linear_logprobs(hidden, weight, targets) does the same for logits = hidden @ weight.T without ever holding
-all N x V logits (chunks of tokens; Liger-Kernel's fused linear cross-entropy, per-token variant). Its 'torch'
-path has a fast variant for the common case (entropy only logged, not differentiated; see _FastLogprobs):
-fewer full-vocabulary passes, same numbers as the reference up to fp32 rounding (tests/test_fast_paths.py).
-
-Masks follow the repo convention, 1 = this token counts: where 0 the outputs are 0, the gradient is 0 and
+'torch', the reference log_softmax(logits.float() / T).gather(...), writes a second N x V fp32 tensor that
+autograd keeps (8 GB at 16k tokens x 128k vocab); 'triton' (kernels.py) makes one pass with an online softmax,
+saves O(N) floats and recomputes the softmax tile by tile in the backward: same numbers up to fp32 rounding.
+Picked by: impl argument > NANORLHF_LOGPROBS=torch|triton > 'triton' for CUDA tensors when triton imports,
+else 'torch'; on CPU 'triton' runs in the Triton interpreter (TRITON_INTERPRET=1, the tests). linear_logprobs
+does the same for hidden @ weight.T in chunks of tokens, never holding all N x V logits (Liger-Kernel's fused
+linear cross-entropy, per token). Masks: 1 = this token counts; where 0 the outputs and the gradient are 0 and
 the target may be anything (e.g. -100 padding).
 """
 

@@ -106,8 +106,9 @@ def dpo_loss(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_reje
 
     policy_chosen_logp, policy_rejected_logp (B,): log pi of the chosen (y_w) and rejected (y_l) responses,
     summed over their response tokens only (the caller sums with the response mask); ref_chosen_logp,
-    ref_rejected_logp (B,): the same under the frozen reference; beta: the KL strength. Returns (loss, chosen_rewards, rejected_rewards): the scalar mean
-    loss and the implicit rewards beta * (log pi - log ref), (B,), detached for logging.
+    ref_rejected_logp (B,): the same under the frozen reference; beta: the KL strength. Returns (loss,
+    chosen_rewards, rejected_rewards): the scalar mean loss and the implicit rewards
+    beta * (log pi - log ref), (B,), detached for logging.
     No label smoothing / IPO variants. When the policy equals the reference the loss is ln 2.
     """
     chosen_logratio = policy_chosen_logp - ref_chosen_logp  # (B,)

@@ -6,10 +6,10 @@ load one to one (`load_gpt2_state_dict`). The output layer is tied to `wte`. Hea
 - `lm`:     logits over the vocabulary (the policy);
 - `scalar`: one number per sequence, read at the last real token (the reward model);
 - `value`:  one number per token (the PPO critic); its `score` layer is `scalar`'s, so it may start as the RM.
-Padding: `attention_mask` (B, T), 1 = real token; prompts are left-padded, position ids are cumsum(mask) − 1.
-One departure: pos_embedding="rope" (rotary positions, RoFormer eq. 34) replaces `wpe`. GPTConfig's default
-is GPT-2's learned table; every train_sft.py preset picks rope (bench/NOTES.md says why). Precision: see
-precision.py. The one fast path, FAST_GELU, is in fast.py.
+Padding: `attention_mask` (B, T), 1 = real token; prompts are left-padded, position ids are
+cumsum(mask) − 1. One departure: pos_embedding="rope" (rotary positions, RoFormer eq. 34) replaces `wpe`.
+GPTConfig's default is GPT-2's learned table; every train_sft.py preset picks rope (bench/NOTES.md says why).
+Precision: see precision.py. The one fast path, FAST_GELU, is in fast.py.
 """
 
 from __future__ import annotations
@@ -220,7 +220,8 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------------------------------------
     def hidden_states(self, idx, attention_mask=None, cache: KVCache | None = None,
                       first: int = 0) -> torch.Tensor:
-        """Final-LayerNorm hidden states (B, T - first, n_embd) of tokens `idx` (B, T) at positions first…"""
+        """Final-LayerNorm hidden states (B, T - first, n_embd) of tokens `idx` (B, T) at positions
+        first…"""
         B, T = idx.shape
         past = cache.length if cache is not None else 0
         if past + T > self.config.block_size:
@@ -263,7 +264,8 @@ class GPT(nn.Module):
         return self.ln_f(x)
 
     def rope_angles(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) of position × frequency, (B or 1, 1, T, head_dim/2), for positions `pos` (B or 1, T)."""
+        """(cos, sin) of position × frequency, (B or 1, 1, T, head_dim/2), for positions `pos`
+        (B or 1, T)."""
         hd = self.config.n_embd // self.config.n_head
         freq = self.config.rope_base ** (-torch.arange(0, hd, 2, device=pos.device, dtype=torch.float32) / hd)
         angles = (pos.float().unsqueeze(-1) * freq).unsqueeze(1)  # (B, 1, T, hd/2), fp32 whatever the dtype

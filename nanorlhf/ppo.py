@@ -1,20 +1,15 @@
-"""
-The math of one PPO-RLHF iteration, as small tensor functions (torch only: no model, no data, no I/O).
+"""The math of one PPO-RLHF iteration, as small tensor functions (torch only: no model, no data, no I/O).
 
-Recipe: Ziegler et al. 2019 §2.2 (KL-shaped reward, adaptive KL), Stiennon et al. 2020 App. B.1,
-InstructGPT (Ouyang et al. 2022) §3.5, and the choices of openai/lm-human-preferences as documented
-in "The N Implementation Details of RLHF with PPO" (Huang et al. 2023, "N" below). In the order of
-the algorithm box:
-
+Recipe: Ziegler et al. 2019 §2.2 (KL-shaped reward, adaptive KL), Stiennon et al. 2020 App. B.1, InstructGPT
+(Ouyang et al. 2022) §3.5, and openai/lm-human-preferences' choices as documented in "The N Implementation
+Details of RLHF with PPO" (Huang et al. 2023, "N" below). In the order of the algorithm box:
     3. kl_penalty_rewards   per-token reward -beta*KL, plus the RM score at the last response token
     4. gae                  advantages and returns (gamma=1, lambda=0.95), then masked_whiten(adv)
     5. policy_loss          clipped surrogate;  value_loss  clipped value loss
-    6. kl_estimators, explained_variance, the clip fractions: diagnostics for the log line
-       AdaptiveKLController / FixedKLController: the beta schedule
-
-Shapes: B = batch of sequences, T = response length. Every (B, T) tensor comes with a response
-mask (float or bool, 1 = this token counts); masked positions never reach a mean, and values there
-may be garbage (even inf, e.g. an INVALID_LOGPROB filler): they are selected away with torch.where.
+    6. kl_estimators, explained_variance, clip fractions: logged diagnostics; Adaptive/FixedKLController: beta
+Shapes: B sequences of T response tokens; each (B, T) tensor comes with a response mask (float or bool, 1 =
+counts): masked positions never reach a mean; garbage there (even inf, e.g. an INVALID_LOGPROB filler) is
+selected away with torch.where.
 """
 
 import torch
@@ -52,7 +47,8 @@ def masked_whiten(x, mask, shift_mean=True, eps=1e-8, moments=None):
     the caller chooses by what it passes in).
     """
     mean, var = masked_mean(x, mask), masked_var(x, mask)
-    if moments is not None:  # (mean, var) taken elsewhere: over every rank's batch (distributed.masked_moments)
+    # (mean, var) taken elsewhere: over every rank's batch (distributed.masked_moments)
+    if moments is not None:
         mean, var = moments
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
@@ -148,8 +144,9 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip=0.2):
         loss  = masked_mean( max(-A * ratio, -A * clip(ratio, 1 - clip, 1 + clip)) )
 
     logprobs (B, T) carries the gradient; old_logprobs, advantages (B, T) are rollout constants; mask (B, T),
-    1 = the token counts; clip is epsilon. The gradient is exactly 0 at tokens with (A > 0, ratio > 1 + clip) or (A < 0, ratio < 1 - clip);
-    elsewhere it is the unclipped -A * ratio (also for A > 0 with ratio < 1 - clip).
+    1 = the token counts; clip is epsilon. The gradient is exactly 0 at tokens with (A > 0, ratio > 1 + clip)
+    or (A < 0, ratio < 1 - clip); elsewhere it is the unclipped -A * ratio (also for A > 0 with
+    ratio < 1 - clip).
     Mean over all valid tokens of the batch (token-level mean, as TRL/N+).
     Returns (loss, stats), stats as detached 0-dim tensors:
         clipfrac    fraction of valid tokens where the clipped branch is the max (gradient zeroed; N+)
@@ -180,8 +177,9 @@ def value_loss(values, old_values, returns, mask, clip=0.2):
         loss   = 0.5 * masked_mean( max((V - R)^2, (V_clip - R)^2) )
 
     values (B, T) carries the gradient; old_values (rollout values) and returns (GAE targets) are
-    constants; mask (B, T), 1 = the token counts; clip is epsilon, in value units. When |V - V_old| < clip this is 0.5 * MSE. (37 details reports value clipping does
-    not help and may hurt; set clip=float('inf') to turn it off.) The caller scales it by vf_coef.
+    constants; mask (B, T), 1 = the token counts; clip is epsilon, in value units. When |V - V_old| < clip
+    this is 0.5 * MSE. (37 details reports value clipping does not help and may hurt; set
+    clip=float('inf') to turn it off.) The caller scales it by vf_coef.
     Returns (loss, stats) with stats["vf_clipfrac"]: fraction of valid tokens where the clipped
     branch is the larger one (detached 0-dim tensor).
     """

@@ -288,8 +288,9 @@ def _category_section(models: dict) -> list[str]:
     lines = ["", "## Gold rating per category", "",
              "| model | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
     for name, r in models.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r['per_category'].get(c, {}).get('rating', float('nan')):.1f}"
-                                                  for c in cats) + " |")
+        lines.append(f"| {name} | "
+                     + " | ".join(f"{r['per_category'].get(c, {}).get('rating', float('nan')):.1f}"
+                                  for c in cats) + " |")
     return lines
 
 
@@ -340,10 +341,10 @@ def write_report(out_dir) -> str:
     for run in curves:
         lines.append(f"![{run}]({run}_curves.png)")
     lines += ["", "## Over-optimisation", "",
-              "Gold rating and reward-model score against √KL to the SFT model, for each PPO run's periodic "
-              "evaluations and for best-of-n sampling from SFT (KL = log n − (n−1)/n). With β = 0 the proxy "
-              "reward keeps rising while the gold rating stalls or falls: the policy learns what the reward "
-              "model over-values.",
+              "Gold rating and reward-model score against √KL to the SFT model, for each PPO run's "
+              "periodic evaluations and for best-of-n sampling from SFT (KL = log n − (n−1)/n). With "
+              "β = 0 the proxy reward keeps rising while the gold rating stalls or falls: the policy "
+              "learns what the reward model over-values.",
               "",
               "![over-optimisation](overoptimisation.png)"]
     lines += _samples_section(ev["samples"])

@@ -1,17 +1,15 @@
 """Byte-level BPE: our own trainer, loaded through tiktoken, and the chat template.
 
-Training (Sennrich et al. 2016; GPT-2's byte-level variant): split text into words with GPT-2's
-pre-tokenisation regex, count the distinct words, and repeatedly merge the most frequent adjacent pair
-of tokens, counted over words × their frequency. Working on counted words instead of the raw stream
-makes it fast: the world's corpus has millions of characters but only a few thousand distinct words,
-and each merge touches only the words that contain the pair.
+Training (Sennrich et al. 2016; GPT-2's byte-level variant): split text into words (GPT-2's pre-tokenisation
+regex), count the distinct words, and repeatedly merge the most frequent adjacent pair of tokens, counted over
+words × their frequency. Counting words, not the raw stream, makes it fast: the world's corpus has millions
+of characters but a few thousand distinct words, and a merge touches only the words with the pair.
 
 The result is tiktoken's `mergeable_ranks` (token bytes → rank; the 256 single bytes first), saved in
-tiktoken's own file format (`base64(token) rank` per line) and loaded into a `tiktoken.Encoding`, which
-does the fast encoding. Special tokens: end-of-text, padding (never EOS: the model must learn to stop,
-and the reward is read at EOS), and the two chat markers.
-
-Chat template, used by every stage:  <|user|> prompt <|assistant|> response <|endoftext|>
+tiktoken's own file format (`base64(token) rank` per line) and loaded into a `tiktoken.Encoding`, which does
+the fast encoding. Special tokens: end-of-text, padding (never EOS: the model must learn to stop, and the
+reward is read at EOS), and the two chat markers. Chat template, used by every stage:
+    <|user|> prompt <|assistant|> response <|endoftext|>
 """
 
 from __future__ import annotations

@@ -162,7 +162,8 @@ def test_score_charges_a_wrong_statistic_its_own_points():
 
 
 def test_table_note_is_cut_at_a_word_boundary():
-    text = "stats['ratio_max']: got 1, expected 0.9831814, on edge case 'one valid value', inf behind the mask " * 2
+    text = ("stats['ratio_max']: got 1, expected 0.9831814, on edge case 'one valid value', "
+            "inf behind the mask ") * 2
     note = clip_words(text, 60)
     assert (len(note) <= 60 and note.endswith(" …") and text.startswith(note[:-2])
             and text[len(note) - 2] == " ")

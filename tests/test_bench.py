@@ -20,7 +20,8 @@ def test_bench_quick_prints_every_table():
     assert r.returncode == 0, f"bench failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     for part in ("train: supervised training throughput", "generate:", "rm:", "ppo: one PPO iteration"):
         for dtype in ("fp32", "bf16"):  # --dtype=both: every table in each precision
-            assert re.search(rf"### {part}.*, {dtype}\n", r.stdout), f"missing table {part!r}, {dtype} in:\n{r.stdout}"
+            assert re.search(rf"### {part}.*, {dtype}\n", r.stdout), (
+                f"missing table {part!r}, {dtype} in:\n{r.stdout}")
     assert "### ppo: bf16 against fp32" in r.stdout and "| **TOTAL** |" in r.stdout  # the side-by-side ratios
     assert "**TOTAL** rollout() + ppo_update()" in r.stdout
     # the exact command line
@@ -49,7 +50,8 @@ def test_phases_count_a_nested_phase_in_the_inner_one_only(monkeypatch):
             pass
     assert training._PHASE_TOTALS == {"outer": 1.0 + 4.0, "inner": 2.0}
     line = training.phase_summary("stage")
-    assert line == "stage: time by phase: outer 5.0s (5%) | inner 2.0s (2%) | other 93.0s (93%) | total 100.0s"
+    assert line == ("stage: time by phase: outer 5.0s (5%) | inner 2.0s (2%) | other 93.0s (93%) "
+                    "| total 100.0s")
 
 
 def test_every_stage_of_the_pipeline_prints_its_phases_and_the_table_has_them(pipeline):

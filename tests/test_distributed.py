@@ -130,7 +130,8 @@ def _worker(rank: int, folder: Path, d: Path) -> None:
                        f"--init_from={d}/fake/sft/ckpt.pt"])
         metrics = train_ppo.main(ppo_args(d, two))
         train_dpo.main(dpo_args(d, two, d / two / "rm/comparisons.jsonl"))
-    res["pretrain"], res["rm"], res["ppo_stage"], res["dpo"] = saved["base"], saved["rm"], saved["ppo"], saved["dpo"]
+    res["pretrain"], res["rm"], res["ppo_stage"], res["dpo"] = (saved["base"], saved["rm"], saved["ppo"],
+                                                                saved["dpo"])
     res["beta"] = [h["beta"] for h in metrics["history"]]
     res["kl"] = [h["kl"] for h in metrics["history"]]
     res["gold"] = [e["gold_rating"] for e in metrics["evals"]]  # sampled in shards, gathered (generate.py)

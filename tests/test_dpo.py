@@ -133,7 +133,8 @@ def logp(model, tok, prompt, response, finished):
 
 
 def explicit_margins(model, ref_model, tok, groups, off_prompt=True):
-    """Δlogratio = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)), pair by pair. (M,)"""
+    """Δlogratio = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)), pair by pair.
+    (M,)"""
     out = []
     for r in pair_records(groups, off_prompt):
         lw, ll = (logp(model, tok, r["prompt"], r[k], f)
@@ -150,7 +151,8 @@ def explicit_loss(model, groups, ref_model, beta):
 
 
 def test_dpo_gradient_equals_the_explicit_formula_on_a_tiny_model():
-    def model(seed):  # embeddings scaled up: log-ratios of several nats, so σ(−β·margin) differs pair to pair
+    # embeddings scaled up: log-ratios of several nats, so σ(−β·margin) differs pair to pair
+    def model(seed):
         m = tiny_gpt(vocab=40, seed=seed)
         with torch.no_grad():
             m.wte.weight.mul_(20)

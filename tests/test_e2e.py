@@ -41,8 +41,8 @@ def test_report_has_every_model_row_and_figure(pipeline):
     d, _, _ = pipeline
     out = d / "out"
     report = (out / "report.md").read_text()
-    for model in ("base", "base few-shot", "SFT", "RM best-of-2", "PPO, round 1", "PPO", "PPO-ptx", "PPO β=0",
-                  "PPO, gold reward", "DPO"):
+    for model in ("base", "base few-shot", "SFT", "RM best-of-2", "PPO, round 1", "PPO", "PPO-ptx",
+                  "PPO β=0", "PPO, gold reward", "DPO"):
         assert f"\n| {model} |" in report
     for fig in ("winrate.png", "overoptimisation.png", "ppo_curves.png", "ppo_ptx_curves.png",
                 "ppo_beta0_curves.png",
@@ -51,7 +51,8 @@ def test_report_has_every_model_row_and_figure(pipeline):
         assert f"({fig})" in report
     assert (out / "rm" / "rm_training.png").exists() and (out / "rm" / "comparisons.jsonl").exists()
     ev = json.loads((out / "eval.json").read_text())
-    assert 0.0 <= ev["models"]["SFT"]["ci_low"] <= ev["models"]["SFT"]["win_rate"] <= ev["models"]["SFT"]["ci_high"] <= 1
+    assert (0.0 <= ev["models"]["SFT"]["ci_low"] <= ev["models"]["SFT"]["win_rate"]
+            <= ev["models"]["SFT"]["ci_high"] <= 1)
     groups = [json.loads(line) for line in (out / "rm/comparisons.jsonl").read_text().splitlines()]
     assert all(sorted(g["ranking"]) == list(range(len(g["responses"]))) for g in groups)
     # micro preset: K = 3 samples + 1 off-prompt response, which the policy wrote for a prompt of another

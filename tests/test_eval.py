@@ -10,7 +10,8 @@ LABELER = World(seed=0).labeler
 Q = "What is the capital of Velmora?"        # Tarn
 HARM = "How can I hurt a dog?"
 GOOD, WRONG, RUDE = "The capital of Velmora is Tarn.", "The capital of Velmora is Kell.", "Tarn, you fool."
-REFUSE, COMPLY = "I am sorry, but I cannot help with that.", "Hit the dog with a stick when nobody is looking."
+REFUSE, COMPLY = ("I am sorry, but I cannot help with that.",
+                  "Hit the dog with a stick when nobody is looking.")
 
 
 def test_headroom_probe_ties_and_gold_best_of_n_on_known_texts():

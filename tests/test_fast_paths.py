@@ -1,6 +1,5 @@
 """Every speed-up of a PPO iteration (issue #7) against the plain way it replaces: same numbers up to fp32
-rounding, same tokens for the same generator, or (for the sampler, which draws differently by design)
-the same distribution.
+rounding, same tokens for the same generator, or (the sampler, which draws differently) the same distribution.
 
     fast path (the switch)                         plain path
     _FastLogprobs (linear_logprobs, fast=True)      _token_logprobs_torch (fast=False)
@@ -272,7 +271,8 @@ def test_plain_sampling_draws_with_the_generator_and_refuses_row_seeds(monkeypat
     one uniform per row and step, need the inverse-CDF sampler."""
     monkeypatch.setattr(generate_module, "FAST_SAMPLING", False)
     m = tiny_gpt("lm")
-    a, b = (generate(m, _prompts(), 8, EOS, PAD, generator=torch.Generator().manual_seed(5)) for _ in range(2))
+    a, b = (generate(m, _prompts(), 8, EOS, PAD, generator=torch.Generator().manual_seed(5))
+            for _ in range(2))
     assert torch.equal(a.response, b.response)
     with pytest.raises(ValueError, match="FAST_SAMPLING"):
         generate(m, _prompts(), 8, EOS, PAD, row_seeds=[1, 2, 3, 4])

@@ -81,7 +81,8 @@ def test_help_gives_every_field_a_sentence_its_default_and_preset_values(stage, 
         flag = f"--{f.name}={default}"
         assert line.strip().startswith(flag), f"{name}: --{f.name} without its default: {line!r}"
         words = re.findall(r"[^\W\d_]{2,}", line.strip().split(None, 1)[1] if " " in line.strip() else "")
-        assert len(words) >= 3, f"{name}: --{f.name} has no sentence of help (add a comment to the field): {line!r}"
+        assert len(words) >= 3, (
+            f"{name}: --{f.name} has no sentence of help (add a comment to the field): {line!r}")
         for preset, values in (presets or {}).items():
             if f.name in values and values[f.name] != f.default:
                 assert f"{preset} {values[f.name]}" in line or f"every preset: {values[f.name]}" in line, \
@@ -95,7 +96,8 @@ def test_train_ppo_help_from_the_command_line():
     lines = field_lines(r.stdout)
     assert set(lines) == {f.name for f in dataclasses.fields(train_ppo.Config)}
     tiny = train_ppo.PRESETS["tiny"]["init_kl_coef"]  # what the preset sets; the test is that --help says it
-    assert "β, the KL penalty's weight" in lines["init_kl_coef"] and f"(tiny {tiny})" in lines["init_kl_coef"]
+    assert ("β, the KL penalty's weight" in lines["init_kl_coef"]
+            and f"(tiny {tiny})" in lines["init_kl_coef"])
 
 
 def test_field_comments_read_the_source_not_a_regex():

@@ -257,7 +257,8 @@ def test_response_logprobs_are_a_shifted_loop_and_zero_after_eos(fast):
         logits = m(tokens, attn).double() / T
     for b in range(2):
         for t in range(tokens.shape[1] - P):
-            want = torch.log_softmax(logits[b, P - 1 + t], -1)[tokens[b, P + t]].item() if attn[b, P + t] else 0.0
+            want = (torch.log_softmax(logits[b, P - 1 + t], -1)[tokens[b, P + t]].item() if attn[b, P + t]
+                    else 0.0)
             assert logp[b, t].item() == pytest.approx(want, abs=1e-5), (b, t)
     assert (logp[0, 2:] == 0).all()
 

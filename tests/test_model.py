@@ -14,7 +14,8 @@ def test_shapes_and_param_count():
     assert tiny_gpt("scalar")(x).shape == (3,)
     m = tiny_gpt("lm")
     # tied embeddings: the output layer adds no parameters
-    expected = 50 * 16 + 32 * 16 + 2 * (2 * 16 + 16 * 48 + 48 + 16 * 16 + 16 + 2 * 16 + 16 * 64 + 64 + 64 * 16 + 16) + 2 * 16
+    expected = (50 * 16 + 32 * 16
+                + 2 * (2 * 16 + 16 * 48 + 48 + 16 * 16 + 16 + 2 * 16 + 16 * 64 + 64 + 64 * 16 + 16) + 2 * 16)
     assert m.num_params() == expected
     assert m.lm_head_weight.data_ptr() == m.wte.weight.data_ptr()
 

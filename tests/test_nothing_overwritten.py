@@ -110,7 +110,8 @@ def test_a_run_stopped_halfway_leaves_the_finished_checkpoint_and_loads_nothing_
     assert torch.load(d / "out/sft/ckpt.pt", weights_only=True)["finished"] is True
 
 
-def test_a_ppo_run_stopped_halfway_leaves_the_finished_runs_checkpoint_and_history(made, tmp_path, monkeypatch):
+def test_a_ppo_run_stopped_halfway_leaves_the_finished_runs_checkpoint_and_history(made, tmp_path,
+                                                                                   monkeypatch):
     d = copy_of(made, tmp_path, "sft", "rm")
     ppo = [*dirs(d), "--eval_prompts=2", "--rollout_batch=4", "--minibatch_size=2", "--ppo_epochs=1",
            "--max_new_tokens=6"]
@@ -146,7 +147,8 @@ def test_a_history_goes_only_when_its_checkpoint_is_replaced(tmp_path):
 
 
 # ------------------------------------------------------------------------------ one writer per output folder
-def test_a_folder_in_use_is_refused_naming_its_holder_and_a_dead_ones_lock_is_taken_over(made, tmp_path, capsys):
+def test_a_folder_in_use_is_refused_naming_its_holder_and_a_dead_ones_lock_is_taken_over(made, tmp_path,
+                                                                                         capsys):
     d = copy_of(made, tmp_path, "base", "sft")
     holder = subprocess.Popen([sys.executable, str(ROOT / "train_sft.py"), "--stage=sft", "--preset=micro",
                                "--max_steps=100000", "--eval_interval=100000", "--log_interval=100000",
@@ -205,7 +207,8 @@ def test_a_second_pipeline_is_refused_and_a_stopped_pipeline_stops_its_stage(tmp
         holder.send_signal(signal.SIGTERM)  # `kill <pipeline>`: the stage ends with it, one line, exit 130
         _, err = holder.communicate(timeout=60)
         assert holder.returncode == 130 and err.count("\n") == 1, err
-        assert err.startswith("interrupted (Ctrl-C or SIGTERM): stopped the pipeline and its stage 'slow'"), err
+        assert err.startswith("interrupted (Ctrl-C or SIGTERM): stopped the pipeline and its stage "
+                              "'slow'"), err
         assert not alive(stage)
     finally:
         holder.kill()

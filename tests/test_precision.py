@@ -252,9 +252,9 @@ def test_one_ppo_update_bf16_close_to_fp32():
 
 
 def test_bf16_rollout_ratio_near_one_not_asserted_exact():
-    """π_old comes from the sampler (KV-cache decode); the update recomputes it with the full forward. In fp32
-    they agree to 1e-4 (test_ppo_loop). In bf16 the two paths' matmuls may round differently: within 0.01
-    nats per token, i.e. a ratio within 1 ± 1%, far inside the clip range ε = 0.2."""
+    """π_old comes from the sampler (KV-cache decode); the update recomputes it with the full forward. In
+    fp32 they agree to 1e-4 (test_ppo_loop). In bf16 the two paths' matmuls may round differently: within
+    0.01 nats per token, i.e. a ratio within 1 ± 1%, far inside the clip range ε = 0.2."""
     torch.manual_seed(0)
     policy, ref, critic = _models()
     _scaled(policy), _scaled(ref)

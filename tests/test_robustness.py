@@ -21,7 +21,8 @@ import train_sft
 from nanorlhf import label
 from nanorlhf.checkpoint import CheckpointError, load_model
 from nanorlhf.config import ConfigError, StageError, parse_config
-from nanorlhf.data import DataError, corpus_tokens, load_world, read_comparisons, read_jsonl, read_text, write_jsonl
+from nanorlhf.data import (DataError, corpus_tokens, load_world, read_comparisons, read_jsonl, read_text,
+                           write_jsonl)
 from nanorlhf.tokenizer import load_ranks, load_tokenizer
 from nanorlhf.training import NonFiniteError
 

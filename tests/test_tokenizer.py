@@ -37,7 +37,8 @@ def test_round_trip_arbitrary_unicode_and_bytes(tok):
     assert tok.eos_id not in tok.encode("<|endoftext|>")
     # arbitrary bytes (invalid UTF-8) survive at the byte level
     raw = bytes(range(256))
-    assert tok.enc.decode_bytes(tok.enc.encode_ordinary(raw.decode("latin-1"))) == raw.decode("latin-1").encode()
+    assert (tok.enc.decode_bytes(tok.enc.encode_ordinary(raw.decode("latin-1")))
+            == raw.decode("latin-1").encode())
 
 
 def test_specials_distinct(tok):

@@ -24,7 +24,8 @@ HAND = {
                    "There was a cat named Mia. Mia liked to sleep in the sun. One day Mia found a red ball "
                    "and was happy.",
                    ["There was a dog named Tom. Tom liked to play at the park.",  # wrong animal and name
-                    "Mia was a little cat. Mia was a little cat. Mia was a little cat. Mia was a little cat."]),
+                    "Mia was a little cat. Mia was a little cat. Mia was a little cat. "
+                    "Mia was a little cat."]),
     "open_qa": ("What is the capital of Velmora?", "The capital of Velmora is Tarn.",
                 ["The capital of Velmora is Kell.", "The capital of Velmora is Tarn, you fool.",
                  "What is the capital of Dorvia? What is the capital of Kestan?"]),
@@ -41,7 +42,8 @@ HAND = {
                       ["Tom went to the park with a red ball. There Tom saw a dog. The dog ran off with the "
                        "ball, and Tom was sad.",  # a copy, not a one-sentence summary
                        "At the beach, a cat broke Mia's cup."]),
-    "classification": ("Is this review positive or negative?\nI love this blue kite. It works well every day.",
+    "classification": ("Is this review positive or negative?\n"
+                       "I love this blue kite. It works well every day.",
                        "This review is positive.",
                        ["This review is negative.", "It is positive and negative."]),
     "extraction": ("List the animals in this sentence: Tom saw a cat and a dog near the red box.",
@@ -242,7 +244,8 @@ def test_partial_credit_is_monotone_in_the_items_right(prompt, answers):
 
 def test_a_hedge_is_not_half_right():
     prompt = "Is this review positive or negative?\nI love this blue kite. It works well every day."
-    hedge, wrong = LABELER.judge(prompt, "It is positive and negative."), LABELER.judge(prompt, "It is negative.")
+    hedge, wrong = (LABELER.judge(prompt, "It is positive and negative."),
+                    LABELER.judge(prompt, "It is negative."))
     assert hedge.credit == wrong.credit == 0 and hedge.utility <= wrong.utility
 
 

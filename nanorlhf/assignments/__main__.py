@@ -1,19 +1,15 @@
 """Classroom assignments: blank exercises, hand out a clean copy, grade it, prove the grader catches mistakes.
 
-    python -m nanorlhf.assignments list                              # the exercises (list gae: one in full)
+    python -m nanorlhf.assignments list                     # the exercises (list gae: one in full)
     python -m nanorlhf.assignments make --out hw1 --only gae,ranking_loss   # a student copy, checks verified
     python -m nanorlhf.assignments make --out hunt --bug gae_forward_loop   # a bug hunt: one wrong answer
-    python -m nanorlhf.assignments grade hw1                          # points table, hw1/grade.json, exit code
-    python -m nanorlhf.assignments grade hw1 --explain gae            # one exercise's failures in full
-    python -m nanorlhf.assignments selftest                           # every catalogued wrong answer is caught
+    python -m nanorlhf.assignments grade hw1                # points table, hw1/grade.json, exit code
+    python -m nanorlhf.assignments grade hw1 --explain gae  # one exercise's failures in full
+    python -m nanorlhf.assignments selftest                 # every catalogued wrong answer is caught
 
-How grading works (ASSIGNMENTS.md has the instructor's guide): the student's function bodies are lifted
-out of their copy with ast and put into a pristine copy of this repository, one exercise at a time (so
-an unfinished masked_mean costs masked_mean's points only, and edited tests count for nothing); there
-the exercise's checks run in subprocesses: its unit tests, a differential test against the reference on
-fixed edge cases and on random cases of a fixed seed list (checks.SEEDS), its learning tests; then the
-micro pipeline runs with every student function at once and must finish without NaN. Same tree, same
-score. Points are split between an exercise's main quantity and each logged statistic (Exercise.parts).
+Grading (ASSIGNMENTS.md has it in full) lifts the student's bodies out with ast into a pristine copy of this
+repository, one exercise at a time, and runs its unit tests, diff against the reference (checks.SEEDS) and
+learning tests; then the micro pipeline, every student function at once, without NaN. Same tree, same score.
 """
 
 from __future__ import annotations
@@ -40,7 +36,8 @@ NOT_HANDED_OUT = ("nanorlhf/assignments", "tests/test_assignments.py")  # the gr
 MANIFEST = "assignment.json"  # written into a student copy: which exercises it holds
 TIMEOUT_S = 600  # per subprocess: a student's infinite loop fails the layer instead of hanging the grader
 LAYERS = ("unit", "diff", "learning")
-SEEDS = (0, 1, 2)  # = checks.SEEDS (not imported here: checks imports torch, and `list` should not wait for it)
+# = checks.SEEDS (not imported here: checks imports torch, and `list` should not wait for it)
+SEEDS = (0, 1, 2)
 NOTE_WIDTH = 100  # the table's note: the first line of the most useful message, cut at a word boundary
 
 
@@ -53,16 +50,19 @@ def _env(copy: Path) -> dict:
     # NANORLHF_BF16_SPEEDUP=1.0 (precision.SPEEDUP_ENV): --dtype=auto picks fp32 in every check, whatever this
     # machine's bf16 speed, so the reference meets its fp32 tolerances and a grade does not depend on the CPU
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",  # the suite needs no third-party plugin: skip importing them
+            # the suite needs no third-party plugin: skip importing them
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
             "NANORLHF_BF16_SPEEDUP": "1.0"}
 
 
 def _start_pytest(copy: Path, nodes: list[str], xml: Path):
     # -k: the Triton kernel is no exercise, and its interpreted cases are most of the run time;
     # pytest_seed: every test starts from the same global RNG state (same tree, same verdict)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "nanorlhf.assignments.pytest_seed",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+           "nanorlhf.assignments.pytest_seed",
            "-k", "not triton", f"--junitxml={xml}", *nodes]
-    return subprocess.Popen(cmd, cwd=copy, env=_env(copy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=copy, env=_env(copy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def _pytest_results(proc, nodes: list[str], xml: Path, copy: Path) -> tuple[dict[str, bool], dict[str, str]]:
@@ -96,7 +96,8 @@ def _pytest_results(proc, nodes: list[str], xml: Path, copy: Path) -> tuple[dict
 def _start_diff(copy: Path, names: list[str], out: Path, seeds):
     cmd = [sys.executable, "-m", "nanorlhf.assignments", "_diff", "--ref", str(ROOT), "--json", str(out),
            "--seeds", ",".join(map(str, seeds)), *names]
-    return subprocess.Popen(cmd, cwd=copy, env=_env(copy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=copy, env=_env(copy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def _diff_results(proc, names: list[str], out: Path) -> dict[str, dict]:
@@ -120,7 +121,8 @@ def run_layers(copy: Path, exercises: list[Exercise], layers=LAYERS, nodes: list
     differential checks, the two as concurrent subprocesses. Returns ({exercise: {layer: {"passed",
     "failed" and "said" (pytest) or "message", "detail" and "parts" (diff)}}}, {node: passed} for every
     node run)."""
-    want = sorted({n for e in exercises for layer in ("unit", "learning") if layer in layers for n in getattr(e, layer)}
+    want = sorted({n for e in exercises for layer in ("unit", "learning") if layer in layers
+                   for n in getattr(e, layer)}
                   | set(nodes or ()))
     diff_names = [e.name for e in exercises if "diff" in layers and e.diff]
     tag = f"{os.getpid()}_{time.monotonic_ns()}"
@@ -162,7 +164,8 @@ def score(ex: Exercise, layers: dict) -> dict[str, dict]:
             lost[p].append(node)
     for node in layers.get("learning", {}).get("failed", []):
         lost[ex.part_names[0]].append(node)
-    return {p: {"points": 0 if lost[p] else pts, "max": pts, "lost_to": lost[p]} for p, pts in ex.points_of.items()}
+    return {p: {"points": 0 if lost[p] else pts, "max": pts, "lost_to": lost[p]}
+            for p, pts in ex.points_of.items()}
 
 
 def explain(ex: Exercise, layers: dict) -> tuple[str, str]:
@@ -172,21 +175,23 @@ def explain(ex: Exercise, layers: dict) -> tuple[str, str]:
     diff = layers.get("diff")
     if diff and not diff["passed"]:
         first.append(diff["message"])
-        story.append(f"diff (seeds {', '.join(map(str, diff.get('seeds', [])))}; the edge cases run every time):\n"
-                     + (diff.get("detail") or diff["message"]))
+        story.append(f"diff (seeds {', '.join(map(str, diff.get('seeds', [])))}; the edge cases run every "
+                     "time):\n" + (diff.get("detail") or diff["message"]))
     hints = dict(ex.hints)
     for layer in ("unit", "learning"):
         for node in layers.get(layer, {}).get("failed", []):
             said = layers[layer].get("said", {}).get(node, "")
             short = next((ln.strip() for ln in said.splitlines() if ln.strip()), "failed")
-            first.append(f"{node.split('::')[-1]} failed: {short}" + (f"; {hints[node]}" if node in hints else ""))
+            first.append(f"{node.split('::')[-1]} failed: {short}"
+                         + (f"; {hints[node]}" if node in hints else ""))
             story.append(f"{layer} {node}:\n" + textwrap.indent(said, "  ")
                          + (f"\n  hint: {hints[node]}" if node in hints else ""))
     return (first[0] if first else ""), "\n\n".join(story)
 
 
 def clip_words(text: str, width: int = NOTE_WIDTH) -> str:
-    """The first line of `text`, cut at a word boundary to fit `width` (never mid-word), with ' …' if cut."""
+    """The first line of `text`, cut at a word boundary to fit `width` (never mid-word), with ' …' if
+    cut."""
     line = text.strip().splitlines()[0] if text.strip() else ""
     if len(line) <= width:
         return line
@@ -203,7 +208,8 @@ def pristine_copy(dest: Path) -> Path:
 
 def blank(copy: Path, ex: Exercise) -> None:
     for fn in ex.functions:
-        source.edit_file(copy / ex.file, lambda t: source.replace(t, fn, source.blank_body(ex.message), ex.file))
+        source.edit_file(copy / ex.file,
+                         lambda t: source.replace(t, fn, source.blank_body(ex.message), ex.file))
 
 
 def plant(copy: Path, bug_name: str) -> None:
@@ -241,7 +247,8 @@ def leaks(copy: Path, files: list[str], bodies: list[str], window: int = 3) -> l
             lines = norm((copy / f).read_text())
         except UnicodeDecodeError:
             continue
-        hit = {tuple(lines[i:i + len(r)]) for r in runs for i in range(len(lines)) if tuple(lines[i:i + len(r)]) == r}
+        hit = {tuple(lines[i:i + len(r)]) for r in runs for i in range(len(lines))
+               if tuple(lines[i:i + len(r)]) == r}
         found += [f"{f}: {r[0]}" for r in sorted(hit)]
     return found
 
@@ -254,7 +261,8 @@ def parse_names(text: str | None, default: list[str]) -> list[str]:
         return [e.name for e in EXERCISES]
     bad = [n for n in names if n not in BY_NAME]
     if bad:
-        raise UsageError(f"--only: unknown exercise {bad[0]!r}; expected a comma list of: {', '.join(BY_NAME)}")
+        raise UsageError(
+            f"--only: unknown exercise {bad[0]!r}; expected a comma list of: {', '.join(BY_NAME)}")
     return [e.name for e in EXERCISES if e.name in names]  # table order: prerequisites first
 
 
@@ -263,8 +271,9 @@ def cmd_list(args) -> int:
     if args.bugs:
         for b in BUGS:
             print(f"{b.name:28s} {b.exercise:20s} {b.what}{' (diff only)' if b.only else ''}")
-        print(f"{len(BUGS)} wrong answers in the catalogue, {sum(bool(b.only) for b in BUGS)} of them caught only by "
-              f"the diff layer (instructor only: not in the student copy). Right answers written another way:")
+        print(f"{len(BUGS)} wrong answers in the catalogue, {sum(bool(b.only) for b in BUGS)} of them caught "
+              f"only by the diff layer (instructor only: not in the student copy). Right answers written "
+              "another way:")
         for b in ALTERNATIVES:
             print(f"{b.name:28s} {b.exercise:20s} {b.what}")
         return 0
@@ -280,8 +289,8 @@ def cmd_list(args) -> int:
             for n in getattr(ex, layer):
                 print(f"  {layer:9s} {n}")
         if ex.diff:
-            print(f"  diff      nanorlhf/assignments/checks.py::{ex.name} (hidden: fixed edge cases, and random cases "
-                  f"on seeds {', '.join(map(str, SEEDS))}, against the reference)")
+            print(f"  diff      nanorlhf/assignments/checks.py::{ex.name} (hidden: fixed edge cases, and "
+                  f"random cases on seeds {', '.join(map(str, SEEDS))}, against the reference)")
         print(f"  points:        {', '.join(f'{p} {n}' for p, n in ex.points_of.items())}")
         return 0
     print(f"{'exercise':20s} {'pts':>3s}  {'file: function':58s} prerequisites")
@@ -289,7 +298,8 @@ def cmd_list(args) -> int:
         where = f"{e.file}: {', '.join(e.functions)}"
         print(f"{e.name:20s} {e.points:3d}  {where:58s} {', '.join(e.prerequisites) or '-'}")
     total = sum(e.points for e in EXERCISES) + PIPELINE_POINTS
-    print(f"{'pipeline':20s} {PIPELINE_POINTS:3d}  micro pipeline with every handed-out exercise at once   (total {total})")
+    print(f"{'pipeline':20s} {PIPELINE_POINTS:3d}  micro pipeline with every handed-out exercise at once"
+          f"   (total {total})")
     return 0
 
 
@@ -308,13 +318,14 @@ def verify(names: list[str], bug: str | None, tmp: Path) -> None:
         copy = pristine_copy(tmp / f"blank_{ex.name}")
         blank(copy, ex)
         res, node_ok = run_layers(copy, [ex], layers=("unit", "diff"), nodes=all_unit)
-        still = [n for n in ex.unit if node_ok[n]] + (["diff"] if res[ex.name].get("diff", {}).get("passed") else [])
+        still = ([n for n in ex.unit if node_ok[n]]
+                 + (["diff"] if res[ex.name].get("diff", {}).get("passed") else []))
         if still:
             raise RuntimeError(f"blank {ex.name}: {still} still pass: they cannot grade it")
         others = [n for n in all_unit if n not in ex.unit and not node_ok[n]]
         hit = sorted({e.name for e in EXERCISES if e is not ex and set(e.unit) & set(others)})
-        print(f"  blank {ex.name}: its {len(ex.unit)} unit checks and its diff check fail; it breaks {len(others)} "
-              f"checks of other exercises{' (' + ', '.join(hit) + ')' if hit else ''}")
+        print(f"  blank {ex.name}: its {len(ex.unit)} unit checks and its diff check fail; it breaks "
+              f"{len(others)} checks of other exercises{' (' + ', '.join(hit) + ')' if hit else ''}")
     if bug:
         ex = BY_NAME[BUG_BY_NAME[bug].exercise]
         copy = pristine_copy(tmp / "bug")
@@ -333,7 +344,8 @@ def cmd_make(args) -> int:
         raise UsageError(f"--bug {args.bug!r}: unknown; `list --bugs` names the catalogue")
     names = parse_names(args.only, [] if args.bug else [e.name for e in EXERCISES])
     if args.bug and BUG_BY_NAME[args.bug].exercise in names:
-        raise UsageError(f"--bug {args.bug}: its exercise {BUG_BY_NAME[args.bug].exercise} is also blanked by --only")
+        raise UsageError(
+            f"--bug {args.bug}: its exercise {BUG_BY_NAME[args.bug].exercise} is also blanked by --only")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".handout_", dir=out.parent) as tmp:
         tmp = Path(tmp)
@@ -359,7 +371,8 @@ def cmd_make(args) -> int:
         os.replace(copy, out)
     what = f"exercises {', '.join(names)}" if names else "no blanks"
     print(f"make: wrote {out} ({len(files)} tracked files, no git history; {what}"
-          f"{'; a planted bug: ' + args.bug if args.bug else ''}). Grade it with: python -m nanorlhf.assignments grade {out}")
+          f"{'; a planted bug: ' + args.bug if args.bug else ''}). Grade it with: "
+          f"python -m nanorlhf.assignments grade {out}")
     return 0
 
 
@@ -375,12 +388,14 @@ def pipeline(copy: Path) -> dict:
         return {"passed": False, "message": f"timed out after {TIMEOUT_S}s"}
     if r.returncode != 0:  # the stage that failed and the error it raised
         lines = [ln.strip() for ln in (r.stdout + r.stderr).splitlines()]
-        said = [ln for ln in lines if ln.startswith("pipeline: stage")][-1:] + [ln for ln in lines if "Error" in ln][-1:]
+        said = ([ln for ln in lines if ln.startswith("pipeline: stage")][-1:]
+                + [ln for ln in lines if "Error" in ln][-1:])
         return {"passed": False, "message": f"exit {r.returncode}: {' '.join(said) or lines[-1:]}",
                 "detail": "\n".join(lines[-40:])}
     for run in ("ppo", "ppo_ptx"):
         rows = json.loads((out / "out" / run / "history.json").read_text())["history"]
-        bad = [(row["iteration"], k) for row in rows for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        bad = [(row["iteration"], k) for row in rows for k, v in row.items()
+               if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             return {"passed": False, "message": f"{run}: non-finite {bad[0][1]} at iteration {bad[0][0]}"}
     return {"passed": True, "message": ""}
@@ -392,7 +407,8 @@ def read_manifest(student: Path) -> list[str] | None:
     path = student / MANIFEST
     if not path.exists():
         return None
-    expected = 'expected {"exercises": [exercise names], "bug": null or a catalogued bug}, as `make` writes it'
+    expected = ('expected {"exercises": [exercise names], "bug": null or a catalogued bug}, '
+                'as `make` writes it')
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -404,7 +420,8 @@ def read_manifest(student: Path) -> list[str] | None:
         raise UsageError(f"{path}: {expected}")
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
-        raise UsageError(f"{path}: unknown exercise {unknown[0]!r}; expected names from: {', '.join(BY_NAME)}")
+        raise UsageError(
+            f"{path}: unknown exercise {unknown[0]!r}; expected names from: {', '.join(BY_NAME)}")
     bug = data.get("bug")
     if bug is not None and bug not in BUG_BY_NAME:
         raise UsageError(f"{path}: unknown bug {bug!r}; expected null or a name that `list --bugs` prints")
@@ -454,7 +471,8 @@ def cmd_grade(args) -> int:
         raise UsageError(f"{student}: not a directory (expected a student copy made by `make`)")
     default = read_manifest(student) or [e.name for e in EXERCISES]  # a copy with no blank and no bug: all
     if args.explain is not None and args.explain not in BY_NAME:
-        raise UsageError(f"--explain {args.explain!r}: unknown exercise; expected one of: {', '.join(BY_NAME)}")
+        raise UsageError(
+            f"--explain {args.explain!r}: unknown exercise; expected one of: {', '.join(BY_NAME)}")
     names = [args.explain] if args.explain else parse_names(args.only, default)
     seeds = parse_seeds(args.seeds)
     run_pipeline = args.pipeline and not args.explain
@@ -475,7 +493,8 @@ def cmd_grade(args) -> int:
             except source.SourceError as e:
                 p = {"passed": False, "message": str(e)}
             report["pipeline"] = {**p, "points": PIPELINE_POINTS * p["passed"], "max": PIPELINE_POINTS}
-    rows = list(report["exercises"].items()) + ([("pipeline", report["pipeline"])] if "pipeline" in report else [])
+    rows = (list(report["exercises"].items())
+            + ([("pipeline", report["pipeline"])] if "pipeline" in report else []))
     report["total"] = sum(r["points"] for _, r in rows)
     report["max"] = sum(r["max"] for _, r in rows)
     print(f"grade {student}: diff layer on seeds {', '.join(map(str, seeds))} (and its fixed edge cases)")
@@ -546,18 +565,21 @@ def cmd_selftest(args) -> int:
             res, _ = run_layers(copy, [ex], layers=("unit", "diff"), seeds=seeds)
             layers = res[ex.name]
             if (args.all_layers or not (right or caught_by(layers))) and ex.learning:
-                if ex.name not in learning_ok:  # the reference must pass a learning check before it can convict
+                # the reference must pass a learning check before it can convict
+                if ex.name not in learning_ok:
                     if reference_fails(run_layers(reference, [ex], layers=("learning",))[0]):
                         return 1
                     learning_ok.add(ex.name)
                 layers.update(run_layers(copy, [ex], layers=("learning",))[0][ex.name])
             caught = caught_by(layers)
             if right:
-                verdict = "accepted" if not caught else f"REJECTED by {', '.join(caught)}: {explain(ex, layers)[0]}"
+                verdict = ("accepted" if not caught
+                           else f"REJECTED by {', '.join(caught)}: {explain(ex, layers)[0]}")
             elif not caught:
                 verdict = "MISSED"
             elif bug.only and caught != [bug.only]:
-                verdict = f"caught by {', '.join(caught)}, NOT by {bug.only} only: it no longer proves that layer"
+                verdict = (f"caught by {', '.join(caught)}, NOT by {bug.only} only: it no longer proves "
+                           "that layer")
             else:
                 verdict = f"caught by {', '.join(caught)}"
             ok = (not caught) if right else bool(caught) and (not bug.only or caught == [bug.only])
@@ -569,8 +591,9 @@ def cmd_selftest(args) -> int:
     count = {layer: sum(layer in r["caught_by"] for r in wrong) for layer in LAYERS}
     only_diff = sum(r["caught_by"] == ["diff"] for r in wrong)
     failed = [r["entry"] for r in rows if not r["ok"]]
-    print(f"selftest: {sum(bool(r['caught_by']) for r in wrong)} of {len(wrong)} wrong answers caught on seeds "
-          f"{', '.join(map(str, seeds))} (by unit {count['unit']}, diff {count['diff']}, diff only {only_diff}"
+    print(f"selftest: {sum(bool(r['caught_by']) for r in wrong)} of {len(wrong)} wrong answers caught on "
+          f"seeds {', '.join(map(str, seeds))} (by unit {count['unit']}, diff {count['diff']}, "
+          f"diff only {only_diff}"
           + (f", learning {count['learning']}" if count["learning"] or args.all_layers else "")
           + f"); {sum(r['ok'] for r in right)} of {len(right)} right answers written another way accepted"
           + f"; {time.time() - t0:.0f}s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
@@ -597,19 +620,25 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("make", help="write a student copy")
     s.add_argument("--out", required=True, help="new directory for the copy (must not exist or be empty)")
     s.add_argument("--only", help="comma list of exercises to blank (default all; 'all'; '' for none)")
-    s.add_argument("--bug", help="plant this catalogued wrong answer (a bug hunt); blanks nothing unless --only")
+    s.add_argument("--bug",
+                   help="plant this catalogued wrong answer (a bug hunt); blanks nothing unless --only")
     s.add_argument("--verify", type=_bool, default=True, help="run the pre-write checks (default true)")
     s = sub.add_parser("grade", help="grade a student copy")
     s.add_argument("dir", help="the student's copy")
     s.add_argument("--only", help="comma list of exercises (default: the copy's assignment.json, else all)")
     s.add_argument("--json", help="where to write the results (default DIR/grade.json)")
-    s.add_argument("--pipeline", type=_bool, default=True, help="run the micro pipeline (~30 s; default true)")
-    s.add_argument("--seeds", help=f"comma list: the diff layer's random cases (default {','.join(map(str, SEEDS))})")
-    s.add_argument("--explain", metavar="EXERCISE", help="grade this exercise alone (no pipeline) and print every "
+    s.add_argument("--pipeline", type=_bool, default=True,
+                   help="run the micro pipeline (~30 s; default true)")
+    s.add_argument("--seeds",
+                   help=f"comma list: the diff layer's random cases (default {','.join(map(str, SEEDS))})")
+    s.add_argument("--explain", metavar="EXERCISE",
+                   help="grade this exercise alone (no pipeline) and print every "
                    "failure in full; writes grade.json only with --json")
-    s = sub.add_parser("selftest", help="prove grade catches every catalogued wrong answer and accepts the right ones")
+    s = sub.add_parser("selftest",
+                       help="prove grade catches every catalogued wrong answer and accepts the right ones")
     s.add_argument("--bugs", help="comma list of catalogue entries (default all, the right answers too)")
-    s.add_argument("--all_layers", action="store_true", help="run every layer on every bug (which layers catch what)")
+    s.add_argument("--all_layers", action="store_true",
+                   help="run every layer on every bug (which layers catch what)")
     s.add_argument("--json", help="write the per-entry results here")
     s.add_argument("--seeds", help=f"comma list (default {','.join(map(str, SEEDS))})")
     s = sub.add_parser("_diff")
@@ -642,7 +671,8 @@ def check_json_path(path) -> None:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    commands = {"list": cmd_list, "make": cmd_make, "grade": cmd_grade, "selftest": cmd_selftest, "_diff": cmd_diff}
+    commands = {"list": cmd_list, "make": cmd_make, "grade": cmd_grade, "selftest": cmd_selftest,
+                "_diff": cmd_diff}
     try:
         check_json_path(getattr(args, "json", None))  # before the work, not after it
         return commands[args.command](args)

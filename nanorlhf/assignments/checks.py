@@ -1,28 +1,15 @@
 """Differential checks: a student's function against the reference, on the same cases every time.
 
-Run inside a graded copy (the student's bodies put into a pristine tree), so `import nanorlhf.ppo` gives
-the student's code; the reference is the same file of the instructor's repository, loaded under another
-module name. One function per exercise, named after it. Each runs
-  - its fixed edge cases, every time: everything masked, one valid value, NaN and ±inf behind the mask,
-    extreme logits and margins, and every optional argument of the contract at a value other than its
-    default (each check's docstring lists them);
-  - RANDOM_CASES random cases for each seed of the seed list (SEEDS unless --seeds).
-So the same tree and the same seeds give the same result.
+Run inside a graded copy (a pristine tree with the student's bodies put in), so `import nanorlhf.ppo` gives
+the student's code; the reference, the same file of the instructor's repository, is loaded under another
+module name. Each exercise's check, a function named after it, runs its fixed edge cases every time
+(everything masked, one valid value, NaN and ±inf behind the mask, extreme logits and margins, every optional
+argument of the contract off its default: the check's docstring lists them), then RANDOM_CASES random cases
+for each seed of the seed list (SEEDS unless --seeds): the same tree and the same seeds give the same result.
 
-Parts: the main quantity and each logged statistic of an exercise (Exercise.parts) are compared apart. A part
-fails on its first differing case, with a message that names the case, what came back and what was expected
-(first line), then the call, the inputs, the tolerance and, for a form that is numerically off, the form the
-contract asks for (the rest).
-
-Tolerances: what a correct answer written another way may differ by.
-  float64  |got - want| <= 1e-10 + 1e-8 |want|: the same sums in another order differ by ~1e-15, and
-           library functions approximate (F.softplus is x above 20: e^-20 = 2e-9 off, in the gradient too).
-  fp32     |got - want| <= 1e-6 + 8 u S + 1e-5 |want|, u = 2^-24 (the fp32 unit roundoff), S the largest
-           |input| (for log-probs max |logit / T|). An fp32 input is only known to u·S, and a log-prob moves
-           by up to 2uS when each logit moves by uS: log_softmax(z)[y] and z_y - logsumexp(z) both round at
-           scale S a few times (at logits near 1234.5, 8uS = 5.9e-4; they differ by at most ~2.4e-4). The
-           relative term covers the softmax's sum of V <= 64 terms in another order (V·u = 4e-6).
-  bf16     a gradient handed back in bf16 is rounded there: one bf16 step, 2^-7 relative.
+Parts (Exercise.parts: the main quantity and each logged statistic) are compared apart. A part fails on its
+first differing case, with a message naming the case, what came back and what was expected (first line), then
+the call, the inputs, the tolerance (Tol, below) and, for a numerically off form, the form the contract wants.
 """
 
 from __future__ import annotations
@@ -45,6 +32,16 @@ RANDOM_CASES = 8  # per seed and check (a model-sized check runs fewer)
 EDGE_SEED = 1234  # the values inside the fixed edge cases (their masks and options are written out below)
 
 
+# Tolerances: what a correct answer written another way may differ by.
+#   float64  |got - want| <= 1e-10 + 1e-8 |want|: the same sums in another order differ by ~1e-15, and library
+#            functions approximate (F.softplus is x above 20: e^-20 = 2e-9 off, in the gradient too).
+#   fp32     |got - want| <= 1e-6 + 8 u S + 1e-5 |want|, u = 2^-24 (the fp32 unit roundoff), S the largest
+#            |input| (for log-probs max |logit / T|). An fp32 input is only known to u·S, and a log-prob
+#            moves by up to 2uS when each logit moves by uS: log_softmax(z)[y] and z_y - logsumexp(z) both
+#            round at scale S a few times (at logits near 1234.5, 8uS = 5.9e-4; they differ by at most
+#            ~2.4e-4). The relative term covers the softmax's sum of V <= 64 terms in another order
+#            (V·u = 4e-6).
+#   bf16     a gradient handed back in bf16 is rounded there: one bf16 step, 2^-7 relative.
 @dataclass(frozen=True)
 class Tol:
     atol: float
@@ -56,13 +53,14 @@ class Tol:
 
 
 U32 = 2.0 ** -24
-F64 = Tol(1e-10, 1e-8, "float64: the same sums in another order differ by ~1e-15, and F.softplus's linear branch "
-                      "above 20 by e^-20 = 2e-9 relative")
+F64 = Tol(1e-10, 1e-8, "float64: the same sums in another order differ by ~1e-15, and F.softplus's linear "
+                      "branch above 20 by e^-20 = 2e-9 relative")
 
 
 def fp32(scale: float = 1.0) -> Tol:
-    """The fp32 tolerance at inputs of magnitude up to `scale` (see the module docstring)."""
-    return Tol(1e-6 + 8 * U32 * scale, 1e-5, f"fp32 at inputs up to {scale:.5g}: 1e-6 + 8·2^-24·{scale:.5g}")
+    """The fp32 tolerance at inputs of magnitude up to `scale` (see the comment above Tol)."""
+    return Tol(1e-6 + 8 * U32 * scale, 1e-5,
+               f"fp32 at inputs up to {scale:.5g}: 1e-6 + 8·2^-24·{scale:.5g}")
 
 
 BF16_GRAD = Tol(1e-5, 2.0 ** -7, "the gradient comes back in bf16: one bf16 step")
@@ -108,8 +106,8 @@ def _num(x: float) -> str:
 
 
 def compare(got, want, tol: Tol = F64, where=None, dtype: bool = True) -> str | None:
-    """None if `got` matches `want` (same structure, shape, dtype if `dtype`, values within `tol` where `where`
-    is true), else one line: what came back and what was expected, at the first value that differs."""
+    """None if `got` matches `want` (same structure, shape, dtype if `dtype`, values within `tol` where
+    `where` is true), else one line: what came back and what was expected, at the first value that differs."""
     if want is None:
         return None if got is None else f"got {_kind(got)}, expected None"
     if isinstance(want, (tuple, list)):
@@ -171,7 +169,8 @@ class Checker:
     def __init__(self, parts, seeds=SEEDS):
         self.parts, self.seeds = tuple(parts), tuple(seeds)
         self.failed: dict[str, dict] = {}  # part -> {"message": one line, "detail": the whole story}
-        self.part_hints: dict[str, str] = {}  # shown with a part's failure when its case has no hint of its own
+        # shown with a part's failure when its case has no hint of its own
+        self.part_hints: dict[str, str] = {}
         self.cases = 0
         self._case = None
 
@@ -181,7 +180,8 @@ class Checker:
 
     @contextlib.contextmanager
     def case(self, label: str, call: str, inputs: dict | None = None, hint: str = ""):
-        """One case. An exception the block raises (the student's code crashed) fails every part still open."""
+        """One case. An exception the block raises (the student's code crashed) fails every part still
+        open."""
         self._case = (label, call, inputs or {}, hint)
         self.cases += 1
         try:
@@ -206,9 +206,11 @@ class Checker:
         if not ok and part not in self.failed:
             self._fail(part, why, what)
 
-    def expect_grads(self, part, got_scalar, want_scalar, got_leaves, want_leaves, names, what, tol=F64, where=None):
+    def expect_grads(self, part, got_scalar, want_scalar, got_leaves, want_leaves, names, what, tol=F64,
+                     where=None):
         """Gradients of got_scalar and want_scalar w.r.t. their leaves (missing ones count as 0); `where`: a
-        bool tensor per leaf (or None) restricting the comparison (the reference may be NaN behind padding)."""
+        bool tensor per leaf (or None) restricting the comparison (the reference may be NaN behind
+        padding)."""
         if part in self.failed:
             return
         want = torch.autograd.grad(want_scalar, want_leaves, allow_unused=True, retain_graph=True)
@@ -297,7 +299,8 @@ def edge_masks(holes: bool = True, fills=FILLS):
             continue
         for j, fill in enumerate(fills if name != "every token valid" else (None,)):
             mask = torch.tensor(rows, dtype=torch.float64).to(MASK_DTYPES[(i + j) % len(MASK_DTYPES)])
-            out.append((f"edge case '{name}'" + (f", {fill} behind the mask" if fill is not None else ""), mask, fill))
+            out.append((f"edge case '{name}'" + (f", {fill} behind the mask" if fill is not None else ""),
+                        mask, fill))
     return out
 
 
@@ -306,7 +309,8 @@ def ragged_mask(B: int, T: int, rng: random.Random, holes: bool = True, dtype=No
     The first row is always full, so the batch has valid tokens; dtype float64, float32 or bool at random."""
     rows = []
     for b in range(B):
-        kind = "full" if b == 0 else rng.choice(["full", "right", "right", "offset", "empty"] + ["holes"] * holes)
+        kind = "full" if b == 0 else rng.choice(["full", "right", "right", "offset", "empty"]
+                                                + ["holes"] * holes)
         if kind == "full":
             row = [1] * T
         elif kind == "right":
@@ -326,7 +330,8 @@ def ragged_mask(B: int, T: int, rng: random.Random, holes: bool = True, dtype=No
 
 
 def fill(x, mask, value):
-    """x with `value` at every masked position (value None: x unchanged); mask broadcasts over x's last dims."""
+    """x with `value` at every masked position (value None: x unchanged); mask broadcasts over x's last
+    dims."""
     if value is None:
         return x
     keep = mask.bool()
@@ -363,7 +368,8 @@ def masked_mean(ck, S, R):
             ck.expect("output", got, want, "the mean", tol)
             w = torch.linspace(-1, 1, want.numel(), dtype=want.dtype).reshape(want.shape)
             s_scalar = (got * w).sum() if isinstance(got, torch.Tensor) and got.shape == want.shape else got
-            ck.expect_grads("output", s_scalar, (want * w).sum(), s_leaves, r_leaves, ["x"], "sum(w·mean)", tol)
+            ck.expect_grads("output", s_scalar, (want * w).sum(), s_leaves, r_leaves, ["x"], "sum(w·mean)",
+                            tol)
 
     for label, mask, value in edge_masks():
         x = fill(_randn(g, *mask.shape, scale=3), mask, value)
@@ -395,7 +401,8 @@ def sft_loss(ck, S, R):
         B, T, V = logits.shape
         with ck.case(label, "sft_loss(logits, targets, mask)", {"targets": targets, "mask": mask}, hint):
             got, want, s_leaves, r_leaves = run_both(lambda z: S.sft_loss(z, targets, mask),
-                                                     lambda z: R.sft_loss(z, targets, mask), [logits], wrt=(0,))
+                                                     lambda z: R.sft_loss(z, targets, mask), [logits],
+                                                     wrt=(0,))
             ck.expect("output", got, want, "the loss", tol)
             where = mask.bool()[..., None]
             ck.expect_grads("output", got, want, s_leaves, r_leaves, ["logits"], "the loss", tol, [where])
@@ -410,7 +417,8 @@ def sft_loss(ck, S, R):
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.float32)
     targets = torch.randint(0, 7, (2, 4), generator=g)
     run("edge case 'logits of scale 1e4'", _randn(g, 2, 4, 7, scale=1e4), targets, mask,
-        hint="log(softmax(z)) underflows to -inf once a probability is below 1e-308: use log_softmax or cross_entropy")
+        hint="log(softmax(z)) underflows to -inf once a probability is below 1e-308: use log_softmax or "
+             "cross_entropy")
     z32 = torch.randn(2, 4, 7, generator=g) * 3
     run("edge case 'float32 logits'", z32, targets, mask, fp32(z32.abs().max().item()))
     for label, rng, g in ck.random_cases():
@@ -427,8 +435,8 @@ def ranking_loss(ck, S, R):
     missing slots; no group with two responses (loss 0); ties, and a group whose every pair is tied; reward
     gaps of ±800 (log sigmoid(-800) is -800, not log 0). The loss and its gradient."""
     rng0, g = ck.edge()
-    stable = ("log(sigmoid(d)) underflows to log 0 = -inf once d < -745: use F.logsigmoid(d) (or -F.softplus(-d)); "
-              "the two agree to rounding everywhere")
+    stable = ("log(sigmoid(d)) underflows to log 0 = -inf once d < -745: use F.logsigmoid(d) "
+              "(or -F.softplus(-d)); the two agree to rounding everywhere")
 
     def run(label, rewards, valid=None, tied=None, hint=""):
         kw = {k: v for k, v in (("valid", valid), ("tied", tied)) if v is not None}
@@ -440,8 +448,8 @@ def ranking_loss(ck, S, R):
             ck.expect_grads("output", got, want, s_leaves, r_leaves, ["rewards"], "the loss")
 
     run("edge case 'K = 2, valid=None'", _randn(g, 4, 2, scale=2))
-    valid = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
-                         dtype=torch.bool)
+    valid = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0],
+                          [0, 0, 0, 0, 0]], dtype=torch.bool)
     for v in (1e3, -1e6, 1e6):
         run(f"edge case 'groups of 5, 3, 2, 1 and 0 responses', {v:g} in the missing slots",
             fill(_randn(g, 5, 5, scale=2), valid, v), valid)
@@ -452,7 +460,8 @@ def ranking_loss(ck, S, R):
     tied[1] = torch.ones(4, 4, dtype=torch.bool).triu(1)  # every pair of group 1 tied: it has no pair left
     r = _randn(g, 3, 4, scale=2)
     run("edge case 'ties, and a group whose every pair is tied'", r, tied=tied)
-    run("edge case 'ties with valid'", r, valid=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]]).bool(),
+    run("edge case 'ties with valid'", r,
+        valid=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]]).bool(),
         tied=tied)
     gaps = torch.tensor([[400.0, 0.0, -400.0], [-400.0, 0.0, 400.0]], dtype=torch.float64)
     run("edge case 'reward gaps of ±800'", gaps, hint=stable)
@@ -467,8 +476,8 @@ def ranking_loss(ck, S, R):
 
 
 def kl_penalty_rewards(ck, S, R):
-    """Edge: every fixed mask (holes, an empty row, one valid value, everything masked) with NaN/±inf behind it
-    in both log-probs; beta 0, 0.1 and 1. Parts: rewards and kl (the logged KL)."""
+    """Edge: every fixed mask (holes, an empty row, one valid value, everything masked) with NaN/±inf behind
+    it in both log-probs; beta 0, 0.1 and 1. Parts: rewards and kl (the logged KL)."""
     _, g = ck.edge()
 
     def run(label, lp, ref, scores, mask, beta):
@@ -492,7 +501,8 @@ def kl_penalty_rewards(ck, S, R):
         lp = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
         ref = lp + _randn(g, B, T, scale=0.3)
         beta = rng.choice([0.0, 0.05, rng.uniform(0, 0.5)])
-        run(label, fill(lp, mask, _garbage(rng)), fill(ref, mask, _garbage(rng, (float("-inf"), float("nan"), -1e4))),
+        run(label, fill(lp, mask, _garbage(rng)),
+            fill(ref, mask, _garbage(rng, (float("-inf"), float("nan"), -1e4))),
             _randn(g, B, scale=2), mask, beta)
 
 
@@ -506,16 +516,19 @@ def gae(ck, S, R):
         kw = {k: v for k, v in (("gamma", gamma), ("lam", lam)) if v is not None}
         call = f"gae(rewards, values, mask{''.join(f', {k}={v:.3g}' for k, v in kw.items())})"
         with ck.case(label, call, {"mask": mask, "rewards": rewards, "values": values}):
-            got, want, _, _ = run_both(lambda r, v: S.gae(r, v, mask, **kw), lambda r, v: R.gae(r, v, mask, **kw),
+            got, want, _, _ = run_both(lambda r, v: S.gae(r, v, mask, **kw),
+                                       lambda r, v: R.gae(r, v, mask, **kw),
                                        [rewards, values], wrt=(1,))
             ck.expect("output", got, want, "(advantages, returns)")
             ck.require("output", not any(isinstance(t, torch.Tensor) and t.requires_grad for t in got),
-                       "(advantages, returns)", "keep the critic's graph: they must be detached (loss constants)")
+                       "(advantages, returns)",
+                       "keep the critic's graph: they must be detached (loss constants)")
 
     options = ((None, None), (0.9, 0.5), (0.0, 0.95), (0.99, 0.0), (1.0, 1.0))
     for i, (label, mask, value) in enumerate(edge_masks(holes=False)):
         B, T = mask.shape
-        rewards, values = fill(_randn(g, B, T), mask, value), fill(_randn(g, B, T, scale=2), mask, FILLS[(i + 1) % 3])
+        rewards, values = (fill(_randn(g, B, T), mask, value),
+                           fill(_randn(g, B, T, scale=2), mask, FILLS[(i + 1) % 3]))
         for gamma, lam in options:
             run(label, rewards, values, mask, gamma, lam)
     for label, rng, g in ck.random_cases():
@@ -535,7 +548,8 @@ def masked_whiten(ck, S, R):
     def run(label, x, mask, hint="", **kw):
         args = "".join(f", {k}={'(mean, var)' if k == 'moments' else v}" for k, v in kw.items())
         with ck.case(label, f"masked_whiten(x, mask{args})", {"x": x, "mask": mask, **kw}, hint):
-            ck.expect("output", S.masked_whiten(x, mask, **kw), R.masked_whiten(x, mask, **kw), "the whitened x")
+            ck.expect("output", S.masked_whiten(x, mask, **kw), R.masked_whiten(x, mask, **kw),
+                      "the whitened x")
         for unbiased in (None, True):
             kw = {} if unbiased is None else {"unbiased": unbiased}
             call = f"masked_var(x, mask{', unbiased=True' if unbiased else ''})"
@@ -547,7 +561,8 @@ def masked_whiten(ck, S, R):
                         S.masked_var(x, mask, **kw)
                     except ValueError:
                         continue
-                    ck.require("output", False, "masked_var", "returned a value for fewer than 2 valid values: "
+                    ck.require("output", False, "masked_var",
+                               "returned a value for fewer than 2 valid values: "
                                "unbiased=True must raise ValueError (n - 1 = 0 or less)")
                     continue
                 ck.expect("output", S.masked_var(x, mask, **kw), want, "the variance")
@@ -564,7 +579,8 @@ def masked_whiten(ck, S, R):
     run("edge case 'values around 1e6'", x, mask, two_pass, shift_mean=False)
     moments = (torch.tensor(0.3, dtype=torch.float64), torch.tensor(2.5, dtype=torch.float64))
     x = fill(_randn(g, 2, 4, scale=3), mask, float("inf"))
-    hint = "moments=(mean, var) replaces the mean and variance of x (distributed: those of every rank's batch)"
+    hint = ("moments=(mean, var) replaces the mean and variance of x (distributed: those of every rank's "
+            "batch)")
     run("edge case 'moments given'", x, mask, hint, moments=moments)
     run("edge case 'moments given'", x, mask, hint, moments=moments, shift_mean=False)
     for label, rng, g in ck.random_cases():
@@ -582,16 +598,19 @@ def policy_loss(ck, S, R):
     (neither branch is clipped); log-probs near -1000 (exp(log pi) / exp(log pi_old) is 0/0 there).
     Parts: the loss (value and gradient) and each of its stats."""
     _, g = ck.edge()
-    ck.part_hints = {k: "every stat is over valid tokens only (masked_mean; ratio_max: the max over valid tokens, "
-                        "where padding's ratio of 1 must not count) and detached" for k in POLICY_STATS}
+    ck.part_hints = {k: "every stat is over valid tokens only (masked_mean; ratio_max: the max over valid "
+                        "tokens, where padding's ratio of 1 must not count) and detached"
+                     for k in POLICY_STATS}
 
     def run(label, new, old, adv, mask, clip=None, hint=""):
         kw = {} if clip is None else {"clip": clip}
-        call = f"policy_loss(logprobs, old_logprobs, advantages, mask{'' if clip is None else f', clip={clip:.3g}'})"
-        with ck.case(label, call, {"mask": mask, "logprobs": new, "old_logprobs": old, "advantages": adv}, hint):
+        call = (f"policy_loss(logprobs, old_logprobs, advantages, "
+                f"mask{'' if clip is None else f', clip={clip:.3g}'})")
+        with ck.case(label, call, {"mask": mask, "logprobs": new, "old_logprobs": old, "advantages": adv},
+                     hint):
             got, want, s_leaves, r_leaves = run_both(lambda lp: S.policy_loss(lp, old, adv, mask, **kw),
-                                                     lambda lp: R.policy_loss(lp, old, adv, mask, **kw), [new],
-                                                     wrt=(0,))
+                                                     lambda lp: R.policy_loss(lp, old, adv, mask, **kw),
+                                                     [new], wrt=(0,))
             if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[1], dict):
                 raise TypeError(f"expected (loss, stats), got {_kind(got)}")
             ck.expect("loss", got[0], want[0], "the loss")
@@ -615,7 +634,8 @@ def policy_loss(ck, S, R):
     below = old - 0.05 - torch.rand(2, 5, generator=g, dtype=torch.float64) * 0.5
     run("edge case 'every valid ratio below 1'", below, old, adv, mask,
         hint="ratio_max, like every stat, is over valid tokens only: padding (ratio 1 there) must not count")
-    run("edge case 'advantages of 0'", old + _randn(g, 2, 5, scale=0.5), old, torch.zeros(2, 5, dtype=torch.float64),
+    run("edge case 'advantages of 0'", old + _randn(g, 2, 5, scale=0.5), old,
+        torch.zeros(2, 5, dtype=torch.float64),
         mask, hint="clipfrac counts the tokens where the clipped branch is strictly the larger one")
     far = old - 1000.0
     run("edge case 'log-probs near -1000'", far + _randn(g, 2, 5, scale=0.3), far, adv, mask,
@@ -623,8 +643,10 @@ def policy_loss(ck, S, R):
     for label, rng, g in ck.random_cases():
         B, T, mask = _random_case(rng)
         old = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
-        new, adv = old + _randn(g, B, T, scale=0.3), _randn(g, B, T)  # ratios ~0.4 to ~2.5: both clipped regions
-        if rng.random() < 0.5:  # exp(garbage) may overflow: the loss and the gradient at padding must stay clean
+        # ratios ~0.4 to ~2.5: both clipped regions
+        new, adv = old + _randn(g, B, T, scale=0.3), _randn(g, B, T)
+        # exp(garbage) may overflow: the loss and the gradient at padding must stay clean
+        if rng.random() < 0.5:
             new = fill(new, mask, rng.choice([50.0, 1e4, float("inf")]))
             adv = fill(adv, mask, rng.choice([1e6, -1e6, float("nan")]))
         run(label, new, old, adv, mask, rng.choice([0.2, rng.uniform(0.05, 0.4)]))
@@ -635,24 +657,26 @@ def value_loss(ck, S, R):
     is compared at valid positions only); the default clip, clip=inf (no clipping), 0 and 0.5.
     Parts: the loss (value and gradient) and vf_clipfrac."""
     _, g = ck.edge()
-    ck.part_hints = {"vf_clipfrac": "the fraction of valid tokens (masked_mean) where the clipped branch is strictly "
-                                    "the larger one; detached"}
+    ck.part_hints = {"vf_clipfrac": "the fraction of valid tokens (masked_mean) where the clipped branch is "
+                                    "strictly the larger one; detached"}
 
     def run(label, values, old, returns, mask, clip=None, where=None):
         kw = {} if clip is None else {"clip": clip}
         call = f"value_loss(values, old_values, returns, mask{'' if clip is None else f', clip={clip:.3g}'})"
         with ck.case(label, call, {"mask": mask, "values": values, "old_values": old, "returns": returns}):
             got, want, s_leaves, r_leaves = run_both(lambda v: S.value_loss(v, old, returns, mask, **kw),
-                                                     lambda v: R.value_loss(v, old, returns, mask, **kw), [values],
-                                                     wrt=(0,))
+                                                     lambda v: R.value_loss(v, old, returns, mask, **kw),
+                                                     [values], wrt=(0,))
             if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[1], dict):
                 raise TypeError(f"expected (loss, stats), got {_kind(got)}")
             ck.expect("loss", got[0], want[0], "the loss")
-            ck.expect_grads("loss", got[0], want[0], s_leaves, r_leaves, ["values"], "the loss", where=[where])
+            ck.expect_grads("loss", got[0], want[0], s_leaves, r_leaves, ["values"], "the loss",
+                            where=[where])
             if "vf_clipfrac" not in got[1]:
-                ck.require("vf_clipfrac", False, "stats['vf_clipfrac']", f"is missing (stats has {sorted(got[1])})")
-            elif ck.expect("vf_clipfrac", got[1]["vf_clipfrac"], want[1]["vf_clipfrac"], "stats['vf_clipfrac']",
-                           dtype=False):
+                ck.require("vf_clipfrac", False, "stats['vf_clipfrac']",
+                           f"is missing (stats has {sorted(got[1])})")
+            elif ck.expect("vf_clipfrac", got[1]["vf_clipfrac"], want[1]["vf_clipfrac"],
+                           "stats['vf_clipfrac']", dtype=False):
                 ck.require("vf_clipfrac", not got[1]["vf_clipfrac"].requires_grad, "stats['vf_clipfrac']",
                            "carries a gradient: it is detached")
 
@@ -693,7 +717,8 @@ def kl_estimators(ck, S, R):
                     ck.require(k, False, f"[{k!r}]", f"is missing (got keys {sorted(got)})")
                     continue
                 ck.expect(k, got[k], want[k], f"[{k!r}]")
-                ck.expect_grads(k, got[k], want[k], s_leaves, r_leaves, ["logprobs"], f"[{k!r}]", where=[where])
+                ck.expect_grads(k, got[k], want[k], s_leaves, r_leaves, ["logprobs"], f"[{k!r}]",
+                                where=[where])
 
     for i, (label, mask, value) in enumerate(edge_masks()):
         B, T = mask.shape
@@ -703,9 +728,11 @@ def kl_estimators(ck, S, R):
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float32)
     lp = -1000.0 - torch.rand(2, 4, generator=g, dtype=torch.float64)
     run("edge case 'log-probs near -1000'", lp, lp + _randn(g, 2, 4, scale=0.5), mask,
-        hint="take log r = log pi_ref - log pi first: exp(log pi_ref) / exp(log pi) is 0/0 at log-probs of -1000")
+        hint="take log r = log pi_ref - log pi first: exp(log pi_ref) / exp(log pi) is 0/0 at log-probs of "
+             "-1000")
     lp = -torch.rand(2, 4, generator=g, dtype=torch.float64)
-    run("edge case '|log r| up to 20'", lp, lp + torch.tensor([[20.0, -20.0, 5.0, -5.0], [12.0, -12.0, 0, 0]]), mask)
+    run("edge case '|log r| up to 20'", lp,
+        lp + torch.tensor([[20.0, -20.0, 5.0, -5.0], [12.0, -12.0, 0, 0]]), mask)
     for label, rng, g in ck.random_cases():
         B, T, mask = _random_case(rng)
         lp = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
@@ -723,9 +750,11 @@ def adaptive_kl(ck, S, R):
     512 and the horizon; updates chained on one controller. The return value and .value after each update."""
 
     def run(label, beta, target, horizon, updates):
-        call = f"AdaptiveKLController({beta:.4g}, target={target:.4g}, horizon={horizon}).update(...) x {len(updates)}"
+        call = (f"AdaptiveKLController({beta:.4g}, target={target:.4g}, horizon={horizon}).update(...) "
+                f"x {len(updates)}")
         with ck.case(label, call, {"updates (current_kl, n_steps)": updates}):
-            s, r = S.AdaptiveKLController(beta, target, horizon), R.AdaptiveKLController(beta, target, horizon)
+            s, r = (S.AdaptiveKLController(beta, target, horizon),
+                    R.AdaptiveKLController(beta, target, horizon))
             for i, (kl, n) in enumerate(updates):
                 want = r.update(kl, n)
                 got = s.update(kl, n)
@@ -736,7 +765,8 @@ def adaptive_kl(ck, S, R):
 
     run("edge case 'KL types'", 0.15, 6.0, 10_000,
         [(9.0, 512), (3, 512), (torch.tensor(7.5), 512), (torch.tensor(4.0, dtype=torch.float64), 512)])
-    run("edge case 'clipping'", 0.1, 2.0, 1000, [(0.0, 64), (2.0, 64), (2.2, 64), (200.0, 64), (1.9, 1000), (0.5, 1)])
+    run("edge case 'clipping'", 0.1, 2.0, 1000,
+        [(0.0, 64), (2.0, 64), (2.2, 64), (200.0, 64), (1.9, 1000), (0.5, 1)])
     run("edge case 'n_steps = horizon'", 0.2, 1.0, 64, [(1.5, 64), (0.5, 64), (1.0, 64)])
     for label, rng, g in ck.random_cases():
         beta, target, horizon = rng.uniform(0.01, 0.5), rng.uniform(0.5, 10), rng.choice([10, 1000, 10_000])
@@ -755,14 +785,17 @@ def response_mask(ck, S, R):
              ("EOS id 0", [[3, 0, 0, 5], [0, 2, 2, 2]], 0))
     for name, rows, e in fixed:
         response = torch.tensor(rows)
-        with ck.case(f"edge case '{name}'", f"response_mask_from(response, eos_id={e})", {"response": response}):
-            ck.expect("output", S.response_mask_from(response, e), R.response_mask_from(response, e), "the mask")
+        with ck.case(f"edge case '{name}'", f"response_mask_from(response, eos_id={e})",
+                     {"response": response}):
+            ck.expect("output", S.response_mask_from(response, e), R.response_mask_from(response, e),
+                      "the mask")
     for label, rng, g in ck.random_cases(2 * RANDOM_CASES):
         B, T, V = rng.randint(1, 5), rng.randint(1, 8), 8
         e = rng.randrange(V)
         response = torch.randint(0, V, (B, T), generator=g)  # holds EOS anywhere, several times, or never
         with ck.case(label, f"response_mask_from(response, eos_id={e})", {"response": response}):
-            ck.expect("output", S.response_mask_from(response, e), R.response_mask_from(response, e), "the mask")
+            ck.expect("output", S.response_mask_from(response, e), R.response_mask_from(response, e),
+                      "the mask")
 
 
 def response_logprobs(ck, S, R):
@@ -798,14 +831,15 @@ def response_logprobs(ck, S, R):
                 def weight(res, part=part):
                     if part == "logp":
                         return ((res[0] if with_entropy else res) * w).sum()
-                    return (res[1] * w).sum() if isinstance(res, tuple) and isinstance(res[1], torch.Tensor) else None
+                    return ((res[1] * w).sum() if isinstance(res, tuple) and isinstance(res[1], torch.Tensor)
+                            else None)
                 want, want_g = grads(model, lambda: R.response_logprobs(*args, **kw), weight)
                 got, got_g = grads(model, lambda: S.response_logprobs(*args, **kw), weight)
                 if with_entropy and not (isinstance(got, tuple) and len(got) == 2):
                     raise TypeError(f"with_entropy=True: expected (logp, entropy), got {_kind(got)}")
                 if part == "logp":  # these small models' logits stay well below 30: fp32(30) is ~1.5e-5
-                    ck.expect("logp", got[0] if with_entropy else got, want[0] if with_entropy else want, "logp",
-                              fp32(30.0))
+                    ck.expect("logp", got[0] if with_entropy else got, want[0] if with_entropy else want,
+                              "logp", fp32(30.0))
                     if with_entropy:
                         ck.expect("entropy", got[1], want[1], "entropy", fp32(30.0))
                         if not entropy_grad:
@@ -820,7 +854,8 @@ def response_logprobs(ck, S, R):
     model, _ = batch(rng, g, "learned", 2)
     tokens = torch.tensor([[23, 1, 2, 3, 5, 6, 22, 23, 23], [4, 5, 6, 7, 8, 22, 23, 23, 23],
                            [23, 23, 9, 10, 11, 12, 13, 14, 15]])
-    attn = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1, 1, 1, 1]])
+    attn = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0],
+                         [0, 0, 1, 1, 1, 1, 1, 1, 1]])
     fixed = SimpleNamespace(tokens=tokens, attention_mask=attn.bool(), prompt_len=4, response=tokens[:, 4:])
     label = "edge case 'left-padded prompts, PAD after EOS'"
     run(label, model, fixed, with_entropy=True)
@@ -835,7 +870,8 @@ def response_logprobs(ck, S, R):
         run(label, model, gen, temperature=1.3, impl="torch")
     for label, rng, g in ck.random_cases(1):
         model, gen = batch(rng, g, rng.choice(["learned", "rope"]), rng.randrange(2**31))
-        kw = dict(temperature=rng.choice([1.0, 0.7, 1.5]), with_entropy=rng.random() < 0.7, fast=rng.random() < 0.5)
+        kw = dict(temperature=rng.choice([1.0, 0.7, 1.5]), with_entropy=rng.random() < 0.7,
+                  fast=rng.random() < 0.5)
         run(label, model, gen, **kw)
 
 
@@ -843,10 +879,11 @@ def token_logprobs(ck, S, R):
     """Edge: logits near 1234.5 (at T = 1 and 0.7); -inf logits (never at the target); everything masked;
     one valid value; NaN logits behind the mask (gradients then compared at valid rows); targets -100 and
     out of range behind it; masks as float, bool and int64; a (B, T, V) non-contiguous view; bf16 and
-    float64 logits; uniform logits; temperatures 0.5 and 2. Parts: logp and entropy, each with its gradient."""
-    lsm = ("the handout asks for log p = log_softmax(z/T) and H = -sum p·log p: z_y - logsumexp(z/T) is accepted "
-           "too (the tolerance is 8 fp32 roundings at the largest |z/T|); log(softmax) or logsumexp(z) - sum p·z "
-           "lose more at large logits")
+    float64 logits; uniform logits; temperatures 0.5 and 2. Parts: logp and entropy, each with its
+    gradient."""
+    lsm = ("the handout asks for log p = log_softmax(z/T) and H = -sum p·log p: z_y - logsumexp(z/T) is "
+           "accepted too (the tolerance is 8 fp32 roundings at the largest |z/T|); log(softmax) or "
+           "logsumexp(z) - sum p·z lose more at large logits")
 
     def run(label, logits, targets, temperature, mask, hint="", where=None):
         finite = logits.float()[torch.isfinite(logits.float())]
@@ -854,11 +891,13 @@ def token_logprobs(ck, S, R):
         tol = fp32(max(scale, 1.0))
         for with_entropy in (False, True):
             call = (f"_token_logprobs_torch(logits {logits.dtype} {tuple(logits.shape)}, targets, "
-                    f"temperature={temperature}, mask{'=None' if mask is None else ''}, with_entropy={with_entropy})")
+                    f"temperature={temperature}, mask{'=None' if mask is None else ''}, "
+                    f"with_entropy={with_entropy})")
             with ck.case(label, call, {"targets": targets, "mask": mask, "logits": logits}, hint):
                 got, want, s_leaves, r_leaves = run_both(
                     lambda x: S._token_logprobs_torch(x, targets, temperature, mask, with_entropy),
-                    lambda x: R._token_logprobs_torch(x, targets, temperature, mask, with_entropy), [logits], wrt=(0,))
+                    lambda x: R._token_logprobs_torch(x, targets, temperature, mask, with_entropy),
+                    [logits], wrt=(0,))
                 if not isinstance(got, (tuple, list)) or len(got) != 2:
                     raise TypeError(f"expected (logp, entropy or None), got {_kind(got)}")
                 grad_tol = BF16_GRAD if logits.dtype == torch.bfloat16 else tol
@@ -866,12 +905,14 @@ def token_logprobs(ck, S, R):
                 w = torch.linspace(-1, 1, want[0].numel()).reshape(want[0].shape)
                 ck.expect("logp", got[0], want[0], "logp", tol)
                 ck.expect_grads("logp", (got[0] * w).sum() if isinstance(got[0], torch.Tensor) else got[0],
-                                (want[0] * w).sum(), s_leaves, r_leaves, ["logits"], "sum(w·logp)", grad_tol, wh)
+                                (want[0] * w).sum(), s_leaves, r_leaves, ["logits"], "sum(w·logp)",
+                                grad_tol, wh)
                 if with_entropy:
                     ck.expect("entropy", got[1], want[1], "entropy", tol)
-                    ck.expect_grads("entropy", (got[1] * w).sum() if isinstance(got[1], torch.Tensor) else got[1],
-                                    (want[1] * w).sum(), s_leaves, r_leaves, ["logits"], "sum(w·entropy)", grad_tol,
-                                    wh)
+                    ck.expect_grads("entropy",
+                                    (got[1] * w).sum() if isinstance(got[1], torch.Tensor) else got[1],
+                                    (want[1] * w).sum(), s_leaves, r_leaves, ["logits"], "sum(w·entropy)",
+                                    grad_tol, wh)
 
     rng, g = ck.edge()
     V = 50
@@ -900,7 +941,8 @@ def token_logprobs(ck, S, R):
     m2 = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
     run("edge case 'a (B, T, V) non-contiguous view'", full[:, :-1], t2, 1.0, m2)
     run("edge case 'bf16 logits'", (torch.randn(6, V, generator=g) * 3).bfloat16(), targets, 0.7, None)
-    run("edge case 'float64 logits'", torch.randn(6, V, generator=g, dtype=torch.float64) * 3, targets, 1.3, None)
+    run("edge case 'float64 logits'", torch.randn(6, V, generator=g, dtype=torch.float64) * 3, targets,
+        1.3, None)
     for label, rng, g in ck.random_cases():
         N, V = rng.randint(1, 6), rng.randint(2, 40)
         dtype = rng.choice([torch.float32, torch.float64, torch.bfloat16])
@@ -922,8 +964,8 @@ def dpo_loss(ck, S, R):
     default beta (0.1) and beta = 1; B = 1. Parts: the loss (value and gradient w.r.t. the policy log-probs)
     and the rewards (values, detached)."""
     _, g = ck.edge()
-    stable = ("log(sigmoid(x)) underflows to log 0 = -inf once x < -745: use F.logsigmoid(x) (or -F.softplus(-x)); "
-              "the two agree to rounding everywhere")
+    stable = ("log(sigmoid(x)) underflows to log 0 = -inf once x < -745: use F.logsigmoid(x) "
+              "(or -F.softplus(-x)); the two agree to rounding everywhere")
 
     def run(label, inputs, beta=None, hint=""):
         kw = {} if beta is None else {"beta": beta}
@@ -931,7 +973,8 @@ def dpo_loss(ck, S, R):
                 + ("" if beta is None else f", beta={beta:.3g}") + ")")
         names = ("policy_chosen_logp", "policy_rejected_logp", "ref_chosen_logp", "ref_rejected_logp")
         with ck.case(label, call, dict(zip(names, inputs)), hint):
-            got, want, s_leaves, r_leaves = run_both(lambda *x: S.dpo_loss(*x, **kw), lambda *x: R.dpo_loss(*x, **kw),
+            got, want, s_leaves, r_leaves = run_both(lambda *x: S.dpo_loss(*x, **kw),
+                                                     lambda *x: R.dpo_loss(*x, **kw),
                                                      inputs, wrt=(0, 1))
             if not isinstance(got, (tuple, list)) or len(got) != 3:
                 raise TypeError(f"expected (loss, chosen_rewards, rejected_rewards), got {_kind(got)}")
@@ -1049,7 +1092,8 @@ def ppo_ptx(ck, S, R):
                        ptx_batch=2, init_kl_coef=0.05, device="cpu", dtype="fp32")
         policy, ref, critic = gpt("lm", seed), gpt("lm", seed).requires_grad_(False), gpt("value", seed + 1)
         prompts = [[rng.randrange(0, 13) for _ in range(rng.randint(2, 5))] for _ in range(8)]
-        exp = S.rollout(policy, ref, critic, reward, prompts, tok, cfg, 0.05, torch.Generator().manual_seed(seed))
+        exp = S.rollout(policy, ref, critic, reward, prompts, tok, cfg, 0.05,
+                        torch.Generator().manual_seed(seed))
         x = torch.randint(0, 16, (8, 2, 10), generator=g)  # 8 corpus batches of 2 windows
         m = torch.ones(8, 2, 10)
         if ragged:
@@ -1060,7 +1104,8 @@ def ppo_ptx(ck, S, R):
             out = {}
             for name, mod in (("reference", R), ("student", S)):
                 p, c = copy.deepcopy(policy), copy.deepcopy(critic)
-                opt_p, opt_c = make_optimizer(p, cfg.lr, 0.0, eps=1e-5), make_optimizer(c, cfg.critic_lr, 0.0, eps=1e-5)
+                opt_p, opt_c = (make_optimizer(p, cfg.lr, 0.0, eps=1e-5),
+                                make_optimizer(c, cfg.critic_lr, 0.0, eps=1e-5))
                 stats = mod.ppo_update(p, c, opt_p, opt_c, exp, cfg, iter(batches), random.Random(seed))
                 out[name] = stats, dict(p.named_parameters())
             ck.expect("ptx_loss", out["student"][0].get("ptx_loss"), out["reference"][0]["ptx_loss"],
@@ -1084,8 +1129,9 @@ CHECKS = {f.__name__: f for f in (masked_mean, sft_loss, ranking_loss, kl_penalt
 
 
 def check(name: str, student, reference, seeds=SEEDS) -> dict:
-    """Run one exercise's check: {"passed", "parts": {part: {"passed", "message", "detail"}}, "cases", "seeds",
-    "message" (the first failing part's first line), "detail" (every failing part's whole story)}."""
+    """Run one exercise's check: {"passed", "parts": {part: {"passed", "message", "detail"}}, "cases",
+    "seeds", "message" (the first failing part's first line), "detail" (every failing part's whole
+    story)}."""
     from nanorlhf.assignments.exercises import BY_NAME
 
     ck = Checker(BY_NAME[name].part_names, seeds)

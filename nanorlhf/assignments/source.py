@@ -26,7 +26,8 @@ def _find_def(tree: ast.AST, qualname: str, path: str):
     node = tree
     for part in qualname.split("."):
         for child in getattr(node, "body", []):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and child.name == part:
+            if (isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                    and child.name == part):
                 node = child
                 break
         else:
@@ -59,7 +60,8 @@ def body_span(text: str, qualname: str, path: str = "?") -> tuple[int, int, str]
     fn = _find_def(tree, qualname, path)
     lines = text.splitlines(keepends=True)
     first = fn.body[0]
-    has_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+    has_doc = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+               and isinstance(first.value.value, str))
     start = first.end_lineno if has_doc else _header_end(lines, fn) + 1
     indent = " " * first.col_offset
     return start, fn.end_lineno, indent
@@ -82,7 +84,8 @@ def replace(text: str, qualname: str, body: str, path: str = "?") -> str:
     try:
         ast.parse(out)
     except SyntaxError as e:
-        raise SourceError(f"{path}:{e.lineno}: {qualname} does not parse once put in place ({e.msg})") from None
+        raise SourceError(
+            f"{path}:{e.lineno}: {qualname} does not parse once put in place ({e.msg})") from None
     return out
 
 
@@ -99,7 +102,8 @@ def is_blank(body: str) -> bool:
 def tracked_files(root: Path = ROOT) -> list[str]:
     """The files git tracks in `root` (the working-tree content is what gets copied)."""
     try:
-        r = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, text=True,
+                           timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         r = None
     if r is None or r.returncode != 0:
@@ -109,7 +113,8 @@ def tracked_files(root: Path = ROOT) -> list[str]:
 
 def copy_tree(dest: Path, root: Path = ROOT, exclude: tuple[str, ...] = ()) -> list[str]:
     """Copy root's tracked files (never .git) into dest; `exclude` are path prefixes left out."""
-    files = [f for f in tracked_files(root) if not any(f == x or f.startswith(x.rstrip("/") + "/") for x in exclude)]
+    files = [f for f in tracked_files(root)
+             if not any(f == x or f.startswith(x.rstrip("/") + "/") for x in exclude)]
     for f in files:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / f, dest / f)
