@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from nanorlhf.config import (AT_LEAST_1, POSITIVE, check_config, default_device, default_preset, one_of,
-                             parse_config, run_main)
+from nanorlhf.config import (AT_LEAST_1, POSITIVE, ConfigError, check_config, default_device, default_preset,
+                             one_of, parse_config, run_main)
 from nanorlhf.data import DataError, read_state
 from nanorlhf.files import (LOCK_ENV, atomic_write, fingerprint, lock_folder, lock_token, make_folder,
                             with_locks)
@@ -57,7 +57,7 @@ class PipelineConfig:
     skip: str = ""  # optional stages left out, comma-separated: ppo_ptx, ppo_beta0, ppo_gold, dpo (runs.py)
     stop_after: str = ""  # run up to and including this stage (e.g. sft)
     nproc: int = 1  # processes per training/eval stage, via torchrun: one per GPU (NCCL), or gloo on the CPU
-    jobs: int = 0  # stages run side by side where none reads another's files (0: 2 on a CPU, else 1)
+    jobs: int = 1  # CPU: up to N stages side by side where none reads another's (other bits; bench/NOTES.md)
 
 
 # The stages' own default seeds; --seed=S adds S to each, so seed 0 reproduces the stages run by hand.
@@ -145,8 +145,8 @@ def share_cores(plan: list[Stage], jobs: int, threads: int) -> list[Stage]:
     """Give each stage that may run beside another (neither reads the other's files, even through a third)
     its share of the `threads`: fixed by the plan, not by what happens to run at the same time, so a stage
     computes the same bits whatever the order the stages end in (the thread count changes CPU sums' bits).
-    Why: at the tiny model's size two threads run a stage only ~1.4x as fast as one, while two stages side
-    by side on a thread each keep ~0.93x each (bench/NOTES.md, "Stages side by side")."""
+    Measured on 2 cores (bench/NOTES.md, "Stages side by side"): the five runs after the last round take
+    280 s two at a time on a thread each against 313 s one at a time: the default stays one at a time."""
     if jobs <= 1:
         return plan
     above = {}  # every stage's upstream stages, through any chain of reads
@@ -172,10 +172,10 @@ def main(argv=None):
     # one precision for the whole pipeline: "auto" is resolved here, so every stage runs (and records) the
     # same
     cfg.dtype = resolve_dtype(cfg.dtype, cfg.device or default_device())
-    check_config(cfg, jobs=(lambda j: j >= 0, "a whole number >= 0 (0: 2 on a CPU, else 1)"))
-    # side by side only on a CPU with threads to share; GPU stages and torchrun's processes run one at a time
-    on_cpu = (cfg.device or default_device()) == "cpu" and cfg.nproc == 1
-    cfg.jobs = cfg.jobs or (2 if on_cpu and torch.get_num_threads() >= 2 else 1)
+    check_config(cfg, jobs=AT_LEAST_1)
+    if cfg.jobs > 1 and (cfg.nproc > 1 or (cfg.device or default_device()) != "cpu"):
+        raise ConfigError(f"--jobs={cfg.jobs}: expected 1 with --nproc > 1 or on a GPU (stages side by side "
+                          "share a CPU's cores)")
     plan = share_cores(stages(cfg), cfg.jobs, torch.get_num_threads())
     names = [s.name for s in plan]
     check_config(cfg, preset=one_of(*PRESET_NAMES), nproc=AT_LEAST_1, ptx_coef=POSITIVE,

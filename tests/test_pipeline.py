@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from nanorlhf.__main__ import PipelineConfig, Stage, resolve_dirs, run_pipeline, share_cores, stages
+from nanorlhf.__main__ import PipelineConfig, Stage, main, resolve_dirs, run_pipeline, share_cores, stages
 from nanorlhf.checkpoint import MAKERS, maker
+from nanorlhf.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -183,3 +184,12 @@ def test_the_runs_after_the_last_round_are_the_stages_that_share_the_cores():
     assert shared == {"ppo", "ppo_ptx", "ppo_beta0", "ppo_gold", "dpo"}
     alone = stages(resolve_dirs(PipelineConfig(preset="micro", skip="ppo_ptx,ppo_beta0,ppo_gold,dpo")))
     assert not any(s.threads for s in share_cores(alone, jobs=2, threads=2))
+
+
+@pytest.mark.parametrize("flags, want", [(["--jobs=0"], "--jobs=0: expected a whole number >= 1"),
+                                         (["--jobs=2", "--nproc=2"], "--jobs=2: expected 1 with --nproc > 1")])
+def test_jobs_is_refused_in_one_line_before_any_work_where_it_cannot_share_the_cores(tmp_path, flags, want):
+    with pytest.raises(ConfigError) as e:
+        main(["--preset=micro", f"--data_dir={tmp_path}/d", f"--out_dir={tmp_path}/o", *flags])
+    assert str(e.value).startswith(want) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
