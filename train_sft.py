@@ -54,7 +54,7 @@ class Config:
     n_embd: int = 128  # width of the residual stream
     block_size: int = 128  # context length in tokens (prompt + response must fit)
     dropout: float = 0.0  # dropout probability while pretraining (RLHF stages switch it off)
-    pos_embedding: str = "learned"  # learned (GPT-2) | rope: rotary positions, which learn to copy sooner
+    pos_embedding: str = "rope"  # rope: rotary positions, which learn to copy sooner | learned (GPT-2)
     # optimisation
     batch_size: int = 16  # sequences per step: corpus windows, or demonstrations
     max_steps: int = 600  # optimizer steps
@@ -77,11 +77,11 @@ class Config:
 
 
 PRESETS = {
-    "micro": dict(pos_embedding="rope", n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=8,
+    "micro": dict(n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=8,
                   max_steps=30, warmup_steps=5,
                   log_interval=10, eval_interval=15, eval_batches=2, gold_eval_prompts=8, max_new_tokens=16),
-    "tiny": dict(pos_embedding="rope", max_steps=1200),
-    "small": dict(pos_embedding="rope", n_layer=6, n_head=8, n_embd=384, block_size=256, batch_size=64,
+    "tiny": dict(max_steps=1200),
+    "small": dict(n_layer=6, n_head=8, n_embd=384, block_size=256, batch_size=64,
                   max_steps=3000, lr=1e-3,
                   warmup_steps=200, eval_interval=500, gold_eval_prompts=400),
 }

@@ -8,7 +8,7 @@ load one to one (`load_gpt2_state_dict`). The output layer is tied to `wte`. Hea
 - `value`:  one number per token (the PPO critic); its `score` layer is `scalar`'s, so it may start as the RM.
 Padding: `attention_mask` (B, T), 1 = real token; prompts are left-padded, position ids are
 cumsum(mask) − 1. One departure: pos_embedding="rope" (rotary positions, RoFormer eq. 34) replaces `wpe`.
-GPTConfig's default is GPT-2's learned table; every train_sft.py preset picks rope (bench/NOTES.md says why).
+GPTConfig's default is GPT-2's table (older checkpoints lack the field); train_sft.py picks rope (NOTES: why).
 Precision: see precision.py. The one fast path, FAST_GELU, is in fast.py.
 """
 

@@ -12,7 +12,7 @@ from nanorlhf.data import DataError, check_keys, read_json, read_state
 from nanorlhf.evaluation import BREAKDOWN, KINDS, learned
 from nanorlhf.files import atomic_write, lock_folder, with_locks
 from nanorlhf.plots import line_plots, save
-from nanorlhf.runs import policy_rows, ppo_label
+from nanorlhf.runs import GOLD_REWARD_RUNS, policy_rows, ppo_label
 
 import matplotlib.pyplot as plt  # noqa: E402 (after nanorlhf.plots, which picks the Agg backend)
 
@@ -226,7 +226,7 @@ def _figures(out, ev: dict) -> list[str]:
                  for run in policy_rows(ev["config"].get("rounds", 1)).values()
                  if (out / run / "history.json").exists()}
     for run, hist in histories.items():
-        gold = run == "ppo_gold"
+        gold = run in GOLD_REWARD_RUNS
         if not gold:  # its rollout reward is the gold utility, not the proxy: no place on the proxy axis
             # iteration 0 is the SFT policy: its proxy reward is that of the first rollouts (before any
             # update)

@@ -34,6 +34,7 @@ OTHER_RUNS = (
     Run("dpo", "DPO", "train_dpo.py", files=("ckpt.pt",)),
 )
 OTHER_POLICIES = {run.label: run.folder for run in OTHER_RUNS}
+GOLD_REWARD_RUNS = {run.folder for run in OTHER_RUNS if "--reward=gold" in run.flags}  # not the RM's reward
 
 
 def run_flags(run: Run, ptx_coef: float = PTX_COEF, beta0_lr_scale: float = BETA0_LR_SCALE) -> list[str]:
