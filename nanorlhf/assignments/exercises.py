@@ -5,7 +5,7 @@ Checks come in three layers, run by `grade` in this order, then the micro pipeli
 over all exercises at once; partial credit is the comment above `Exercise.parts`:
     unit      pytest functions of the project's own test suite (a function counts as passed when all its
               parametrised cases pass); the student can run these in the handout
-    diff      nanorlhf/assignments/checks.py: the student's function against the reference on fixed edge
+    diff      nanorlhf/assignments/checks*.py: the student's function against the reference on fixed edge
               cases and seeded random cases (ragged masks, garbage at padding, float64, tight tolerances);
               hidden
     learning  pytest learning tests (a planted preference / reward must be learned)
@@ -27,7 +27,7 @@ class Exercise:
     learning: tuple[str, ...] = ()
     prerequisites: tuple[str, ...] = ()  # exercises whose functions this one's checks call
     stage: str = ""  # the stage script to run once the checks pass
-    diff: bool = True  # checks.py has a differential check named after the exercise
+    diff: bool = True  # checks.CHECKS has a differential check named after the exercise
     # Partial credit: `parts` splits an exercise's points between its main quantity (first) and each logged
     # statistic. The diff layer scores each part apart. A failing unit test costs the parts it checks
     # (`unit_parts`, default the main one) that the diff layer also found wrong, or all of them when the diff
