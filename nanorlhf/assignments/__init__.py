@@ -7,5 +7,6 @@ checks_core.py      the checks' machinery: seeds, tolerances, Checker, compare, 
 checks_losses.py    the checks of the supervised and reward-model losses and the masks
 checks_ppo.py       the checks of the PPO pieces: KL penalty, GAE, policy and value losses, PPO-ptx
 checks_logprobs.py  the checks of the log-prob, preference-pair and DPO pieces
+grading.py          the grading engine: runs the layers in a copy, scores, explains; makes the copies
 ASSIGNMENTS.md is the guide for instructors and students.
 """
