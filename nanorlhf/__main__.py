@@ -146,7 +146,7 @@ def share_cores(plan: list[Stage], jobs: int, threads: int) -> list[Stage]:
     its share of the `threads`: fixed by the plan, not by what happens to run at the same time, so a stage
     computes the same bits whatever the order the stages end in (the thread count changes CPU sums' bits).
     Measured on 2 cores (bench/NOTES.md, "Stages side by side"): the five runs after the last round take
-    280 s two at a time on a thread each against 313 s one at a time: the default stays one at a time."""
+    ~277 s two at a time on a thread each against 313 s one at a time: the default stays one at a time."""
     if jobs <= 1:
         return plan
     above = {}  # every stage's upstream stages, through any chain of reads
