@@ -117,8 +117,8 @@ def reference_logps(ref, groups: list[dict], tok, block: int, cfg: Config, devic
     Under torchrun each rank scores its block of the groups and every rank gets them all."""
     mine = distributed.shard(groups)
     out = []
-    for a in range(0, len(mine), 4 * cfg.batch_size):
-        chunk = mine[a : a + 4 * cfg.batch_size]
+    for a in range(0, len(mine), cfg.batch_size):
+        chunk = mine[a : a + cfg.batch_size]
         tokens, attn, P, resp, _, _, keys = (to_device(t, device) if isinstance(t, torch.Tensor) else t
                                              for t in
                                              preference_sequences(chunk, tok, block, off_prompt))

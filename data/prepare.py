@@ -36,7 +36,7 @@ class PrepareConfig:
     sloppy_frac: float = 0.5  # share of demonstrations by sloppy labelers (curt, rude, rambling, wrong)
     n_corpus: int = 40000  # pretraining documents
     n_demos: int = 8000  # demonstrations
-    n_train_prompts: int = 4000  # RM comparisons (each round new ones: 2 rounds x 2,000 at tiny) and PPO
+    n_train_prompts: int = 4000  # RM comparisons (each round new ones: 2 rounds x 1,500 at tiny) and PPO
     n_val_prompts: int = 200  # held out: the stages' own gold-labeler evaluations
     n_test_prompts: int = 400  # evaluation
     vocab_size: int = 2048  # BPE ranks + 4 special tokens

@@ -129,7 +129,7 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
     earlier = [n for r in range(1, rounds) for n in round_runs(r, rounds)]
     # every other run (runs.py) from SFT against the last reward model
     extra = [Stage(r.folder, [*run, str(ROOT / r.script), *train,
-                              *run_flags(r, cfg.ptx_coef, cfg.beta0_lr_scale)],
+                              *run_flags(r, cfg.ptx_coef, cfg.beta0_lr_scale, p)],
                    [O / r.folder / f for f in r.files], ppo_reads) for r in OTHER_RUNS]
     skipped = [f"--skip={','.join(sorted(skip))}"] if skip else []
     return plan + [st for st in extra if st.name not in skip] + [

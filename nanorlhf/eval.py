@@ -51,7 +51,7 @@ class EvalConfig:
 
 EVAL_PRESETS = {"micro": dict(n_prompts=16, max_new_tokens=12, bon_n=4, bon_prompts=8,
                               shift_prompts=8, bon_pick=2),
-                "tiny": {},
+                "tiny": dict(shift_prompts=100),
                 "small": dict(n_prompts=1000, bon_n=64, bon_prompts=200)}
 def rows(rounds: int, skip: str = "") -> dict[str, str]:
     """The table's rows: {row name: the stage (folder under out_dir) whose checkpoint it samples}, less the

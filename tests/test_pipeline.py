@@ -55,6 +55,18 @@ def test_every_stage_runs_once_and_every_file_has_one_writer():
             assert len(outputs) == len(set(outputs)), outputs
 
 
+
+def test_the_control_runs_take_their_preset_flags_and_only_there():
+    from nanorlhf.runs import CONTROL
+    tiny = {st.name: st.cmd for st in stages(resolve_dirs(PipelineConfig(preset="tiny")))}
+    micro = {st.name: st.cmd for st in stages(resolve_dirs(PipelineConfig(preset="micro")))}
+    want = CONTROL[0].split("=", 1)[1]
+    for name in ("ppo_ptx", "ppo_beta0"):  # the controls run fewer iterations on the tiny preset
+        assert _flag(tiny[name], "iterations") == want, tiny[name]
+        assert _flag(micro[name], "iterations") is None, micro[name]  # micro: its preset's own
+    for name in ("ppo", "ppo_r1", "ppo_gold"):  # the headline, its rounds and the ceiling: the preset's
+        assert _flag(tiny[name], "iterations") is None, tiny[name]
+
 # ----------------------------------------------------------------------- "current" is judged by content
 def pipeline(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "nanorlhf", *args], capture_output=True, text=True, env=ENV,
