@@ -116,9 +116,14 @@ def reference_logps(ref, groups: list[dict], tok, block: int, cfg: Config, devic
     """The groups with "ref_logps": log π_ref(y|x) of each response in a pair (None for the others).
     Under torchrun each rank scores its block of the groups and every rank gets them all."""
     mine = distributed.shard(groups)
-    out = []
+    # chunks of groups of similar length (characters of the prompt and its longest answer): a chunk is
+    # padded to its longest row, and each row's log-prob is its own whatever shares its chunk
+    order = sorted(range(len(mine)),
+                   key=lambda j: len(mine[j]["prompt"]) + max(map(len, mine[j]["responses"])))
+    out = [None] * len(mine)
     for a in range(0, len(mine), cfg.batch_size):
-        chunk = mine[a : a + cfg.batch_size]
+        at = order[a : a + cfg.batch_size]
+        chunk = [mine[j] for j in at]
         tokens, attn, P, resp, _, _, keys = (to_device(t, device) if isinstance(t, torch.Tensor) else t
                                              for t in
                                              preference_sequences(chunk, tok, block, off_prompt))
@@ -127,7 +132,8 @@ def reference_logps(ref, groups: list[dict], tok, block: int, cfg: Config, devic
         refs = [[None] * len(g["responses"]) for g in chunk]
         for (b, i), lp in zip(keys, logps):
             refs[b][i] = lp
-        out += [{**g, "ref_logps": r} for g, r in zip(chunk, refs)]
+        for j, g, r in zip(at, chunk, refs):
+            out[j] = {**g, "ref_logps": r}
     return distributed.gather(out)
 
 
