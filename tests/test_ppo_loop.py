@@ -65,7 +65,7 @@ def test_ppo_raises_planted_reward():
     opt_c = make_optimizer(critic, cfg.critic_lr, 0.0, eps=1e-5)
     rng, gen = random.Random(0), torch.Generator().manual_seed(0)
     rewards = []
-    for _ in range(15):  # seed 0: mean reward 0.06 over the first three iterations, 0.87 over the last three
+    for _ in range(25):
         exp = rollout(policy, ref, critic, planted_reward, _prompts(32, rng), TOK, cfg, 0.0, gen)
         rewards.append(exp.scores.mean().item())
         ppo_update(policy, critic, opt_p, opt_c, exp, cfg, rng=rng)
@@ -75,8 +75,7 @@ def test_ppo_raises_planted_reward():
 
 
 def test_kl_penalty_holds_policy_near_reference():
-    """With a large β the same planted reward moves the policy much less (KL stays small). After 10
-    iterations: KL 3.1 at β = 0 against 0.2 at β = 2 (seed 0)."""
+    """With a large β the same planted reward moves the policy much less (KL stays small)."""
     finals = {}
     for beta in (0.0, 2.0):
         torch.manual_seed(0)
@@ -85,7 +84,7 @@ def test_kl_penalty_holds_policy_near_reference():
         opt_p, opt_c = make_optimizer(policy, cfg.lr,
                                       0.0, eps=1e-5), make_optimizer(critic, cfg.critic_lr, 0.0, eps=1e-5)
         rng, gen = random.Random(0), torch.Generator().manual_seed(0)
-        for _ in range(10):
+        for _ in range(15):
             exp = rollout(policy, ref, critic, planted_reward, _prompts(32, rng), TOK, cfg, beta, gen)
             ppo_update(policy, critic, opt_p, opt_c, exp, cfg, rng=rng)
         finals[beta] = ppo.kl_estimators(exp.logprobs, exp.ref_logprobs, exp.mask)["k1"].item()
