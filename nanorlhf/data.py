@@ -295,6 +295,17 @@ def preference_sequences(groups: list[dict], tok, block_size: int, off_prompt: b
     return tokens, attn, P, resp[:, P:], torch.tensor(chosen), torch.tensor(rejected), keys
 
 
+def ranking_ties(g: dict, K: int) -> torch.Tensor:
+    """(K, K) bool: [a, c] (a < c) is True when the responses at ranking positions a and c of group g were
+    marked equally good (its optional "ties", given as response indices)."""
+    tied = torch.zeros(K, K, dtype=torch.bool)
+    pos = {r: a for a, r in enumerate(g["ranking"])}
+    for i, j in g.get("ties", ()):
+        a, c = sorted((pos[i], pos[j]))
+        tied[a, c] = True
+    return tied
+
+
 def ranked_sequences(groups: list[dict], tok, block_size: int):
     """Token batch for the reward model: every response of every group, in ranking order (best first).
 
@@ -314,10 +325,7 @@ def ranked_sequences(groups: list[dict], tok, block_size: int):
             row.append((ids if fin[i] else ids[:-1])[-block_size:])
         valid.append([1] * len(row) + [0] * (K - len(row)))
         seqs += row + [[tok.pad_id]] * (K - len(row))
-        pos = {r: a for a, r in enumerate(g["ranking"])}
-        for i, j in g.get("ties", ()):
-            a, c = sorted((pos[i], pos[j]))
-            tied[b, a, c] = True
+        tied[b] = ranking_ties(g, K)
     tokens = pad(seqs, tok.pad_id)
     lengths = torch.tensor([len(s) for s in seqs])
     mask = torch.arange(tokens.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)

@@ -11,7 +11,7 @@ import random
 
 import torch
 
-from nanorlhf.data import lm_batches, ranked_sequences, text_batches, to_device
+from nanorlhf.data import lm_batches, ranked_sequences, ranking_ties, text_batches, to_device
 from nanorlhf.generate import response_logprobs, sample_responses
 from nanorlhf.labeler import tied_pairs
 from nanorlhf.losses import ranking_accuracy, ranking_loss, sft_loss
@@ -297,12 +297,7 @@ def scored_accuracy(scores: list[list[float]], groups: list[dict]) -> float:
     correct = pairs = 0.0
     for s, g in zip(scores, groups):
         order = torch.tensor([[s[i] for i in g["ranking"]]])  # (1, K), best first
-        pos = {r: a for a, r in enumerate(g["ranking"])}
-        tied = torch.zeros(1, len(pos), len(pos), dtype=torch.bool)
-        for i, j in g.get("ties", ()):
-            a, c = sorted((pos[i], pos[j]))
-            tied[0, a, c] = True
-        c, p = ranking_accuracy(order, None, tied)
+        c, p = ranking_accuracy(order, None, ranking_ties(g, order.shape[1]).unsqueeze(0))
         correct, pairs = correct + c.item(), pairs + p.item()
     return correct / max(1.0, pairs)
 
