@@ -38,9 +38,9 @@ from nanorlhf.files import atomic_write, fingerprint, lock_folder, with_locks
 from nanorlhf.generate import sample_responses
 from nanorlhf.losses import ranking_accuracy, ranking_loss
 from nanorlhf.plots import line_plots
-from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, check_learnable, lr_at,
-                               make_optimizer,
-                               resolve_dtype, seed_everything, set_lr)
+from nanorlhf.training import (Progress, phase, phase_summary, autocast, by_length, check_finite,
+                               check_learnable, chunk_rows, lr_at, make_optimizer, resolve_dtype,
+                               seed_everything, set_lr)
 from nanorlhf.labeler import tied_pairs
 
 
@@ -236,7 +236,8 @@ def preferences(g: dict) -> int:
 def rm_step(rm, groups, tok, block, device, dtype):
     tokens, mask, valid, tied = (to_device(t, device) for t in ranked_sequences(groups, tok, block))
     with autocast(device, dtype):
-        scores = rm(tokens, mask).float().view(valid.shape)  # (B, K), best first
+        # best first; in chunks of responses of similar length (training.by_length: less padding)
+        scores = by_length(rm, mask, chunk_rows(device), tokens, mask).float().view(valid.shape)  # (B, K)
     correct, pairs = ranking_accuracy(scores.detach(), valid, tied)
     return ranking_loss(scores, valid, tied), (correct / pairs.clamp(min=1)).item()
 

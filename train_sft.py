@@ -34,8 +34,8 @@ from nanorlhf.generate import sample_responses
 from nanorlhf.losses import sft_loss
 from nanorlhf.model import GPT, GPTConfig
 from nanorlhf.tokenizer import load_tokenizer
-from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, check_learnable, lr_at,
-                               make_optimizer,
+from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, check_learnable,
+                               chunk_rows, length_chunks, lr_at, make_optimizer,
                                resolve_dtype, seed_everything, set_lr)
 
 
@@ -187,10 +187,25 @@ def evaluate(model, batches, n_batches: int, device: str, dtype: str) -> float:
     losses, batches = [], batches()
     for _ in range(n_batches):
         x, y, m = (to_device(t, device) for t in next(batches))
-        with autocast(device, dtype):
-            losses.append(sft_loss(model(x), y, m).item())
+        losses.append(batch_loss(model, x, y, m, dtype).item())
     model.train()
     return sum(losses) / len(losses)
+
+
+def batch_loss(model, x, y, m, dtype: str, weight: torch.Tensor | float | None = None) -> torch.Tensor:
+    """The batch's next-token loss (sft_loss: the mean over every counted token of the batch), computed in
+    chunks of rows of similar length (training.length_chunks: far less padding, the same loss). With
+    `weight` each chunk's part of the loss, times weight, is back-propagated at once, so that only one chunk's
+    activations are held. Returns the loss, detached."""
+    n, loss = m.sum(), torch.zeros((), device=m.device)
+    for rows, cols in length_chunks(m, chunk_rows(m.device)):
+        mc = m[rows, :cols]
+        with autocast(x.device.type, dtype):
+            part = sft_loss(model(x[rows, :cols]), y[rows, :cols], mc) * (mc.sum() / n)  # share of the mean
+        if weight is not None:
+            (part * weight).backward()
+        loss += part.detach()
+    return loss
 
 
 def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Config, device: str):
@@ -221,12 +236,10 @@ def train(model, tok, tok_fields: dict, opt, train_batches, val_batches, cfg: Co
             # this rank's rows
             x, y, m = (to_device(distributed.shard(t), device) for t in next(train_batches))
         with phase("update"):
-            with autocast(device, cfg.dtype):
-                loss = sft_loss(model(x), y, m)
-            check_finite("training loss", loss, step, ckpt_path)
             opt.zero_grad(set_to_none=True)
             # weighted: the mean over every rank's tokens
-            (loss * distributed.local_share(m.sum())).backward()
+            loss = batch_loss(model, x, y, m, cfg.dtype, distributed.local_share(m.sum()))
+            check_finite("training loss", loss, step, ckpt_path)  # before the step: the weights are unchanged
             distributed.sync_grads(model)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()

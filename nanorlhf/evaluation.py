@@ -17,6 +17,7 @@ from nanorlhf.labeler import tied_pairs
 from nanorlhf.losses import ranking_accuracy, ranking_loss, sft_loss
 from nanorlhf.precision import autocast
 from nanorlhf.prompts import parse_task
+from nanorlhf.training import by_length, chunk_rows
 
 
 # ----------------------------------------------------------- a model's samples, judged by the gold labeler
@@ -181,7 +182,8 @@ def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]],
     device = rm.wte.weight.device
     scores = []
     for _, tokens, mask in text_batches(tok, prompts, outs, rm.config.block_size, batch_size):
-        scores += rm.eval()(to_device(tokens, device), to_device(mask, device)).float().tolist()
+        tokens, mask = to_device(tokens, device), to_device(mask, device)
+        scores += by_length(rm.eval(), mask, chunk_rows(device), tokens, mask).float().tolist()
     return scores
 
 
@@ -228,7 +230,7 @@ def ranking_eval(rm, groups: list[dict], tok, device, batch_size: int, dtype: st
         batch = ranked_sequences(groups[i : i + batch_size], tok, rm.config.block_size)
         tokens, mask, valid, tied = (to_device(t, device) for t in batch)
         with autocast(device, dtype):
-            scores = rm(tokens, mask).float().view(valid.shape)
+            scores = by_length(rm, mask, chunk_rows(device), tokens, mask).float().view(valid.shape)
         loss_sum += ranking_loss(scores, valid, tied).item() * valid.shape[0]
         c, p = ranking_accuracy(scores, valid, tied)
         correct, pairs = correct + c.item(), pairs + p.item()
@@ -285,7 +287,7 @@ def response_scores(rm, groups: list[dict], tok, device, batch_size: int, dtype:
         tokens, mask, valid, _ = (to_device(t, device)
                                   for t in ranked_sequences(chunk, tok, rm.config.block_size))
         with autocast(device, dtype):
-            s = rm(tokens, mask).float().view(valid.shape)
+            s = by_length(rm, mask, chunk_rows(device), tokens, mask).float().view(valid.shape)
         scores += [row[: len(g["responses"])].tolist() for row, g in zip(s.cpu(), chunk)]
     rm.train(was_training)
     return scores

@@ -24,6 +24,11 @@ from nanorlhf.model import GPT
 from nanorlhf.training import phase
 
 FAST_SAMPLING = True  # fast.sample_inverse_cdf; False: torch.multinomial (V random numbers per row)
+# Finished rows leave the batch (their cache rows dropped) once the rows still decoding are at most this share
+# of it; 0: every row runs to the end of the longest. Why: a tiny-preset response ends after 18 of its 48
+# tokens on average, so 62% of the full batch's row-steps decode padding (bench/NOTES.md). Needs the cache and
+# FAST_SAMPLING (torch.multinomial's draws depend on the rows it is given).
+COMPACT = 0.75
 
 
 @dataclass
@@ -65,25 +70,38 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     else:
         logits = model(idx, mask)[:, -1]  # (B, V) of the full (B, P, V): the plain way
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    out, logps = [], []
+    response = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(B, max_new_tokens, device=device)
+    # rows: the batch rows still decoded, in the cache's order; COMPACT drops the finished ones from it
+    rows, compact = torch.arange(B, device=device), COMPACT and use_cache and FAST_SAMPLING
+    steps = 0
     for t in range(max_new_tokens):
-        u = (uniforms[:, t : t + 1] if uniforms is not None else
-             torch.rand(B, 1, generator=generator, dtype=torch.float64, device=device))
+        if uniforms is not None:
+            u = uniforms[rows, t : t + 1]
+        else:  # B uniforms whatever the rows left: the generator's stream is the same as without COMPACT
+            u = torch.rand(B, 1, generator=generator, dtype=torch.float64, device=device)[rows]
         nxt, logp = _sample(logits.float(), temperature, top_k, u, generator)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        out.append(nxt)
-        logps.append(torch.where(done, torch.zeros_like(logp), logp))
-        done = done | (nxt == eos_id)
+        ended = done[rows]  # rows in the batch that had finished before this step (COMPACT off, or not yet)
+        nxt = torch.where(ended, pad_id, nxt)
+        response[rows, t] = nxt
+        logprobs[rows, t] = torch.where(ended, 0.0, logp)
+        done[rows] = ended | (nxt == eos_id)
+        steps = t + 1
         if done.all() or t == max_new_tokens - 1:
             break
-        step_mask = torch.ones(B, 1, dtype=torch.bool, device=device)
+        live = ~done[rows]
+        if compact and int(live.sum()) <= COMPACT * len(rows):
+            keep = live.nonzero().squeeze(1)
+            rows, nxt = rows[keep], nxt[keep]
+            cache.keep_rows(keep)
+        step_mask = torch.ones(len(rows), 1, dtype=torch.bool, device=device)
         if use_cache:
             logits = model(nxt.unsqueeze(1), step_mask, cache)[:, -1]
         else:
-            full = torch.cat([idx, torch.stack(out, 1)], 1)
-            full_mask = torch.cat([mask, torch.ones(B, len(out), dtype=torch.bool, device=device)], 1)
+            full = torch.cat([idx, response[:, :steps]], 1)
+            full_mask = torch.cat([mask, torch.ones(B, steps, dtype=torch.bool, device=device)], 1)
             logits = model(full, full_mask)[:, -1]
-    response = torch.stack(out, 1)  # (B, T)
+    response, logprobs = response[:, :steps], logprobs[:, :steps]  # (B, T)
     response_mask = response_mask_from(response, eos_id)
     gen = Generation(
         tokens=torch.cat([idx, response], 1),
@@ -91,7 +109,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: 
         response=response,
         response_mask=response_mask,
         prompt_len=P,
-        logprobs=torch.stack(logps, 1) * response_mask,
+        logprobs=logprobs * response_mask,
         finished=done,
     )
     return gen
@@ -199,13 +217,17 @@ def sample_responses(model: GPT, tokenizer, prompts: list[str], max_new_tokens: 
     was_training = model.training
     model.eval()
     pre, budget = list(prefix_ids), model.config.block_size - max_new_tokens
-    results = []
-    for i in range(0, len(prompts), batch_size):
-        ids = [tokenizer.prompt_ids(p) for p in prompts[i : i + batch_size]]
-        ids = [pre + x if len(pre) + len(x) <= budget else x[-budget:] for x in ids]
-        seeds = [row_seed(seed, j) for j in index[i : i + batch_size]]
-        gen = generate(model, ids, max_new_tokens, tokenizer.eos_id, tokenizer.pad_id, temperature, top_k,
-                       row_seeds=seeds)
-        results.extend(tokenizer.response_text(row) for row in gen.response.tolist())
+    ids = [tokenizer.prompt_ids(p) for p in prompts]
+    ids = [pre + x if len(pre) + len(x) <= budget else x[-budget:] for x in ids]
+    # batches of prompts of similar length: a batch is left-padded to its longest prompt, and every decoding
+    # step attends over that padding too (bench/NOTES.md); a row's response does not depend on its batch
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    results = [None] * len(ids)
+    for i in range(0, len(order), batch_size):
+        part = order[i : i + batch_size]
+        gen = generate(model, [ids[j] for j in part], max_new_tokens, tokenizer.eos_id, tokenizer.pad_id,
+                       temperature, top_k, row_seeds=[row_seed(seed, index[j]) for j in part])
+        for j, row in zip(part, gen.response.tolist()):
+            results[j] = tokenizer.response_text(row)
     model.train(was_training)
     return distributed.gather(results)

@@ -71,6 +71,16 @@ class KVCache:
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
         self.length = 0
 
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Keep only the batch rows `index` (generate drops the rows that have finished), their positions
+        so far copied into a cache of the same max_len."""
+        L = self.length
+        k = self.k.new_empty(self.k.shape[0], len(index), *self.k.shape[2:])
+        v = torch.empty_like(k)
+        k[:, :, :, :L], v[:, :, :, :L] = self.k[:, index, :, :L], self.v[:, index, :, :L]
+        self.k, self.v = k, v
+        self.key_mask, self.next_pos = self.key_mask[index], self.next_pos[index]
+
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoFormer eq. 34 with the channel pairs (i, i + hd/2) (the "rotate half" layout of GPT-NeoX/LLaMA):

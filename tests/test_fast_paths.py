@@ -10,6 +10,9 @@ rounding, same tokens for the same generator, or (the sampler, which draws diffe
     KV cache                                        recompute the prefix every step (use_cache=False)
     fast.sample_inverse_cdf (generate.FAST_SAMPLING)  torch.multinomial; both against the exact softmax
                                                       probabilities (chi-square test)
+    finished rows leave the batch (generate.COMPACT)  every row decoded to the longest's end (COMPACT = 0)
+    chunks of rows of similar length (training.       the batch in one piece, padded to its longest row
+      length_chunks: SFT loss, reward-model scores)
 """
 
 import pytest
@@ -22,6 +25,9 @@ from nanorlhf import model as model_module
 from nanorlhf.fast import TanhGELU, sample_inverse_cdf
 from nanorlhf.generate import _sample, generate, response_logprobs
 from nanorlhf.logprobs import linear_logprobs, token_logprobs
+from nanorlhf.losses import sft_loss
+from nanorlhf.model import KVCache
+from nanorlhf.training import by_length, length_chunks
 from tests.helpers import tiny_gpt
 
 EOS, PAD = 48, 49
@@ -276,3 +282,93 @@ def test_plain_sampling_draws_with_the_generator_and_refuses_row_seeds(monkeypat
     assert torch.equal(a.response, b.response)
     with pytest.raises(ValueError, match="FAST_SAMPLING"):
         generate(m, _prompts(), 8, EOS, PAD, row_seeds=[1, 2, 3, 4])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# finished rows leave the batch (generate.COMPACT) vs every row decoded to the end
+
+def _eos_prone_model():
+    """A model whose rows end at different steps: ln_f's bias points along EOS's (tied) embedding row, so
+    EOS's logit gets +1 at every step."""
+    m = tiny_gpt("lm", pos="rope")
+    with torch.no_grad():
+        m.ln_f.bias.zero_()[0] = 1.0
+        m.wte.weight[EOS] = m.ln_f.bias
+    return m
+
+
+@pytest.mark.parametrize("seeds", [False, True])
+def test_compacted_generation_equals_the_full_batch(seeds, monkeypatch):
+    m = _eos_prone_model()
+    prompts = [[1 + i % 40] * (1 + i % 7) for i in range(48)]  # left padding of 0-6 columns
+    calls = []
+    keep_rows = KVCache.keep_rows
+    monkeypatch.setattr(KVCache, "keep_rows",
+                        lambda self, idx: calls.append(len(idx)) or keep_rows(self, idx))
+
+    def run(compact):
+        monkeypatch.setattr(generate_module, "COMPACT", compact)
+        kw = dict(row_seeds=list(range(48))) if seeds else dict(generator=torch.Generator().manual_seed(3))
+        return generate(m, prompts, 20, EOS, PAD, temperature=1.0, **kw)
+
+    full, compacted = run(0), run(0.75)
+    assert len(calls) >= 2 and calls[-1] < 24  # rows did leave, more than once: the test has power
+    assert 0.3 < full.finished.float().mean() < 0.9  # rows end at different steps
+    assert torch.equal(compacted.response, full.response)
+    assert torch.equal(compacted.response_mask, full.response_mask)
+    assert torch.equal(compacted.finished, full.finished)
+    torch.testing.assert_close(compacted.logprobs, full.logprobs, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# chunks of rows of similar length vs the batch in one piece
+
+def _padded_batch():
+    g = torch.Generator().manual_seed(0)
+    lengths = [3, 17, 9, 30, 5, 12, 30, 2]
+    x = torch.randint(0, 48, (8, 30), generator=g)
+    mask = torch.arange(30).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return x, mask
+
+
+def test_length_chunks_sort_rows_and_cut_padding():
+    _, mask = _padded_batch()
+    chunks = length_chunks(mask, 3)
+    assert [c.tolist() for c, _ in chunks] == [[7, 0, 4], [2, 5, 1], [3, 6]]
+    assert [cols for _, cols in chunks] == [5, 17, 30]
+    assert len(length_chunks(mask, 0)) == 1 and len(length_chunks(mask, 8)) == 1
+    assert len(length_chunks(torch.ones(8, 30), 3)) == 1  # equal rows: nothing to cut
+
+
+def test_sft_loss_in_chunks_equals_one_piece(monkeypatch):
+    """train_sft.batch_loss: the token mean over the batch and its gradient, whatever the chunks."""
+    import train_sft
+
+    m = tiny_gpt("lm", pos="rope")
+    x, mask = _padded_batch()
+    y = torch.roll(x, -1, 1)
+    loss_mask = (mask & (torch.arange(30) >= 2)).float()  # the first columns are "prompt": no loss
+
+    def grads(fn):
+        m.zero_grad()
+        loss = fn()
+        return loss.detach(), [p.grad.clone() for p in m.parameters()]
+
+    def whole():
+        loss = sft_loss(m(x), y, loss_mask)
+        loss.backward()
+        return loss
+
+    want, g_want = grads(whole)
+    for rows in (3, 0):  # chunks of 3 rows, and one piece
+        monkeypatch.setattr(train_sft, "chunk_rows", lambda device: rows)
+        got, g_got = grads(lambda: train_sft.batch_loss(m, x, y, loss_mask, "fp32", weight=1.0))
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        for a, b in zip(g_got, g_want):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_reward_scores_in_chunks_equal_one_piece():
+    rm = tiny_gpt("scalar", pos="rope")
+    x, mask = _padded_batch()
+    torch.testing.assert_close(by_length(rm, mask, 3, x, mask), rm(x, mask), atol=1e-6, rtol=1e-5)

@@ -12,6 +12,7 @@ fresh GPT's logits are ~0.1 and every error is tiny).
 """
 
 import copy
+import math
 import random
 
 import pytest
@@ -126,9 +127,11 @@ def test_explicit_dtype_is_kept_and_a_bad_one_is_a_config_error():
 
 
 def test_cpu_bf16_speedup_is_a_positive_ratio_measured_once():
-    s = precision.cpu_bf16_speedup()
-    assert 0.05 < s < 50
-    assert precision.cpu_bf16_speedup() is s  # cached: one timing per process, one decision
+    # n=256: 1/64 of the default's work (a CPU without bf16 instructions emulates it, 134x slower on an AVX2
+    # EPYC); any positive ratio is a possible answer on some CPU
+    s = precision.cpu_bf16_speedup(n=256)
+    assert 0 < s < math.inf
+    assert precision.cpu_bf16_speedup(n=256) is s  # cached: one timing per process, one decision
 
 
 def test_autocast_regimes():

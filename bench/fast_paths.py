@@ -1,0 +1,195 @@
+"""The pipeline's CPU fast paths, each timed against the plain way on the same machine, alternating.
+
+    python bench/fast_paths.py                  # after `python -m nanorlhf`: all four, fp32, medians of 5
+    python bench/fast_paths.py --only=sft,rm --repeats=7 --out_dir=out --data_dir=data
+
+  compact   generate.COMPACT: finished rows leave the decoding batch (0.75) vs every row decoded to the end
+            of the longest (0); 512 training prompts sampled from the SFT model, 48 new tokens
+  order     generate.sample_responses, which batches prompts of similar length, vs batches in the list's
+            order (what it did before); 1,500 training prompts, the same row seeds
+  sft       train_sft.batch_loss in chunks of 16 rows of similar length (training.chunk_rows) vs the batch
+            padded to its longest row; SFT steps (forward, backward, AdamW) of 32 demonstrations from the
+            pretrained model
+  rm        train_rm.rm_step the same way; reward-model steps of 16 ranked groups from the SFT model
+
+Each line gives the median and every time, and what the two ways produced: the same texts, or the largest
+difference of the losses (fp32 rounding: a chunk's matmuls have other shapes). Times are of this machine,
+now: run it with nothing else on the cores, and compare lines of one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import train_rm  # noqa: E402
+import train_sft  # noqa: E402
+from nanorlhf import generate as gen_module  # noqa: E402
+from nanorlhf.checkpoint import load_model  # noqa: E402
+from nanorlhf.data import read_jsonl, read_prompts, sft_batch  # noqa: E402
+from nanorlhf.generate import generate, row_seed, sample_responses  # noqa: E402
+from nanorlhf.tokenizer import load_tokenizer  # noqa: E402
+from nanorlhf.training import make_optimizer  # noqa: E402
+
+BENCHES = ("compact", "order", "sft", "rm")
+
+
+def alternate(ways: dict, repeats: int) -> dict[str, list[float]]:
+    """{name: [seconds, ...]}: each way run once per round, in turn, so that the machine's drift hits all."""
+    times = {k: [] for k in ways}
+    for _ in range(repeats):
+        for k, fn in ways.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def report(title: str, times: dict[str, list[float]], same: str, unit: float = 1.0, what: str = "s") -> None:
+    med = {k: statistics.median(v) * unit for k, v in times.items()}
+    (old, new) = med
+    parts = [f"{k} median {m:.3g} {what} ({' '.join(f'{t * unit:.3g}' for t in times[k])})"
+             for k, m in med.items()]
+    print(f"{title}: " + " | ".join(parts) + f" | new/old {med[new] / med[old]:.2f} | {same}")
+
+
+def bench_compact(model, tok, prompts, repeats):
+    ids = [tok.prompt_ids(p) for p in prompts[:512]]
+    seeds = [row_seed(1, i) for i in range(len(ids))]
+    outs = {}
+
+    def run(compact):
+        def fn():
+            gen_module.COMPACT = compact
+            outs[compact] = [generate(model, ids[i : i + 256], 48, tok.eos_id, tok.pad_id, 1.0,
+                                      row_seeds=seeds[i : i + 256]).response for i in range(0, len(ids), 256)]
+        return fn
+
+    keep = gen_module.COMPACT
+    times = alternate({"every row to the end": run(0), "finished rows leave": run(0.75)}, repeats)
+    gen_module.COMPACT = keep
+    same = all(torch.equal(a, b) for a, b in zip(outs[0], outs[0.75]))
+    report("compact (512 prompts, 48 tokens)", times, f"same tokens: {same}")
+
+
+def bench_order(model, tok, prompts, repeats):
+    prompts = prompts[:1500]
+    outs = {}
+
+    def given_order():  # sample_responses before it sorted the prompts by length (no prefix, one process)
+        ids, texts = [tok.prompt_ids(p) for p in prompts], []
+        for i in range(0, len(ids), 256):
+            g = generate(model, ids[i : i + 256], 48, tok.eos_id, tok.pad_id, 1.0,
+                         row_seeds=[row_seed(1, j) for j in range(i, min(i + 256, len(ids)))])
+            texts += [tok.response_text(row) for row in g.response.tolist()]
+        outs["old"] = texts
+
+    def by_length():
+        outs["new"] = sample_responses(model, tok, prompts, 48, temperature=1.0, seed=1, batch_size=256)
+
+    times = alternate({"in the list's order": given_order, "by length": by_length}, repeats)
+    differ = sum(a != b for a, b in zip(outs["old"], outs["new"]))
+    report(f"order ({len(prompts)} prompts, 48 tokens)", times,
+           f"{differ} of {len(prompts)} texts differ (fp32 rounding of another batch shape)")
+
+
+def bench_steps(name, make_step, batches, repeats):
+    """make_step(rows) -> step(batch) -> loss; rows 0: one piece, 16: chunks. Seeded alike: the same
+    losses."""
+    steps, losses = {}, {}
+    for rows in (0, 16):
+        torch.manual_seed(0)
+        steps[rows] = make_step(rows)
+        losses[rows] = [steps[rows](b) for b in batches[:2]]  # warm-up, and the outputs compared
+    per = max(1, (len(batches) - 2) // repeats)
+    it = {rows: iter(batches[2:] * 2) for rows in steps}
+
+    def run(rows):
+        return lambda: [steps[rows](next(it[rows])) for _ in range(per)]
+
+    times = alternate({"one piece": run(0), "chunks of 16": run(16)}, repeats)
+    times = {k: [t / per for t in v] for k, v in times.items()}
+    diff = max(abs(a - b) for a, b in zip(losses[0], losses[16]))
+    report(f"{name} step", times, f"losses {losses[0][0]:.6f} vs {losses[16][0]:.6f}, max diff {diff:.1e}",
+           unit=1000, what="ms")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out_dir", default="out")
+    ap.add_argument("--data_dir", default="data")
+    ap.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated of {', '.join(BENCHES)}")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    only = args.only.split(",")
+    if bad := [b for b in only if b not in BENCHES]:
+        sys.exit(f"--only={args.only}: expected a comma-separated list of {', '.join(BENCHES)}, got {bad}")
+    out, data = Path(args.out_dir), Path(args.data_dir)
+    needed = [out / "base/ckpt.pt", out / "sft/ckpt.pt", out / "rm/comparisons.jsonl", data / "sft.jsonl"]
+    if missing := [str(p) for p in needed if not p.exists()]:
+        sys.exit(f"bench/fast_paths.py: {', '.join(missing)} missing (run python -m nanorlhf first)")
+    torch.set_grad_enabled(True)
+    tok = load_tokenizer(data / "tokenizer.tiktoken")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, repeats {args.repeats}")
+    sft, _ = load_model(out / "sft/ckpt.pt", "sft")
+    sft.eval()
+    prompts = [r["prompt"] for r in read_prompts(data, "train")]
+    with torch.no_grad():
+        if "compact" in only:
+            bench_compact(sft, tok, prompts, args.repeats)
+        if "order" in only:
+            bench_order(sft, tok, prompts, args.repeats)
+
+    if "sft" in only:
+        demos = read_jsonl(data / "sft.jsonl", {"prompt": str, "response": str})
+        pairs = [tok.pair_ids(d["prompt"], d["response"]) for d in demos]
+        random.Random(0).shuffle(pairs)
+        batches = [sft_batch(pairs[i : i + 32], tok.pad_id, 128) for i in range(0, 32 * 32, 32)]
+
+        def make_sft(rows):
+            model, _ = load_model(out / "base/ckpt.pt", "base")
+            opt = make_optimizer(model, 1e-4, 0.1)
+
+            def step(batch):
+                train_sft.chunk_rows = lambda device: rows
+                loss = train_sft.batch_loss(model, *batch, "fp32", weight=1.0)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                return loss.item()
+            return step
+        bench_steps("sft (32 demonstrations)", make_sft, batches, args.repeats)
+
+    if "rm" in only:
+        groups = [json.loads(line) for line in open(out / "rm/comparisons.jsonl")]
+        groups = [g for g in groups if "ranking" in g]
+        batches = [groups[i : i + 16] for i in range(0, min(len(groups), 16 * 32), 16)]
+
+        def make_rm(rows):
+            rm, _ = load_model(out / "sft/ckpt.pt", "sft", head="scalar")
+            opt = make_optimizer(rm, 1e-4, 0.1)
+
+            def step(batch):
+                train_rm.chunk_rows = lambda device: rows
+                loss, _ = train_rm.rm_step(rm, batch, tok, rm.config.block_size, "cpu", "fp32")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                return loss.item()
+            return step
+        bench_steps("rm (16 groups)", make_rm, batches, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
