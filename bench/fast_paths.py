@@ -11,6 +11,8 @@
             padded to its longest row; SFT steps (forward, backward, AdamW) of 32 demonstrations from the
             pretrained model
   rm        train_rm.rm_step the same way; reward-model steps of 16 ranked groups from the SFT model
+  eval      evaluation.kl_to_reference and score_texts, as eval runs them on one model's samples (PPO's,
+            400 test prompts): batches of 256 in chunks of 16 rows vs batches of 64 in one piece (before)
 
 Each line gives the median and every time, and what the two ways produced: the same texts, or the largest
 difference of the losses (fp32 rounding: a chunk's matmuls have other shapes). Times are of this machine,
@@ -34,14 +36,15 @@ sys.path.insert(0, str(ROOT))
 
 import train_rm  # noqa: E402
 import train_sft  # noqa: E402
+from nanorlhf import evaluation  # noqa: E402
 from nanorlhf import generate as gen_module  # noqa: E402
-from nanorlhf.checkpoint import load_model  # noqa: E402
+from nanorlhf.checkpoint import load_model, load_policy  # noqa: E402
 from nanorlhf.data import read_jsonl, read_prompts, sft_batch  # noqa: E402
 from nanorlhf.generate import generate, row_seed, sample_responses  # noqa: E402
 from nanorlhf.tokenizer import load_tokenizer  # noqa: E402
 from nanorlhf.training import make_optimizer  # noqa: E402
 
-BENCHES = ("compact", "order", "sft", "rm")
+BENCHES = ("compact", "order", "sft", "rm", "eval")
 
 
 def alternate(ways: dict, repeats: int) -> dict[str, list[float]]:
@@ -135,7 +138,8 @@ def main():
     if bad := [b for b in only if b not in BENCHES]:
         sys.exit(f"--only={args.only}: expected a comma-separated list of {', '.join(BENCHES)}, got {bad}")
     out, data = Path(args.out_dir), Path(args.data_dir)
-    needed = [out / "base/ckpt.pt", out / "sft/ckpt.pt", out / "rm/comparisons.jsonl", data / "sft.jsonl"]
+    needed = [out / "base/ckpt.pt", out / "sft/ckpt.pt", out / "rm/ckpt.pt", out / "rm/comparisons.jsonl",
+              out / "ppo/ckpt.pt", data / "sft.jsonl"]
     if missing := [str(p) for p in needed if not p.exists()]:
         sys.exit(f"bench/fast_paths.py: {', '.join(missing)} missing (run python -m nanorlhf first)")
     torch.set_grad_enabled(True)
@@ -189,6 +193,30 @@ def main():
                 return loss.item()
             return step
         bench_steps("rm (16 groups)", make_rm, batches, args.repeats)
+
+    if "eval" in only:
+        bench_eval(sft, tok, out, data, args.repeats)
+
+
+def bench_eval(sft, tok, out, data, repeats):
+    policy = load_policy(out / "ppo/ckpt.pt", "cpu")[0].eval()
+    rm = load_model(out / "rm/ckpt.pt", "rm")[0].eval()
+    prompts = [r["prompt"] for r in read_prompts(data, "test")][:400]
+    with torch.no_grad():
+        outs = sample_responses(policy, tok, prompts, 48, temperature=1.0, seed=0)
+    results = {}
+
+    def run(rows, batch):
+        def fn():
+            evaluation.chunk_rows = lambda device: rows
+            results[rows] = (evaluation.kl_to_reference(policy, sft, tok, prompts, outs, batch),
+                             evaluation.score_texts(rm, tok, prompts, outs, batch))
+        return fn
+
+    times = alternate({"64 in one piece": run(0, 64), "256 in chunks of 16": run(16, 256)}, repeats)
+    (kl0, s0), (kl1, s1) = results[0], results[16]
+    report("eval KL + RM scores (400 samples)", times,
+           f"KL {kl0:.6f} vs {kl1:.6f}, scores max diff {max(abs(a - b) for a, b in zip(s0, s1)):.1e}")
 
 
 if __name__ == "__main__":

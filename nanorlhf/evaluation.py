@@ -177,8 +177,10 @@ def by_kind(prompts: list[str], wins: list[float]) -> dict:
 # ---------------------------------------------------------------- scores, KL and loss of a model's samples
 @torch.no_grad()
 def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]],
-                batch_size: int = 64) -> list[float]:
-    """Reward-model scores of (prompt, response) texts, read at the EOS (no EOS for unfinished ones)."""
+                batch_size: int = 256) -> list[float]:
+    """Reward-model scores of (prompt, response) texts, read at the EOS (no EOS for unfinished ones). Each
+    batch runs in chunks of rows of similar length (training.by_length; the larger the batch, the less
+    padding a chunk keeps)."""
     device = rm.wte.weight.device
     scores = []
     for _, tokens, mask in text_batches(tok, prompts, outs, rm.config.block_size, batch_size):
@@ -189,10 +191,16 @@ def score_texts(rm, tok, prompts: list[str], outs: list[tuple[str, bool]],
 
 @torch.no_grad()
 def kl_to_reference(model, ref, tok, prompts: list[str], outs: list[tuple[str, bool]],
-                    batch_size: int = 64) -> float:
+                    batch_size: int = 256) -> float:
     """Monte-Carlo KL(π || π_SFT) per response: the mean over the model's own samples of
-    Σ_t log π − log π_SFT."""
+    Σ_t log π − log π_SFT (each batch in chunks of rows of similar length, as in score_texts)."""
     device = model.wte.weight.device
+
+    def row_kl(tokens, mask, resp):
+        lp = response_logprobs(model, tokens, mask, 1)
+        lr = response_logprobs(ref, tokens, mask, 1)
+        return ((lp - lr) * resp[:, 1:]).sum(1)
+
     total = 0.0
     for i, tokens, mask in text_batches(tok, prompts, outs, model.config.block_size, batch_size):
         tokens, mask = to_device(tokens, device), to_device(mask, device)
@@ -200,9 +208,7 @@ def kl_to_reference(model, ref, tok, prompts: list[str], outs: list[tuple[str, b
         # the prompt lengths differ per row (right padding): score every position, keep response ones
         pos = torch.arange(tokens.shape[1], device=device)
         resp = (pos.unsqueeze(0) >= plen.unsqueeze(1)) & mask
-        lp = response_logprobs(model, tokens, mask, 1)
-        lr = response_logprobs(ref, tokens, mask, 1)
-        total += ((lp - lr) * resp[:, 1:]).sum().item()
+        total += by_length(row_kl, mask, chunk_rows(device), tokens, mask, resp).sum().item()
     return total / max(1, len(prompts))
 
 

@@ -372,3 +372,33 @@ def test_reward_scores_in_chunks_equal_one_piece():
     rm = tiny_gpt("scalar", pos="rope")
     x, mask = _padded_batch()
     torch.testing.assert_close(by_length(rm, mask, 3, x, mask), rm(x, mask), atol=1e-6, rtol=1e-5)
+
+
+def test_eval_kl_and_scores_in_chunks_equal_one_piece(tmp_path, monkeypatch):
+    """evaluation.kl_to_reference and score_texts: rows of similar length in chunks, the same numbers as each
+    batch in one piece (right-padded texts whose prompts and responses differ in length)."""
+    import random
+
+    from nanorlhf import evaluation
+    from nanorlhf.tokenizer import load_tokenizer, save_ranks, train_bpe
+
+    texts = ["the cat sat", "a dog ran far away", "the hat", "one two three four five six", "sit", "ran"]
+    save_ranks(train_bpe(texts * 10, 300), tmp_path / "t.tiktoken")
+    tok = load_tokenizer(str(tmp_path / "t.tiktoken"))
+    rng = random.Random(0)
+    prompts = [" ".join(rng.sample(texts, rng.randint(1, 3))) for _ in range(11)]
+    outs = [(" ".join(rng.sample(texts, rng.randint(1, 4))), rng.random() < 0.7) for _ in range(11)]
+    policy, ref = tiny_gpt(vocab=tok.vocab_size, block=96), tiny_gpt(vocab=tok.vocab_size, block=96, seed=1)
+    rm = tiny_gpt("scalar", vocab=tok.vocab_size, block=96, seed=2)
+
+    def both(rows, batch):
+        monkeypatch.setattr(evaluation, "chunk_rows", lambda device: rows)
+        return (evaluation.kl_to_reference(policy, ref, tok, prompts, outs, batch),
+                evaluation.score_texts(rm, tok, prompts, outs, batch))
+
+    kl, scores = both(0, 64)
+    assert abs(kl) > 0.1  # two different models: a KL the test can get wrong
+    for rows, batch in ((3, 64), (3, 5), (0, 4)):
+        kl_c, scores_c = both(rows, batch)
+        assert kl_c == pytest.approx(kl, rel=1e-5)
+        assert scores_c == pytest.approx(scores, rel=1e-5, abs=1e-6)
