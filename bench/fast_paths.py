@@ -34,15 +34,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import train_rm  # noqa: E402
-import train_sft  # noqa: E402
-from nanorlhf import evaluation  # noqa: E402
-from nanorlhf import generate as gen_module  # noqa: E402
-from nanorlhf.checkpoint import load_model, load_policy  # noqa: E402
-from nanorlhf.data import read_jsonl, read_prompts, sft_batch  # noqa: E402
-from nanorlhf.generate import generate, row_seed, sample_responses  # noqa: E402
-from nanorlhf.tokenizer import load_tokenizer  # noqa: E402
-from nanorlhf.training import make_optimizer  # noqa: E402
+import train_rm
+import train_sft
+from nanorlhf import evaluation
+from nanorlhf import generate as gen_module
+from nanorlhf.checkpoint import load_model, load_policy
+from nanorlhf.data import read_jsonl, read_prompts, sft_batch
+from nanorlhf.generate import generate, row_seed, sample_responses
+from nanorlhf.tokenizer import load_tokenizer
+from nanorlhf.training import make_optimizer
 
 BENCHES = ("compact", "order", "sft", "rm", "eval")
 
@@ -175,7 +175,8 @@ def main():
         bench_steps("sft (32 demonstrations)", make_sft, batches, args.repeats)
 
     if "rm" in only:
-        groups = [json.loads(line) for line in open(out / "rm/comparisons.jsonl")]
+        with open(out / "rm/comparisons.jsonl") as f:
+            groups = [json.loads(line) for line in f]
         groups = [g for g in groups if "ranking" in g]
         batches = [groups[i : i + 16] for i in range(0, min(len(groups), 16 * 32), 16)]
 

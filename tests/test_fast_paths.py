@@ -308,7 +308,7 @@ def test_compacted_generation_equals_the_full_batch(seeds, monkeypatch):
 
     def run(compact):
         monkeypatch.setattr(generate_module, "COMPACT", compact)
-        kw = dict(row_seeds=list(range(48))) if seeds else dict(generator=torch.Generator().manual_seed(3))
+        kw = {"row_seeds": list(range(48))} if seeds else {"generator": torch.Generator().manual_seed(3)}
         return generate(m, prompts, 20, EOS, PAD, temperature=1.0, **kw)
 
     full, compacted = run(0), run(0.75)
@@ -361,7 +361,7 @@ def test_sft_loss_in_chunks_equals_one_piece(monkeypatch):
 
     want, g_want = grads(whole)
     for rows in (3, 0):  # chunks of 3 rows, and one piece
-        monkeypatch.setattr(train_sft, "chunk_rows", lambda device: rows)
+        monkeypatch.setattr(train_sft, "chunk_rows", lambda device, rows=rows: rows)
         got, g_got = grads(lambda: train_sft.batch_loss(m, x, y, loss_mask, "fp32", weight=1.0))
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
         for a, b in zip(g_got, g_want):
