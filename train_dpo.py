@@ -33,9 +33,8 @@ from nanorlhf.files import lock_folder, with_locks
 from nanorlhf.generate import response_logprobs
 from nanorlhf.losses import dpo_loss
 from nanorlhf.plots import line_plots
-from nanorlhf.training import (Progress, phase, phase_summary, autocast, check_finite, lr_at, make_optimizer,
-                               resolve_dtype,
-                               seed_everything, set_lr)
+from nanorlhf.training import (Progress, phase, phase_summary, autocast, by_length, check_finite, chunk_rows,
+                               lr_at, make_optimizer, resolve_dtype, seed_everything, set_lr)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -110,6 +109,14 @@ def sequence_logps(model, tokens, attn, P: int, resp) -> torch.Tensor:
     return torch.where(resp, logps, 0.0).sum(1)
 
 
+def chunked_logps(model, tokens, attn, P: int, resp) -> torch.Tensor:
+    """sequence_logps in chunks of rows of similar length (training.by_length: a chunk is padded to its own
+    longest row, not the batch's; each row's log-prob is its own whatever shares its chunk). (N,)"""
+    full = torch.cat([resp.new_zeros(resp.shape[0], P), resp], 1)  # aligned with tokens: cut alike
+    rows = chunk_rows(tokens.device)
+    return by_length(lambda t, a, r: sequence_logps(model, t, a, P, r[:, P:]), attn, rows, tokens, attn, full)
+
+
 @torch.no_grad()
 def reference_logps(ref, groups: list[dict], tok, block: int, cfg: Config, device: str,
                     off_prompt: bool) -> list[dict]:
@@ -147,7 +154,7 @@ def dpo_step(policy, groups: list[dict], tok, block: int, beta: float, off_promp
                                             for t in (tokens, attn, resp, chosen, rejected))
     ref = torch.tensor([groups[b]["ref_logps"][i] for b, i in keys], device=device)  # (N,)
     with autocast(device, dtype):
-        logps = sequence_logps(policy, tokens, attn, P, resp)  # (N,)
+        logps = chunked_logps(policy, tokens, attn, P, resp)  # (N,)
     loss, r_chosen, r_rejected = dpo_loss(logps[chosen], logps[rejected], ref[chosen], ref[rejected], beta)
     margin = r_chosen - r_rejected  # (M,) the implicit reward's margin β Δlogratio
     acc = ((margin > 0).float() + 0.5 * (margin == 0).float()).mean()

@@ -11,6 +11,7 @@
             padded to its longest row; SFT steps (forward, backward, AdamW) of 32 demonstrations from the
             pretrained model
   rm        train_rm.rm_step the same way; reward-model steps of 16 ranked groups from the SFT model
+  dpo       train_dpo.dpo_step the same way; DPO steps of 16 ranked groups (every pair) from the SFT model
   eval      evaluation.kl_to_reference and score_texts, as eval runs them on one model's samples (PPO's,
             400 test prompts): batches of 256 in chunks of 16 rows vs batches of 64 in one piece (before)
 
@@ -34,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import train_dpo
 import train_rm
 import train_sft
 from nanorlhf import evaluation
@@ -44,7 +46,7 @@ from nanorlhf.generate import generate, row_seed, sample_responses
 from nanorlhf.tokenizer import load_tokenizer
 from nanorlhf.training import make_optimizer
 
-BENCHES = ("compact", "order", "sft", "rm", "eval")
+BENCHES = ("compact", "order", "sft", "rm", "dpo", "eval")
 
 
 def alternate(ways: dict, repeats: int) -> dict[str, list[float]]:
@@ -194,6 +196,29 @@ def main():
                 return loss.item()
             return step
         bench_steps("rm (16 groups)", make_rm, batches, args.repeats)
+
+    if "dpo" in only:
+        with open(out / "rm/comparisons.jsonl") as f:
+            groups = [json.loads(line) for line in f]
+        # the reference's log-probs do not change the step's work: zeros stand in for them
+        groups = [{**g, "ref_logps": [0.0] * len(g["responses"])} for g in groups if "ranking" in g]
+        batches = [groups[i : i + 16] for i in range(0, min(len(groups), 16 * 32), 16)]
+
+        def make_dpo(rows):
+            policy, _ = load_model(out / "sft/ckpt.pt", "sft")
+            opt = make_optimizer(policy, 1e-4, 0.1)
+
+            def step(batch):
+                train_dpo.chunk_rows = lambda device: rows
+                loss, _ = train_dpo.dpo_step(policy, batch, tok, policy.config.block_size, 0.3, True, "cpu",
+                                             "fp32")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                return loss.item()
+            return step
+        bench_steps("dpo (16 groups)", make_dpo, batches, args.repeats)
 
     if "eval" in only:
         bench_eval(sft, tok, out, data, args.repeats)

@@ -53,8 +53,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
 def chunk_rows(device) -> int:
     """Rows per chunk of a padded batch (length_chunks) on `device`: 16 on a CPU, where a tiny-preset
     batch padded to its longest row is half padding and 16 rows still make efficient matmuls (SFT steps
-    -30%, reward-model steps -40%: bench/NOTES.md); 0 (one piece) on a GPU, where a step is bound by its
-    kernel launches, not by the padding's FLOPs (not measured)."""
+    -17%, reward-model steps -34%, DPO steps -41%: bench/NOTES.md); 0 (one piece) on a GPU, where a step
+    is bound by its kernel launches, not by the padding's FLOPs (not measured)."""
     return 0 if torch.device(device).type == "cuda" else 16
 
 

@@ -150,7 +150,10 @@ def explicit_loss(model, groups, ref_model, beta):
     return -F.logsigmoid(beta * explicit_margins(model, ref_model, TOK, groups)).mean()
 
 
-def test_dpo_gradient_equals_the_explicit_formula_on_a_tiny_model():
+@pytest.mark.parametrize("rows", [0, 3])  # the batch's rows in one piece; in chunks of 3 of similar length
+def test_dpo_gradient_equals_the_explicit_formula_on_a_tiny_model(rows, monkeypatch):
+    monkeypatch.setattr(train_dpo, "chunk_rows", lambda device: rows)
+
     # embeddings scaled up: log-ratios of several nats, so σ(−β·margin) differs pair to pair
     def model(seed):
         m = tiny_gpt(vocab=40, seed=seed)
