@@ -346,7 +346,8 @@ def corpus_tokens(data_dir, tok, tail_frac: float = 1.0) -> torch.Tensor:
     if tail_frac < 1.0:
         docs = docs[-max(1, int(len(docs) * tail_frac)) :]
     # one document at a time: tiktoken's encode_ordinary_batch hands each document to a pool of 8 threads,
-    # 5x slower on 2 cores (40,000 tiny-preset documents: 4.1 s against 0.8 s, the same tokens; bench/NOTES.md)
+    # 5x slower on 2 cores (40,000 tiny-preset documents: 4.1 s against 0.8 s, the same tokens;
+    # bench/NOTES.md)
     return torch.tensor([t for doc in docs for t in tok.enc.encode_ordinary(doc) + [tok.eos_id]],
                         dtype=torch.long)
 
