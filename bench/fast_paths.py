@@ -68,15 +68,21 @@ def report(title: str, times: dict[str, list[float]], same: str, unit: float = 1
     print(f"{title}: " + " | ".join(parts) + f" | new/old {med[new] / med[old]:.2f} | {same}")
 
 
-def bench_compact(model, tok, prompts, repeats):
-    ids = [tok.prompt_ids(p) for p in prompts[:512]]
+def prompt_ids(model, tok, prompts, new):
+    """The prompts' ids as sample_responses cuts them (a prompt too long keeps its end)."""
+    budget = model.config.block_size - new
+    return [tok.prompt_ids(p)[-budget:] for p in prompts]
+
+
+def bench_compact(model, tok, prompts, repeats, new):
+    ids = prompt_ids(model, tok, prompts[:512], new)
     seeds = [row_seed(1, i) for i in range(len(ids))]
     outs = {}
 
     def run(compact):
         def fn():
             gen_module.COMPACT = compact
-            outs[compact] = [generate(model, ids[i : i + 256], 48, tok.eos_id, tok.pad_id, 1.0,
+            outs[compact] = [generate(model, ids[i : i + 256], new, tok.eos_id, tok.pad_id, 1.0,
                                       row_seeds=seeds[i : i + 256]).response for i in range(0, len(ids), 256)]
         return fn
 
@@ -84,27 +90,27 @@ def bench_compact(model, tok, prompts, repeats):
     times = alternate({"every row to the end": run(0), "finished rows leave": run(0.75)}, repeats)
     gen_module.COMPACT = keep
     same = all(torch.equal(a, b) for a, b in zip(outs[0], outs[0.75]))
-    report("compact (512 prompts, 48 tokens)", times, f"same tokens: {same}")
+    report(f"compact ({len(ids)} prompts, {new} tokens)", times, f"same tokens: {same}")
 
 
-def bench_order(model, tok, prompts, repeats):
+def bench_order(model, tok, prompts, repeats, new):
     prompts = prompts[:1500]
     outs = {}
 
     def given_order():  # sample_responses before it sorted the prompts by length (no prefix, one process)
-        ids, texts = [tok.prompt_ids(p) for p in prompts], []
+        ids, texts = prompt_ids(model, tok, prompts, new), []
         for i in range(0, len(ids), 256):
-            g = generate(model, ids[i : i + 256], 48, tok.eos_id, tok.pad_id, 1.0,
+            g = generate(model, ids[i : i + 256], new, tok.eos_id, tok.pad_id, 1.0,
                          row_seeds=[row_seed(1, j) for j in range(i, min(i + 256, len(ids)))])
             texts += [tok.response_text(row) for row in g.response.tolist()]
         outs["old"] = texts
 
     def by_length():
-        outs["new"] = sample_responses(model, tok, prompts, 48, temperature=1.0, seed=1, batch_size=256)
+        outs["new"] = sample_responses(model, tok, prompts, new, temperature=1.0, seed=1, batch_size=256)
 
     times = alternate({"in the list's order": given_order, "by length": by_length}, repeats)
     differ = sum(a != b for a, b in zip(outs["old"], outs["new"]))
-    report(f"order ({len(prompts)} prompts, 48 tokens)", times,
+    report(f"order ({len(prompts)} prompts, {new} tokens)", times,
            f"{differ} of {len(prompts)} texts differ (fp32 rounding of another batch shape)")
 
 
@@ -150,17 +156,19 @@ def main():
     sft, _ = load_model(out / "sft/ckpt.pt", "sft")
     sft.eval()
     prompts = [r["prompt"] for r in read_prompts(data, "train")]
+    new = min(48, sft.config.block_size // 2)  # the tiny preset's 48 (the micro preset's context is 64)
     with torch.no_grad():
         if "compact" in only:
-            bench_compact(sft, tok, prompts, args.repeats)
+            bench_compact(sft, tok, prompts, args.repeats, new)
         if "order" in only:
-            bench_order(sft, tok, prompts, args.repeats)
+            bench_order(sft, tok, prompts, args.repeats, new)
 
     if "sft" in only:
         demos = read_jsonl(data / "sft.jsonl", {"prompt": str, "response": str})
         pairs = [tok.pair_ids(d["prompt"], d["response"]) for d in demos]
         random.Random(0).shuffle(pairs)
-        batches = [sft_batch(pairs[i : i + 32], tok.pad_id, 128) for i in range(0, 32 * 32, 32)]
+        batches = [sft_batch(pairs[i : i + 32], tok.pad_id, sft.config.block_size)
+                   for i in range(0, min(len(pairs) - 31, 32 * 32), 32)]
 
         def make_sft(rows):
             model, _ = load_model(out / "base/ckpt.pt", "base")
@@ -229,7 +237,8 @@ def bench_eval(sft, tok, out, data, repeats):
     rm = load_model(out / "rm/ckpt.pt", "rm")[0].eval()
     prompts = [r["prompt"] for r in read_prompts(data, "test")][:400]
     with torch.no_grad():
-        outs = sample_responses(policy, tok, prompts, 48, temperature=1.0, seed=0)
+        outs = sample_responses(policy, tok, prompts, min(48, sft.config.block_size // 2), temperature=1.0,
+                                seed=0)
     results = {}
 
     def run(rows, batch):

@@ -71,3 +71,19 @@ def test_every_stage_of_the_pipeline_prints_its_phases_and_the_table_has_them(pi
     assert "update" in rows["ppo"] and "labeler" in rows["rm"] and "training" in rows["dpo"]
     table = phases.table(d / "out")
     assert table.splitlines()[0].startswith("| stage | wall (s) | ") and "| ppo_gold | " in table
+
+
+def test_fast_paths_bench_runs_every_pair_on_the_micro_pipeline_and_they_agree(pipeline):
+    """bench/fast_paths.py on the micro pipeline's checkpoints: a line per fast path, each with its plain twin's
+    output beside it (no time is checked: the figures are the bench's, on the tiny preset)."""
+    d, _, _ = pipeline
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "fast_paths.py"), "--repeats=1",
+                        f"--out_dir={d}/out", f"--data_dir={d}/data"], capture_output=True, text=True, cwd=ROOT,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    for name in ("compact", "order", "sft", "rm", "dpo", "eval"):
+        assert any(line.startswith(name) for line in lines), (name, r.stdout)
+    assert "same tokens: True" in r.stdout
+    for diff in re.findall(r"max diff ([0-9.e+-]+)", r.stdout):
+        assert float(diff) < 1e-4, r.stdout
