@@ -144,12 +144,14 @@ def main():
     args = ap.parse_args()
     only = args.only.split(",")
     if bad := [b for b in only if b not in BENCHES]:
-        sys.exit(f"--only={args.only}: expected a comma-separated list of {', '.join(BENCHES)}, got {bad}")
+        ap.error(f"--only={args.only}: expected a comma-separated list of {', '.join(BENCHES)}, got {bad}")
     out, data = Path(args.out_dir), Path(args.data_dir)
     needed = [out / "base/ckpt.pt", out / "sft/ckpt.pt", out / "rm/ckpt.pt", out / "rm/comparisons.jsonl",
               out / "ppo/ckpt.pt", data / "sft.jsonl"]
     if missing := [str(p) for p in needed if not p.exists()]:
-        sys.exit(f"bench/fast_paths.py: {', '.join(missing)} missing (run python -m nanorlhf first)")
+        print(f"bench/fast_paths.py: {', '.join(missing)} missing (run python -m nanorlhf first)",
+              file=sys.stderr)
+        sys.exit(2)
     torch.set_grad_enabled(True)
     tok = load_tokenizer(data / "tokenizer.tiktoken")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, repeats {args.repeats}")
