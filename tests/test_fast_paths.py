@@ -12,7 +12,8 @@ rounding, same tokens for the same generator, or (the sampler, which draws diffe
                                                       probabilities (chi-square test)
     finished rows leave the batch (generate.COMPACT)  every row decoded to the longest's end (COMPACT = 0)
     chunks of rows of similar length (training.       the batch in one piece, padded to its longest row
-      length_chunks: SFT loss, reward-model scores)
+      length_chunks: SFT loss, RM scores, eval's
+      KL; DPO's in tests/test_dpo.py)
 """
 
 import pytest
