@@ -114,9 +114,24 @@ def bench_order(model, tok, prompts, repeats, new):
            f"{differ} of {len(prompts)} texts differ (fp32 rounding of another batch shape)")
 
 
-def bench_steps(name, make_step, batches, repeats):
-    """make_step(rows) -> step(batch) -> loss; rows 0: one piece, 16: chunks. Seeded alike: the same
-    losses."""
+def bench_steps(name, module, load, backward, batches, repeats):
+    """Training steps (backward, clipping, AdamW) in one piece (module.chunk_rows 0) against chunks of 16.
+    load() -> a fresh model; backward(model, batch) -> the batch's loss, its backward pass done. Each way
+    trains its own copy from the same start, seeded alike: the same losses."""
+
+    def make_step(rows):
+        model = load()
+        opt = make_optimizer(model, 1e-4, 0.1)
+
+        def step(batch):
+            module.chunk_rows = lambda device: rows
+            loss = backward(model, batch)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.item()
+        return step
+
     steps, losses = {}, {}
     for rows in (0, 16):
         torch.manual_seed(0)
@@ -172,63 +187,35 @@ def main():
         batches = [sft_batch(pairs[i : i + 32], tok.pad_id, sft.config.block_size)
                    for i in range(0, min(len(pairs) - 31, 32 * 32), 32)]
 
-        def make_sft(rows):
-            model, _ = load_model(out / "base/ckpt.pt", "base")
-            opt = make_optimizer(model, 1e-4, 0.1)
+        bench_steps("sft (32 demonstrations)", train_sft, lambda: load_model(out / "base/ckpt.pt", "base")[0],
+                    lambda model, batch: train_sft.batch_loss(model, *batch, "fp32", weight=1.0), batches,
+                    args.repeats)
 
-            def step(batch):
-                train_sft.chunk_rows = lambda device: rows
-                loss = train_sft.batch_loss(model, *batch, "fp32", weight=1.0)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                return loss.item()
-            return step
-        bench_steps("sft (32 demonstrations)", make_sft, batches, args.repeats)
+    if "rm" in only or "dpo" in only:
+        with open(out / "rm/comparisons.jsonl") as f:
+            groups = [json.loads(line) for line in f]
+        groups = [g for g in groups if "ranking" in g][: 16 * 32]
+        batches = [groups[i : i + 16] for i in range(0, len(groups), 16)]
 
     if "rm" in only:
-        with open(out / "rm/comparisons.jsonl") as f:
-            groups = [json.loads(line) for line in f]
-        groups = [g for g in groups if "ranking" in g]
-        batches = [groups[i : i + 16] for i in range(0, min(len(groups), 16 * 32), 16)]
-
-        def make_rm(rows):
-            rm, _ = load_model(out / "sft/ckpt.pt", "sft", head="scalar")
-            opt = make_optimizer(rm, 1e-4, 0.1)
-
-            def step(batch):
-                train_rm.chunk_rows = lambda device: rows
-                loss, _ = train_rm.rm_step(rm, batch, tok, rm.config.block_size, "cpu", "fp32")
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                return loss.item()
-            return step
-        bench_steps("rm (16 groups)", make_rm, batches, args.repeats)
+        def rm_backward(rm, batch):
+            loss, _ = train_rm.rm_step(rm, batch, tok, rm.config.block_size, "cpu", "fp32")
+            loss.backward()
+            return loss
+        bench_steps("rm (16 groups)", train_rm,
+                    lambda: load_model(out / "sft/ckpt.pt", "sft", head="scalar")[0], rm_backward, batches,
+                    args.repeats)
 
     if "dpo" in only:
-        with open(out / "rm/comparisons.jsonl") as f:
-            groups = [json.loads(line) for line in f]
-        # the reference's log-probs do not change the step's work: zeros stand in for them
-        groups = [{**g, "ref_logps": [0.0] * len(g["responses"])} for g in groups if "ranking" in g]
-        batches = [groups[i : i + 16] for i in range(0, min(len(groups), 16 * 32), 16)]
-
-        def make_dpo(rows):
-            policy, _ = load_model(out / "sft/ckpt.pt", "sft")
-            opt = make_optimizer(policy, 1e-4, 0.1)
-
-            def step(batch):
-                train_dpo.chunk_rows = lambda device: rows
-                loss, _ = train_dpo.dpo_step(policy, batch, tok, policy.config.block_size, 0.3, True, "cpu",
-                                             "fp32")
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                return loss.item()
-            return step
-        bench_steps("dpo (16 groups)", make_dpo, batches, args.repeats)
+        def dpo_backward(policy, batch):
+            # the reference's log-probs do not change the step's work: zeros stand in for them
+            batch = [{**g, "ref_logps": [0.0] * len(g["responses"])} for g in batch]
+            loss, _ = train_dpo.dpo_step(policy, batch, tok, policy.config.block_size, 0.3, True, "cpu",
+                                         "fp32")
+            loss.backward()
+            return loss
+        bench_steps("dpo (16 groups)", train_dpo, lambda: load_model(out / "sft/ckpt.pt", "sft")[0],
+                    dpo_backward, batches, args.repeats)
 
     if "eval" in only:
         bench_eval(sft, tok, out, data, args.repeats)
