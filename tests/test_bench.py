@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -74,12 +76,12 @@ def test_every_stage_of_the_pipeline_prints_its_phases_and_the_table_has_them(pi
 
 
 def test_fast_paths_bench_runs_every_pair_on_the_micro_pipeline_and_they_agree(pipeline):
-    """bench/fast_paths.py on the micro pipeline's checkpoints: a line per fast path, each with its plain twin's
-    output beside it (no time is checked: the figures are the bench's, on the tiny preset)."""
+    """bench/fast_paths.py on the micro pipeline's checkpoints: a line per fast path, each with its plain
+    twin's output beside it (no time is checked: the figures are the bench's, on the tiny preset)."""
     d, _, _ = pipeline
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "fast_paths.py"), "--repeats=1",
-                        f"--out_dir={d}/out", f"--data_dir={d}/data"], capture_output=True, text=True, cwd=ROOT,
-                       check=False)
+                        f"--out_dir={d}/out", f"--data_dir={d}/data"],
+                       capture_output=True, text=True, cwd=ROOT, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.splitlines()
     for name in ("compact", "order", "sft", "rm", "dpo", "eval"):
@@ -87,3 +89,14 @@ def test_fast_paths_bench_runs_every_pair_on_the_micro_pipeline_and_they_agree(p
     assert "same tokens: True" in r.stdout
     for diff in re.findall(r"max diff ([0-9.e+-]+)", r.stdout):
         assert float(diff) < 1e-4, r.stdout
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--only=sft,foo", "--only=sft,foo: expected a comma-separated list of compact, order, sft, rm, dpo"),
+    ("--out_dir=nowhere", "nowhere/base/ckpt.pt, nowhere/sft/ckpt.pt"),
+])
+def test_fast_paths_bench_refuses_a_bad_flag_or_missing_checkpoints_in_one_line(tmp_path, flag, message):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "fast_paths.py"), flag], capture_output=True,
+                       text=True, cwd=tmp_path, check=False)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
