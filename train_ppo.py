@@ -34,8 +34,8 @@ from nanorlhf.files import atomic_write, lock_folder, with_locks
 from nanorlhf.generate import generate, response_logprobs
 from nanorlhf.losses import masked_mean, sft_loss
 from nanorlhf.report import ppo_curves
-from nanorlhf.training import (Progress, autocast, check_finite, make_optimizer, phase, phase_summary,
-                               resolve_dtype, seed_everything)
+from nanorlhf.training import (Progress, autocast, by_length, check_finite, chunk_rows, length_chunks,
+                               make_optimizer, phase, phase_summary, resolve_dtype, seed_everything)
 
 GOLD_MIDPOINT = 4.0  # the middle of the labeler's 1-7 rating scale: gold rewards centred like the RM's
 RM_SCORE_WINDOW = 3  # rollouts whose mean RM score sits beside each gold evaluation (one batch is noisy)
@@ -151,9 +151,11 @@ def load_models(policy_path: str, reward_path: str, data_dir: str, device: str, 
 
 # --------------------------------------------------------------------------- reward functions (step 2)
 def model_reward(reward_model):
-    """The frozen reward model's score of each rollout row, read at its last real token (the EOS)."""
+    """The frozen reward model's score of each rollout row, read at its last real token (the EOS); rows of
+    similar length scored together (training.by_length)."""
     def score(gen):
-        return reward_model(gen.tokens, gen.attention_mask)
+        mask = gen.attention_mask
+        return by_length(reward_model, mask, chunk_rows(mask.device), gen.tokens, mask)
     return score
 
 
@@ -207,10 +209,19 @@ def rollout(policy, ref, critic, reward_fn, prompt_ids: list[list[int]], tok, cf
         # 2. score: reward model at the last real token; per-token log-probs of π_old, π_ref; values
         scores = reward_fn(gen).float()
         scores = torch.where(gen.finished, scores, scores - cfg.missing_eos_penalty)
-        logprobs = (gen.logprobs if cfg.reuse_rollout_logprobs else
-                    response_logprobs(policy, tokens, attn, P, cfg.temperature)).float()
-        ref_logprobs = response_logprobs(ref, tokens, attn, P, cfg.temperature).float()
-        values = critic(tokens, attn, first=P - 1)[:, :-1].float()  # V(s_t): the state before token t
+        # in chunks of rows of similar length (training.length_chunks), each cut to its own columns: the
+        # numbers of one piece to fp32 rounding, with far less padding (a tiny-preset rollout is half
+        # padding: left-padded prompts, responses ending anywhere); padding columns are never read
+        reuse = cfg.reuse_rollout_logprobs
+        logprobs = gen.logprobs.float() if reuse else torch.zeros(mask.shape, device=device)
+        ref_logprobs, values = torch.zeros_like(logprobs), torch.zeros_like(logprobs)
+        for idx, _ in length_chunks(mask, chunk_rows(device)):
+            first, T_c = _used_columns(attn[idx], mask[idx], P)
+            x, a, p = tokens[idx, first : P + T_c], attn[idx, first : P + T_c], P - first
+            if not reuse:
+                logprobs[idx, :T_c] = response_logprobs(policy, x, a, p, cfg.temperature).float()
+            ref_logprobs[idx, :T_c] = response_logprobs(ref, x, a, p, cfg.temperature).float()
+            values[idx, :T_c] = critic(x, a, first=p - 1)[:, :-1].float()  # V(s_t): the state before token t
     # 3. per-token reward: −β·(log π − log π_ref) at each token, the RM score added at the EOS
     rewards, kl = ppo.kl_penalty_rewards(logprobs, ref_logprobs, scores, mask, kl_coef)
     if cfg.whiten_rewards:
@@ -288,12 +299,19 @@ def ppo_update(policy, critic, opt_policy, opt_critic, exp: Experience, cfg: Con
 def _minibatch(exp: Experience, idx) -> Experience:
     """Rows `idx` of the experience, with columns that are padding in every chosen row cut away."""
     mb, P = exp.rows(idx), exp.P
-    first = int(mb.attn[:, :P].any(0).float().argmax())  # leading all-pad prompt columns
-    T_used = int(mb.mask.any(0).nonzero().max()) + 1 if mb.mask.any() else 1
+    first, T_used = _used_columns(mb.attn, mb.mask, P)
     per_token = {k: getattr(mb, k)[:, :T_used]
                  for k in ("mask", "logprobs", "ref_logprobs", "values", "returns", "advantages", "kl")}
     return replace(mb, tokens=mb.tokens[:, first : P + T_used], attn=mb.attn[:, first : P + T_used],
                    P=P - first, **per_token)
+
+
+def _used_columns(attn, mask, P: int) -> tuple[int, int]:
+    """(first, T_used) of rows whose attention mask is `attn` (B, P + T) and response mask `mask` (B, T): the
+    leading prompt columns that are padding in every row, and the response columns up to the last counted."""
+    first = int(attn[:, :P].any(0).float().argmax())
+    T_used = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
+    return first, T_used
 
 
 # ------------------------------------------------------------------------------ 6: log, evaluate, save

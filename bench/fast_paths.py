@@ -14,6 +14,9 @@
   dpo       train_dpo.dpo_step the same way; DPO steps of 16 ranked groups (every pair) from the SFT model
   eval      evaluation.kl_to_reference and score_texts, as eval runs them on one model's samples (PPO's,
             400 test prompts): batches of 256 in chunks of 16 rows vs batches of 64 in one piece (before)
+  ppo       train_ppo.rollout's scoring (RM, reference, critic, then rewards and GAE: steps 2-4; the
+            sampling done beforehand) in chunks of 16 rows of similar length vs one piece; rollouts of 64
+            training prompts from the PPO policy, with the SFT reference, the RM and a critic from it
 
 Each line gives the median and every time, and what the two ways produced: the same texts, or the largest
 difference of the losses (fp32 rounding: a chunk's matmuls have other shapes). Times are of this machine,
@@ -23,6 +26,7 @@ now: run it with nothing else on the cores, and compare lines of one run only.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
@@ -46,7 +50,7 @@ from nanorlhf.generate import generate, row_seed, sample_responses
 from nanorlhf.tokenizer import load_tokenizer
 from nanorlhf.training import make_optimizer
 
-BENCHES = ("compact", "order", "sft", "rm", "dpo", "eval")
+BENCHES = ("compact", "order", "sft", "rm", "dpo", "eval", "ppo")
 
 
 def alternate(ways: dict, repeats: int) -> dict[str, list[float]]:
@@ -219,6 +223,8 @@ def main():
 
     if "eval" in only:
         bench_eval(sft, tok, out, data, args.repeats)
+    if "ppo" in only:
+        bench_ppo(out, data, args.repeats, new)
 
 
 def bench_eval(sft, tok, out, data, repeats):
@@ -241,6 +247,46 @@ def bench_eval(sft, tok, out, data, repeats):
     (kl0, s0), (kl1, s1) = results[0], results[16]
     report("eval KL + RM scores (400 samples)", times,
            f"KL {kl0:.6f} vs {kl1:.6f}, scores max diff {max(abs(a - b) for a, b in zip(s0, s1)):.1e}")
+
+
+def bench_ppo(out, data, repeats, new):
+    import train_ppo
+
+    cfg = train_ppo.get_config([f"--out_dir={out}", f"--data_dir={data}", "--dtype=fp32", "--preset=tiny",
+                                f"--max_new_tokens={new}"])
+    policy, ref, rm, critic, _, tok = train_ppo.load_models(str(out / "sft/ckpt.pt"), str(out / "rm/ckpt.pt"),
+                                                            str(data), "cpu")
+    policy.load_state_dict(load_policy(out / "ppo/ckpt.pt", "cpu")[0].state_dict())  # its samples' lengths
+    rng = random.Random(0)
+    prompts = [r["prompt"] for r in read_prompts(data, "train")]
+    budget = policy.config.block_size - cfg.max_new_tokens
+    batches = [[tok.prompt_ids(rng.choice(prompts))[-budget:] for _ in range(cfg.rollout_batch)]
+               for _ in range(repeats + 1)]
+    keep_generate, keep_rows = train_ppo.generate, train_ppo.chunk_rows
+    with torch.no_grad():
+        gens = [generate(policy, b, cfg.max_new_tokens, tok.eos_id, tok.pad_id, 1.0,
+                         generator=torch.Generator().manual_seed(i)) for i, b in enumerate(batches)]
+    exps = {}
+
+    def scoring(rows):
+        order = itertools.cycle(range(len(gens)))  # each way scores the same rollouts in the same order
+
+        def fn():
+            i = next(order)
+            train_ppo.generate = lambda *a, **kw: gens[i]
+            train_ppo.chunk_rows = lambda device: rows
+            exps.setdefault(rows, {})[i] = train_ppo.rollout(policy, ref, critic, train_ppo.model_reward(rm),
+                                                             batches[i], tok, cfg, cfg.init_kl_coef, None)
+        return fn
+
+    times = alternate({"one piece": scoring(0), "chunks of 16": scoring(16)}, repeats * 2)
+    train_ppo.generate, train_ppo.chunk_rows = keep_generate, keep_rows
+    a, b = exps[0][0], exps[16][0]
+    diff = max(float((getattr(a, k) - getattr(b, k))[a.mask.bool()].abs().max())
+               for k in ("ref_logprobs", "values", "advantages"))
+    report(f"ppo rollout scoring ({cfg.rollout_batch} episodes, mean response {a.mask.sum(1).mean():.1f} "
+           "tokens)", times, f"log-probs, values and advantages max diff {diff:.1e}; scores max diff "
+           f"{float((a.scores - b.scores).abs().max()):.1e}", unit=1000, what="ms")
 
 
 if __name__ == "__main__":

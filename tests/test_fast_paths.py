@@ -403,3 +403,47 @@ def test_eval_kl_and_scores_in_chunks_equal_one_piece(tmp_path, monkeypatch):
         kl_c, scores_c = both(rows, batch)
         assert kl_c == pytest.approx(kl, rel=1e-5)
         assert scores_c == pytest.approx(scores, rel=1e-5, abs=1e-6)
+
+
+def _ppo_world():
+    """A policy whose responses end anywhere in their 10 tokens, its reference, a critic and a reward model,
+    8 prompts of 1-6 tokens and a Config (tokens 14 and 15 are EOS and PAD)."""
+    import random
+    from types import SimpleNamespace
+
+    import train_ppo
+
+    policy, ref = (tiny_gpt("lm", vocab=16, block=32, pos="rope", seed=s) for s in (0, 3))
+    with torch.no_grad():
+        policy.wte.weight[14] *= 30  # EOS likelier: rows end at different lengths
+    rng = random.Random(0)
+    prompts = [[rng.randrange(13) for _ in range(rng.randrange(1, 7))] for _ in range(8)]
+    cfg = train_ppo.Config(rollout_batch=8, max_new_tokens=10, device="cpu")
+    return (SimpleNamespace(eos_id=14, pad_id=15), policy, ref.requires_grad_(False),
+            tiny_gpt("value", vocab=16, block=32, pos="rope", seed=1),
+            tiny_gpt("scalar", vocab=16, block=32, pos="rope", seed=2), prompts, cfg)
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_rollout_scoring_in_chunks_equals_one_piece(reuse, monkeypatch):
+    """train_ppo.rollout: the RM's scores, π_old's and π_ref's log-probs and the critic's values computed in
+    chunks of rows of similar length equal one piece's on the response tokens (padding is never read)."""
+    import train_ppo
+
+    tok, policy, ref, critic, rm, prompts, cfg = _ppo_world()
+    cfg.reuse_rollout_logprobs = reuse
+
+    def experience(rows):
+        monkeypatch.setattr(train_ppo, "chunk_rows", lambda device: rows)
+        return train_ppo.rollout(policy, ref, critic, train_ppo.model_reward(rm), prompts, tok, cfg, 0.05,
+                                 torch.Generator().manual_seed(0))
+
+    want, got = experience(0), experience(3)
+    assert len({cols for _, cols in length_chunks(got.mask, 3)}) == 3  # three chunks, each cut elsewhere
+    torch.testing.assert_close(got.tokens, want.tokens)
+    valid = want.mask.bool()
+    for k in ("logprobs", "ref_logprobs", "values", "returns", "advantages", "kl"):
+        torch.testing.assert_close(getattr(got, k)[valid], getattr(want, k)[valid], atol=1e-6, rtol=1e-5,
+                                   msg=k)
+    torch.testing.assert_close(got.scores, want.scores, atol=1e-6, rtol=1e-5)
+    assert float(got.ref_logprobs[valid].abs().min()) > 0  # every token has its log-prob, none left at 0
