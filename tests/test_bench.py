@@ -84,7 +84,7 @@ def test_fast_paths_bench_runs_every_pair_on_the_micro_pipeline_and_they_agree(p
                        capture_output=True, text=True, cwd=ROOT, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.splitlines()
-    for name in ("compact", "order", "sft", "rm", "dpo", "eval"):
+    for name in ("compact", "order", "sft", "rm", "dpo", "eval", "ppo"):
         assert any(line.startswith(name) for line in lines), (name, r.stdout)
     assert "same tokens: True" in r.stdout
     for diff in re.findall(r"max diff ([0-9.e+-]+)", r.stdout):
