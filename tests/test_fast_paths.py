@@ -13,7 +13,8 @@ rounding, same tokens for the same generator, or (the sampler, which draws diffe
     finished rows leave the batch (generate.COMPACT)  every row decoded to the longest's end (COMPACT = 0)
     chunks of rows of similar length (training.       the batch in one piece, padded to its longest row
       length_chunks: SFT loss, RM scores, eval's
-      KL; DPO's in tests/test_dpo.py)
+      KL, PPO's rollout scoring; DPO's in
+      tests/test_dpo.py)
 """
 
 import pytest
@@ -405,33 +406,24 @@ def test_eval_kl_and_scores_in_chunks_equal_one_piece(tmp_path, monkeypatch):
         assert scores_c == pytest.approx(scores, rel=1e-5, abs=1e-6)
 
 
-def _ppo_world():
-    """A policy whose responses end anywhere in their 10 tokens, its reference, a critic and a reward model,
-    8 prompts of 1-6 tokens and a Config (tokens 14 and 15 are EOS and PAD)."""
+@pytest.mark.parametrize("reuse", [True, False])
+def test_rollout_scoring_in_chunks_equals_one_piece(reuse, monkeypatch):
+    """train_ppo.rollout: the RM's scores, π_old's and π_ref's log-probs and the critic's values computed in
+    chunks of rows of similar length equal one piece's on the response tokens (padding is never read)."""
     import random
     from types import SimpleNamespace
 
     import train_ppo
 
+    tok = SimpleNamespace(eos_id=14, pad_id=15)
     policy, ref = (tiny_gpt("lm", vocab=16, block=32, pos="rope", seed=s) for s in (0, 3))
+    critic, rm = tiny_gpt("value", vocab=16, block=32, pos="rope", seed=1), tiny_gpt("scalar", vocab=16,
+                                                                                       block=32, pos="rope")
     with torch.no_grad():
-        policy.wte.weight[14] *= 30  # EOS likelier: rows end at different lengths
+        policy.wte.weight[tok.eos_id] *= 30  # EOS likelier: rows end at different lengths
     rng = random.Random(0)
     prompts = [[rng.randrange(13) for _ in range(rng.randrange(1, 7))] for _ in range(8)]
-    cfg = train_ppo.Config(rollout_batch=8, max_new_tokens=10, device="cpu")
-    return (SimpleNamespace(eos_id=14, pad_id=15), policy, ref.requires_grad_(False),
-            tiny_gpt("value", vocab=16, block=32, pos="rope", seed=1),
-            tiny_gpt("scalar", vocab=16, block=32, pos="rope", seed=2), prompts, cfg)
-
-
-@pytest.mark.parametrize("reuse", [True, False])
-def test_rollout_scoring_in_chunks_equals_one_piece(reuse, monkeypatch):
-    """train_ppo.rollout: the RM's scores, π_old's and π_ref's log-probs and the critic's values computed in
-    chunks of rows of similar length equal one piece's on the response tokens (padding is never read)."""
-    import train_ppo
-
-    tok, policy, ref, critic, rm, prompts, cfg = _ppo_world()
-    cfg.reuse_rollout_logprobs = reuse
+    cfg = train_ppo.Config(rollout_batch=8, max_new_tokens=10, reuse_rollout_logprobs=reuse, device="cpu")
 
     def experience(rows):
         monkeypatch.setattr(train_ppo, "chunk_rows", lambda device: rows)
