@@ -1,6 +1,6 @@
 """The pipeline's CPU fast paths, each timed against the plain way on the same machine, alternating.
 
-    python bench/fast_paths.py                  # after `python -m nanorlhf`: every pair below, fp32, medians of 5
+    python bench/fast_paths.py       # after `python -m nanorlhf`: every pair below, fp32, medians of 5
     python bench/fast_paths.py --only=sft,rm --repeats=7 --out_dir=out --data_dir=data
 
   compact   generate.COMPACT: finished rows leave the decoding batch (0.75) vs every row decoded to the end
