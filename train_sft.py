@@ -197,7 +197,7 @@ def batch_loss(model, x, y, m, dtype: str, weight: torch.Tensor | float | None =
     chunks of rows of similar length (training.length_chunks: far less padding, the same loss). With
     `weight` each chunk's part of the loss, times weight, is back-propagated at once, so that only one chunk's
     activations are held. Returns the loss, detached."""
-    n, loss = m.sum(), torch.zeros((), device=m.device)
+    n, loss = m.sum().clamp(min=1), torch.zeros((), device=m.device)  # no counted token: 0, as sft_loss
     for rows, cols in length_chunks(m, chunk_rows(m.device)):
         mc = m[rows, :cols]
         with autocast(x.device.type, dtype):

@@ -370,6 +370,19 @@ def test_sft_loss_in_chunks_equals_one_piece(monkeypatch):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
+def test_sft_loss_in_chunks_of_a_batch_with_no_counted_token_is_zero(monkeypatch):
+    """train_sft.batch_loss on a batch whose mask counts nothing: 0, as sft_loss gives (its masked mean
+    clamps the count), not 0/0 = NaN from the chunks' shares of no tokens."""
+    import train_sft
+
+    m = tiny_gpt("lm", pos="rope")
+    x, _ = _padded_batch()
+    monkeypatch.setattr(train_sft, "chunk_rows", lambda device: 3)
+    loss = train_sft.batch_loss(m, x, torch.roll(x, -1, 1), torch.zeros(x.shape), "fp32")
+    assert loss.item() == 0.0
+    assert sft_loss(m(x), torch.roll(x, -1, 1), torch.zeros(x.shape)).item() == 0.0
+
+
 def test_reward_scores_in_chunks_equal_one_piece():
     rm = tiny_gpt("scalar", pos="rope")
     x, mask = _padded_batch()
